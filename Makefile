@@ -1,0 +1,39 @@
+# Every target sets itself up from nothing but python3: a virtualenv, the pinned CPU torch
+# (installed first so nothing pulls a multi-GB CUDA build), then the project.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_PIN ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench setup clean demo-teacher
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_PIN)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/distillq demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+# Rebuild the shipped demo teacher (app/assets/demo-teacher); takes about an hour on 2 cores.
+demo-teacher: $(STAMP)
+	$(BIN)/python -m app.demo_models build-teacher --out app/assets/demo-teacher
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,223 @@
+"""JSONL records → tokenized samples with a training mask; the deterministic split into shards.
+
+Three record shapes (DESIGN §4: only "next token is a training target" positions get targets):
+
+- ``{"prompt": ..., "response": ...}``: train on the response tokens (+ EOS).
+- ``{"text": ...}``: train on every token (+ EOS).
+- ``{"messages": [{"role", "content"}, ...]}``: the tokenizer's chat template where it has
+  one, else the plain template ``"<|{role}|>\\n{content}\\n"`` per turn (EOS at the end);
+  train on the assistant turns only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.errors import DataError
+
+Segment = tuple[str, bool]  # (text, is training target)
+
+
+@dataclass
+class Sample:
+    record_id: int
+    input_ids: list[int]
+    target_mask: list[bool]
+    """``target_mask[t]``: token t is a training target (predicted from position t − 1)."""
+
+    def target_positions(self) -> list[int]:
+        """Positions whose *next* token is a target: where a loss (and teacher targets) apply."""
+        return [t - 1 for t in range(1, len(self.input_ids)) if self.target_mask[t]]
+
+
+@dataclass
+class TokenizeStats:
+    samples: int = 0
+    tokens: int = 0
+    truncated: int = 0
+    dropped_no_target: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- records
+
+
+def record_segments(record: Any, has_chat_template: bool, render_chat=None) -> list[Segment]:
+    """The text pieces of one record and whether each is trained on. Raises DataError."""
+    if not isinstance(record, dict):
+        raise DataError("record is not a JSON object")
+    if "prompt" in record or "response" in record:
+        if not isinstance(record.get("prompt"), str) or not isinstance(record.get("response"), str):
+            raise DataError("a prompt/response record needs both 'prompt' and 'response' strings")
+        return [(record["prompt"], False), (record["response"], True)]
+    if "text" in record:
+        if not isinstance(record["text"], str):
+            raise DataError("'text' must be a string")
+        return [(record["text"], True)]
+    if "messages" in record:
+        msgs = record["messages"]
+        if not isinstance(msgs, list) or not msgs or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in msgs
+        ):
+            raise DataError("'messages' must be a non-empty list of {role, content} strings")
+        if has_chat_template and render_chat is not None:
+            return _chat_segments(msgs, render_chat)
+        return _plain_chat_segments(msgs)
+    raise DataError("record has none of the fields 'text', 'prompt'+'response', 'messages'")
+
+
+def _plain_chat_segments(msgs: list[dict[str, str]]) -> list[Segment]:
+    segs: list[Segment] = []
+    for m in msgs:
+        segs.append((f"<|{m['role']}|>\n", False))
+        segs.append((m["content"] + "\n", m["role"] == "assistant"))
+    return segs
+
+
+def _chat_segments(msgs: list[dict[str, str]], render_chat) -> list[Segment]:
+    """Split a rendered chat into the assistant turns (targets) and everything else."""
+    segs: list[Segment] = []
+    done = ""
+    for i, m in enumerate(msgs):
+        if m["role"] == "assistant":
+            prefix = render_chat(msgs[:i], add_generation_prompt=True)
+            if prefix.startswith(done) and len(prefix) > len(done):
+                segs.append((prefix[len(done) :], False))
+                done = prefix
+        full = render_chat(msgs[: i + 1], add_generation_prompt=False)
+        if not full.startswith(done):
+            raise DataError("the tokenizer's chat template does not render turns incrementally")
+        segs.append((full[len(done) :], m["role"] == "assistant"))
+        done = full
+    return segs
+
+
+def parse_line(line: str, lineno: int) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"dataset line {lineno} is not valid JSON ({e.msg}); fix or remove it") from None
+
+
+# ---------------------------------------------------------------- tokenizing
+
+
+def tokenize_record(record: Any, record_id: int, tok: Any, max_length: int, stats: TokenizeStats) -> Sample | None:
+    """Tokenize one record; truncate to ``max_length``; None if no target token survives."""
+    has_template = bool(getattr(tok, "chat_template", None))
+
+    def render(msgs, add_generation_prompt):
+        return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    segments = record_segments(record, has_template, render)
+    ids: list[int] = []
+    mask: list[bool] = []
+    for i, (text, target) in enumerate(segments):
+        piece = tok(text, add_special_tokens=(i == 0))["input_ids"]
+        ids.extend(piece)
+        mask.extend([target] * len(piece))
+    if tok.eos_token_id is not None and segments and ids[-1:] != [tok.eos_token_id]:
+        ids.append(tok.eos_token_id)
+        mask.append(segments[-1][1])
+    if len(ids) > max_length:
+        ids, mask = ids[:max_length], mask[:max_length]
+        stats.truncated += 1
+    if not any(mask[1:]):
+        stats.dropped_no_target += 1
+        return None
+    stats.samples += 1
+    stats.tokens += len(ids)
+    return Sample(record_id, ids, mask)
+
+
+# ---------------------------------------------------------------- dataset index and split
+
+
+def index_dataset(path: Path) -> np.ndarray:
+    """Validate every line and return ``[n, 2]`` int64 (line number, byte offset) of records.
+
+    Blank lines are skipped. Raises DataError naming the first bad line.
+    """
+    rows: list[tuple[int, int]] = []
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        raise DataError(f"dataset {path} does not exist; check the 'dataset' path") from None
+    with f:
+        offset = 0
+        for lineno, raw in enumerate(f, start=1):
+            if raw.strip():
+                try:
+                    record = parse_line(raw.decode("utf-8"), lineno)
+                    record_segments(record, has_chat_template=False)
+                except UnicodeDecodeError:
+                    raise DataError(f"dataset line {lineno} is not UTF-8; re-encode the file") from None
+                except DataError as e:
+                    msg = str(e)
+                    raise DataError(
+                        msg if msg.startswith("dataset line") else f"dataset line {lineno}: {msg}"
+                    ) from None
+                rows.append((lineno, offset))
+            offset += len(raw)
+    if not rows:
+        raise DataError(f"dataset {path} has no records; add JSONL lines like {{\"text\": ...}}")
+    return np.asarray(rows, dtype=np.int64)
+
+
+def read_records(path: Path, index: np.ndarray, ids: np.ndarray) -> Iterator[tuple[int, Any]]:
+    """Yield ``(record_id, record)`` for the given record ids (rows of ``index``), in order."""
+    with path.open("rb") as f:
+        for rid in ids.tolist():
+            lineno, offset = index[rid]
+            f.seek(int(offset))
+            yield rid, parse_line(f.readline().decode("utf-8"), int(lineno))
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which records are held out for eval and which contiguous train ranges make each shard."""
+
+    n_records: int
+    eval_stride: int
+    """Every ``eval_stride``-th record (i % stride == stride − 1) is held out; 0: none."""
+    shards: tuple[tuple[int, int], ...]
+    """Half-open ranges into the list of train record ids."""
+
+    def train_ids(self) -> np.ndarray:
+        ids = np.arange(self.n_records, dtype=np.int64)
+        if self.eval_stride:
+            ids = ids[ids % self.eval_stride != self.eval_stride - 1]
+        return ids
+
+    def eval_ids(self) -> np.ndarray:
+        ids = np.arange(self.n_records, dtype=np.int64)
+        if not self.eval_stride:
+            return ids[:0]
+        return ids[ids % self.eval_stride == self.eval_stride - 1]
+
+    def shard_ids(self, shard: int) -> np.ndarray:
+        a, b = self.shards[shard]
+        return self.train_ids()[a:b]
+
+
+def plan_split(n_records: int, shards: int, eval_fraction: float) -> Split:
+    """Deterministic split: a strided eval slice, then N contiguous, near-equal train shards."""
+    stride = 0
+    if eval_fraction > 0 and n_records >= 2:
+        stride = max(2, round(1 / eval_fraction))
+    n_eval = n_records // stride if stride else 0
+    n_train = n_records - n_eval
+    if shards > n_train:
+        raise DataError(
+            f"shards={shards} but only {n_train} training records: lower 'shards' to at most {n_train}"
+        )
+    bounds = [round(i * n_train / shards) for i in range(shards + 1)]
+    return Split(n_records, stride, tuple(itertools.pairwise(bounds)))

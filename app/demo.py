@@ -1,0 +1,120 @@
+"""`distillq demo`: the whole product on one machine with nothing configured.
+
+Embedded Redis (unless ``DISTILLQ_BROKER_URL`` is set), a teacher worker and a student worker
+as real processes, the shipped stdlib-trained teacher, a smaller student built from a seed,
+and a dataset cut from the stdlib files the teacher never saw. Two student tracks train on
+the same teacher cache with the same init, data order and steps: ``kd`` (distilled) and
+``ce`` (hard labels only), so the report shows what distillation buys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from app import demo_models
+from app.settings import Settings
+
+DEMO_RECORDS, QUICK_RECORDS = 1600, 240
+
+
+def demo_spec(storage: Path, records: int) -> dict[str, Any]:
+    models = storage / "models"
+    student = {"model": str(models / "demo-student"), "peft": {"method": "full"}, "lr": 3e-3,
+               "epochs": 2, "batch_size": 16, "warmup_steps": 20}
+    return {
+        "name": "demo",
+        "dataset": str(storage / "demo" / f"stdlib-{records}.jsonl"),
+        "shards": 4,
+        "mode": "teacher_student",
+        "eval_fraction": 0.1,
+        "teacher": {"model": str(models / "demo-teacher"), "top_k": 64, "temperature": 1.0,
+                    "batch_size": 16, "max_length": 256},
+        # A randomly initialised student trains all its weights: LoRA on random weights learns
+        # little. The CE track is the same student with hard labels only (alpha 1).
+        "students": [{"name": "kd", **student}, {"name": "ce", **student, "loss": {"alpha": 1.0}}],
+        "loss": {"kind": "forward_kl", "alpha": 0.1, "temperature": 1.0},
+    }
+
+
+def prepare(storage: Path, records: int) -> dict[str, Any]:
+    """Models and data on storage, made by the project; reused when already there."""
+    models = storage / "models"
+    teacher = models / "demo-teacher"
+    if not (teacher / "config.json").exists():
+        if not (demo_models.TEACHER_ASSET / "config.json").exists():
+            raise FileNotFoundError(f"the shipped demo teacher is missing at {demo_models.TEACHER_ASSET}; run `make demo-teacher`")
+        shutil.copytree(demo_models.TEACHER_ASSET, teacher, dirs_exist_ok=True)
+    if not (models / "demo-student" / "config.json").exists():
+        demo_models.build_student(models / "demo-student", tokenizer_dir=teacher)
+    spec = demo_spec(storage, records)
+    if not Path(spec["dataset"]).exists():
+        demo_models.write_demo_dataset(Path(spec["dataset"]), max_records=records)
+    return spec
+
+
+def _wait_for_nodes(redis_client: Any, n: int, procs: list[Any], timeout: float = 120) -> None:
+    from workers.node import list_nodes
+
+    deadline = time.time() + timeout
+    while len(list_nodes(redis_client)) < n:
+        if any(p.poll() is not None for p in procs) or time.time() > deadline:
+            raise RuntimeError("demo workers did not start; see the logs under <storage>/logs")
+        time.sleep(0.5)
+
+
+def run_demo(settings: Settings, quick: bool = False) -> int:
+    from app import live, report
+    from app.celery import app, configure
+    from app.cli import follow
+    from app.job_store import create_job
+    from app.jobs import spec_from_dict
+    from app.status import job_status, render
+    from tasks import pipeline
+    from workers.launch import spawn_worker, stop_process_group
+    from workers.redis_server import EmbeddedRedis
+
+    t0 = time.time()
+    storage = settings.storage.resolve()
+    settings = settings.with_(storage=storage)
+    with contextlib.ExitStack() as stack:
+        if not settings.broker_url:
+            redis = stack.enter_context(EmbeddedRedis(storage / "redis"))
+            settings = settings.with_(broker_url=redis.url)
+            print(f"embedded Redis at {redis.url}")
+        live.ping(settings.broker_url)
+        configure(settings)
+        print("preparing demo models and data (made from this Python's stdlib, nothing downloaded)...")
+        spec = spec_from_dict(prepare(storage, QUICK_RECORDS if quick else DEMO_RECORDS))
+        logs = storage / "logs"
+        procs = [
+            # The teacher worker takes one core; the student worker two threads: the student
+            # stage is the longer one and the teacher worker goes idle once the cache is built.
+            spawn_worker(settings, ["teacher"], logs / "demo-teacher-worker.log", threads=1, hostname="demo-teacher@%h"),
+            spawn_worker(settings, ["student"], logs / "demo-student-worker.log", threads=2, hostname="demo-student@%h"),
+        ]
+        for p in procs:
+            stack.callback(stop_process_group, p)
+        _wait_for_nodes(live.client(settings.broker_url), 2, procs)
+        job = create_job(storage, spec)
+        pipeline.submit(app, job)
+        print(f"job {job.id}: {job.n_shards} shards, {job.split.n_records} records, workers: teacher + student")
+        r = live.client(settings.broker_url)
+        code = follow(lambda: job_status(job, r), render, interval=1.0, timeout=1800)
+        if code != 0:
+            print(f"demo job did not finish (exit {code}); worker logs: {logs}", file=sys.stderr)
+            return code
+        data = report.collect(job)
+        print()
+        print(report.summary_table(data))
+        kd, ce = data["students"]["kd"]["eval_loss"], data["students"]["ce"]["eval_loss"]
+        verdict = "beats" if kd < ce else "does NOT beat"
+        print(f"\nKD student {verdict} the CE-only student on held-out loss: {kd:.4f} vs {ce:.4f} "
+              f"(teacher {data['teacher']['eval_loss']:.4f})")
+        print(f"report: {job.paths.report}\nplot:   {job.paths.report_png}\noutputs: {job.paths.root / 'students'}")
+        print(f"demo wall time: {time.time() - t0:.0f} s")
+    return 0

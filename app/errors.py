@@ -1,0 +1,34 @@
+"""Errors a user can hit. Each message names the thing that is wrong and how to fix it.
+
+The CLI prints these on one line, without a traceback, and exits non-zero.
+"""
+
+from __future__ import annotations
+
+
+class DistillqError(Exception):
+    """Base class for errors whose message is meant for the user as it is."""
+
+
+class SpecError(DistillqError):
+    """The job spec (YAML or --set overrides) is invalid."""
+
+
+class DataError(DistillqError):
+    """The dataset cannot be read or has no usable records."""
+
+
+class ModelError(DistillqError):
+    """A model or tokenizer cannot be loaded, or teacher and student do not fit together."""
+
+
+class BrokerError(DistillqError):
+    """Redis cannot be reached."""
+
+
+class JobNotFound(DistillqError):
+    """No job with this id exists on the configured storage."""
+
+
+class CacheError(DistillqError):
+    """A teacher cache file is missing, corrupt, or was made for something else."""

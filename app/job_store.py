@@ -1,0 +1,142 @@
+"""Create a job on storage (validate, fingerprint, freeze) and load it back anywhere.
+
+``create_job`` does every check that can fail before any compute: models and tokenizers exist,
+teacher and students share a tokenizer, the PEFT methods are known, the dataset parses, the
+split fits. Only then does ``job.yaml`` appear, last, so a job directory without it is junk.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+import secrets
+import shutil
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from app import peft_methods
+from app.data import Split, index_dataset, plan_split
+from app.errors import JobNotFound, ModelError, SpecError
+from app.jobs import JobSpec, spec_from_dict
+from app.models import load_tokenizer, model_fingerprint, tokenizer_fingerprint
+from storage.atomic import atomic_path, write_bytes
+from storage.cache import file_sha256
+from storage.layout import JobPaths, job_paths, jobs_root
+
+
+@dataclass(frozen=True)
+class Job:
+    """A frozen job as workers see it: spec, split, fingerprints and paths."""
+
+    paths: JobPaths
+    spec: JobSpec
+    split: Split
+    info: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return self.paths.job_id
+
+    @cached_property
+    def index(self) -> np.ndarray:
+        return np.load(self.paths.root / "index.npy")
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.split.shards)
+
+
+def load_job(storage: Path, job_id: str) -> Job:
+    paths = job_paths(storage, job_id)
+    if not paths.spec.exists():
+        raise JobNotFound(f"job {job_id!r} does not exist under {jobs_root(storage)}; `distillq jobs` lists jobs")
+    raw = yaml.safe_load(paths.spec.read_text())
+    s = raw["split"]
+    split = Split(s["n_records"], s["eval_stride"], tuple(tuple(x) for x in s["shards"]))
+    return Job(paths, spec_from_dict(raw["spec"]), split, raw["info"])
+
+
+def list_jobs(storage: Path) -> list[str]:
+    root = jobs_root(storage)
+    if not root.exists():
+        return []
+    return sorted(d.name for d in root.iterdir() if (d / "job.yaml").exists())
+
+
+def _check_models(spec: JobSpec) -> dict[str, Any]:
+    """Load every tokenizer (cheap; no weights), compare fingerprints, check top_k. Raises."""
+    from transformers import AutoConfig
+
+    fps: dict[str, Any] = {"students": {}}
+    teacher_tok_fp = None
+    if spec.teacher:
+        tok = load_tokenizer(spec.teacher.model, "teacher model")
+        teacher_tok_fp = tokenizer_fingerprint(tok)
+        vocab = int(AutoConfig.from_pretrained(spec.teacher.model).vocab_size)
+        if spec.teacher.top_k > vocab:
+            raise SpecError(f"teacher.top_k={spec.teacher.top_k} exceeds the teacher's vocabulary of {vocab}; lower it")
+        fps.update(teacher=model_fingerprint(spec.teacher.model), tokenizer=teacher_tok_fp, vocab_size=vocab)
+    for s in spec.students:
+        peft_methods.make_config(s.peft)
+        tok = load_tokenizer(s.model, f"student {s.name!r} model")
+        fp = tokenizer_fingerprint(tok)
+        if teacher_tok_fp is not None and fp != teacher_tok_fp:
+            raise ModelError(
+                f"student {s.name!r} ({s.model}) has a different tokenizer than the teacher "
+                f"({spec.teacher.model if spec.teacher else ''}): distillq needs a shared tokenizer; "
+                "pick a student from the teacher's model family"
+            )
+        fps["students"][s.name] = {"model": model_fingerprint(s.model), "tokenizer": fp}
+        fps.setdefault("tokenizer", fp)
+    return fps
+
+
+def _total_steps(spec: JobSpec, split: Split) -> dict[str, int]:
+    """Optimizer steps a track takes over the job (sets the LR schedule's length)."""
+    out = {}
+    for s in spec.students:
+        steps = 0
+        for a, b in split.shards:
+            per_replica = math.ceil((b - a) / s.replicas)
+            steps += math.ceil(per_replica / s.batch_size) * s.epochs
+        out[s.name] = steps
+    return out
+
+
+def new_job_id(name: str) -> str:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{name}-{stamp}-{secrets.token_hex(2)}"
+
+
+def create_job(storage: Path, spec: JobSpec, job_id: str | None = None) -> Job:
+    """Validate everything, then write the job's directory. Returns the frozen job."""
+    dataset = Path(spec.dataset)
+    index = index_dataset(dataset)
+    split = plan_split(len(index), spec.shards, spec.eval_fraction)
+    info: dict[str, Any] = {"fingerprints": _check_models(spec), "total_steps": _total_steps(spec, split)}
+    paths = job_paths(storage, job_id or new_job_id(spec.name))
+    paths.root.mkdir(parents=True, exist_ok=False)
+    with atomic_path(paths.dataset) as tmp:
+        shutil.copyfile(dataset, tmp)
+    info["fingerprints"]["dataset_sha256"] = file_sha256(paths.dataset)
+    info["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    with atomic_path(paths.root / "index.npy") as tmp, tmp.open("wb") as f:
+        np.save(f, index)
+    frozen = {
+        "job_id": paths.job_id,
+        "spec": spec.to_dict(),
+        "split": {"n_records": split.n_records, "eval_stride": split.eval_stride, "shards": [list(x) for x in split.shards]},
+        "info": info,
+    }
+    write_bytes(paths.spec, yaml.safe_dump(frozen, sort_keys=False).encode())
+    return Job(paths, spec, split, info)
+
+
+def spec_hash(spec: JobSpec) -> str:
+    return hashlib.sha256(yaml.safe_dump(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:12]

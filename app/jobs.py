@@ -1,0 +1,288 @@
+"""The job spec: parse YAML (+ ``--set key=value``), validate, freeze.
+
+The YAML shape is the user-facing contract (issue 2); fields can be added, never renamed::
+
+    name: my-job
+    dataset: data/train.jsonl
+    shards: 4
+    mode: teacher_student            # teacher_student | data_parallel | hybrid
+    eval_fraction: 0.05
+    teacher: {model: path/or/hub-id, top_k: 64, temperature: 1.0, batch_size: 4, max_length: 512}
+    students:
+      - {name: small, model: path/or/hub-id, peft: {method: lora, r: 8, alpha: 16}, replicas: 1,
+         lr: 1.0e-3, epochs: 1, batch_size: 4}
+    loss: {kind: forward_kl, alpha: 0.5, temperature: 1.0}
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from app.errors import SpecError
+from storage.layout import check_name
+
+Mode = Literal["teacher_student", "data_parallel", "hybrid"]
+LossKind = Literal["forward_kl", "reverse_kl", "jsd"]
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    model: str
+    """Local directory or hub id of a causal LM."""
+    top_k: int = 64
+    """Teacher tokens kept per target position."""
+    temperature: float = 1.0
+    """τ at which the stored log-probs are normalised (over the full vocabulary)."""
+    batch_size: int = 4
+    max_length: int = 512
+    """Samples longer than this (in tokens) are truncated."""
+
+    def __post_init__(self) -> None:
+        _positive("teacher.top_k", self.top_k)
+        _positive("teacher.batch_size", self.batch_size)
+        _positive("teacher.max_length", self.max_length)
+        _positive("teacher.temperature", self.temperature)
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    kind: LossKind = "forward_kl"
+    """D(teacher ‖ student): forward_kl, reverse_kl or jsd (generalised JSD with ``beta``)."""
+    alpha: float = 0.5
+    """Weight of hard-label CE; (1 − alpha) weighs the distillation term."""
+    temperature: float | None = None
+    """τ of the KD term; must equal the teacher cache's τ (default: that τ)."""
+    beta: float = 0.5
+    """Mixture weight of the generalised JSD (ignored by the KLs)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise SpecError(f"loss.alpha={self.alpha} must lie in [0, 1]; 1 means CE only")
+        if not 0.0 < self.beta < 1.0:
+            raise SpecError(f"loss.beta={self.beta} must lie strictly between 0 and 1")
+        if self.temperature is not None:
+            _positive("loss.temperature", self.temperature)
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    name: str
+    model: str
+    """Local directory or hub id; must share the teacher's tokenizer."""
+    peft: dict[str, Any] = field(default_factory=lambda: {"method": "lora"})
+    """``method`` (lora, prefix, prompt, ia3, adaption_prompt, any peft type, or full) + its options."""
+    replicas: int = 1
+    """R: replicas that each train on 1/R of a shard, then merge (local SGD outer step)."""
+    lr: float = 1e-3
+    epochs: int = 1
+    """Passes over each shard within a round."""
+    batch_size: int = 4
+    outer_lr: float = 1.0
+    """Step size of the merge: global += outer_lr · mean(replica deltas)."""
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    seed: int = 0
+    loss: LossSpec | None = None
+    """Overrides the job's loss for this track (e.g. alpha: 1.0 for a CE-only baseline)."""
+
+    def __post_init__(self) -> None:
+        check_name("track name", self.name)
+        if "method" not in self.peft:
+            raise SpecError(f"students[{self.name}].peft needs a 'method' (lora, full, ...)")
+        _positive(f"students[{self.name}].replicas", self.replicas)
+        _positive(f"students[{self.name}].epochs", self.epochs)
+        _positive(f"students[{self.name}].batch_size", self.batch_size)
+        _positive(f"students[{self.name}].lr", self.lr)
+        _positive(f"students[{self.name}].outer_lr", self.outer_lr)
+
+    @property
+    def method(self) -> str:
+        return str(self.peft["method"]).lower()
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    dataset: str
+    students: tuple[StudentSpec, ...]
+    shards: int = 4
+    mode: Mode = "teacher_student"
+    eval_fraction: float = 0.05
+    teacher: TeacherSpec | None = None
+    loss: LossSpec = field(default_factory=LossSpec)
+    max_length: int = 512
+    """Token limit of samples when there is no teacher (data_parallel)."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_name("job name", self.name)
+        _positive("shards", self.shards)
+        if not 0.0 <= self.eval_fraction < 0.5:
+            raise SpecError(f"eval_fraction={self.eval_fraction} must lie in [0, 0.5)")
+        if not self.students:
+            raise SpecError("students is empty: add at least one {name, model} entry")
+        names = [s.name for s in self.students]
+        if len(set(names)) != len(names):
+            raise SpecError(f"student names must be unique, got {names}")
+        if self.mode == "data_parallel" and self.teacher is not None:
+            raise SpecError(
+                "mode data_parallel trains without a teacher: remove 'teacher', "
+                "or use mode teacher_student / hybrid"
+            )
+        if self.mode != "data_parallel" and self.teacher is None:
+            raise SpecError(f"mode {self.mode} needs a 'teacher: {{model: ...}}' entry")
+        if self.mode == "hybrid" and all(s.replicas == 1 for s in self.students):
+            raise SpecError(
+                "mode hybrid means teacher + several replicas: set replicas > 1 on a student, "
+                "or use mode teacher_student"
+            )
+        for s in self.students:
+            t = self.loss_for(s).temperature
+            if self.teacher and t is not None and t != self.teacher.temperature:
+                raise SpecError(
+                    f"loss temperature {t} differs from teacher.temperature "
+                    f"{self.teacher.temperature}: the cache stores log-probs at the teacher's τ, "
+                    "so set both to the same value"
+                )
+
+    @property
+    def has_teacher(self) -> bool:
+        return self.teacher is not None
+
+    @property
+    def sample_max_length(self) -> int:
+        return self.teacher.max_length if self.teacher else self.max_length
+
+    def loss_for(self, student: StudentSpec) -> LossSpec:
+        if self.mode == "data_parallel":
+            return LossSpec(alpha=1.0)
+        return student.loss or self.loss
+
+    def student(self, name: str) -> StudentSpec:
+        for s in self.students:
+            if s.name == name:
+                return s
+        raise SpecError(f"no student track named {name!r}; tracks: {[s.name for s in self.students]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["students"] = [asdict(s) for s in self.students]
+        return d
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise SpecError(f"{name}={value} must be positive")
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def load_spec(path: Path, overrides: list[str] | None = None) -> JobSpec:
+    """Read a YAML job spec, apply ``key=value`` overrides, validate. Raises :class:`SpecError`."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"job spec {path} does not exist; pass the path of a YAML file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError(f"job spec {path} is not valid YAML{where}: fix the syntax there") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"job spec {path} must be a YAML mapping (name:, dataset:, students:, ...)")
+    for item in overrides or []:
+        apply_override(raw, item)
+    spec = spec_from_dict(raw)
+    if not Path(spec.dataset).is_absolute():
+        # A relative dataset path means relative to the spec file, as users expect.
+        spec = _replace_dataset(spec, str((path.parent / spec.dataset).resolve()))
+    return spec
+
+
+def _replace_dataset(spec: JobSpec, dataset: str) -> JobSpec:
+    d = spec.to_dict()
+    d["dataset"] = dataset
+    return spec_from_dict(d)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply ``a.b.0.c=value`` to a raw spec mapping (value parsed as YAML)."""
+    if "=" not in item:
+        raise SpecError(f"--set {item!r} must look like key=value (e.g. students.0.lr=1e-4)")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise SpecError(f"--set {key}: {part!r} is not an index of a list of {len(node)}")
+            if last:
+                node[int(part)] = yaml.safe_load(value)
+            else:
+                node = node[int(part)]
+        else:
+            if last:
+                node[part] = yaml.safe_load(value)
+            else:
+                node = node.setdefault(part, {})
+
+
+def spec_from_dict(raw: dict[str, Any]) -> JobSpec:
+    return _build(JobSpec, raw, "")
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where or 'job spec'} must be a mapping, got {type(raw).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {sorted(known)}"
+            raise SpecError(f"unknown key {where}{key!r} in job spec{hint}")
+        kwargs[key] = _convert(hints[key], value, f"{where}{key}")
+    for name, f in known.items():
+        if name not in kwargs and f.default is MISSING and f.default_factory is MISSING:
+            raise SpecError(f"job spec is missing {where}{name!r}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise SpecError(f"job spec {where or ''}: {e}") from None
+
+
+def _convert(typ: Any, value: Any, where: str) -> Any:
+    origin = get_origin(typ)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(typ) if a is not type(None)]
+        return None if value is None else _convert(args[0], value, where)
+    if origin is Literal:
+        if value not in get_args(typ):
+            raise SpecError(f"{where}={value!r} is not one of {list(get_args(typ))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise SpecError(f"{where} must be a list")
+        (item,) = get_args(typ)[:1]
+        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise SpecError(f"{where} must be a mapping")
+        return dict(value)
+    if isinstance(typ, type) and hasattr(typ, "__dataclass_fields__"):
+        return _build(typ, value, f"{where}.")
+    if typ is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if typ is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if typ is str and isinstance(value, str | int | float):
+        return str(value)
+    raise SpecError(f"{where}={value!r} should be a {getattr(typ, '__name__', typ)}")

@@ -1,0 +1,103 @@
+"""KD losses on sparse (top-k) teacher targets.
+
+The teacher cache keeps k log-probs per position. The missing tail is not dropped or
+renormalised away: both distributions are coarse-grained onto k + 1 buckets — the teacher's
+top-k tokens and one "everything else" bucket holding the remaining mass (1 − Σ p_topk for
+the teacher, the student's own mass outside those k tokens for the student). Any divergence
+is then taken between two proper distributions. This is the exact divergence of the
+coarse-grained distributions, a lower bound on the full one (data processing inequality),
+and equal to the dense loss when k = V.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOG_EPS = math.log(1e-8)
+
+
+def bucket_logprobs(
+    student_logits: torch.Tensor, target_ids: torch.Tensor, teacher_logprobs: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher and student log-probs over the k + 1 buckets.
+
+    Args:
+        student_logits: [P, V] raw student logits at the target positions.
+        target_ids: [P, k] teacher top-k token ids.
+        teacher_logprobs: [P, k] teacher log-probs at τ, normalised over the full vocabulary.
+        temperature: τ, the same the teacher cache was made with.
+    Returns:
+        (teacher, student): each [P, k + 1]; column k is the tail bucket. Entries may be −inf.
+    """
+    z = student_logits.float() / temperature
+    log_z = torch.logsumexp(z, dim=-1, keepdim=True)  # [P, 1]
+    s_top = z.gather(-1, target_ids) - log_z  # [P, k]
+    # Student tail: the mass on every token outside the teacher's k, computed directly
+    # (not as 1 − Σ) so it stays exact when it is tiny.
+    # A large finite fill, not -inf: with k = V every entry is filled, and logsumexp over an
+    # all -inf row has a NaN gradient.
+    s_tail = torch.logsumexp(z.scatter(-1, target_ids, -1e9), dim=-1, keepdim=True) - log_z
+    t_top = teacher_logprobs.float()
+    # fp16 storage can make Σ p_topk exceed 1 by a hair: renormalise, and the tail gets 0.
+    t_mass = torch.logsumexp(t_top, dim=-1, keepdim=True)
+    t_top = t_top - t_mass.clamp(min=0.0)
+    t_tail = torch.log1p(-torch.exp(t_mass.clamp(max=0.0)))
+    return torch.cat([t_top, t_tail], dim=-1), torch.cat([s_top, s_tail], dim=-1)
+
+
+def kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) per row, for log-prob tensors [P, K]; 0 · log 0 counts as 0. Returns [P]."""
+    p = p_log.exp()
+    terms = p * (p_log - q_log.clamp(min=LOG_EPS))
+    return torch.where(p > 0, terms, torch.zeros_like(terms)).sum(-1)
+
+
+def divergence(kind: str, teacher: torch.Tensor, student: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """D(teacher, student) per row over bucketed log-probs [P, K]. Returns [P].
+
+    ``forward_kl``: KL(t ‖ s) (mode-covering, the classic KD loss). ``reverse_kl``: KL(s ‖ t)
+    (mode-seeking). ``jsd``: generalised JSD, β·KL(t ‖ m) + (1 − β)·KL(s ‖ m) with
+    m = β·t + (1 − β)·s, as in GKD (Agarwal et al., 2024).
+    """
+    if kind == "forward_kl":
+        return kl(teacher, student)
+    if kind == "reverse_kl":
+        return kl(student, teacher)
+    if kind == "jsd":
+        m = torch.logsumexp(
+            torch.stack([teacher + math.log(beta), student + math.log(1 - beta)]), dim=0
+        )
+        return beta * kl(teacher, m) + (1 - beta) * kl(student, m)
+    raise ValueError(f"unknown divergence {kind!r}: use forward_kl, reverse_kl or jsd")
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    target_ids: torch.Tensor | None,
+    teacher_logprobs: torch.Tensor | None,
+    *,
+    alpha: float,
+    temperature: float,
+    kind: str = "forward_kl",
+    beta: float = 0.5,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """α·CE(labels) + (1 − α)·τ²·D(teacher ‖ student), averaged over target positions.
+
+    Args:
+        student_logits: [P, V] student logits at the positions that carry targets.
+        labels: [P] the true next token at each position.
+        target_ids, teacher_logprobs: [P, k] sparse teacher targets, or None (CE only).
+    Returns:
+        (loss, parts) with parts = {"ce": ..., "kd": ...} as floats for logging.
+    """
+    ce = F.cross_entropy(student_logits.float(), labels)
+    if alpha >= 1.0 or target_ids is None or teacher_logprobs is None:
+        return ce, {"ce": ce.item(), "kd": float("nan")}
+    t, s = bucket_logprobs(student_logits, target_ids, teacher_logprobs, temperature)
+    d = divergence(kind, t, s, beta).mean()
+    loss = alpha * ce + (1 - alpha) * temperature**2 * d
+    return loss, {"ce": ce.item(), "kd": d.item()}

@@ -1,0 +1,81 @@
+"""Fold a round's replica deltas into a track's global checkpoint: the outer step.
+
+    global_{v+1} = global_v + outer_lr · mean_r(delta_r)
+
+as in local SGD / DiLoCo. With R = 1 and outer_lr = 1 this is plain sequential training.
+Replicas' AdamW states are averaged (moments element-wise, the step count max) so the next
+round's inner optimizer continues warm. The caller holds the per-track lock; the merge is
+idempotent: a shard already in ``merged_shards`` of the latest version is not merged twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+from app.job_store import Job
+from storage import checkpoints
+
+log = logging.getLogger(__name__)
+
+
+def average_optimizer_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """Element-wise mean of AdamW moments; ``step`` is the max. States must share param groups."""
+    if len(states) == 1:
+        return states[0]
+    out = {"param_groups": states[0]["param_groups"], "state": {}}
+    for idx, first in states[0]["state"].items():
+        merged: dict[str, Any] = {}
+        for key, value in first.items():
+            values = [s["state"][idx][key] for s in states]
+            if key == "step":
+                merged[key] = max(values, key=float)
+            elif isinstance(value, torch.Tensor):
+                merged[key] = torch.stack(values).mean(0)
+            else:
+                merged[key] = value
+        out["state"][idx] = merged
+    return out
+
+
+def initial_params(job: Job, track: str) -> dict[str, torch.Tensor]:
+    """The track's trainable parameters before any round: the seeded adapter (or base weights)."""
+    from app.student import build, snapshot
+
+    return snapshot(build(job.spec.student(track)))
+
+
+def merge_round(job: Job, track: str, shard: int) -> dict[str, Any]:
+    """Merge ``shard``'s replicas into a new global version (call under the track lock)."""
+    spec = job.spec.student(track)
+    current = checkpoints.latest(job.paths, track)
+    if current is not None and shard in current.meta["merged_shards"]:
+        log.info("job %s track %s shard %d: already merged in v%04d", job.id, track, shard, current.version)
+        return {"merged": False, "version": current.version}
+    stats = [checkpoints.replica_stats(job.paths, track, shard, r) for r in range(spec.replicas)]
+    missing = [r for r, s in enumerate(stats) if s is None]
+    if missing:
+        raise RuntimeError(f"job {job.id} track {track} shard {shard}: replicas {missing} have no saved delta")
+    base = current.params() if current is not None else initial_params(job, track)
+    deltas, optims = zip(*(checkpoints.load_replica(job.paths, track, shard, r) for r in range(spec.replicas)), strict=True)
+    new = {n: base[n] + spec.outer_lr * torch.stack([d[n] for d in deltas]).mean(0) for n in base}
+    optim = average_optimizer_states([o for o in optims if o is not None]) if all(optims) else None
+    prev = current.meta if current is not None else {"step": 0, "merged_shards": [], "rounds": []}
+    round_info = {
+        "shard": shard, "merged_at": time.time(), "replicas": [{k: v for k, v in s.items() if k != "curve"} for s in stats if s],
+        "curve": [p for s in stats if s for p in s["curve"]],
+    }
+    meta = {
+        "track": track,
+        "step": int(prev["step"]) + max(int(s["steps"]) for s in stats if s),
+        "merged_shards": [*prev["merged_shards"], shard],
+        "rounds": [*prev["rounds"], round_info],
+    }
+    version = (current.version if current is not None else 0) + 1
+    ckpt = checkpoints.write_version(job.paths, track, version, new, optim, meta)
+    checkpoints.drop_round(job.paths, track, shard)
+    log.info("job %s track %s shard %d: merged %d replicas into v%04d", job.id, track, shard, spec.replicas, version)
+    return {"merged": True, "version": ckpt.version}

@@ -1,0 +1,82 @@
+"""Load causal LMs and tokenizers (local directory or hub id); fingerprint them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from app.errors import ModelError
+
+
+def device() -> str:
+    """``cuda`` when this process sees a GPU, else ``cpu``. Called after fork, never at import."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _check_exists(ref: str, what: str) -> None:
+    looks_local = ref.startswith((".", "/", "~")) or (os.sep in ref and Path(ref).exists())
+    if looks_local and not Path(ref).expanduser().exists():
+        raise ModelError(f"{what} {ref!r} does not exist; give a model directory or a hub id")
+
+
+def load_tokenizer(ref: str, what: str = "model") -> Any:
+    from transformers import AutoTokenizer
+
+    _check_exists(ref, what)
+    try:
+        tok = AutoTokenizer.from_pretrained(ref)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load the tokenizer of {what} {ref!r}: {e}".split("\n")[0]) from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(ref: str, what: str = "model", dtype: Any = None) -> Any:
+    """A causal LM in eval mode on :func:`device`. float32 on CPU (fp16 matmuls crawl there)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    _check_exists(ref, what)
+    dev = device()
+    if dtype is None:
+        dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load {what} {ref!r}: {e}".split("\n")[0]) from None
+    return model.to(dev).eval()
+
+
+def tokenizer_fingerprint(tok: Any) -> str:
+    """sha256 over the vocabulary and special tokens: equal iff token ids mean the same text."""
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    special = {k: str(v) for k, v in sorted(tok.special_tokens_map.items())}
+    payload = json.dumps({"vocab": vocab, "special": special}, ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def model_fingerprint(ref: str) -> str:
+    """sha256 over a local model's config and weight file names and sizes, or the hub id.
+
+    Sizes, not contents: hashing tens of GB of weights at enqueue would cost minutes.
+    """
+    path = Path(ref).expanduser()
+    if not path.is_dir():
+        return hashlib.sha256(f"hub:{ref}".encode()).hexdigest()[:16]
+    h = hashlib.sha256()
+    config = path / "config.json"
+    if config.exists():
+        h.update(config.read_bytes())
+    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def vocab_size(model: Any) -> int:
+    return int(model.get_output_embeddings().weight.shape[0])

@@ -1,0 +1,113 @@
+"""Student adapters: any peft method by name, or ``full`` fine-tuning.
+
+Short names map to peft types (``lora``, ``prefix``, ``prompt``, ``ia3``, ``adaption_prompt`` /
+``llama_adapter``); every other peft type is accepted by its own name (``loha``, ``vera``...).
+Options are passed to that method's peft config, with a few friendly spellings
+(``alpha`` → ``lora_alpha``). The adapter init is seeded, so every replica of a round starts
+from identical weights without coordinating.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from app.errors import SpecError
+
+FULL = "full"
+ALIASES = {
+    "lora": "LORA",
+    "prefix": "PREFIX_TUNING",
+    "prompt": "PROMPT_TUNING",
+    "ia3": "IA3",
+    "adaption_prompt": "ADAPTION_PROMPT",
+    "llama_adapter": "ADAPTION_PROMPT",
+}
+FRIENDLY_KEYS = {
+    "LORA": {"alpha": "lora_alpha", "dropout": "lora_dropout"},
+    "ADALORA": {"alpha": "lora_alpha", "dropout": "lora_dropout"},
+}
+# Prompt-learning methods need a length; these are small, sensible starting points.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "PREFIX_TUNING": {"num_virtual_tokens": 8},
+    "PROMPT_TUNING": {"num_virtual_tokens": 8},
+    "P_TUNING": {"num_virtual_tokens": 8, "encoder_hidden_size": 128},
+    "ADAPTION_PROMPT": {"adapter_len": 8, "adapter_layers": 1},
+}
+
+
+def peft_types() -> list[str]:
+    from peft import PeftType
+
+    return [t.value for t in PeftType]
+
+
+def valid_methods() -> list[str]:
+    names = set(ALIASES) | {t.lower() for t in peft_types()} | {FULL}
+    return sorted(names)
+
+
+def resolve(method: str) -> str:
+    """The peft type name (``LORA``...) for ``method``, or ``full``. Raises SpecError."""
+    m = method.lower()
+    if m == FULL:
+        return FULL
+    if m in ALIASES:
+        return ALIASES[m]
+    if m.upper() in peft_types():
+        return m.upper()
+    raise SpecError(f"unknown PEFT method {method!r}; valid: {', '.join(valid_methods())}")
+
+
+def make_config(options: dict[str, Any]) -> Any:
+    """A peft config for ``{"method": ..., **options}`` (None for full). Raises SpecError."""
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    ptype = resolve(str(options["method"]))
+    if ptype == FULL:
+        extra = set(options) - {"method"}
+        if extra:
+            raise SpecError(f"peft method full takes no options, got {sorted(extra)}")
+        return None
+    cls = PEFT_TYPE_TO_CONFIG_MAPPING[ptype]
+    kwargs = dict(DEFAULTS.get(ptype, {}))
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key, value in options.items():
+        if key == "method":
+            continue
+        key = FRIENDLY_KEYS.get(ptype, {}).get(key, key)
+        if key not in names:
+            raise SpecError(
+                f"peft option {key!r} is not an option of {ptype}; options: {', '.join(sorted(names))}"
+            )
+        kwargs[key] = value
+    kwargs["task_type"] = "CAUSAL_LM"
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"peft {ptype} options are invalid: {e}") from None
+
+
+def is_prompt_learning(options: dict[str, Any]) -> bool:
+    """Virtual-token methods: they cannot be merged into the base weights."""
+    return resolve(str(options["method"])) in {"PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "CPT"}
+
+
+def wrap(base: Any, options: dict[str, Any], seed: int) -> Any:
+    """``base`` with the adapter attached (or all parameters trainable for full), seeded init."""
+    import torch
+
+    config = make_config(options)
+    if config is None:
+        base.requires_grad_(True)
+        return base
+    from peft import get_peft_model
+
+    torch.manual_seed(seed)
+    try:
+        return get_peft_model(base, config)
+    except (ValueError, TypeError, KeyError) as e:
+        raise SpecError(
+            f"peft {options['method']} cannot be applied to this model ({e}); "
+            "set target_modules or choose another method"
+        ) from None

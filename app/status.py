@@ -1,0 +1,89 @@
+"""A job's state, derived from storage (what is done) and Redis (what is running now)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from app import live
+from app.job_store import Job
+from storage.atomic import read_json
+from tasks.pipeline import merged_shards, replica_key, teacher_key
+
+
+def job_status(job: Job, redis_client: Any | None = None) -> dict[str, Any]:
+    running = live.progress(redis_client, job.id) if redis_client is not None else {}
+    failures = {}
+    if job.paths.failures_dir.exists():
+        for f in sorted(job.paths.failures_dir.glob("*.json")):
+            rec = read_json(f)
+            failures[f.stem] = {"task": rec["task"], "error": rec["error"]}
+    shards = []
+    for i in range(job.n_shards):
+        key = teacher_key(i)
+        entry: dict[str, Any] = {"shard": i, "state": "pending"}
+        if job.paths.shard_stats(i).exists():
+            st = read_json(job.paths.shard_stats(i))
+            entry.update(state="done", tokens=st["tokens"], bytes=st["bytes"], tokens_per_s=st["tokens_per_s"])
+        elif key in failures:
+            entry.update(state="failed", error=failures[key]["error"])
+        elif key in running:
+            entry.update(state="running", progress=running[key])
+        shards.append(entry)
+    tracks = {}
+    for spec in job.spec.students:
+        merged = sorted(merged_shards(job, spec.name))
+        live_replicas = {
+            k: v for k, v in running.items() if k.startswith(f"replica-{spec.name}-")
+        }
+        tracks[spec.name] = {
+            "rounds_merged": len(merged), "rounds": job.n_shards, "merged_shards": merged,
+            "running": live_replicas,
+            "replicas": spec.replicas,
+        }
+    done = job.paths.report.exists()
+    state = "done" if done else "failed" if failures else "running" if running or any(s["state"] == "done" for s in shards) else "queued"
+    return {
+        "job_id": job.id, "state": state, "mode": job.spec.mode, "shards": shards, "tracks": tracks,
+        "teacher_eval": job.paths.teacher_eval.exists() if job.spec.has_teacher else None,
+        "failures": failures, "report": str(job.paths.report) if done else None, "at": time.time(),
+    }
+
+
+def _bar(done: float, total: float, width: int = 24) -> str:
+    frac = 0.0 if total <= 0 else min(1.0, done / total)
+    full = int(frac * width)
+    return "[" + "#" * full + "." * (width - full) + f"] {frac * 100:5.1f}%"
+
+
+def render(status: dict[str, Any]) -> str:
+    """Progress bars for the terminal: teacher shards, then each student track."""
+    shards = status["shards"]
+    done = sum(s["state"] == "done" for s in shards)
+    partial = sum(
+        s["progress"]["samples"] / max(1, s["progress"]["of"]) for s in shards if s["state"] == "running"
+    )
+    rates = [s["progress"]["tokens_per_s"] for s in shards if s["state"] == "running"]
+    lines = [f"{status['job_id']}  {status['state']}"]
+    lines.append(
+        f"  teacher  {_bar(done + partial, len(shards))}  {done}/{len(shards)} shards"
+        + (f"  {rates[0]:.0f} tok/s" if rates else "")
+    )
+    for name, t in status["tracks"].items():
+        cur = ""
+        frac = 0.0
+        for p in t["running"].values():
+            frac += p.get("step", 0) / max(1, p.get("steps", 1)) / t["replicas"]
+            cur = f"  loss {p.get('loss', float('nan')):.3f}  {p.get('tokens_per_s', 0):.0f} tok/s"
+        lines.append(f"  {name:<8} {_bar(t['rounds_merged'] + frac, t['rounds'])}  {t['rounds_merged']}/{t['rounds']} rounds{cur}")
+    for key, f in status["failures"].items():
+        lines.append(f"  FAILED {key}: {f['error']}")
+    return "\n".join(lines)
+
+
+def dumps(status: dict[str, Any]) -> str:
+    return json.dumps(status, indent=2, default=str)
+
+
+__all__ = ["dumps", "job_status", "render", "replica_key"]

@@ -1,0 +1,96 @@
+"""Score tokenized samples with the teacher: top-k log-probs at τ at the target positions."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.data import Sample, TokenizeStats, read_records, tokenize_record
+from storage.cache import CacheWriter, ShardMeta
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SparseTargets:
+    ids: np.ndarray  # [P_j, k] int64
+    logprobs: np.ndarray  # [P_j, k] float16
+
+
+@torch.no_grad()
+def score_batch(model: Any, samples: list[Sample], top_k: int, temperature: float) -> list[SparseTargets]:
+    """One padded forward over ``samples``; the teacher's top-k at each sample's target positions.
+
+    Log-probs are normalised over the full vocabulary at τ before the top-k is taken, so the
+    stored values are true probabilities and 1 − Σ is the tail mass the student loss needs.
+    """
+    dev = next(model.parameters()).device
+    length = max(len(s.input_ids) for s in samples)
+    ids = torch.zeros((len(samples), length), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(samples):
+        ids[i, : len(s.input_ids)] = torch.tensor(s.input_ids)
+        mask[i, : len(s.input_ids)] = 1
+    # Right padding + attention mask: positions of real tokens are unaffected by padding.
+    hidden = model.base_model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).last_hidden_state
+    head = model.get_output_embeddings()
+    out: list[SparseTargets] = []
+    for i, s in enumerate(samples):
+        pos = torch.tensor(s.target_positions(), dtype=torch.long, device=dev)
+        # Only target positions go through the LM head: the [L, V] logits of prompt tokens
+        # are never materialised.
+        logits = head(hidden[i, pos]).float() / temperature
+        logprobs = torch.log_softmax(logits, dim=-1)
+        top = torch.topk(logprobs, k=top_k, dim=-1)
+        out.append(SparseTargets(top.indices.cpu().numpy(), top.values.to(torch.float16).cpu().numpy()))
+    return out
+
+
+def write_shard(
+    *,
+    model: Any | None,
+    tok: Any,
+    dataset: Path,
+    index: np.ndarray,
+    record_ids: np.ndarray,
+    out: Path,
+    meta: ShardMeta,
+    batch_size: int,
+    max_length: int,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict[str, int], TokenizeStats]:
+    """Tokenize the shard's records, score them (unless ``model`` is None: data_parallel), stream to ``out``."""
+    stats = TokenizeStats()
+    with CacheWriter(out, meta) as writer:
+        pending: list[Sample] = []
+
+        def flush() -> None:
+            targets = (
+                score_batch(model, pending, meta.top_k, meta.temperature) if model is not None else [None] * len(pending)
+            )
+            for s, t in zip(pending, targets, strict=True):
+                writer.add(
+                    s.record_id, np.asarray(s.input_ids), np.asarray(s.target_positions()),
+                    t.ids if t else None, t.logprobs if t else None,
+                )
+            pending.clear()
+            if on_progress:
+                on_progress(writer.counts["samples"], writer.counts["tokens"])
+
+        # Sort-free streaming: batches keep dataset order so record_ids stay ascending.
+        for rid, record in read_records(dataset, index, record_ids):
+            sample = tokenize_record(record, rid, tok, max_length, stats)
+            if sample is not None:
+                pending.append(sample)
+            if len(pending) >= batch_size:
+                flush()
+        if pending:
+            flush()
+        counts = writer.counts
+    return counts, stats

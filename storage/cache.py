@@ -1,0 +1,261 @@
+"""Teacher cache shards: HDF5 files in the ``distillq.teacher/1`` format (DESIGN §4).
+
+| dataset            | dtype         | shape  | meaning                                          |
+|--------------------|---------------|--------|--------------------------------------------------|
+| input_ids          | int32         | [T]    | token ids of all samples, concatenated           |
+| sample_offsets     | int64         | [n+1]  | sample j spans input_ids[o[j]:o[j+1]]            |
+| record_ids         | int64         | [n]    | dataset record of each sample                    |
+| target_positions   | int64         | [P]    | positions (into input_ids) that carry targets    |
+| target_ids         | uint16/int32  | [P, k] | teacher token ids                                |
+| target_logprobs    | float16       | [P, k] | teacher log-probs at τ (full-vocab normalised)   |
+
+Writing streams batch by batch into resizable, chunked, shuffle+gzip datasets, hashing each
+dataset as it grows; the file appears under its final name only when complete, and a sidecar
+JSON (file sha256, counts) written after it is what marks the shard as done. Readers slice
+targets per batch, so memory stays flat however large a shard is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from app.errors import CacheError
+from storage.atomic import atomic_path, write_json
+
+FORMAT = "distillq.teacher/1"
+CHUNK_ROWS = 1024
+_COMPRESSION: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+
+
+def id_dtype(vocab_size: int) -> np.dtype:
+    """Smallest dtype that holds every token id of the vocabulary."""
+    return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.int32)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _Appender:
+    """A 1-D or 2-D dataset that grows along axis 0 and hashes what is appended."""
+
+    def __init__(self, f: h5py.File, name: str, dtype: np.dtype, width: int | None) -> None:
+        shape = (0,) if width is None else (0, width)
+        maxshape = (None,) if width is None else (None, width)
+        chunks = (CHUNK_ROWS * 16,) if width is None else (CHUNK_ROWS, max(width, 1))
+        self.ds = f.create_dataset(name, shape=shape, maxshape=maxshape, dtype=dtype, chunks=chunks, **_COMPRESSION)
+        self.dtype = dtype
+        self.sha = hashlib.sha256()
+        self.n = 0
+
+    def append(self, values: np.ndarray) -> None:
+        values = np.ascontiguousarray(values, dtype=self.dtype)
+        if len(values) == 0:
+            return
+        self.ds.resize(self.n + len(values), axis=0)
+        self.ds[self.n : self.n + len(values)] = values
+        self.sha.update(values.tobytes())
+        self.n += len(values)
+
+
+@dataclass
+class ShardMeta:
+    """What a shard was made from; written as HDF5 attributes and checked by readers."""
+
+    shard: int
+    vocab_size: int
+    top_k: int
+    temperature: float
+    teacher_fingerprint: str
+    tokenizer_fingerprint: str
+    record_range: tuple[int, int]
+    method: str = "topk"
+
+
+class CacheWriter:
+    """Stream samples and their sparse teacher targets into one shard file, atomically.
+
+    Use as a context manager; the file is committed on a clean exit and discarded otherwise.
+    """
+
+    def __init__(self, path: Path, meta: ShardMeta) -> None:
+        self.path = path
+        self.meta = meta
+        self._ctx = atomic_path(path)
+
+    def __enter__(self) -> CacheWriter:
+        self._tmp = self._ctx.__enter__()
+        self._f = h5py.File(self._tmp, "w")
+        k = self.meta.top_k
+        self._input_ids = _Appender(self._f, "input_ids", np.dtype(np.int32), None)
+        self._record_ids = _Appender(self._f, "record_ids", np.dtype(np.int64), None)
+        self._positions = _Appender(self._f, "target_positions", np.dtype(np.int64), None)
+        self._ids = _Appender(self._f, "target_ids", id_dtype(self.meta.vocab_size), k)
+        self._logprobs = _Appender(self._f, "target_logprobs", np.dtype(np.float16), k)
+        self._offsets = [0]
+        return self
+
+    def add(self, record_id: int, input_ids: np.ndarray, positions: np.ndarray,
+            target_ids: np.ndarray | None, target_logprobs: np.ndarray | None) -> None:
+        """Append one sample: ids [L], positions [P_j] (within the sample), targets [P_j, k]."""
+        base = self._offsets[-1]
+        self._input_ids.append(input_ids)
+        self._record_ids.append(np.asarray([record_id]))
+        self._positions.append(np.asarray(positions, dtype=np.int64) + base)
+        if self.meta.top_k:
+            assert target_ids is not None and target_logprobs is not None
+            self._ids.append(target_ids)
+            self._logprobs.append(target_logprobs)
+        self._offsets.append(base + len(input_ids))
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                offsets = np.asarray(self._offsets, dtype=np.int64)
+                self._f.create_dataset("sample_offsets", data=offsets, **_COMPRESSION)
+                shas = {
+                    "input_ids": self._input_ids.sha.hexdigest(),
+                    "sample_offsets": hashlib.sha256(offsets.tobytes()).hexdigest(),
+                    "record_ids": self._record_ids.sha.hexdigest(),
+                    "target_positions": self._positions.sha.hexdigest(),
+                    "target_ids": self._ids.sha.hexdigest(),
+                    "target_logprobs": self._logprobs.sha.hexdigest(),
+                }
+                m = self.meta
+                attrs = {
+                    "format": FORMAT, "shard": m.shard, "vocab_size": m.vocab_size, "k": m.top_k,
+                    "temperature": m.temperature, "target_method": m.method,
+                    "teacher_fingerprint": m.teacher_fingerprint,
+                    "tokenizer_fingerprint": m.tokenizer_fingerprint,
+                    "record_range": list(m.record_range), "sha256": json.dumps(shas, sort_keys=True),
+                }
+                self._f.attrs.update(attrs)
+            self._f.close()
+        finally:
+            self._ctx.__exit__(exc_type, exc, tb)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"samples": len(self._offsets) - 1, "tokens": self._offsets[-1], "target_positions": self._positions.n}
+
+
+def write_stats(path: Path, shard_file: Path, stats: dict[str, Any]) -> dict[str, Any]:
+    """Write the sidecar that marks a shard as done: file sha256 + size + ``stats``."""
+    record = {**stats, "sha256": file_sha256(shard_file), "bytes": shard_file.stat().st_size}
+    write_json(path, record)
+    return record
+
+
+def verified(shard_file: Path, stats_file: Path) -> dict[str, Any] | None:
+    """The sidecar record if the shard file exists and matches it, else None."""
+    if not (shard_file.exists() and stats_file.exists()):
+        return None
+    try:
+        record = json.loads(stats_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if record.get("bytes") != shard_file.stat().st_size or record.get("sha256") != file_sha256(shard_file):
+        return None
+    return dict(record)
+
+
+@dataclass
+class Batch:
+    """Samples ``[first, last)`` of a shard, padded; targets for the positions that carry them."""
+
+    input_ids: np.ndarray  # [B, L] int64, padded with 0
+    attention_mask: np.ndarray  # [B, L] int64
+    rows: np.ndarray  # [P] batch row of each target position
+    cols: np.ndarray  # [P] column (position within the sample) of each target position
+    labels: np.ndarray  # [P] the next token at each target position (hard label)
+    target_ids: np.ndarray | None  # [P, k] int64
+    target_logprobs: np.ndarray | None  # [P, k] float32
+
+
+class CacheReader:
+    """Read a shard: small index arrays in memory, teacher targets sliced per batch."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self._f = h5py.File(path, "r")
+        except (OSError, FileNotFoundError) as e:
+            raise CacheError(f"teacher cache {path} cannot be opened ({e}); delete it and resume the job") from None
+        if self._f.attrs.get("format") != FORMAT:
+            raise CacheError(f"teacher cache {path} is not in format {FORMAT}; regenerate it")
+        self.path = path
+        self.attrs = dict(self._f.attrs)
+        self.input_ids = self._f["input_ids"][:]
+        self.offsets = self._f["sample_offsets"][:]
+        self.record_ids = self._f["record_ids"][:]
+        self.positions = self._f["target_positions"][:]
+        self.k = int(self.attrs["k"])
+
+    def __enter__(self) -> CacheReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def sample_ids(self, j: int) -> np.ndarray:
+        return self.input_ids[self.offsets[j] : self.offsets[j + 1]]
+
+    def batch(self, first: int, last: int) -> Batch:
+        """Contiguous samples [first, last) as one padded batch with their targets."""
+        lo, hi = self.offsets[first], self.offsets[last]
+        p0, p1 = np.searchsorted(self.positions, [lo, hi])
+        pos = self.positions[p0:p1]
+        lengths = np.diff(self.offsets[first : last + 1])
+        ids = np.zeros((last - first, int(lengths.max())), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for i, j in enumerate(range(first, last)):
+            ids[i, : lengths[i]] = self.sample_ids(j)
+            mask[i, : lengths[i]] = 1
+        rows = np.searchsorted(self.offsets[first : last + 1], pos, side="right") - 1
+        cols = pos - self.offsets[first + rows]
+        labels = self.input_ids[pos + 1].astype(np.int64)
+        t_ids = t_lp = None
+        if self.k:
+            t_ids = self._f["target_ids"][p0:p1].astype(np.int64)
+            t_lp = self._f["target_logprobs"][p0:p1].astype(np.float32)
+        return Batch(ids, mask, rows.astype(np.int64), cols.astype(np.int64), labels, t_ids, t_lp)
+
+    def batches(self, samples: range, batch_size: int, order: np.ndarray | None = None) -> Iterator[Batch]:
+        """Batches of ``batch_size`` contiguous samples within ``samples``, in ``order`` of batch index."""
+        starts = list(range(samples.start, samples.stop, batch_size))
+        for b in order if order is not None else range(len(starts)):
+            yield self.batch(starts[b], min(starts[b] + batch_size, samples.stop))
+
+    def check_dataset_hashes(self) -> None:
+        """Recompute every dataset's sha256 against the file's attributes. Raises CacheError."""
+        expected = json.loads(self.attrs["sha256"])
+        for name, sha in expected.items():
+            ds = self._f[name]
+            h = hashlib.sha256()
+            step = CHUNK_ROWS * 16
+            for i in range(0, ds.shape[0], step):
+                h.update(np.ascontiguousarray(ds[i : i + step]).tobytes())
+            if h.hexdigest() != sha:
+                raise CacheError(f"teacher cache {self.path}: dataset {name} fails its checksum; resume regenerates it")
+
+
+def size_on_disk(path: Path) -> int:
+    return os.stat(path).st_size

@@ -1,0 +1,107 @@
+"""Global checkpoints (one version per merged round) and replica deltas, on storage.
+
+    students/<track>/global/v0007/{params.safetensors, optimizer.pt, meta.json}
+    students/<track>/rounds/shard-00003/replica-0/{delta.safetensors, optimizer.pt, stats.json}
+
+Tensors are safetensors (no pickle); optimizer state is ``torch.save``d and read back with
+``weights_only=True``. A version directory appears whole (atomic rename) or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from storage.atomic import atomic_dir, atomic_path, write_json
+from storage.layout import JobPaths
+
+KEEP_VERSIONS = 3  # older global versions are pruned; the newest few allow a look back
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    version: int
+    dir: Path
+    meta: dict[str, Any]
+
+    def params(self) -> dict[str, torch.Tensor]:
+        return load_file(self.dir / "params.safetensors")
+
+    def optimizer(self) -> dict[str, Any] | None:
+        return _load_optimizer(self.dir / "optimizer.pt")
+
+
+def _load_optimizer(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def versions(paths: JobPaths, track: str) -> list[int]:
+    root = paths.global_dir(track)
+    if not root.exists():
+        return []
+    found = []
+    for d in root.iterdir():
+        if d.name.startswith("v") and d.name[1:].isdigit() and (d / "meta.json").exists():
+            found.append(int(d.name[1:]))
+    return sorted(found)
+
+
+def latest(paths: JobPaths, track: str) -> Checkpoint | None:
+    vs = versions(paths, track)
+    if not vs:
+        return None
+    d = paths.global_version(track, vs[-1])
+    return Checkpoint(vs[-1], d, json.loads((d / "meta.json").read_text()))
+
+
+def write_version(
+    paths: JobPaths, track: str, version: int, params: dict[str, torch.Tensor],
+    optimizer: dict[str, Any] | None, meta: dict[str, Any],
+) -> Checkpoint:
+    """Publish ``v{version}``; FileExistsError if another writer published it first."""
+    final = paths.global_version(track, version)
+    meta = {**meta, "version": version}
+    with atomic_dir(final) as tmp:
+        save_file({k: v.contiguous() for k, v in params.items()}, tmp / "params.safetensors")
+        if optimizer is not None:
+            torch.save(optimizer, tmp / "optimizer.pt")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    for old in versions(paths, track)[:-KEEP_VERSIONS]:
+        shutil.rmtree(paths.global_version(track, old), ignore_errors=True)
+    return Checkpoint(version, final, meta)
+
+
+def write_replica(
+    paths: JobPaths, track: str, shard: int, replica: int,
+    delta: dict[str, torch.Tensor], optimizer: dict[str, Any], stats: dict[str, Any],
+) -> None:
+    """Save a replica's delta and optimizer state; ``stats.json`` last marks it complete."""
+    d = paths.replica_dir(track, shard, replica)
+    with atomic_path(d / "delta.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in delta.items()}, tmp)
+    with atomic_path(d / "optimizer.pt") as tmp:
+        torch.save(optimizer, tmp)
+    write_json(d / "stats.json", stats)
+
+
+def replica_stats(paths: JobPaths, track: str, shard: int, replica: int) -> dict[str, Any] | None:
+    f = paths.replica_dir(track, shard, replica) / "stats.json"
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def load_replica(paths: JobPaths, track: str, shard: int, replica: int) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    d = paths.replica_dir(track, shard, replica)
+    return load_file(d / "delta.safetensors"), _load_optimizer(d / "optimizer.pt")
+
+
+def drop_round(paths: JobPaths, track: str, shard: int) -> None:
+    """Delete a merged round's replica files (the merge is recorded in the global meta)."""
+    shutil.rmtree(paths.round_dir(track, shard), ignore_errors=True)

@@ -1,0 +1,33 @@
+"""Every Redis key distillq uses, in one place. Redis holds live state only (DESIGN §3)."""
+
+from __future__ import annotations
+
+PREFIX = "distillq"
+
+
+def node(hostname: str) -> str:
+    """Hash of one worker node's resources; expires unless its heartbeat refreshes it."""
+    return f"{PREFIX}:node:{hostname}"
+
+
+def node_pattern() -> str:
+    return f"{PREFIX}:node:*"
+
+
+def progress(job_id: str, task: str) -> str:
+    """Live progress of one running task (hash: step, loss, tokens/s, ...)."""
+    return f"{PREFIX}:job:{job_id}:progress:{task}"
+
+
+def progress_pattern(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:progress:*"
+
+
+def track_lock(job_id: str, track: str) -> str:
+    """Lock held while a round's deltas are merged into a track's global checkpoint."""
+    return f"{PREFIX}:job:{job_id}:lock:{track}"
+
+
+def attempts(job_id: str, task: str) -> str:
+    """Delivery counter of one logical task, to cap redelivery of a poison task."""
+    return f"{PREFIX}:job:{job_id}:attempts:{task}"

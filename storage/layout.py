@@ -1,0 +1,118 @@
+"""Every path of a job on shared storage, in one place (DESIGN §3).
+
+    <storage>/jobs/<job_id>/
+      job.yaml, dataset.jsonl            frozen spec + fingerprints, the dataset copied in
+      teacher/shard-00003.h5 (+ .json)   verified cache shards (+ their stats)
+      teacher/eval.json                  the teacher's held-out loss
+      students/<track>/global/v0007/     a track's checkpoint after 7 merged rounds
+      students/<track>/rounds/shard-00003/replica-0/   replica deltas until merged
+      students/<track>/final/{adapter,merged}/
+      failures/<task>.json               tasks that gave up, with the reason
+      report.json, report.png
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.errors import DistillqError
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_name(kind: str, value: str) -> str:
+    """Refuse ids and names that could escape their directory (``../``, ``/``, empty)."""
+    if not _SAFE_NAME.match(value) or ".." in value:
+        raise DistillqError(
+            f"{kind} {value!r} is not allowed: use letters, digits, '.', '_' and '-' only "
+            "(no '/', no '..', at most 128 characters)"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    """All paths of one job. Build with :func:`job_paths`; pure, touches no disk."""
+
+    root: Path
+
+    @property
+    def job_id(self) -> str:
+        return self.root.name
+
+    @property
+    def spec(self) -> Path:
+        return self.root / "job.yaml"
+
+    @property
+    def dataset(self) -> Path:
+        return self.root / "dataset.jsonl"
+
+    @property
+    def teacher_dir(self) -> Path:
+        return self.root / "teacher"
+
+    def shard(self, shard: int) -> Path:
+        return self.teacher_dir / f"shard-{shard:05d}.h5"
+
+    def shard_stats(self, shard: int) -> Path:
+        return self.teacher_dir / f"shard-{shard:05d}.json"
+
+    @property
+    def teacher_eval(self) -> Path:
+        return self.teacher_dir / "eval.json"
+
+    def track_dir(self, track: str) -> Path:
+        return self.root / "students" / check_name("track name", track)
+
+    def global_dir(self, track: str) -> Path:
+        return self.track_dir(track) / "global"
+
+    def global_version(self, track: str, version: int) -> Path:
+        return self.global_dir(track) / f"v{version:04d}"
+
+    def round_dir(self, track: str, shard: int) -> Path:
+        return self.track_dir(track) / "rounds" / f"shard-{shard:05d}"
+
+    def replica_dir(self, track: str, shard: int, replica: int) -> Path:
+        return self.round_dir(track, shard) / f"replica-{replica}"
+
+    def final_dir(self, track: str) -> Path:
+        return self.track_dir(track) / "final"
+
+    def student_eval(self, track: str) -> Path:
+        return self.track_dir(track) / "eval.json"
+
+    @property
+    def failures_dir(self) -> Path:
+        return self.root / "failures"
+
+    def failure(self, task_key: str) -> Path:
+        return self.failures_dir / f"{task_key}.json"
+
+    @property
+    def finalize_claim(self) -> Path:
+        return self.root / "finalize.claimed"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.json"
+
+    @property
+    def report_png(self) -> Path:
+        return self.root / "report.png"
+
+
+def jobs_root(storage: Path) -> Path:
+    return storage / "jobs"
+
+
+def job_paths(storage: Path, job_id: str) -> JobPaths:
+    return JobPaths(jobs_root(storage) / check_name("job id", job_id))
+
+
+def models_root(storage: Path) -> Path:
+    """Where ``distillq demo`` puts the models it builds, so every worker can load them."""
+    return storage / "models"

@@ -1,0 +1,77 @@
+"""What every distillq task shares: job loading, an attempt cap, progress, failure records."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from celery import Task
+
+from app import live
+from app.celery import settings_of
+from app.errors import DistillqError
+from app.job_store import Job, load_job
+from storage.atomic import write_json
+
+log = logging.getLogger(__name__)
+
+
+class GaveUp(DistillqError):
+    """A task was delivered more times than the attempt cap allows."""
+
+
+class JobTask(Task):
+    """Base of distillq tasks; ``task_key`` names the logical unit of work for records."""
+
+    abstract = True
+
+    def job(self, job_id: str) -> Job:
+        return load_job(settings_of(self.app).storage, job_id)
+
+    def redis(self) -> Any:
+        return live.client(settings_of(self.app).broker_url)
+
+    @contextlib.contextmanager
+    def attempt(self, job: Job, key: str) -> Iterator[None]:
+        """Count this delivery; refuse past ``max_attempts`` (a task that kills its worker every
+        time would otherwise be re-queued forever by ``task_reject_on_worker_lost``)."""
+        s = settings_of(self.app)
+        n = live.next_attempt(self.redis(), job.id, key, s.result_expires)
+        if n > s.max_attempts:
+            raise GaveUp(f"{key} was delivered {n} times (limit {s.max_attempts}); last attempts died without finishing")
+        try:
+            yield
+        finally:
+            live.clear_progress(self.redis(), job.id, key)
+
+    def progress(self, job: Job, key: str) -> Callable[[dict[str, Any]], None]:
+        """A callback that publishes progress to Redis, the task state and a task event (Flower)."""
+
+        def report(fields: dict[str, Any]) -> None:
+            fields = {**fields, "task": key, "at": time.time()}
+            live.set_progress(self.redis(), job.id, key, fields)
+            if self.request.id:
+                self.update_state(state="PROGRESS", meta=fields)
+                self.send_event("task-progress", **fields)
+
+        return report
+
+    def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:  # type: ignore[override]
+        job_id = next((a for a in args if isinstance(a, str)), None)
+        if job_id is None:
+            return
+        with contextlib.suppress(Exception):
+            job = self.job(job_id)
+            key = self.key_of(args)
+            write_json(job.paths.failure(key), {
+                "task": self.name, "task_id": task_id, "key": key, "args": list(args[1:] if isinstance(args[0], list) else args),
+                "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exception(exc)[-6:], "at": time.time(),
+            })
+            log.error("job %s %s failed: %s", job_id, key, exc)
+
+    def key_of(self, args: tuple) -> str:
+        return self.name.split(".")[-1]

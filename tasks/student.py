@@ -1,0 +1,50 @@
+"""Tasks of the ``student`` queue: replicas, the merge (under the track lock), finalize."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app import merge, stages, student
+from app.celery import app
+from storage import keys
+from tasks import pipeline
+from tasks.base import JobTask
+
+LOCK_SECONDS = 600  # a merge holding the lock longer than this is presumed dead
+
+
+class StudentTask(JobTask):
+    abstract = True
+
+    def key_of(self, args: tuple) -> str:
+        if self.name.endswith("train_replica"):
+            return pipeline.replica_key(args[1], args[2], args[3])
+        if self.name.endswith("merge_round"):
+            return pipeline.merge_key(args[2], args[3])
+        return "finalize"
+
+
+@app.task(name="distillq.train_replica", bind=True, base=StudentTask)
+def train_replica(self: StudentTask, job_id: str, track: str, shard: int, replica: int) -> dict[str, Any]:
+    job = self.job(job_id)
+    key = pipeline.replica_key(track, shard, replica)
+    with self.attempt(job, key):
+        stats = student.train_replica(job, track, shard, replica, self.progress(job, key))
+    return {k: v for k, v in stats.items() if k != "curve"}
+
+
+@app.task(name="distillq.merge_round", bind=True, base=StudentTask)
+def merge_round(self: StudentTask, _replicas: list[dict[str, Any]], job_id: str, track: str, shard: int) -> dict[str, Any]:
+    job = self.job(job_id)
+    with self.attempt(job, pipeline.merge_key(track, shard)), self.redis().lock(keys.track_lock(job_id, track), timeout=LOCK_SECONDS):
+        result = merge.merge_round(job, track, shard)
+    pipeline.maybe_finalize(self.app, job)
+    return result
+
+
+@app.task(name="distillq.finalize", bind=True, base=StudentTask)
+def finalize(self: StudentTask, job_id: str) -> dict[str, Any]:
+    job = self.job(job_id)
+    with self.attempt(job, "finalize"):
+        data = stages.finalize(job)
+    return {"report": str(job.paths.report), "students": {k: v["eval_loss"] for k, v in data["students"].items()}}

@@ -1,0 +1,149 @@
+"""Shared fixtures: tiny real transformers models, a real redis-server, real worker processes.
+
+Nothing is faked: Redis is a redis-server of the test session's own (on a free port, never
+the shared one), workers are `distillq worker` subprocesses, models are LlamaForCausalLM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from app.demo_models import TEACHER_ASSET, TinyLlama, chunks, in_demo_split, llama, read_text, stdlib_files
+from app.settings import Settings
+
+TINY_TEACHER = TinyLlama(hidden=64, layers=2, heads=4, intermediate=128, max_positions=256)
+TINY_STUDENT = TinyLlama(hidden=32, layers=1, heads=2, intermediate=64, max_positions=256)
+
+
+def save_tiny(out: Path, shape: TinyLlama, seed: int) -> str:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(TEACHER_ASSET)
+    model = llama(shape, len(tok), tok.eos_token_id, seed)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "teacher": save_tiny(root / "teacher", TINY_TEACHER, 0),
+        "student": save_tiny(root / "student", TINY_STUDENT, 1),
+    }
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture(scope="session")
+def text_records() -> list[dict]:
+    """Real text: chunks of the stdlib's demo split."""
+    out = []
+    for p in stdlib_files():
+        if in_demo_split(p):
+            out += [{"text": c} for c in chunks(read_text(p), 300) if len(c) > 40]
+        if len(out) >= 400:
+            break
+    return out
+
+
+@pytest.fixture
+def make_spec(tmp_path: Path, tiny_models: dict[str, str], text_records: list[dict]) -> Callable[..., Path]:
+    """Write a job spec YAML (tiny models, real text) with overrides; returns its path."""
+    import yaml
+
+    def make(n_records: int = 60, **overrides: object) -> Path:
+        data = write_jsonl(tmp_path / "train.jsonl", text_records[:n_records])
+        spec: dict = {
+            "name": "t", "dataset": str(data), "shards": 3, "eval_fraction": 0.1,
+            "teacher": {"model": tiny_models["teacher"], "top_k": 16, "batch_size": 8, "max_length": 96},
+            "students": [{"name": "s", "model": tiny_models["student"], "peft": {"method": "lora", "r": 4},
+                          "batch_size": 8, "lr": 1e-3}],
+        }
+        spec.update(overrides)
+        path = tmp_path / "job.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from workers.redis_server import EmbeddedRedis
+
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as r:
+        yield r.url
+
+
+@pytest.fixture
+def settings(redis_server: str, tmp_path: Path) -> Iterator[Settings]:
+    import redis
+
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    yield Settings(broker_url=redis_server, storage=tmp_path / "storage")
+    client.flushall()
+
+
+class Workers:
+    """Start `distillq worker` subprocesses; every one is stopped at teardown."""
+
+    def __init__(self, settings: Settings, logs: Path) -> None:
+        self.settings, self.logs, self.procs = settings, logs, []
+
+    def start(self, queues: str, name: str, threads: int = 1) -> subprocess.Popen:
+        from workers.launch import spawn_worker
+
+        p = spawn_worker(self.settings, queues.split(","), self.logs / f"{name}.log", threads=threads, hostname=f"{name}@test")
+        self.procs.append(p)
+        self.wait_ready(name)
+        return p
+
+    def wait_ready(self, name: str, timeout: float = 90) -> None:
+        import time
+
+        from app import live
+        from storage import keys
+
+        r = live.client(self.settings.broker_url)
+        deadline = time.time() + timeout
+        while not r.exists(keys.node(f"{name}@test")):
+            if time.time() > deadline or any(p.poll() is not None for p in self.procs):
+                raise RuntimeError(f"worker {name} did not start:\n{self.log(name)}")
+            time.sleep(0.2)
+
+    def log(self, name: str) -> str:
+        f = self.logs / f"{name}.log"
+        return f.read_text()[-4000:] if f.exists() else ""
+
+    def stop_all(self) -> None:
+        from workers.launch import stop_process_group
+
+        for p in self.procs:
+            stop_process_group(p)
+
+
+@pytest.fixture
+def workers(settings: Settings, tmp_path: Path) -> Iterator[Workers]:
+    w = Workers(settings, tmp_path / "logs")
+    yield w
+    w.stop_all()
+
+
+def run_cli(settings: Settings, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the real `distillq` command in a subprocess with these settings."""
+    import sys
+
+    env = {**os.environ, **settings.to_env()}
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True, timeout=timeout)

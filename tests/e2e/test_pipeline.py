@@ -1,0 +1,77 @@
+"""Whole jobs on real Redis + real worker processes + tiny real models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+
+from app.job_store import load_job
+from storage.atomic import read_json
+from tests.conftest import run_cli
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+
+def enqueue(settings, spec_path, *sets: str) -> str:
+    args = ["enqueue", str(spec_path)]
+    for s in sets:
+        args += ["--set", s]
+    res = run_cli(settings, *args)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip().splitlines()[-1]
+
+
+def test_three_shard_job_completes_with_both_workers(settings, make_spec, workers):
+    workers.start("teacher", "teacher")
+    workers.start("student", "student")
+    job_id = enqueue(settings, make_spec())
+    res = run_cli(settings, "wait", job_id, "--timeout", "300")
+    assert res.returncode == 0, res.stderr + workers.log("teacher") + workers.log("student")
+
+    job = load_job(settings.storage, job_id)
+    report = read_json(job.paths.report)
+    assert report["shards"] == 3
+    assert report["students"]["s"]["version"] == 3  # one merge per round, no more
+    assert report["teacher"]["eval_loss"] > 0 and report["students"]["s"]["eval_loss"] > 0
+    assert (job.paths.final_dir("s") / "adapter" / "adapter_config.json").exists()
+    assert (job.paths.final_dir("s") / "merged" / "config.json").exists()
+    assert job.paths.report_png.stat().st_size > 10_000
+
+    status = json.loads(run_cli(settings, "status", job_id, "--json").stdout)
+    assert status["state"] == "done"
+    assert [s["state"] for s in status["shards"]] == ["done"] * 3
+
+
+def test_students_wait_in_their_queue_until_a_student_worker_starts(settings, make_spec, workers):
+    workers.start("teacher", "teacher")
+    job_id = enqueue(settings, make_spec())
+    job = load_job(settings.storage, job_id)
+    res = run_cli(settings, "wait", job_id, "--timeout", "20")
+    assert res.returncode == 3  # not done: no student worker
+
+    import time
+
+    deadline = time.time() + 120
+    while not all(job.paths.shard_stats(i).exists() for i in range(3)):
+        assert time.time() < deadline, workers.log("teacher")
+        time.sleep(0.5)
+    r = redis.Redis.from_url(settings.broker_url)
+    assert r.llen("student") >= 3  # one replica task per finished shard, waiting
+    assert not (job.paths.root / "students").exists()  # nothing trained yet
+
+    workers.start("student", "student")
+    res = run_cli(settings, "wait", job_id, "--timeout", "300")
+    assert res.returncode == 0, res.stderr + workers.log("student")
+
+
+def test_students_start_before_the_last_teacher_shard_is_done(settings, make_spec, workers):
+    workers.start("teacher", "teacher")
+    workers.start("student", "student")
+    # More records per shard make each teacher shard take long enough to overlap visibly.
+    job_id = enqueue(settings, make_spec(n_records=300, shards=4))
+    assert run_cli(settings, "wait", job_id, "--timeout", "400").returncode == 0
+    report = read_json(load_job(settings.storage, job_id).paths.report)
+    first_student_step = report["students"]["s"]["first_step_at"]
+    assert first_student_step < report["last_shard_done_at"]

@@ -1,0 +1,86 @@
+"""`distillq up` / `down`: a local cluster (embedded Redis unless one is configured, N workers).
+
+Its state (pids, broker URL) lives in ``<storage>/cluster.json``, so later commands on this
+machine find the broker without any variable set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from app.errors import DistillqError
+from app.settings import Settings
+from storage.atomic import write_json
+from workers.launch import spawn_worker
+from workers.redis_server import EmbeddedRedis
+
+
+def _state_file(storage: Path) -> Path:
+    return storage / "cluster.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def cluster_broker(storage: Path) -> str:
+    """The broker of a running local cluster on this storage, or ''."""
+    f = _state_file(storage)
+    if not f.exists():
+        return ""
+    state = json.loads(f.read_text())
+    pid = state.get("redis_pid")
+    return str(state["broker_url"]) if pid is None or _alive(pid) else ""
+
+
+def up(settings: Settings, workers: int) -> str:
+    storage = settings.storage
+    if cluster_broker(storage) and _state_file(storage).exists():
+        raise DistillqError(f"a local cluster is already up on {storage}; `distillq down` stops it")
+    redis_pid = None
+    if not settings.broker_url:
+        redis = EmbeddedRedis(storage / "redis").start(detach=True)
+        settings = settings.with_(broker_url=redis.url)
+        redis_pid = redis.proc.pid if redis.proc else None
+    cores = os.cpu_count() or 1
+    procs = [
+        spawn_worker(settings, ["student", "teacher"] if i % 2 else ["teacher", "student"],
+                     storage / "logs" / f"worker-{i}.log", threads=max(1, cores // workers), hostname=f"local{i}@%h")
+        for i in range(workers)
+    ]
+    write_json(_state_file(storage), {
+        "broker_url": settings.broker_url, "redis_pid": redis_pid, "worker_pids": [p.pid for p in procs],
+        "started_at": time.time(),
+    })
+    return (f"cluster up: {workers} worker(s), broker {settings.broker_url}, storage {storage}\n"
+            f"  logs: {storage / 'logs'}\n  stop with: distillq down")
+
+
+def down(settings: Settings) -> str:
+    f = _state_file(settings.storage)
+    if not f.exists():
+        return "no local cluster is up on this storage"
+    state = json.loads(f.read_text())
+    for pid in state["worker_pids"]:
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGTERM)
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(p) for p in state["worker_pids"]):
+        time.sleep(0.2)
+    for pid in state["worker_pids"]:
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+    if state.get("redis_pid"):
+        with contextlib.suppress(OSError):
+            os.kill(state["redis_pid"], signal.SIGTERM)
+    f.unlink()
+    return f"cluster down ({len(state['worker_pids'])} worker(s) stopped)"

@@ -1,0 +1,97 @@
+"""Start workers: this process as a Celery worker, or worker subprocesses for local clusters."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from celery import signals
+
+from app import live
+from app.celery import app, configure, settings_of
+from app.settings import Settings
+from workers.node import Heartbeat, node_info
+
+log = logging.getLogger(__name__)
+
+_heartbeat: Heartbeat | None = None
+
+
+def default_queues(has_gpu: bool) -> list[str]:
+    """GPU nodes prefer teacher work, CPU nodes student work (DESIGN §2)."""
+    return ["teacher", "student"] if has_gpu else ["student", "teacher"]
+
+
+def worker_argv(queues: list[str], concurrency: int, hostname: str, loglevel: str) -> list[str]:
+    # prefork: each task runs in a child forked after the app is configured; CUDA is touched
+    # only in the children. -E sends task events for Flower.
+    return ["worker", "-Q", ",".join(queues), "-c", str(concurrency), "-P", "prefork", "-E",
+            "-n", hostname, "-l", loglevel, "--without-mingle", "--without-gossip"]
+
+
+def run_worker(settings: Settings, queues: list[str], concurrency: int, threads: int, hostname: str | None, loglevel: str = "INFO") -> None:
+    """Run a Celery worker in this process until it is stopped (SIGTERM: warm shutdown)."""
+    live.ping(settings.broker_url)
+    configure(settings)
+    app.conf.distillq_worker = {"threads": threads, "queues": queues, "concurrency": concurrency}
+    name = hostname or f"{'-'.join(queues)}@{socket.gethostname()}-{os.getpid()}"
+    app.worker_main(worker_argv(queues, concurrency, name, loglevel))
+
+
+@signals.worker_process_init.connect
+def _child_threads(**_: Any) -> None:
+    # Each forked child gets its share of the cores: cores / concurrency torch threads.
+    import torch
+
+    threads = int(app.conf.get("distillq_worker", {}).get("threads", 0))
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+@signals.worker_ready.connect
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    global _heartbeat
+    s = settings_of(app)
+    w = app.conf.get("distillq_worker", {})
+    info = node_info(getattr(sender, "hostname", socket.gethostname()), w.get("queues", []), w.get("concurrency", 1))
+    _heartbeat = Heartbeat(live.client(s.broker_url), info, s.heartbeat_seconds)
+    _heartbeat.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()
+
+
+def spawn_worker(settings: Settings, queues: list[str], log_file: Path, concurrency: int = 1,
+                 threads: int = 1, hostname: str | None = None) -> subprocess.Popen[bytes]:
+    """Start ``distillq worker`` as a child process in its own process group."""
+    cmd = [sys.executable, "-m", "app.cli", "worker", "-Q", ",".join(queues), "-c", str(concurrency),
+           "--threads", str(threads)]
+    if hostname:
+        cmd += ["-n", hostname]
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    out = log_file.open("ab")
+    return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """SIGTERM the worker's group (warm shutdown), SIGKILL it if it lingers."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass

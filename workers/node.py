@@ -1,0 +1,86 @@
+"""This node's resources and its heartbeat in the Redis node registry."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from typing import Any
+
+import psutil
+
+from storage import keys
+
+
+def gpus() -> list[dict[str, Any]]:
+    """GPUs via nvidia-smi, so the parent worker never initialises CUDA before forking."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    found = []
+    for line in out.strip().splitlines():
+        name, mem = (x.strip() for x in line.rsplit(",", 1))
+        found.append({"name": name, "memory_mb": int(float(mem))})
+    return found
+
+
+def node_info(hostname: str, queues: list[str], concurrency: int) -> dict[str, Any]:
+    from importlib.metadata import version
+
+    return {
+        "hostname": hostname, "host": socket.gethostname(), "pid": os.getpid(),
+        "cpus": psutil.cpu_count() or 1, "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "gpus": gpus(), "queues": queues, "concurrency": concurrency,
+        "version": version("distillq"), "started_at": time.time(),
+    }
+
+
+class Heartbeat:
+    """Refresh this node's registry entry every ``interval`` s; it expires after 3 intervals."""
+
+    def __init__(self, redis_client: Any, info: dict[str, Any], interval: int) -> None:
+        self.r, self.info, self.interval = redis_client, info, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="distillq-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):
+                self.beat()
+            self._stop.wait(self.interval)
+
+    def beat(self) -> None:
+        info = {**self.info, "heartbeat_at": time.time()}
+        self.r.set(keys.node(self.info["hostname"]), json.dumps(info), ex=self.interval * 3)
+
+    def stop(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(Exception):
+            self.r.delete(keys.node(self.info["hostname"]))
+
+
+def list_nodes(redis_client: Any) -> list[dict[str, Any]]:
+    nodes = []
+    now = time.time()
+    for key in redis_client.scan_iter(match=keys.node_pattern(), count=500):
+        raw = redis_client.get(key)
+        if raw:
+            n = json.loads(raw)
+            n["age_s"] = round(now - n["heartbeat_at"], 1)
+            nodes.append(n)
+    return sorted(nodes, key=lambda n: n["hostname"])

