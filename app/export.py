@@ -3,8 +3,8 @@
     final/adapter/   PEFT format: PeftModel.from_pretrained(base, "final/adapter")
     final/merged/    HF safetensors: AutoModelForCausalLM.from_pretrained("final/merged")
 
-Virtual-token methods (prefix, prompt, p-tuning) cannot be folded into the base weights, so
-they get no merged/; ``full`` fine-tuning has no adapter, only merged/.
+Methods whose tuner cannot fold into the base weights (prefix, prompt, p-tuning,
+adaption_prompt) get no merged/; ``full`` fine-tuning has no adapter, only merged/.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def export_track(model: Any, spec: Any, out: Path) -> dict[str, str | None]:
         result["adapter"] = str(_publish(out / "adapter", lambda d: model.save_pretrained(d)))
     if full:
         merged = model
-    elif peft_methods.is_prompt_learning(spec.peft):
-        return result
+    elif not callable(getattr(model.base_model, "merge_and_unload", None)):
+        return result  # virtual tokens / adapter prompts live outside the base weights
     else:
         # merge_and_unload folds the adapter into the base weights in place: do it last.
         merged = model.merge_and_unload()

@@ -24,7 +24,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from app.errors import SpecError
+from app.errors import DistillqError, SpecError
 from storage.layout import check_name
 
 Mode = Literal["teacher_student", "data_parallel", "hybrid"]
@@ -92,7 +92,7 @@ class StudentSpec:
     """Overrides the job's loss for this track (e.g. alpha: 1.0 for a CE-only baseline)."""
 
     def __post_init__(self) -> None:
-        check_name("track name", self.name)
+        _safe("track name", self.name)
         if "method" not in self.peft:
             raise SpecError(f"students[{self.name}].peft needs a 'method' (lora, full, ...)")
         _positive(f"students[{self.name}].replicas", self.replicas)
@@ -121,7 +121,7 @@ class JobSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_name("job name", self.name)
+        _safe("job name", self.name)
         _positive("shards", self.shards)
         if not 0.0 <= self.eval_fraction < 0.5:
             raise SpecError(f"eval_fraction={self.eval_fraction} must lie in [0, 0.5)")
@@ -174,6 +174,13 @@ class JobSpec:
         d = asdict(self)
         d["students"] = [asdict(s) for s in self.students]
         return d
+
+
+def _safe(kind: str, value: str) -> None:
+    try:
+        check_name(kind, value)
+    except DistillqError as e:
+        raise SpecError(str(e)) from None
 
 
 def _positive(name: str, value: float) -> None:
@@ -281,6 +288,12 @@ def _convert(typ: Any, value: Any, where: str) -> Any:
         return _build(typ, value, f"{where}.")
     if typ is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if typ is float and isinstance(value, str):
+        # YAML 1.1 reads `1e-4` (no dot) as a string; users write it that way all the time.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if typ is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if typ is str and isinstance(value, str | int | float):

@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-LOG_EPS = math.log(1e-8)
+TAIL_FLOOR = 1e-8
 
 
 def bucket_logprobs(
@@ -41,17 +41,23 @@ def bucket_logprobs(
     # all -inf row has a NaN gradient.
     s_tail = torch.logsumexp(z.scatter(-1, target_ids, -1e9), dim=-1, keepdim=True) - log_z
     t_top = teacher_logprobs.float()
-    # fp16 storage can make Σ p_topk exceed 1 by a hair: renormalise, and the tail gets 0.
     t_mass = torch.logsumexp(t_top, dim=-1, keepdim=True)
-    t_top = t_top - t_mass.clamp(min=0.0)
-    t_tail = torch.log1p(-torch.exp(t_mass.clamp(max=0.0)))
+    if target_ids.shape[-1] >= z.shape[-1]:
+        # Every token is listed: there is no tail; fp16 rounding error is renormalised away.
+        t_top = t_top - t_mass
+        t_tail = torch.full_like(t_mass, float("-inf"))
+    else:
+        # fp16 storage can make Σ p_topk exceed 1 by a hair: renormalise, and floor the tail
+        # at TAIL_FLOOR so reverse KL / JSD stay finite where the student puts mass there.
+        t_top = t_top - t_mass.clamp(min=0.0)
+        t_tail = torch.log((-torch.expm1(t_mass.clamp(max=0.0))).clamp(min=TAIL_FLOOR))
     return torch.cat([t_top, t_tail], dim=-1), torch.cat([s_top, s_tail], dim=-1)
 
 
 def kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
     """KL(p ‖ q) per row, for log-prob tensors [P, K]; 0 · log 0 counts as 0. Returns [P]."""
     p = p_log.exp()
-    terms = p * (p_log - q_log.clamp(min=LOG_EPS))
+    terms = p * (p_log - q_log)
     return torch.where(p > 0, terms, torch.zeros_like(terms)).sum(-1)
 
 

@@ -88,11 +88,6 @@ def make_config(options: dict[str, Any]) -> Any:
         raise SpecError(f"peft {ptype} options are invalid: {e}") from None
 
 
-def is_prompt_learning(options: dict[str, Any]) -> bool:
-    """Virtual-token methods: they cannot be merged into the base weights."""
-    return resolve(str(options["method"])) in {"PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "CPT"}
-
-
 def wrap(base: Any, options: dict[str, Any], seed: int) -> Any:
     """``base`` with the adapter attached (or all parameters trainable for full), seeded init."""
     import torch

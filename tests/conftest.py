@@ -19,6 +19,8 @@ from app.settings import Settings
 
 TINY_TEACHER = TinyLlama(hidden=64, layers=2, heads=4, intermediate=128, max_positions=256)
 TINY_STUDENT = TinyLlama(hidden=32, layers=1, heads=2, intermediate=64, max_positions=256)
+# Slow enough per shard that teacher work visibly outlasts a student worker's start-up.
+MEDIUM_TEACHER = TinyLlama(hidden=256, layers=6, heads=4, intermediate=768, max_positions=256)
 
 
 def save_tiny(out: Path, shape: TinyLlama, seed: int) -> str:
@@ -37,6 +39,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {
         "teacher": save_tiny(root / "teacher", TINY_TEACHER, 0),
         "student": save_tiny(root / "student", TINY_STUDENT, 1),
+        "medium_teacher": save_tiny(root / "medium_teacher", MEDIUM_TEACHER, 2),
     }
 
 

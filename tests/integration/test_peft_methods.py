@@ -1,0 +1,100 @@
+"""Every PEFT family trains on a real teacher cache, merges, and exports loadable outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from app import merge, stages, student
+from app.errors import SpecError
+from app.job_store import create_job
+from app.jobs import load_spec
+from app.peft_methods import make_config, valid_methods
+from storage import checkpoints
+
+pytestmark = pytest.mark.integration
+
+METHODS = [
+    {"method": "lora", "r": 4, "alpha": 8},
+    {"method": "prefix", "num_virtual_tokens": 4},
+    {"method": "prompt", "num_virtual_tokens": 4},
+    {"method": "ia3"},
+    {"method": "adaption_prompt", "adapter_len": 4, "adapter_layers": 1},
+    {"method": "loha", "r": 4, "target_modules": ["q_proj", "v_proj"]},
+    {"method": "full"},
+]
+
+LOAD_WITHOUT_DISTILLQ = """
+import json, sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from peft import PeftModel
+base, out = sys.argv[1], json.loads(sys.argv[2])
+ids = torch.tensor([[5, 6, 7, 8]])
+res = {}
+if out["adapter"]:
+    m = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out["adapter"])
+    res["adapter_logits"] = m(input_ids=ids).logits[0, -1, :5].tolist()
+if out["merged"]:
+    m = AutoModelForCausalLM.from_pretrained(out["merged"])
+    AutoTokenizer.from_pretrained(out["merged"])
+    res["merged_logits"] = m(input_ids=ids).logits[0, -1, :5].tolist()
+print(json.dumps(res))
+"""
+
+
+@pytest.fixture(scope="module")
+def job_with_cache(tmp_path_factory, tiny_models, text_records):
+    import yaml
+
+    root = tmp_path_factory.mktemp("peft")
+    data = root / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in text_records[:40]))
+    students = [{"name": f"m{i}", "model": tiny_models["student"], "peft": p, "batch_size": 8, "lr": 1e-2}
+                for i, p in enumerate(METHODS)]
+    spec = {"name": "peft", "dataset": str(data), "shards": 1, "eval_fraction": 0.1,
+            "teacher": {"model": tiny_models["teacher"], "top_k": 8, "max_length": 64}, "students": students}
+    (root / "job.yaml").write_text(yaml.safe_dump(spec))
+    job = create_job(root / "storage", load_spec(root / "job.yaml"))
+    stages.teacher_shard(job, 0)
+    return job
+
+
+@pytest.mark.parametrize("i", range(len(METHODS)), ids=[m["method"] for m in METHODS])
+def test_method_trains_merges_and_exports(job_with_cache, tiny_models, i):
+    job, track = job_with_cache, f"m{i}"
+    stats = student.train_replica(job, track, 0, 0)
+    assert stats["steps"] > 0 and stats["tokens"] > 0
+    delta, _ = checkpoints.load_replica(job.paths, track, 0, 0)
+    assert any(d.abs().sum() > 0 for d in delta.values()), "training changed nothing"
+    assert merge.merge_round(job, track, 0) == {"merged": True, "version": 1}
+    assert merge.merge_round(job, track, 0) == {"merged": False, "version": 1}  # idempotent
+
+    model = student.build(job.spec.student(track))
+    student.load_params(model, checkpoints.latest(job.paths, track).params())
+    from app.export import export_track
+
+    out = export_track(model, job.spec.student(track), job.paths.final_dir(track))
+    method = METHODS[i]["method"]
+    assert (out["adapter"] is None) == (method == "full")
+    assert (out["merged"] is None) == (method in ("prefix", "prompt", "adaption_prompt"))
+    res = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_DISTILLQ, tiny_models["student"], json.dumps(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    logits = json.loads(res.stdout.strip().splitlines()[-1])
+    if out["adapter"] and out["merged"]:
+        # The merged model computes what base + adapter computes.
+        assert logits["adapter_logits"] == pytest.approx(logits["merged_logits"], abs=1e-4)
+
+
+def test_unknown_method_lists_valid_ones():
+    with pytest.raises(SpecError, match="valid: .*lora.*prefix"):
+        make_config({"method": "lorra"})
+    assert {"lora", "prefix", "prompt", "ia3", "adaption_prompt", "full", "loha", "vera"} <= set(valid_methods())
+
+
+def test_unknown_option_lists_the_method_options():
+    with pytest.raises(SpecError, match="not an option of LORA"):
+        make_config({"method": "lora", "rank": 4})
