@@ -30,7 +30,10 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "result_backend": s.backend_url,
         "task_queues": (Queue("teacher"), Queue("student")),
         "task_default_queue": "student",
-        "task_routes": {**{t: {"queue": "teacher"} for t in TEACHER_TASKS}, **{t: {"queue": "student"} for t in STUDENT_TASKS}},
+        "task_routes": {
+            **{t: {"queue": "teacher"} for t in TEACHER_TASKS},
+            **{t: {"queue": "student"} for t in STUDENT_TASKS},
+        },
         # Acknowledge after the task ran, not when it was received: a task whose worker dies
         # is delivered again instead of lost. Every task is idempotent because of this.
         "task_acks_late": True,
@@ -66,7 +69,7 @@ def celery_config(s: Settings) -> dict[str, Any]:
 
 
 class DistillqCelery(Celery):
-    def on_configure(self) -> None:  # type: ignore[override]
+    def on_configure(self) -> None:
         # Called by Celery the first time it needs its config; explicit configure() wins.
         if self._config_source is None:
             self.config_from_object(celery_config(Settings.from_env()))

@@ -19,7 +19,9 @@ EXIT_FAILED, EXIT_TIMEOUT = 1, 3
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """Environment, then flags; with no broker configured, a running `distillq up` cluster's."""
-    s = Settings.from_env(broker_url=getattr(args, "broker", None), storage=getattr(args, "storage", None))
+    s = Settings.from_env(
+        broker_url=getattr(args, "broker", None), storage=getattr(args, "storage", None)
+    )
     if not s.broker_url:
         from workers.cluster import cluster_broker
 
@@ -58,7 +60,10 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     spec = load_spec(Path(args.spec), args.set)
     job = create_job(s.storage, spec)
     pipeline.submit(app, job)
-    print(f"queued {job.n_shards} teacher shards, {len(spec.students)} student track(s); storage {job.paths.root}", file=sys.stderr)
+    print(
+        f"queued {job.n_shards} teacher shards, {len(spec.students)} student track(s); storage {job.paths.root}",
+        file=sys.stderr,
+    )
     print(job.id)
     return 0
 
@@ -127,7 +132,10 @@ def cmd_wait(args: argparse.Namespace) -> int:
                 print(f"job {job.id} failed: {key}: {f['error']}", file=sys.stderr)
             return EXIT_FAILED
         if time.time() > deadline:
-            print(f"job {job.id} not done after {args.timeout:.0f} s (state {st['state']}); `distillq status {job.id}` shows where it is", file=sys.stderr)
+            print(
+                f"job {job.id} not done after {args.timeout:.0f} s (state {st['state']}); `distillq status {job.id}` shows where it is",
+                file=sys.stderr,
+            )
             return EXIT_TIMEOUT
         time.sleep(1.0)
 
@@ -156,7 +164,9 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     print(f"{'node':<40} {'queues':<16} {'cpus':>4} {'ram':>7} {'gpus':<24} {'beat':>6}")
     for n in nodes:
         g = ", ".join(f"{x['name']} {x['memory_mb'] // 1024}G" for x in n["gpus"]) or "-"
-        print(f"{n['hostname']:<40} {','.join(n['queues']):<16} {n['cpus']:>4} {n['ram_gb']:>6}G {g:<24} {n['age_s']:>5}s")
+        print(
+            f"{n['hostname']:<40} {','.join(n['queues']):<16} {n['cpus']:>4} {n['ram_gb']:>6}G {g:<24} {n['age_s']:>5}s"
+        )
     return 0
 
 
@@ -167,9 +177,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     s = settings_from(args)
     job = load_job(s.storage, args.job)
     if not job.paths.report.exists():
-        raise DistillqError(f"job {job.id} has not finished; `distillq wait {job.id}` blocks until it does")
+        raise DistillqError(
+            f"job {job.id} has not finished; `distillq wait {job.id}` blocks until it does"
+        )
     data = report.write(job)
-    print(report.dumps(data) if args.json else report.summary_table(data) + f"\n  plot: {job.paths.report_png}")
+    print(
+        report.dumps(data)
+        if args.json
+        else report.summary_table(data) + f"\n  plot: {job.paths.report_png}"
+    )
     return 0
 
 
@@ -184,6 +200,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from app.demo import run_demo
 
+    if args.enqueue_only:
+        from app.demo import enqueue_demo
+
+        print(enqueue_demo(_ready(settings_from(args)), quick=args.quick))
+        return 0
     return run_demo(settings_from(args), quick=args.quick)
 
 
@@ -211,7 +232,9 @@ def cmd_flower(args: argparse.Namespace) -> int:
     if user and password:
         argv.append(f"--basic-auth={user}:{password}")
     elif not args.no_auth:
-        raise DistillqError("Flower needs credentials: set DISTILLQ_FLOWER_USER and DISTILLQ_FLOWER_PASSWORD (or --no-auth on a trusted host)")
+        raise DistillqError(
+            "Flower needs credentials: set DISTILLQ_FLOWER_USER and DISTILLQ_FLOWER_PASSWORD (or --no-auth on a trusted host)"
+        )
     app.start(argv)
     return 0
 
@@ -219,8 +242,12 @@ def cmd_flower(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--broker", help="Redis URL (default: $DISTILLQ_BROKER_URL)")
-    common.add_argument("--storage", help="shared storage root (default: $DISTILLQ_STORAGE or ./distillq-data)")
-    p = argparse.ArgumentParser(prog="distillq", description="Distill LLMs over Celery queues on Redis.")
+    common.add_argument(
+        "--storage", help="shared storage root (default: $DISTILLQ_STORAGE or ./distillq-data)"
+    )
+    p = argparse.ArgumentParser(
+        prog="distillq", description="Distill LLMs over Celery queues on Redis."
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def add(name: str, fn: Any, help: str) -> argparse.ArgumentParser:
@@ -229,24 +256,48 @@ def parser() -> argparse.ArgumentParser:
         return sp
 
     d = add("demo", cmd_demo, "run the bundled demo job end to end on this machine")
-    d.add_argument("--quick", action="store_true", help="a smaller demo (fewer records), for smoke tests")
+    d.add_argument(
+        "--quick", action="store_true", help="a smaller demo (fewer records), for smoke tests"
+    )
+    d.add_argument(
+        "--enqueue-only",
+        action="store_true",
+        help="prepare the demo on storage and submit it to running workers",
+    )
     u = add("up", cmd_up, "start a local cluster: embedded Redis (unless configured) and N workers")
     u.add_argument("--workers", type=int, default=2)
     add("down", cmd_down, "stop the local cluster started by `up`")
     w = add("worker", cmd_worker, "run a worker on this node")
-    w.add_argument("-Q", "--queues", help="comma-separated: teacher,student (default by GPU presence)")
-    w.add_argument("-c", "--concurrency", type=int, default=1, help="worker processes (one per GPU)")
-    w.add_argument("--threads", type=int, default=0, help="torch threads per process (default: cores / concurrency)")
+    w.add_argument(
+        "-Q", "--queues", help="comma-separated: teacher,student (default by GPU presence)"
+    )
+    w.add_argument(
+        "-c", "--concurrency", type=int, default=1, help="worker processes (one per GPU)"
+    )
+    w.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads per process (default: cores / concurrency)",
+    )
     w.add_argument("-n", "--hostname", help="node name (default: queues@host-pid)")
     w.add_argument("-l", "--loglevel", default="INFO")
     e = add("enqueue", cmd_enqueue, "submit a job; prints its id on the last line")
     e.add_argument("spec", help="job spec YAML")
-    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec field, e.g. students.0.lr=1e-4")
-    for name, fn, help in [("status", cmd_status, "per-shard and per-track state"),
-                           ("watch", cmd_watch, "live progress until the job ends"),
-                           ("wait", cmd_wait, "block until the job is done; non-zero on failure or timeout"),
-                           ("resume", cmd_resume, "re-queue a job's remaining work from storage"),
-                           ("report", cmd_report, "rewrite and print a finished job's report")]:
+    e.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec field, e.g. students.0.lr=1e-4",
+    )
+    for name, fn, help in [
+        ("status", cmd_status, "per-shard and per-track state"),
+        ("watch", cmd_watch, "live progress until the job ends"),
+        ("wait", cmd_wait, "block until the job is done; non-zero on failure or timeout"),
+        ("resume", cmd_resume, "re-queue a job's remaining work from storage"),
+        ("report", cmd_report, "rewrite and print a finished job's report"),
+    ]:
         sp = add(name, fn, help)
         sp.add_argument("job")
         sp.add_argument("--json", action="store_true")
@@ -266,7 +317,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         code = args.fn(args)
     except DistillqError as e:

@@ -63,9 +63,15 @@ def record_segments(record: Any, has_chat_template: bool, render_chat=None) -> l
         return [(record["text"], True)]
     if "messages" in record:
         msgs = record["messages"]
-        if not isinstance(msgs, list) or not msgs or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in msgs
+        if (
+            not isinstance(msgs, list)
+            or not msgs
+            or not all(
+                isinstance(m, dict)
+                and isinstance(m.get("role"), str)
+                and isinstance(m.get("content"), str)
+                for m in msgs
+            )
         ):
             raise DataError("'messages' must be a non-empty list of {role, content} strings")
         if has_chat_template and render_chat is not None:
@@ -104,18 +110,24 @@ def parse_line(line: str, lineno: int) -> Any:
     try:
         return json.loads(line)
     except json.JSONDecodeError as e:
-        raise DataError(f"dataset line {lineno} is not valid JSON ({e.msg}); fix or remove it") from None
+        raise DataError(
+            f"dataset line {lineno} is not valid JSON ({e.msg}); fix or remove it"
+        ) from None
 
 
 # ---------------------------------------------------------------- tokenizing
 
 
-def tokenize_record(record: Any, record_id: int, tok: Any, max_length: int, stats: TokenizeStats) -> Sample | None:
+def tokenize_record(
+    record: Any, record_id: int, tok: Any, max_length: int, stats: TokenizeStats
+) -> Sample | None:
     """Tokenize one record; truncate to ``max_length``; None if no target token survives."""
     has_template = bool(getattr(tok, "chat_template", None))
 
     def render(msgs, add_generation_prompt):
-        return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return tok.apply_chat_template(
+            msgs, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
     segments = record_segments(record, has_template, render)
     ids: list[int] = []
@@ -159,7 +171,9 @@ def index_dataset(path: Path) -> np.ndarray:
                     record = parse_line(raw.decode("utf-8"), lineno)
                     record_segments(record, has_chat_template=False)
                 except UnicodeDecodeError:
-                    raise DataError(f"dataset line {lineno} is not UTF-8; re-encode the file") from None
+                    raise DataError(
+                        f"dataset line {lineno} is not UTF-8; re-encode the file"
+                    ) from None
                 except DataError as e:
                     msg = str(e)
                     raise DataError(
@@ -168,7 +182,7 @@ def index_dataset(path: Path) -> np.ndarray:
                 rows.append((lineno, offset))
             offset += len(raw)
     if not rows:
-        raise DataError(f"dataset {path} has no records; add JSONL lines like {{\"text\": ...}}")
+        raise DataError(f'dataset {path} has no records; add JSONL lines like {{"text": ...}}')
     return np.asarray(rows, dtype=np.int64)
 
 

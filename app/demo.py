@@ -24,16 +24,27 @@ DEMO_RECORDS, QUICK_RECORDS = 1600, 240
 
 def demo_spec(storage: Path, records: int) -> dict[str, Any]:
     models = storage / "models"
-    student = {"model": str(models / "demo-student"), "peft": {"method": "full"}, "lr": 3e-3,
-               "epochs": 2, "batch_size": 16, "warmup_steps": 20}
+    student = {
+        "model": str(models / "demo-student"),
+        "peft": {"method": "full"},
+        "lr": 3e-3,
+        "epochs": 2,
+        "batch_size": 16,
+        "warmup_steps": 20,
+    }
     return {
         "name": "demo",
         "dataset": str(storage / "demo" / f"stdlib-{records}.jsonl"),
         "shards": 4,
         "mode": "teacher_student",
         "eval_fraction": 0.1,
-        "teacher": {"model": str(models / "demo-teacher"), "top_k": 64, "temperature": 1.0,
-                    "batch_size": 16, "max_length": 256},
+        "teacher": {
+            "model": str(models / "demo-teacher"),
+            "top_k": 64,
+            "temperature": 1.0,
+            "batch_size": 16,
+            "max_length": 256,
+        },
         # A randomly initialised student trains all its weights: LoRA on random weights learns
         # little. The CE track is the same student with hard labels only (alpha 1).
         "students": [{"name": "kd", **student}, {"name": "ce", **student, "loss": {"alpha": 1.0}}],
@@ -47,7 +58,9 @@ def prepare(storage: Path, records: int) -> dict[str, Any]:
     teacher = models / "demo-teacher"
     if not (teacher / "config.json").exists():
         if not (demo_models.TEACHER_ASSET / "config.json").exists():
-            raise FileNotFoundError(f"the shipped demo teacher is missing at {demo_models.TEACHER_ASSET}; run `make demo-teacher`")
+            raise FileNotFoundError(
+                f"the shipped demo teacher is missing at {demo_models.TEACHER_ASSET}; run `make demo-teacher`"
+            )
         shutil.copytree(demo_models.TEACHER_ASSET, teacher, dirs_exist_ok=True)
     if not (models / "demo-student" / "config.json").exists():
         demo_models.build_student(models / "demo-student", tokenizer_dir=teacher)
@@ -55,6 +68,21 @@ def prepare(storage: Path, records: int) -> dict[str, Any]:
     if not Path(spec["dataset"]).exists():
         demo_models.write_demo_dataset(Path(spec["dataset"]), max_records=records)
     return spec
+
+
+def enqueue_demo(settings: Settings, quick: bool = False) -> str:
+    """Prepare the demo on storage and submit it to whatever workers are running (compose)."""
+    from app.celery import app
+    from app.job_store import create_job
+    from app.jobs import spec_from_dict
+    from tasks import pipeline
+
+    storage = settings.storage.resolve()
+    job = create_job(
+        storage, spec_from_dict(prepare(storage, QUICK_RECORDS if quick else DEMO_RECORDS))
+    )
+    pipeline.submit(app, job)
+    return job.id
 
 
 def _wait_for_nodes(redis_client: Any, n: int, procs: list[Any], timeout: float = 120) -> None:
@@ -88,21 +116,37 @@ def run_demo(settings: Settings, quick: bool = False) -> int:
             print(f"embedded Redis at {redis.url}")
         live.ping(settings.broker_url)
         configure(settings)
-        print("preparing demo models and data (made from this Python's stdlib, nothing downloaded)...")
+        print(
+            "preparing demo models and data (made from this Python's stdlib, nothing downloaded)..."
+        )
         spec = spec_from_dict(prepare(storage, QUICK_RECORDS if quick else DEMO_RECORDS))
         logs = storage / "logs"
         procs = [
             # The teacher worker takes one core; the student worker two threads: the student
             # stage is the longer one and the teacher worker goes idle once the cache is built.
-            spawn_worker(settings, ["teacher"], logs / "demo-teacher-worker.log", threads=1, hostname="demo-teacher@%h"),
-            spawn_worker(settings, ["student"], logs / "demo-student-worker.log", threads=2, hostname="demo-student@%h"),
+            spawn_worker(
+                settings,
+                ["teacher"],
+                logs / "demo-teacher-worker.log",
+                threads=1,
+                hostname="demo-teacher@%h",
+            ),
+            spawn_worker(
+                settings,
+                ["student"],
+                logs / "demo-student-worker.log",
+                threads=2,
+                hostname="demo-student@%h",
+            ),
         ]
         for p in procs:
             stack.callback(stop_process_group, p)
         _wait_for_nodes(live.client(settings.broker_url), 2, procs)
         job = create_job(storage, spec)
         pipeline.submit(app, job)
-        print(f"job {job.id}: {job.n_shards} shards, {job.split.n_records} records, workers: teacher + student")
+        print(
+            f"job {job.id}: {job.n_shards} shards, {job.split.n_records} records, workers: teacher + student"
+        )
         r = live.client(settings.broker_url)
         code = follow(lambda: job_status(job, r), render, interval=1.0, timeout=1800)
         if code != 0:
@@ -113,8 +157,12 @@ def run_demo(settings: Settings, quick: bool = False) -> int:
         print(report.summary_table(data))
         kd, ce = data["students"]["kd"]["eval_loss"], data["students"]["ce"]["eval_loss"]
         verdict = "beats" if kd < ce else "does NOT beat"
-        print(f"\nKD student {verdict} the CE-only student on held-out loss: {kd:.4f} vs {ce:.4f} "
-              f"(teacher {data['teacher']['eval_loss']:.4f})")
-        print(f"report: {job.paths.report}\nplot:   {job.paths.report_png}\noutputs: {job.paths.root / 'students'}")
+        print(
+            f"\nKD student {verdict} the CE-only student on held-out loss: {kd:.4f} vs {ce:.4f} "
+            f"(teacher {data['teacher']['eval_loss']:.4f})"
+        )
+        print(
+            f"report: {job.paths.report}\nplot:   {job.paths.report_png}\noutputs: {job.paths.root / 'students'}"
+        )
         print(f"demo wall time: {time.time() - t0:.0f} s")
     return 0

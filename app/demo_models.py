@@ -163,7 +163,9 @@ def _token_stream(texts: list[str], tok) -> list[int]:
     return ids
 
 
-def build_teacher(out: Path, steps: int, seq_len: int = 256, batch: int = 16, seed: int = 0) -> None:
+def build_teacher(
+    out: Path, steps: int, seq_len: int = 256, batch: int = 16, seed: int = 0
+) -> None:
     """Train the demo tokenizer and teacher on the stdlib's non-demo split; save both to ``out``.
 
     Plain next-token training, AdamW, linear warm-up then cosine decay. The last 2% of the
@@ -189,8 +191,10 @@ def build_teacher(out: Path, steps: int, seq_len: int = 256, batch: int = 16, se
     warmup = max(1, steps // 50)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
-        lambda s: min(1.0, (s + 1) / warmup)
-        * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))),
+        lambda s: (
+            min(1.0, (s + 1) / warmup)
+            * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+        ),
     )
     gen = torch.Generator().manual_seed(seed)
     t0 = time.time()

@@ -21,7 +21,9 @@ def eval_samples(job: Job, tok: Any) -> list[Sample]:
     return out
 
 
-def pad(samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad(
+    samples: list[Sample],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids [B, L], attention_mask [B, L], rows [P], cols [P], labels [P]), right-padded."""
     length = max(len(s.input_ids) for s in samples)
     ids = np.zeros((len(samples), length), dtype=np.int64)
@@ -34,8 +36,13 @@ def pad(samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
         rows += [i] * len(pos)
         cols += pos
     r, c = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
-    return (torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(r), torch.from_numpy(c),
-            torch.from_numpy(ids[r, c + 1]))
+    return (
+        torch.from_numpy(ids),
+        torch.from_numpy(mask),
+        torch.from_numpy(r),
+        torch.from_numpy(c),
+        torch.from_numpy(ids[r, c + 1]),
+    )
 
 
 @torch.no_grad()

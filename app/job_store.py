@@ -55,7 +55,9 @@ class Job:
 def load_job(storage: Path, job_id: str) -> Job:
     paths = job_paths(storage, job_id)
     if not paths.spec.exists():
-        raise JobNotFound(f"job {job_id!r} does not exist under {jobs_root(storage)}; `distillq jobs` lists jobs")
+        raise JobNotFound(
+            f"job {job_id!r} does not exist under {jobs_root(storage)}; `distillq jobs` lists jobs"
+        )
     raw = yaml.safe_load(paths.spec.read_text())
     s = raw["split"]
     split = Split(s["n_records"], s["eval_stride"], tuple(tuple(x) for x in s["shards"]))
@@ -80,8 +82,14 @@ def _check_models(spec: JobSpec) -> dict[str, Any]:
         teacher_tok_fp = tokenizer_fingerprint(tok)
         vocab = int(AutoConfig.from_pretrained(spec.teacher.model).vocab_size)
         if spec.teacher.top_k > vocab:
-            raise SpecError(f"teacher.top_k={spec.teacher.top_k} exceeds the teacher's vocabulary of {vocab}; lower it")
-        fps.update(teacher=model_fingerprint(spec.teacher.model), tokenizer=teacher_tok_fp, vocab_size=vocab)
+            raise SpecError(
+                f"teacher.top_k={spec.teacher.top_k} exceeds the teacher's vocabulary of {vocab}; lower it"
+            )
+        fps.update(
+            teacher=model_fingerprint(spec.teacher.model),
+            tokenizer=teacher_tok_fp,
+            vocab_size=vocab,
+        )
     for s in spec.students:
         peft_methods.make_config(s.peft)
         tok = load_tokenizer(s.model, f"student {s.name!r} model")
@@ -119,7 +127,10 @@ def create_job(storage: Path, spec: JobSpec, job_id: str | None = None) -> Job:
     dataset = Path(spec.dataset)
     index = index_dataset(dataset)
     split = plan_split(len(index), spec.shards, spec.eval_fraction)
-    info: dict[str, Any] = {"fingerprints": _check_models(spec), "total_steps": _total_steps(spec, split)}
+    info: dict[str, Any] = {
+        "fingerprints": _check_models(spec),
+        "total_steps": _total_steps(spec, split),
+    }
     paths = job_paths(storage, job_id or new_job_id(spec.name))
     paths.root.mkdir(parents=True, exist_ok=False)
     with atomic_path(paths.dataset) as tmp:
@@ -131,7 +142,11 @@ def create_job(storage: Path, spec: JobSpec, job_id: str | None = None) -> Job:
     frozen = {
         "job_id": paths.job_id,
         "spec": spec.to_dict(),
-        "split": {"n_records": split.n_records, "eval_stride": split.eval_stride, "shards": [list(x) for x in split.shards]},
+        "split": {
+            "n_records": split.n_records,
+            "eval_stride": split.eval_stride,
+            "shards": [list(x) for x in split.shards],
+        },
         "info": info,
     }
     write_bytes(paths.spec, yaml.safe_dump(frozen, sort_keys=False).encode())

@@ -168,7 +168,9 @@ class JobSpec:
         for s in self.students:
             if s.name == name:
                 return s
-        raise SpecError(f"no student track named {name!r}; tracks: {[s.name for s in self.students]}")
+        raise SpecError(
+            f"no student track named {name!r}; tracks: {[s.name for s in self.students]}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -17,7 +17,9 @@ PROGRESS_TTL = 24 * 3600
 @functools.lru_cache(maxsize=8)
 def client(url: str) -> redis.Redis:
     """One connection pool per URL per process (created lazily, after fork)."""
-    return redis.Redis.from_url(url, socket_timeout=15, socket_connect_timeout=5, health_check_interval=30)
+    return redis.Redis.from_url(
+        url, socket_timeout=15, socket_connect_timeout=5, health_check_interval=30
+    )
 
 
 def redacted(url: str) -> str:
@@ -36,7 +38,9 @@ def redacted(url: str) -> str:
 def ping(url: str) -> None:
     """Raise BrokerError naming the (redacted) URL if Redis does not answer."""
     if not url:
-        raise BrokerError("no broker configured: set DISTILLQ_BROKER_URL=redis://host:6379/0 or pass --broker")
+        raise BrokerError(
+            "no broker configured: set DISTILLQ_BROKER_URL=redis://host:6379/0 or pass --broker"
+        )
     try:
         client(url).ping()
     except (redis.ConnectionError, redis.TimeoutError, OSError) as e:

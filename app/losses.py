@@ -20,7 +20,10 @@ TAIL_FLOOR = 1e-8
 
 
 def bucket_logprobs(
-    student_logits: torch.Tensor, target_ids: torch.Tensor, teacher_logprobs: torch.Tensor, temperature: float
+    student_logits: torch.Tensor,
+    target_ids: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    temperature: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher and student log-probs over the k + 1 buckets.
 
@@ -61,7 +64,9 @@ def kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
     return torch.where(p > 0, terms, torch.zeros_like(terms)).sum(-1)
 
 
-def divergence(kind: str, teacher: torch.Tensor, student: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+def divergence(
+    kind: str, teacher: torch.Tensor, student: torch.Tensor, beta: float = 0.5
+) -> torch.Tensor:
     """D(teacher, student) per row over bucketed log-probs [P, K]. Returns [P].
 
     ``forward_kl``: KL(t ‖ s) (mode-covering, the classic KD loss). ``reverse_kl``: KL(s ‖ t)

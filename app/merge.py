@@ -53,19 +53,34 @@ def merge_round(job: Job, track: str, shard: int) -> dict[str, Any]:
     spec = job.spec.student(track)
     current = checkpoints.latest(job.paths, track)
     if current is not None and shard in current.meta["merged_shards"]:
-        log.info("job %s track %s shard %d: already merged in v%04d", job.id, track, shard, current.version)
+        log.info(
+            "job %s track %s shard %d: already merged in v%04d",
+            job.id,
+            track,
+            shard,
+            current.version,
+        )
         return {"merged": False, "version": current.version}
     stats = [checkpoints.replica_stats(job.paths, track, shard, r) for r in range(spec.replicas)]
     missing = [r for r, s in enumerate(stats) if s is None]
     if missing:
-        raise RuntimeError(f"job {job.id} track {track} shard {shard}: replicas {missing} have no saved delta")
+        raise RuntimeError(
+            f"job {job.id} track {track} shard {shard}: replicas {missing} have no saved delta"
+        )
     base = current.params() if current is not None else initial_params(job, track)
-    deltas, optims = zip(*(checkpoints.load_replica(job.paths, track, shard, r) for r in range(spec.replicas)), strict=True)
+    deltas, optims = zip(
+        *(checkpoints.load_replica(job.paths, track, shard, r) for r in range(spec.replicas)),
+        strict=True,
+    )
     new = {n: base[n] + spec.outer_lr * torch.stack([d[n] for d in deltas]).mean(0) for n in base}
     optim = average_optimizer_states([o for o in optims if o is not None]) if all(optims) else None
-    prev = current.meta if current is not None else {"step": 0, "merged_shards": [], "rounds": []}
+    prev: dict[str, Any] = (
+        current.meta if current is not None else {"step": 0, "merged_shards": [], "rounds": []}
+    )
     round_info = {
-        "shard": shard, "merged_at": time.time(), "replicas": [{k: v for k, v in s.items() if k != "curve"} for s in stats if s],
+        "shard": shard,
+        "merged_at": time.time(),
+        "replicas": [{k: v for k, v in s.items() if k != "curve"} for s in stats if s],
         "curve": [p for s in stats if s for p in s["curve"]],
     }
     meta = {
@@ -77,5 +92,12 @@ def merge_round(job: Job, track: str, shard: int) -> dict[str, Any]:
     version = (current.version if current is not None else 0) + 1
     ckpt = checkpoints.write_version(job.paths, track, version, new, optim, meta)
     checkpoints.drop_round(job.paths, track, shard)
-    log.info("job %s track %s shard %d: merged %d replicas into v%04d", job.id, track, shard, spec.replicas, version)
+    log.info(
+        "job %s track %s shard %d: merged %d replicas into v%04d",
+        job.id,
+        track,
+        shard,
+        spec.replicas,
+        version,
+    )
     return {"merged": True, "version": ckpt.version}

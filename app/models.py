@@ -31,7 +31,9 @@ def load_tokenizer(ref: str, what: str = "model") -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(ref)
     except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load the tokenizer of {what} {ref!r}: {e}".split("\n")[0]) from None
+        raise ModelError(
+            f"cannot load the tokenizer of {what} {ref!r}: {e}".split("\n")[0]
+        ) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -50,7 +52,7 @@ def load_causal_lm(ref: str, what: str = "model", dtype: Any = None) -> Any:
         model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load {what} {ref!r}: {e}".split("\n")[0]) from None
-    return model.to(dev).eval()
+    return model.to(dev).eval()  # type: ignore[arg-type]
 
 
 def tokenizer_fingerprint(tok: Any) -> str:

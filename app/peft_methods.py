@@ -69,7 +69,9 @@ def make_config(options: dict[str, Any]) -> Any:
         if extra:
             raise SpecError(f"peft method full takes no options, got {sorted(extra)}")
         return None
-    cls = PEFT_TYPE_TO_CONFIG_MAPPING[ptype]
+    from peft import PeftType
+
+    cls = PEFT_TYPE_TO_CONFIG_MAPPING[PeftType(ptype)]
     kwargs = dict(DEFAULTS.get(ptype, {}))
     names = {f.name for f in dataclasses.fields(cls)}
     for key, value in options.items():

@@ -12,7 +12,11 @@ from storage.atomic import atomic_path, read_json, write_json
 
 
 def _shard_stats(job: Job) -> list[dict[str, Any]]:
-    return [read_json(job.paths.shard_stats(i)) for i in range(job.n_shards) if job.paths.shard_stats(i).exists()]
+    return [
+        read_json(job.paths.shard_stats(i))
+        for i in range(job.n_shards)
+        if job.paths.shard_stats(i).exists()
+    ]
 
 
 def collect(job: Job) -> dict[str, Any]:
@@ -31,7 +35,9 @@ def collect(job: Job) -> dict[str, Any]:
         "cache": {
             "bytes": cache_bytes,
             "target_positions": positions,
-            "bytes_per_position": round(cache_bytes / positions, 1) if positions and job.spec.has_teacher else None,
+            "bytes_per_position": round(cache_bytes / positions, 1)
+            if positions and job.spec.has_teacher
+            else None,
             "k": job.spec.teacher.top_k if job.spec.teacher else 0,
         },
         "students": {},
@@ -39,7 +45,9 @@ def collect(job: Job) -> dict[str, Any]:
     if job.spec.teacher:
         ev = read_json(job.paths.teacher_eval) if job.paths.teacher_eval.exists() else {}
         out["teacher"] = {
-            "model": job.spec.teacher.model, "eval_loss": ev.get("loss"), "tokens": t_tokens,
+            "model": job.spec.teacher.model,
+            "eval_loss": ev.get("loss"),
+            "tokens": t_tokens,
             "tokens_per_s": round(t_tokens / t_seconds, 1) if t_seconds else None,
         }
     starts = [s["started_at"] for s in shards]
@@ -50,15 +58,23 @@ def collect(job: Job) -> dict[str, Any]:
         reps = [r for rd in rounds for r in rd["replicas"]]
         tokens = sum(r["tokens"] for r in reps)
         seconds = sum(r["seconds"] for r in reps)
-        ev = read_json(job.paths.student_eval(spec.name)) if job.paths.student_eval(spec.name).exists() else {}
+        ev = (
+            read_json(job.paths.student_eval(spec.name))
+            if job.paths.student_eval(spec.name).exists()
+            else {}
+        )
         loss = job.spec.loss_for(spec)
         starts += [r["started_at"] for r in reps]
         ends += [rd["merged_at"] for rd in rounds]
         out["students"][spec.name] = {
-            "model": spec.model, "method": spec.method, "replicas": spec.replicas,
+            "model": spec.model,
+            "method": spec.method,
+            "replicas": spec.replicas,
             "loss": {"kind": loss.kind, "alpha": loss.alpha},
-            "eval_loss": ev.get("loss"), "version": ckpt.version if ckpt else 0,
-            "steps": ckpt.meta["step"] if ckpt else 0, "tokens": tokens,
+            "eval_loss": ev.get("loss"),
+            "version": ckpt.version if ckpt else 0,
+            "steps": ckpt.meta["step"] if ckpt else 0,
+            "tokens": tokens,
             "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
             "first_step_at": min((r["started_at"] for r in reps), default=None),
             "outputs": ev.get("outputs"),
@@ -99,8 +115,16 @@ def plot(job: Job, data: dict[str, Any], curves: dict[str, list[list[float]]]) -
     names = [n for n, s in data["students"].items() if s["eval_loss"] is not None]
     bx.bar(names, [data["students"][n]["eval_loss"] for n in names], color="tab:blue")
     for i, n in enumerate(names, start=1 if data["teacher"] else 0):
-        bx.text(i, data["students"][n]["eval_loss"], f"{data['students'][n]['eval_loss']:.3f}", ha="center", va="bottom")
-    ax.set(xlabel="optimizer step", ylabel="cross-entropy (nats/token)", title=f"training — {job.id}")
+        bx.text(
+            i,
+            data["students"][n]["eval_loss"],
+            f"{data['students'][n]['eval_loss']:.3f}",
+            ha="center",
+            va="bottom",
+        )
+    ax.set(
+        xlabel="optimizer step", ylabel="cross-entropy (nats/token)", title=f"training — {job.id}"
+    )
     ax.legend()
     bx.set(ylabel="held-out CE (nats/token)", title="held-out loss (lower is better)")
     fig.tight_layout()
@@ -122,10 +146,16 @@ def summary_table(data: dict[str, Any]) -> str:
     lines = [f"job {data['job_id']} ({data['mode']}), wall {data.get('wall_seconds', '?')} s"]
     if data["teacher"]:
         t = data["teacher"]
-        lines.append(f"  teacher  held-out {t['eval_loss']:.4f}  {t['tokens_per_s']} tok/s" if t["eval_loss"] is not None else "  teacher")
+        lines.append(
+            f"  teacher  held-out {t['eval_loss']:.4f}  {t['tokens_per_s']} tok/s"
+            if t["eval_loss"] is not None
+            else "  teacher"
+        )
     c = data["cache"]
     if c["bytes_per_position"]:
-        lines.append(f"  cache    {c['bytes'] / 1e6:.2f} MB, {c['target_positions']} positions, {c['bytes_per_position']} B/position (k={c['k']})")
+        lines.append(
+            f"  cache    {c['bytes'] / 1e6:.2f} MB, {c['target_positions']} positions, {c['bytes_per_position']} B/position (k={c['k']})"
+        )
     for name, s in data["students"].items():
         ev = f"{s['eval_loss']:.4f}" if s["eval_loss"] is not None else "n/a"
         lines.append(

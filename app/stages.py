@@ -28,7 +28,9 @@ def _teacher(ref: str) -> tuple[Any, Any]:
     return load_causal_lm(ref, "teacher model"), load_tokenizer(ref, "teacher model")
 
 
-def teacher_shard(job: Job, shard: int, on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def teacher_shard(
+    job: Job, shard: int, on_progress: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
     """Write the verified cache of ``shard`` (or tokens only without a teacher); skip if present."""
     out, stats_file = job.paths.shard(shard), job.paths.shard_stats(shard)
     if (done := cache.verified(out, stats_file)) is not None:
@@ -44,8 +46,12 @@ def teacher_shard(job: Job, shard: int, on_progress: Callable[[dict[str, Any]], 
     fp = job.info["fingerprints"]
     ids = job.split.shard_ids(shard)
     meta = cache.ShardMeta(
-        shard=shard, vocab_size=vocab, top_k=top_k, temperature=temperature,
-        teacher_fingerprint=fp.get("teacher", ""), tokenizer_fingerprint=fp["tokenizer"],
+        shard=shard,
+        vocab_size=vocab,
+        top_k=top_k,
+        temperature=temperature,
+        teacher_fingerprint=fp.get("teacher", ""),
+        tokenizer_fingerprint=fp["tokenizer"],
         record_range=(int(ids[0]), int(ids[-1]) + 1),
     )
     started = time.time()
@@ -53,20 +59,52 @@ def teacher_shard(job: Job, shard: int, on_progress: Callable[[dict[str, Any]], 
     def progress(samples: int, tokens: int) -> None:
         if on_progress:
             rate = tokens / max(1e-9, time.time() - started)
-            on_progress({"samples": samples, "of": len(ids), "tokens": tokens, "tokens_per_s": round(rate, 1)})
+            on_progress(
+                {
+                    "samples": samples,
+                    "of": len(ids),
+                    "tokens": tokens,
+                    "tokens_per_s": round(rate, 1),
+                }
+            )
 
     counts, tstats = write_shard(
-        model=model, tok=tok, dataset=job.paths.dataset, index=job.index, record_ids=ids, out=out,
-        meta=meta, batch_size=t.batch_size if t else 16, max_length=job.spec.sample_max_length, on_progress=progress,
+        model=model,
+        tok=tok,
+        dataset=job.paths.dataset,
+        index=job.index,
+        record_ids=ids,
+        out=out,
+        meta=meta,
+        batch_size=t.batch_size if t else 16,
+        max_length=job.spec.sample_max_length,
+        on_progress=progress,
     )
     seconds = time.time() - started
-    record = cache.write_stats(stats_file, out, {
-        **counts, "shard": shard, "truncated": tstats.truncated, "dropped_no_target": tstats.dropped_no_target,
-        "seconds": round(seconds, 3), "tokens_per_s": round(counts["tokens"] / max(seconds, 1e-9), 1),
-        "started_at": started, "finished_at": time.time(), "k": top_k,
-    })
-    log.info("job %s shard %d: %d samples, %d tokens, %.0f tok/s, %d bytes", job.id, shard,
-             counts["samples"], counts["tokens"], record["tokens_per_s"], record["bytes"])
+    record = cache.write_stats(
+        stats_file,
+        out,
+        {
+            **counts,
+            "shard": shard,
+            "truncated": tstats.truncated,
+            "dropped_no_target": tstats.dropped_no_target,
+            "seconds": round(seconds, 3),
+            "tokens_per_s": round(counts["tokens"] / max(seconds, 1e-9), 1),
+            "started_at": started,
+            "finished_at": time.time(),
+            "k": top_k,
+        },
+    )
+    log.info(
+        "job %s shard %d: %d samples, %d tokens, %.0f tok/s, %d bytes",
+        job.id,
+        shard,
+        counts["samples"],
+        counts["tokens"],
+        record["tokens_per_s"],
+        record["bytes"],
+    )
     return record
 
 
@@ -95,7 +133,11 @@ def finalize(job: Job) -> dict[str, Any]:
         model = build(spec)
         load_params(model, ckpt.params())
         samples = evaluate.eval_samples(job, load_tokenizer(spec.model))
-        result = evaluate.eval_loss(model, samples) if samples else {"loss": float("nan"), "tokens": 0}
+        result: dict[str, Any] = (
+            dict(evaluate.eval_loss(model, samples))
+            if samples
+            else {"loss": float("nan"), "tokens": 0}
+        )
         result["outputs"] = export_track(model, spec, job.paths.final_dir(spec.name))
         result["version"] = ckpt.version
         write_json(eval_file, result)

@@ -25,7 +25,12 @@ def job_status(job: Job, redis_client: Any | None = None) -> dict[str, Any]:
         entry: dict[str, Any] = {"shard": i, "state": "pending"}
         if job.paths.shard_stats(i).exists():
             st = read_json(job.paths.shard_stats(i))
-            entry.update(state="done", tokens=st["tokens"], bytes=st["bytes"], tokens_per_s=st["tokens_per_s"])
+            entry.update(
+                state="done",
+                tokens=st["tokens"],
+                bytes=st["bytes"],
+                tokens_per_s=st["tokens_per_s"],
+            )
         elif key in failures:
             entry.update(state="failed", error=failures[key]["error"])
         elif key in running:
@@ -34,20 +39,34 @@ def job_status(job: Job, redis_client: Any | None = None) -> dict[str, Any]:
     tracks = {}
     for spec in job.spec.students:
         merged = sorted(merged_shards(job, spec.name))
-        live_replicas = {
-            k: v for k, v in running.items() if k.startswith(f"replica-{spec.name}-")
-        }
+        live_replicas = {k: v for k, v in running.items() if k.startswith(f"replica-{spec.name}-")}
         tracks[spec.name] = {
-            "rounds_merged": len(merged), "rounds": job.n_shards, "merged_shards": merged,
+            "rounds_merged": len(merged),
+            "rounds": job.n_shards,
+            "merged_shards": merged,
             "running": live_replicas,
             "replicas": spec.replicas,
         }
     done = job.paths.report.exists()
-    state = "done" if done else "failed" if failures else "running" if running or any(s["state"] == "done" for s in shards) else "queued"
+    state = (
+        "done"
+        if done
+        else "failed"
+        if failures
+        else "running"
+        if running or any(s["state"] == "done" for s in shards)
+        else "queued"
+    )
     return {
-        "job_id": job.id, "state": state, "mode": job.spec.mode, "shards": shards, "tracks": tracks,
+        "job_id": job.id,
+        "state": state,
+        "mode": job.spec.mode,
+        "shards": shards,
+        "tracks": tracks,
         "teacher_eval": job.paths.teacher_eval.exists() if job.spec.has_teacher else None,
-        "failures": failures, "report": str(job.paths.report) if done else None, "at": time.time(),
+        "failures": failures,
+        "report": str(job.paths.report) if done else None,
+        "at": time.time(),
     }
 
 
@@ -62,7 +81,9 @@ def render(status: dict[str, Any]) -> str:
     shards = status["shards"]
     done = sum(s["state"] == "done" for s in shards)
     partial = sum(
-        s["progress"]["samples"] / max(1, s["progress"]["of"]) for s in shards if s["state"] == "running"
+        s["progress"]["samples"] / max(1, s["progress"]["of"])
+        for s in shards
+        if s["state"] == "running"
     )
     rates = [s["progress"]["tokens_per_s"] for s in shards if s["state"] == "running"]
     lines = [f"{status['job_id']}  {status['state']}"]
@@ -76,7 +97,9 @@ def render(status: dict[str, Any]) -> str:
         for p in t["running"].values():
             frac += p.get("step", 0) / max(1, p.get("steps", 1)) / t["replicas"]
             cur = f"  loss {p.get('loss', float('nan')):.3f}  {p.get('tokens_per_s', 0):.0f} tok/s"
-        lines.append(f"  {name:<8} {_bar(t['rounds_merged'] + frac, t['rounds'])}  {t['rounds_merged']}/{t['rounds']} rounds{cur}")
+        lines.append(
+            f"  {name:<8} {_bar(t['rounds_merged'] + frac, t['rounds'])}  {t['rounds_merged']}/{t['rounds']} rounds{cur}"
+        )
     for key, f in status["failures"].items():
         lines.append(f"  FAILED {key}: {f['error']}")
     return "\n".join(lines)

@@ -54,13 +54,20 @@ def load_params(model: Any, state: dict[str, torch.Tensor]) -> None:
     params = trainable(model)
     missing = set(params) ^ set(state)
     if missing:
-        raise ValueError(f"checkpoint does not match the model's trainable parameters: {sorted(missing)[:3]}")
+        raise ValueError(
+            f"checkpoint does not match the model's trainable parameters: {sorted(missing)[:3]}"
+        )
     for n, p in params.items():
         p.copy_(state[n].to(p.device, p.dtype))
 
 
-def target_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+def target_logits(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+) -> torch.Tensor:
     """Student logits [P, V] at (row, col) positions of a padded batch [B, L].
 
     Prompt-tuning adapters prepend virtual tokens to the output; the last L positions are
@@ -85,11 +92,15 @@ def _to(batch_array: np.ndarray | None, dev: str) -> torch.Tensor | None:
     return None if batch_array is None else torch.from_numpy(batch_array).to(dev)
 
 
-def train_replica(job: Job, track: str, shard: int, replica: int, on_progress: Progress | None = None) -> dict[str, Any]:
+def train_replica(
+    job: Job, track: str, shard: int, replica: int, on_progress: Progress | None = None
+) -> dict[str, Any]:
     """Train replica ``replica`` of ``track`` on ``shard``; save its delta. Returns its stats."""
     spec = job.spec.student(track)
     loss_spec = job.spec.loss_for(spec)
-    temperature = loss_spec.temperature or (job.spec.teacher.temperature if job.spec.teacher else 1.0)
+    temperature = loss_spec.temperature or (
+        job.spec.teacher.temperature if job.spec.teacher else 1.0
+    )
     start = checkpoints.latest(job.paths, track)
     model = build(spec)
     if start is not None:
@@ -112,13 +123,21 @@ def train_replica(job: Job, track: str, shard: int, replica: int, on_progress: P
         rng = np.random.default_rng([spec.seed, shard, replica])
         for _ in range(spec.epochs):
             for b in reader.batches(samples, spec.batch_size, rng.permutation(n_batches)):
-                ids, mask = torch.from_numpy(b.input_ids).to(dev), torch.from_numpy(b.attention_mask).to(dev)
+                ids, mask = (
+                    torch.from_numpy(b.input_ids).to(dev),
+                    torch.from_numpy(b.attention_mask).to(dev),
+                )
                 rows, cols = torch.from_numpy(b.rows).to(dev), torch.from_numpy(b.cols).to(dev)
                 logits = target_logits(model, ids, mask, rows, cols)
                 loss, parts = kd_loss(
-                    logits, torch.from_numpy(b.labels).to(dev), _to(b.target_ids, dev),
-                    _to(b.target_logprobs, dev), alpha=loss_spec.alpha, temperature=temperature,
-                    kind=loss_spec.kind, beta=loss_spec.beta,
+                    logits,
+                    torch.from_numpy(b.labels).to(dev),
+                    _to(b.target_ids, dev),
+                    _to(b.target_logprobs, dev),
+                    alpha=loss_spec.alpha,
+                    temperature=temperature,
+                    kind=loss_spec.kind,
+                    beta=loss_spec.beta,
                 )
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
@@ -132,18 +151,41 @@ def train_replica(job: Job, track: str, shard: int, replica: int, on_progress: P
                 curve.append((step0 + step, loss.item(), parts["ce"], parts["kd"]))
                 if on_progress and (step % 5 == 0 or step == 1):
                     rate = tokens / max(1e-9, time.time() - t0)
-                    on_progress({"step": step, "steps": n_batches * spec.epochs, "loss": round(loss.item(), 4), "tokens_per_s": round(rate, 1)})
+                    on_progress(
+                        {
+                            "step": step,
+                            "steps": n_batches * spec.epochs,
+                            "loss": round(loss.item(), 4),
+                            "tokens_per_s": round(rate, 1),
+                        }
+                    )
     seconds = time.time() - t0
     after = snapshot(model)
     delta = {n: after[n] - before[n] for n in after}
     stats = {
-        "track": track, "shard": shard, "replica": replica, "start_version": start.version if start else 0,
-        "steps": step, "tokens": tokens, "target_positions": positions, "seconds": round(seconds, 3),
-        "tokens_per_s": round(tokens / max(seconds, 1e-9), 1), "started_at": t0, "finished_at": time.time(),
+        "track": track,
+        "shard": shard,
+        "replica": replica,
+        "start_version": start.version if start else 0,
+        "steps": step,
+        "tokens": tokens,
+        "target_positions": positions,
+        "seconds": round(seconds, 3),
+        "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
+        "started_at": t0,
+        "finished_at": time.time(),
         "curve": _thin(curve),
     }
     checkpoints.write_replica(job.paths, track, shard, replica, delta, opt.state_dict(), stats)
-    log.info("job %s track %s shard %d replica %d: %d steps, %.0f tok/s", job.id, track, shard, replica, step, stats["tokens_per_s"])
+    log.info(
+        "job %s track %s shard %d replica %d: %d steps, %.0f tok/s",
+        job.id,
+        track,
+        shard,
+        replica,
+        step,
+        stats["tokens_per_s"],
+    )
     return stats
 
 

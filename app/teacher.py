@@ -24,7 +24,9 @@ class SparseTargets:
 
 
 @torch.no_grad()
-def score_batch(model: Any, samples: list[Sample], top_k: int, temperature: float) -> list[SparseTargets]:
+def score_batch(
+    model: Any, samples: list[Sample], top_k: int, temperature: float
+) -> list[SparseTargets]:
     """One padded forward over ``samples``; the teacher's top-k at each sample's target positions.
 
     Log-probs are normalised over the full vocabulary at τ before the top-k is taken, so the
@@ -48,7 +50,9 @@ def score_batch(model: Any, samples: list[Sample], top_k: int, temperature: floa
         logits = head(hidden[i, pos]).float() / temperature
         logprobs = torch.log_softmax(logits, dim=-1)
         top = torch.topk(logprobs, k=top_k, dim=-1)
-        out.append(SparseTargets(top.indices.cpu().numpy(), top.values.to(torch.float16).cpu().numpy()))
+        out.append(
+            SparseTargets(top.indices.cpu().numpy(), top.values.to(torch.float16).cpu().numpy())
+        )
     return out
 
 
@@ -72,12 +76,17 @@ def write_shard(
 
         def flush() -> None:
             targets = (
-                score_batch(model, pending, meta.top_k, meta.temperature) if model is not None else [None] * len(pending)
+                score_batch(model, pending, meta.top_k, meta.temperature)
+                if model is not None
+                else [None] * len(pending)
             )
             for s, t in zip(pending, targets, strict=True):
                 writer.add(
-                    s.record_id, np.asarray(s.input_ids), np.asarray(s.target_positions()),
-                    t.ids if t else None, t.logprobs if t else None,
+                    s.record_id,
+                    np.asarray(s.input_ids),
+                    np.asarray(s.target_positions()),
+                    t.ids if t else None,
+                    t.logprobs if t else None,
                 )
             pending.clear()
             if on_progress:

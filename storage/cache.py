@@ -56,7 +56,9 @@ class _Appender:
         shape = (0,) if width is None else (0, width)
         maxshape = (None,) if width is None else (None, width)
         chunks = (CHUNK_ROWS * 16,) if width is None else (CHUNK_ROWS, max(width, 1))
-        self.ds = f.create_dataset(name, shape=shape, maxshape=maxshape, dtype=dtype, chunks=chunks, **_COMPRESSION)
+        self.ds = f.create_dataset(
+            name, shape=shape, maxshape=maxshape, dtype=dtype, chunks=chunks, **_COMPRESSION
+        )
         self.dtype = dtype
         self.sha = hashlib.sha256()
         self.n = 0
@@ -108,8 +110,14 @@ class CacheWriter:
         self._offsets = [0]
         return self
 
-    def add(self, record_id: int, input_ids: np.ndarray, positions: np.ndarray,
-            target_ids: np.ndarray | None, target_logprobs: np.ndarray | None) -> None:
+    def add(
+        self,
+        record_id: int,
+        input_ids: np.ndarray,
+        positions: np.ndarray,
+        target_ids: np.ndarray | None,
+        target_logprobs: np.ndarray | None,
+    ) -> None:
         """Append one sample: ids [L], positions [P_j] (within the sample), targets [P_j, k]."""
         base = self._offsets[-1]
         self._input_ids.append(input_ids)
@@ -136,11 +144,16 @@ class CacheWriter:
                 }
                 m = self.meta
                 attrs = {
-                    "format": FORMAT, "shard": m.shard, "vocab_size": m.vocab_size, "k": m.top_k,
-                    "temperature": m.temperature, "target_method": m.method,
+                    "format": FORMAT,
+                    "shard": m.shard,
+                    "vocab_size": m.vocab_size,
+                    "k": m.top_k,
+                    "temperature": m.temperature,
+                    "target_method": m.method,
                     "teacher_fingerprint": m.teacher_fingerprint,
                     "tokenizer_fingerprint": m.tokenizer_fingerprint,
-                    "record_range": list(m.record_range), "sha256": json.dumps(shas, sort_keys=True),
+                    "record_range": list(m.record_range),
+                    "sha256": json.dumps(shas, sort_keys=True),
                 }
                 self._f.attrs.update(attrs)
             self._f.close()
@@ -149,7 +162,11 @@ class CacheWriter:
 
     @property
     def counts(self) -> dict[str, int]:
-        return {"samples": len(self._offsets) - 1, "tokens": self._offsets[-1], "target_positions": self._positions.n}
+        return {
+            "samples": len(self._offsets) - 1,
+            "tokens": self._offsets[-1],
+            "target_positions": self._positions.n,
+        }
 
 
 def write_stats(path: Path, shard_file: Path, stats: dict[str, Any]) -> dict[str, Any]:
@@ -167,7 +184,9 @@ def verified(shard_file: Path, stats_file: Path) -> dict[str, Any] | None:
         record = json.loads(stats_file.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    if record.get("bytes") != shard_file.stat().st_size or record.get("sha256") != file_sha256(shard_file):
+    if record.get("bytes") != shard_file.stat().st_size or record.get("sha256") != file_sha256(
+        shard_file
+    ):
         return None
     return dict(record)
 
@@ -192,7 +211,9 @@ class CacheReader:
         try:
             self._f = h5py.File(path, "r")
         except (OSError, FileNotFoundError) as e:
-            raise CacheError(f"teacher cache {path} cannot be opened ({e}); delete it and resume the job") from None
+            raise CacheError(
+                f"teacher cache {path} cannot be opened ({e}); delete it and resume the job"
+            ) from None
         if self._f.attrs.get("format") != FORMAT:
             raise CacheError(f"teacher cache {path} is not in format {FORMAT}; regenerate it")
         self.path = path
@@ -238,7 +259,9 @@ class CacheReader:
             t_lp = self._f["target_logprobs"][p0:p1].astype(np.float32)
         return Batch(ids, mask, rows.astype(np.int64), cols.astype(np.int64), labels, t_ids, t_lp)
 
-    def batches(self, samples: range, batch_size: int, order: np.ndarray | None = None) -> Iterator[Batch]:
+    def batches(
+        self, samples: range, batch_size: int, order: np.ndarray | None = None
+    ) -> Iterator[Batch]:
         """Batches of ``batch_size`` contiguous samples within ``samples``, in ``order`` of batch index."""
         starts = list(range(samples.start, samples.stop, batch_size))
         for b in order if order is not None else range(len(starts)):
@@ -254,7 +277,9 @@ class CacheReader:
             for i in range(0, ds.shape[0], step):
                 h.update(np.ascontiguousarray(ds[i : i + step]).tobytes())
             if h.hexdigest() != sha:
-                raise CacheError(f"teacher cache {self.path}: dataset {name} fails its checksum; resume regenerates it")
+                raise CacheError(
+                    f"teacher cache {self.path}: dataset {name} fails its checksum; resume regenerates it"
+                )
 
 
 def size_on_disk(path: Path) -> int:

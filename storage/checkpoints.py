@@ -63,8 +63,12 @@ def latest(paths: JobPaths, track: str) -> Checkpoint | None:
 
 
 def write_version(
-    paths: JobPaths, track: str, version: int, params: dict[str, torch.Tensor],
-    optimizer: dict[str, Any] | None, meta: dict[str, Any],
+    paths: JobPaths,
+    track: str,
+    version: int,
+    params: dict[str, torch.Tensor],
+    optimizer: dict[str, Any] | None,
+    meta: dict[str, Any],
 ) -> Checkpoint:
     """Publish ``v{version}``; FileExistsError if another writer published it first."""
     final = paths.global_version(track, version)
@@ -80,8 +84,13 @@ def write_version(
 
 
 def write_replica(
-    paths: JobPaths, track: str, shard: int, replica: int,
-    delta: dict[str, torch.Tensor], optimizer: dict[str, Any], stats: dict[str, Any],
+    paths: JobPaths,
+    track: str,
+    shard: int,
+    replica: int,
+    delta: dict[str, torch.Tensor],
+    optimizer: dict[str, Any],
+    stats: dict[str, Any],
 ) -> None:
     """Save a replica's delta and optimizer state; ``stats.json`` last marks it complete."""
     d = paths.replica_dir(track, shard, replica)
@@ -97,7 +106,9 @@ def replica_stats(paths: JobPaths, track: str, shard: int, replica: int) -> dict
     return json.loads(f.read_text()) if f.exists() else None
 
 
-def load_replica(paths: JobPaths, track: str, shard: int, replica: int) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+def load_replica(
+    paths: JobPaths, track: str, shard: int, replica: int
+) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     d = paths.replica_dir(track, shard, replica)
     return load_file(d / "delta.safetensors"), _load_optimizer(d / "optimizer.pt")
 

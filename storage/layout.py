@@ -1,14 +1,14 @@
 """Every path of a job on shared storage, in one place (DESIGN §3).
 
-    <storage>/jobs/<job_id>/
-      job.yaml, dataset.jsonl            frozen spec + fingerprints, the dataset copied in
-      teacher/shard-00003.h5 (+ .json)   verified cache shards (+ their stats)
-      teacher/eval.json                  the teacher's held-out loss
-      students/<track>/global/v0007/     a track's checkpoint after 7 merged rounds
-      students/<track>/rounds/shard-00003/replica-0/   replica deltas until merged
-      students/<track>/final/{adapter,merged}/
-      failures/<task>.json               tasks that gave up, with the reason
-      report.json, report.png
+<storage>/jobs/<job_id>/
+  job.yaml, dataset.jsonl            frozen spec + fingerprints, the dataset copied in
+  teacher/shard-00003.h5 (+ .json)   verified cache shards (+ their stats)
+  teacher/eval.json                  the teacher's held-out loss
+  students/<track>/global/v0007/     a track's checkpoint after 7 merged rounds
+  students/<track>/rounds/shard-00003/replica-0/   replica deltas until merged
+  students/<track>/final/{adapter,merged}/
+  failures/<task>.json               tasks that gave up, with the reason
+  report.json, report.png
 """
 
 from __future__ import annotations

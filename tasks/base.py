@@ -42,7 +42,9 @@ class JobTask(Task):
         s = settings_of(self.app)
         n = live.next_attempt(self.redis(), job.id, key, s.result_expires)
         if n > s.max_attempts:
-            raise GaveUp(f"{key} was delivered {n} times (limit {s.max_attempts}); last attempts died without finishing")
+            raise GaveUp(
+                f"{key} was delivered {n} times (limit {s.max_attempts}); last attempts died without finishing"
+            )
         try:
             yield
         finally:
@@ -60,17 +62,27 @@ class JobTask(Task):
 
         return report
 
-    def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:  # type: ignore[override]
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any
+    ) -> None:
         job_id = next((a for a in args if isinstance(a, str)), None)
         if job_id is None:
             return
         with contextlib.suppress(Exception):
             job = self.job(job_id)
             key = self.key_of(args)
-            write_json(job.paths.failure(key), {
-                "task": self.name, "task_id": task_id, "key": key, "args": list(args[1:] if isinstance(args[0], list) else args),
-                "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exception(exc)[-6:], "at": time.time(),
-            })
+            write_json(
+                job.paths.failure(key),
+                {
+                    "task": self.name,
+                    "task_id": task_id,
+                    "key": key,
+                    "args": list(args[1:] if isinstance(args[0], list) else args),
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exception(exc)[-6:],
+                    "at": time.time(),
+                },
+            )
             log.error("job %s %s failed: %s", job_id, key, exc)
 
     def key_of(self, args: tuple) -> str:

@@ -34,7 +34,9 @@ def merge_key(track: str, shard: int) -> str:
     return f"merge-{track}-{shard:05d}"
 
 
-def submit(app: Celery, job: Job, shards: list[int] | None = None, teacher_eval: bool = True) -> None:
+def submit(
+    app: Celery, job: Job, shards: list[int] | None = None, teacher_eval: bool = True
+) -> None:
     """Queue the teacher stage: one task per shard, plus the teacher's eval."""
     for shard in range(job.n_shards) if shards is None else shards:
         app.signature("distillq.teacher_shard", args=(job.id, shard)).apply_async()
@@ -48,7 +50,9 @@ def start_rounds(app: Celery, job: Job, shard: int, tracks: list[str] | None = N
         if tracks is not None and spec.name not in tracks:
             continue
         replicas = [
-            app.signature("distillq.train_replica", args=(job.id, spec.name, shard, r), immutable=True)
+            app.signature(
+                "distillq.train_replica", args=(job.id, spec.name, shard, r), immutable=True
+            )
             for r in range(spec.replicas)
         ]
         body = app.signature("distillq.merge_round", args=(job.id, spec.name, shard))
@@ -93,4 +97,9 @@ def resubmit(app: Celery, job: Job) -> dict[str, Any]:
     if not job.paths.report.exists() and ready_to_finalize(job):
         job.paths.finalize_claim.unlink(missing_ok=True)
         finalize = maybe_finalize(app, job)
-    return {"teacher_shards": todo_teacher, "rounds": rounds, "teacher_eval": need_eval, "finalize": finalize}
+    return {
+        "teacher_shards": todo_teacher,
+        "rounds": rounds,
+        "teacher_eval": need_eval,
+        "finalize": finalize,
+    }

@@ -25,7 +25,9 @@ class StudentTask(JobTask):
 
 
 @app.task(name="distillq.train_replica", bind=True, base=StudentTask)
-def train_replica(self: StudentTask, job_id: str, track: str, shard: int, replica: int) -> dict[str, Any]:
+def train_replica(
+    self: StudentTask, job_id: str, track: str, shard: int, replica: int
+) -> dict[str, Any]:
     job = self.job(job_id)
     key = pipeline.replica_key(track, shard, replica)
     with self.attempt(job, key):
@@ -34,9 +36,14 @@ def train_replica(self: StudentTask, job_id: str, track: str, shard: int, replic
 
 
 @app.task(name="distillq.merge_round", bind=True, base=StudentTask)
-def merge_round(self: StudentTask, _replicas: list[dict[str, Any]], job_id: str, track: str, shard: int) -> dict[str, Any]:
+def merge_round(
+    self: StudentTask, _replicas: list[dict[str, Any]], job_id: str, track: str, shard: int
+) -> dict[str, Any]:
     job = self.job(job_id)
-    with self.attempt(job, pipeline.merge_key(track, shard)), self.redis().lock(keys.track_lock(job_id, track), timeout=LOCK_SECONDS):
+    with (
+        self.attempt(job, pipeline.merge_key(track, shard)),
+        self.redis().lock(keys.track_lock(job_id, track), timeout=LOCK_SECONDS),
+    ):
         result = merge.merge_round(job, track, shard)
     pipeline.maybe_finalize(self.app, job)
     return result
@@ -47,4 +54,7 @@ def finalize(self: StudentTask, job_id: str) -> dict[str, Any]:
     job = self.job(job_id)
     with self.attempt(job, "finalize"):
         data = stages.finalize(job)
-    return {"report": str(job.paths.report), "students": {k: v["eval_loss"] for k, v in data["students"].items()}}
+    return {
+        "report": str(job.paths.report),
+        "students": {k: v["eval_loss"] for k, v in data["students"].items()},
+    }

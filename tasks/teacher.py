@@ -25,7 +25,9 @@ def teacher_shard(self: TeacherTask, job_id: str, shard: int) -> dict[str, Any]:
         result = stages.teacher_shard(job, shard, self.progress(job, key))
     if not result.get("skipped"):
         pipeline.start_rounds(self.app, job, shard)
-    return {k: result[k] for k in ("shard", "sha256", "bytes", "samples", "tokens", "target_positions")}
+    return {
+        k: result[k] for k in ("shard", "sha256", "bytes", "samples", "tokens", "target_positions")
+    }
 
 
 @app.task(name="distillq.teacher_eval", bind=True, base=TeacherTask)

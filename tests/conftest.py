@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from app.demo_models import TEACHER_ASSET, TinyLlama, chunks, in_demo_split, llama, read_text, stdlib_files
+from app.demo_models import (
+    TEACHER_ASSET,
+    TinyLlama,
+    chunks,
+    in_demo_split,
+    llama,
+    read_text,
+    stdlib_files,
+)
 from app.settings import Settings
 
 TINY_TEACHER = TinyLlama(hidden=64, layers=2, heads=4, intermediate=128, max_positions=256)
@@ -61,17 +69,34 @@ def text_records() -> list[dict]:
 
 
 @pytest.fixture
-def make_spec(tmp_path: Path, tiny_models: dict[str, str], text_records: list[dict]) -> Callable[..., Path]:
+def make_spec(
+    tmp_path: Path, tiny_models: dict[str, str], text_records: list[dict]
+) -> Callable[..., Path]:
     """Write a job spec YAML (tiny models, real text) with overrides; returns its path."""
     import yaml
 
     def make(n_records: int = 60, **overrides: object) -> Path:
         data = write_jsonl(tmp_path / "train.jsonl", text_records[:n_records])
         spec: dict = {
-            "name": "t", "dataset": str(data), "shards": 3, "eval_fraction": 0.1,
-            "teacher": {"model": tiny_models["teacher"], "top_k": 16, "batch_size": 8, "max_length": 96},
-            "students": [{"name": "s", "model": tiny_models["student"], "peft": {"method": "lora", "r": 4},
-                          "batch_size": 8, "lr": 1e-3}],
+            "name": "t",
+            "dataset": str(data),
+            "shards": 3,
+            "eval_fraction": 0.1,
+            "teacher": {
+                "model": tiny_models["teacher"],
+                "top_k": 16,
+                "batch_size": 8,
+                "max_length": 96,
+            },
+            "students": [
+                {
+                    "name": "s",
+                    "model": tiny_models["student"],
+                    "peft": {"method": "lora", "r": 4},
+                    "batch_size": 8,
+                    "lr": 1e-3,
+                }
+            ],
         }
         spec.update(overrides)
         path = tmp_path / "job.yaml"
@@ -108,7 +133,13 @@ class Workers:
     def start(self, queues: str, name: str, threads: int = 1) -> subprocess.Popen:
         from workers.launch import spawn_worker
 
-        p = spawn_worker(self.settings, queues.split(","), self.logs / f"{name}.log", threads=threads, hostname=f"{name}@test")
+        p = spawn_worker(
+            self.settings,
+            queues.split(","),
+            self.logs / f"{name}.log",
+            threads=threads,
+            hostname=f"{name}@test",
+        )
         self.procs.append(p)
         self.wait_ready(name)
         return p
@@ -149,4 +180,10 @@ def run_cli(settings: Settings, *args: str, timeout: float = 300) -> subprocess.
     import sys
 
     env = {**os.environ, **settings.to_env()}
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

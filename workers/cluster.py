@@ -53,16 +53,28 @@ def up(settings: Settings, workers: int) -> str:
         redis_pid = redis.proc.pid if redis.proc else None
     cores = os.cpu_count() or 1
     procs = [
-        spawn_worker(settings, ["student", "teacher"] if i % 2 else ["teacher", "student"],
-                     storage / "logs" / f"worker-{i}.log", threads=max(1, cores // workers), hostname=f"local{i}@%h")
+        spawn_worker(
+            settings,
+            ["student", "teacher"] if i % 2 else ["teacher", "student"],
+            storage / "logs" / f"worker-{i}.log",
+            threads=max(1, cores // workers),
+            hostname=f"local{i}@%h",
+        )
         for i in range(workers)
     ]
-    write_json(_state_file(storage), {
-        "broker_url": settings.broker_url, "redis_pid": redis_pid, "worker_pids": [p.pid for p in procs],
-        "started_at": time.time(),
-    })
-    return (f"cluster up: {workers} worker(s), broker {settings.broker_url}, storage {storage}\n"
-            f"  logs: {storage / 'logs'}\n  stop with: distillq down")
+    write_json(
+        _state_file(storage),
+        {
+            "broker_url": settings.broker_url,
+            "redis_pid": redis_pid,
+            "worker_pids": [p.pid for p in procs],
+            "started_at": time.time(),
+        },
+    )
+    return (
+        f"cluster up: {workers} worker(s), broker {settings.broker_url}, storage {storage}\n"
+        f"  logs: {storage / 'logs'}\n  stop with: distillq down"
+    )
 
 
 def down(settings: Settings) -> str:

@@ -31,11 +31,32 @@ def default_queues(has_gpu: bool) -> list[str]:
 def worker_argv(queues: list[str], concurrency: int, hostname: str, loglevel: str) -> list[str]:
     # prefork: each task runs in a child forked after the app is configured; CUDA is touched
     # only in the children. -E sends task events for Flower.
-    return ["worker", "-Q", ",".join(queues), "-c", str(concurrency), "-P", "prefork", "-E",
-            "-n", hostname, "-l", loglevel, "--without-mingle", "--without-gossip"]
+    return [
+        "worker",
+        "-Q",
+        ",".join(queues),
+        "-c",
+        str(concurrency),
+        "-P",
+        "prefork",
+        "-E",
+        "-n",
+        hostname,
+        "-l",
+        loglevel,
+        "--without-mingle",
+        "--without-gossip",
+    ]
 
 
-def run_worker(settings: Settings, queues: list[str], concurrency: int, threads: int, hostname: str | None, loglevel: str = "INFO") -> None:
+def run_worker(
+    settings: Settings,
+    queues: list[str],
+    concurrency: int,
+    threads: int,
+    hostname: str | None,
+    loglevel: str = "INFO",
+) -> None:
     """Run a Celery worker in this process until it is stopped (SIGTERM: warm shutdown)."""
     live.ping(settings.broker_url)
     configure(settings)
@@ -59,7 +80,11 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     global _heartbeat
     s = settings_of(app)
     w = app.conf.get("distillq_worker", {})
-    info = node_info(getattr(sender, "hostname", socket.gethostname()), w.get("queues", []), w.get("concurrency", 1))
+    info = node_info(
+        getattr(sender, "hostname", socket.gethostname()),
+        w.get("queues", []),
+        w.get("concurrency", 1),
+    )
     _heartbeat = Heartbeat(live.client(s.broker_url), info, s.heartbeat_seconds)
     _heartbeat.start()
 
@@ -70,17 +95,35 @@ def _stop_heartbeat(**_: Any) -> None:
         _heartbeat.stop()
 
 
-def spawn_worker(settings: Settings, queues: list[str], log_file: Path, concurrency: int = 1,
-                 threads: int = 1, hostname: str | None = None) -> subprocess.Popen[bytes]:
+def spawn_worker(
+    settings: Settings,
+    queues: list[str],
+    log_file: Path,
+    concurrency: int = 1,
+    threads: int = 1,
+    hostname: str | None = None,
+) -> subprocess.Popen[bytes]:
     """Start ``distillq worker`` as a child process in its own process group."""
-    cmd = [sys.executable, "-m", "app.cli", "worker", "-Q", ",".join(queues), "-c", str(concurrency),
-           "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "app.cli",
+        "worker",
+        "-Q",
+        ",".join(queues),
+        "-c",
+        str(concurrency),
+        "--threads",
+        str(threads),
+    ]
     if hostname:
         cmd += ["-n", hostname]
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     log_file.parent.mkdir(parents=True, exist_ok=True)
     out = log_file.open("ab")
-    return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:

@@ -25,7 +25,10 @@ def gpus() -> list[dict[str, Any]]:
     try:
         out = subprocess.run(
             [smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
@@ -40,10 +43,16 @@ def node_info(hostname: str, queues: list[str], concurrency: int) -> dict[str, A
     from importlib.metadata import version
 
     return {
-        "hostname": hostname, "host": socket.gethostname(), "pid": os.getpid(),
-        "cpus": psutil.cpu_count() or 1, "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "gpus": gpus(), "queues": queues, "concurrency": concurrency,
-        "version": version("distillq"), "started_at": time.time(),
+        "hostname": hostname,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "cpus": psutil.cpu_count() or 1,
+        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "gpus": gpus(),
+        "queues": queues,
+        "concurrency": concurrency,
+        "version": version("distillq"),
+        "started_at": time.time(),
     }
 
 

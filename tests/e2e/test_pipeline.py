@@ -66,11 +66,17 @@ def test_students_wait_in_their_queue_until_a_student_worker_starts(settings, ma
     assert res.returncode == 0, res.stderr + workers.log("student")
 
 
-def test_students_start_before_the_last_teacher_shard_is_done(settings, make_spec, workers, tiny_models):
+def test_students_start_before_the_last_teacher_shard_is_done(
+    settings, make_spec, workers, tiny_models
+):
     workers.start("teacher", "teacher")
     workers.start("student", "student")
     # A heavier teacher and more shards: teacher work must outlast a student's start-up.
-    job_id = enqueue(settings, make_spec(n_records=300, shards=6), f"teacher.model={tiny_models['medium_teacher']}")
+    job_id = enqueue(
+        settings,
+        make_spec(n_records=300, shards=6),
+        f"teacher.model={tiny_models['medium_teacher']}",
+    )
     assert run_cli(settings, "wait", job_id, "--timeout", "400").returncode == 0
     report = read_json(load_job(settings.storage, job_id).paths.report)
     first_student_step = report["students"]["s"]["first_step_at"]

@@ -52,10 +52,18 @@ def job_with_cache(tmp_path_factory, tiny_models, text_records):
     root = tmp_path_factory.mktemp("peft")
     data = root / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in text_records[:40]))
-    students = [{"name": f"m{i}", "model": tiny_models["student"], "peft": p, "batch_size": 8, "lr": 1e-2}
-                for i, p in enumerate(METHODS)]
-    spec = {"name": "peft", "dataset": str(data), "shards": 1, "eval_fraction": 0.1,
-            "teacher": {"model": tiny_models["teacher"], "top_k": 8, "max_length": 64}, "students": students}
+    students = [
+        {"name": f"m{i}", "model": tiny_models["student"], "peft": p, "batch_size": 8, "lr": 1e-2}
+        for i, p in enumerate(METHODS)
+    ]
+    spec = {
+        "name": "peft",
+        "dataset": str(data),
+        "shards": 1,
+        "eval_fraction": 0.1,
+        "teacher": {"model": tiny_models["teacher"], "top_k": 8, "max_length": 64},
+        "students": students,
+    }
     (root / "job.yaml").write_text(yaml.safe_dump(spec))
     job = create_job(root / "storage", load_spec(root / "job.yaml"))
     stages.teacher_shard(job, 0)
@@ -80,8 +88,12 @@ def test_method_trains_merges_and_exports(job_with_cache, tiny_models, i):
     method = METHODS[i]["method"]
     assert (out["adapter"] is None) == (method == "full")
     assert (out["merged"] is None) == (method in ("prefix", "prompt", "adaption_prompt"))
-    res = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_DISTILLQ, tiny_models["student"], json.dumps(out)],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_DISTILLQ, tiny_models["student"], json.dumps(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     logits = json.loads(res.stdout.strip().splitlines()[-1])
     if out["adapter"] and out["merged"]:
@@ -90,9 +102,11 @@ def test_method_trains_merges_and_exports(job_with_cache, tiny_models, i):
 
 
 def test_unknown_method_lists_valid_ones():
-    with pytest.raises(SpecError, match="valid: .*lora.*prefix"):
+    with pytest.raises(SpecError, match=r"valid: .*lora.*prefix"):
         make_config({"method": "lorra"})
-    assert {"lora", "prefix", "prompt", "ia3", "adaption_prompt", "full", "loha", "vera"} <= set(valid_methods())
+    assert {"lora", "prefix", "prompt", "ia3", "adaption_prompt", "full", "loha", "vera"} <= set(
+        valid_methods()
+    )
 
 
 def test_unknown_option_lists_the_method_options():

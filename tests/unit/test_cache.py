@@ -6,8 +6,15 @@ from storage.cache import CacheReader, CacheWriter, ShardMeta, id_dtype, verifie
 
 
 def meta(k=4, vocab=300):
-    return ShardMeta(shard=2, vocab_size=vocab, top_k=k, temperature=1.0, teacher_fingerprint="t",
-                     tokenizer_fingerprint="tok", record_range=(10, 13))
+    return ShardMeta(
+        shard=2,
+        vocab_size=vocab,
+        top_k=k,
+        temperature=1.0,
+        teacher_fingerprint="t",
+        tokenizer_fingerprint="tok",
+        record_range=(10, 13),
+    )
 
 
 def sample_data(rng, k=4, vocab=300):
@@ -16,7 +23,9 @@ def sample_data(rng, k=4, vocab=300):
         ids = rng.integers(0, vocab, length)
         pos = np.arange(length - 1)[length // 3 :]
         t_ids = rng.integers(0, vocab, (len(pos), k))
-        t_lp = np.sort(np.log(rng.dirichlet(np.ones(k), len(pos))), axis=-1)[:, ::-1].astype(np.float16)
+        t_lp = np.sort(np.log(rng.dirichlet(np.ones(k), len(pos))), axis=-1)[:, ::-1].astype(
+            np.float16
+        )
         out.append((rid, ids, pos, t_ids, t_lp))
     return out
 

@@ -14,14 +14,18 @@ def tok():
     return AutoTokenizer.from_pretrained(TEACHER_ASSET)
 
 
-@pytest.mark.parametrize("n,shards,frac", [(100, 4, 0.05), (7, 3, 0.0), (1000, 7, 0.1), (13, 12, 0.0), (50, 1, 0.2)])
+@pytest.mark.parametrize(
+    "n,shards,frac", [(100, 4, 0.05), (7, 3, 0.0), (1000, 7, 0.1), (13, 12, 0.0), (50, 1, 0.2)]
+)
 def test_split_covers_every_record_exactly_once(n, shards, frac):
     split = plan_split(n, shards, frac)
     parts = [split.shard_ids(i) for i in range(shards)] + [split.eval_ids()]
     every = np.concatenate(parts)
     assert sorted(every.tolist()) == list(range(n))
     assert all(len(split.shard_ids(i)) > 0 for i in range(shards))
-    assert all(np.all(np.diff(split.shard_ids(i)) > 0) for i in range(shards))  # ordered, contiguous in train order
+    assert all(
+        np.all(np.diff(split.shard_ids(i)) > 0) for i in range(shards)
+    )  # ordered, contiguous in train order
     sizes = [len(split.shard_ids(i)) for i in range(shards)]
     assert max(sizes) - min(sizes) <= 1
 
@@ -46,8 +50,12 @@ def test_text_trains_on_all_tokens_and_ends_with_eos(tok):
 
 
 def test_messages_use_the_chat_template_and_train_on_assistant_turns(tok):
-    msgs = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi there"},
-            {"role": "user", "content": "bye"}, {"role": "assistant", "content": "ciao"}]
+    msgs = [
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "hi there"},
+        {"role": "user", "content": "bye"},
+        {"role": "assistant", "content": "ciao"},
+    ]
     s = tokenize_record({"messages": msgs}, 0, tok, 128, TokenizeStats())
     text = tok.decode([t for t, m in zip(s.input_ids, s.target_mask, strict=True) if m])
     assert "hi there" in text and "ciao" in text
@@ -55,8 +63,16 @@ def test_messages_use_the_chat_template_and_train_on_assistant_turns(tok):
 
 
 def test_messages_without_template_use_the_plain_template():
-    segs = record_segments({"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}, False)
-    assert segs == [("<|user|>\n", False), ("u\n", False), ("<|assistant|>\n", False), ("a\n", True)]
+    segs = record_segments(
+        {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]},
+        False,
+    )
+    assert segs == [
+        ("<|user|>\n", False),
+        ("u\n", False),
+        ("<|assistant|>\n", False),
+        ("a\n", True),
+    ]
 
 
 def test_truncation_is_counted(tok):

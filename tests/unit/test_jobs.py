@@ -5,7 +5,12 @@ from app.jobs import apply_override, load_spec, spec_from_dict
 
 
 def base(**over):
-    d = {"name": "j", "dataset": "/d.jsonl", "teacher": {"model": "t"}, "students": [{"name": "s", "model": "m"}]}
+    d = {
+        "name": "j",
+        "dataset": "/d.jsonl",
+        "teacher": {"model": "t"},
+        "students": [{"name": "s", "model": "m"}],
+    }
     d.update(over)
     return d
 
@@ -25,19 +30,22 @@ def test_unknown_key_suggests_the_close_one():
         spec_from_dict(base(teacher={"model": "t", "topk": 8}))
 
 
-@pytest.mark.parametrize("over,msg", [
-    ({"shards": 0}, "shards=0 must be positive"),
-    ({"mode": "distill"}, "not one of"),
-    ({"loss": {"kind": "kl"}}, "not one of"),
-    ({"loss": {"alpha": 1.5}}, r"loss.alpha=1.5 must lie in \[0, 1\]"),
-    ({"mode": "data_parallel"}, "remove 'teacher'"),
-    ({"mode": "hybrid"}, "replicas > 1"),
-    ({"students": []}, "students is empty"),
-    ({"students": [{"name": "../x", "model": "m"}]}, "not allowed"),
-    ({"name": "a/b"}, "not allowed"),
-    ({"loss": {"temperature": 2.0}}, "set both to the same value"),
-    ({"teacher": {"model": "t", "top_k": -1}}, "must be positive"),
-])
+@pytest.mark.parametrize(
+    "over,msg",
+    [
+        ({"shards": 0}, "shards=0 must be positive"),
+        ({"mode": "distill"}, "not one of"),
+        ({"loss": {"kind": "kl"}}, "not one of"),
+        ({"loss": {"alpha": 1.5}}, r"loss.alpha=1.5 must lie in \[0, 1\]"),
+        ({"mode": "data_parallel"}, "remove 'teacher'"),
+        ({"mode": "hybrid"}, "replicas > 1"),
+        ({"students": []}, "students is empty"),
+        ({"students": [{"name": "../x", "model": "m"}]}, "not allowed"),
+        ({"name": "a/b"}, "not allowed"),
+        ({"loss": {"temperature": 2.0}}, "set both to the same value"),
+        ({"teacher": {"model": "t", "top_k": -1}}, "must be positive"),
+    ],
+)
 def test_bad_specs_name_the_problem(over, msg):
     with pytest.raises(SpecError, match=msg):
         spec_from_dict(base(**over))
@@ -66,7 +74,9 @@ def test_yaml_errors_and_relative_dataset(tmp_path):
     f.write_text("name: j\n  bad: [\n")
     with pytest.raises(SpecError, match="not valid YAML at line"):
         load_spec(f)
-    f.write_text("name: j\ndataset: data/x.jsonl\nteacher: {model: t}\nstudents: [{name: s, model: m}]\n")
+    f.write_text(
+        "name: j\ndataset: data/x.jsonl\nteacher: {model: t}\nstudents: [{name: s, model: m}]\n"
+    )
     assert load_spec(f).dataset == str(tmp_path / "data" / "x.jsonl")
     with pytest.raises(SpecError, match="does not exist"):
         load_spec(tmp_path / "nope.yaml")

@@ -20,8 +20,15 @@ def dense_case(p=7, v=50, seed=0, temperature=1.0):
 def test_sparse_kd_with_k_equal_vocab_matches_dense_kl(temperature):
     student, teacher_lp, labels = dense_case(temperature=temperature)
     top = torch.topk(teacher_lp, k=teacher_lp.shape[1], dim=-1)
-    loss, parts = kd_loss(student, labels, top.indices, top.values, alpha=0.0, temperature=temperature)
-    dense = F.kl_div(torch.log_softmax(student / temperature, -1), teacher_lp, log_target=True, reduction="batchmean")
+    loss, parts = kd_loss(
+        student, labels, top.indices, top.values, alpha=0.0, temperature=temperature
+    )
+    dense = F.kl_div(
+        torch.log_softmax(student / temperature, -1),
+        teacher_lp,
+        log_target=True,
+        reduction="batchmean",
+    )
     assert loss.item() == pytest.approx(temperature**2 * dense.item(), rel=1e-5)
     assert parts["kd"] == pytest.approx(dense.item(), rel=1e-5)
 
@@ -47,11 +54,15 @@ def test_tail_bucket_carries_the_missing_mass():
 
 def test_sparse_kl_is_a_lower_bound_and_tightens_with_k():
     student, teacher_lp, labels = dense_case(v=200)
-    dense = F.kl_div(torch.log_softmax(student, -1), teacher_lp, log_target=True, reduction="batchmean").item()
+    dense = F.kl_div(
+        torch.log_softmax(student, -1), teacher_lp, log_target=True, reduction="batchmean"
+    ).item()
     values = []
     for k in (4, 16, 64, 200):
         top = torch.topk(teacher_lp, k=k, dim=-1)
-        values.append(kd_loss(student, labels, top.indices, top.values, alpha=0.0, temperature=1.0)[1]["kd"])
+        values.append(
+            kd_loss(student, labels, top.indices, top.values, alpha=0.0, temperature=1.0)[1]["kd"]
+        )
     assert all(v <= dense + 1e-5 for v in values)
     assert values == sorted(values)
     assert values[-1] == pytest.approx(dense, rel=1e-5)

@@ -1,0 +1,71 @@
+"""User errors through the real `distillq` command: one line naming the fix, exit 1, nothing lost."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.settings import Settings
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def foreign_student(tmp_path_factory):
+    """A tiny model with a tokenizer of its own: distillq must refuse it as a student."""
+    from app.demo_models import TinyLlama, llama, train_tokenizer
+
+    out = tmp_path_factory.mktemp("foreign")
+    train_tokenizer(["def f(x):\n    return x * 2\n" * 50, "class A:\n    pass\n" * 50], out)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    llama(TinyLlama(32, 1, 2, 64, 128), len(tok), tok.eos_token_id, 0).save_pretrained(out)
+    return str(out)
+
+
+def one_line_error(res, *needles):
+    assert res.returncode == 1, res.stdout + res.stderr
+    lines = [x for x in res.stderr.strip().splitlines() if x.startswith("distillq")]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_tokenizer_mismatch_is_refused_before_any_compute(settings, make_spec, foreign_student):
+    spec = make_spec()
+    res = run_cli(settings, "enqueue", str(spec), "--set", f"students.0.model={foreign_student}")
+    one_line_error(res, "different tokenizer", "'s'")
+    assert not (settings.storage / "jobs").exists() or not any(
+        (settings.storage / "jobs").iterdir()
+    )
+
+
+def test_missing_model_unknown_method_and_top_k(settings, make_spec):
+    spec = make_spec()
+    one_line_error(
+        run_cli(settings, "enqueue", str(spec), "--set", "teacher.model=/nope/model"),
+        "/nope/model",
+        "does not exist",
+    )
+    one_line_error(
+        run_cli(settings, "enqueue", str(spec), "--set", "students.0.peft.method=lorax"),
+        "unknown PEFT method",
+        "lora",
+    )
+    one_line_error(
+        run_cli(settings, "enqueue", str(spec), "--set", "teacher.top_k=100000"),
+        "exceeds the teacher's vocabulary",
+    )
+
+
+def test_unreachable_redis_names_the_url_without_password(tmp_path, make_spec):
+    s = Settings(broker_url="redis://:hunter2@127.0.0.1:1/0", storage=tmp_path / "st")
+    res = run_cli(s, "enqueue", str(make_spec()))
+    one_line_error(res, "cannot reach Redis at redis://:***@127.0.0.1:1/0")
+    assert "hunter2" not in res.stderr
+
+
+def test_unknown_job_id_and_path_characters(settings):
+    one_line_error(run_cli(settings, "status", "no-such-job"), "does not exist")
+    one_line_error(run_cli(settings, "status", "../etc"), "not allowed")
