@@ -68,6 +68,11 @@ def progress(r: redis.Redis, job_id: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def reset_attempts(r: redis.Redis, job_id: str) -> None:
+    for key in r.scan_iter(match=keys.attempts_pattern(job_id), count=500):
+        r.delete(key)
+
+
 def next_attempt(r: redis.Redis, job_id: str, task: str, ttl: int) -> int:
     """Count one more delivery of ``task``; returns the attempt number (1 for the first)."""
     key = keys.attempts(job_id, task)

@@ -56,6 +56,11 @@ class _Appender:
         shape = (0,) if width is None else (0, width)
         maxshape = (None,) if width is None else (None, width)
         chunks = (CHUNK_ROWS * 16,) if width is None else (CHUNK_ROWS, max(width, 1))
+        if width == 0:
+            # No teacher (data_parallel): the target datasets exist, empty, for the format's sake.
+            self.ds = f.create_dataset(name, shape=(0, 0), dtype=dtype)
+            self.dtype, self.sha, self.n = dtype, hashlib.sha256(), 0
+            return
         self.ds = f.create_dataset(
             name, shape=shape, maxshape=maxshape, dtype=dtype, chunks=chunks, **_COMPRESSION
         )

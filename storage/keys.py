@@ -31,3 +31,7 @@ def track_lock(job_id: str, track: str) -> str:
 def attempts(job_id: str, task: str) -> str:
     """Delivery counter of one logical task, to cap redelivery of a poison task."""
     return f"{PREFIX}:job:{job_id}:attempts:{task}"
+
+
+def attempts_pattern(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:attempts:*"

@@ -60,6 +60,10 @@ class JobPaths:
     def shard_stats(self, shard: int) -> Path:
         return self.teacher_dir / f"shard-{shard:05d}.json"
 
+    def rounds_queued(self, shard: int) -> Path:
+        """Marker: this shard's rounds were queued (so a redelivered teacher task need not)."""
+        return self.teacher_dir / f"shard-{shard:05d}.rounds"
+
     @property
     def teacher_eval(self) -> Path:
         return self.teacher_dir / "eval.json"

@@ -49,6 +49,7 @@ class JobTask(Task):
             yield
         finally:
             live.clear_progress(self.redis(), job.id, key)
+        job.paths.failure(key).unlink(missing_ok=True)  # an earlier failure of this work is over
 
     def progress(self, job: Job, key: str) -> Callable[[dict[str, Any]], None]:
         """A callback that publishes progress to Redis, the task state and a task event (Flower)."""

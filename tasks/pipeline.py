@@ -15,6 +15,8 @@ from typing import Any
 
 from celery import Celery, chord
 
+from app import live
+from app.celery import settings_of
 from app.job_store import Job
 from storage import cache, checkpoints
 from storage.atomic import create_exclusive
@@ -59,6 +61,18 @@ def start_rounds(app: Celery, job: Job, shard: int, tracks: list[str] | None = N
         chord(replicas, body).apply_async()
 
 
+def start_rounds_once(app: Celery, job: Job, shard: int) -> None:
+    """Start ``shard``'s rounds unless an earlier delivery of its teacher task already did.
+
+    A worker can die after writing the shard but before queuing its rounds; the redelivered
+    task then finds the shard done and must still queue them.
+    """
+    if job.paths.rounds_queued(shard).exists():
+        return
+    start_rounds(app, job, shard)
+    create_exclusive(job.paths.rounds_queued(shard))
+
+
 def merged_shards(job: Job, track: str) -> set[int]:
     ckpt = checkpoints.latest(job.paths, track)
     return set(ckpt.meta["merged_shards"]) if ckpt else set()
@@ -81,7 +95,13 @@ def maybe_finalize(app: Celery, job: Job) -> bool:
 
 
 def resubmit(app: Celery, job: Job) -> dict[str, Any]:
-    """Rebuild the remaining work from storage alone (after Redis lost its queues)."""
+    """Rebuild the remaining work from storage alone (after Redis lost its queues).
+
+    Failure records are cleared: the work they name is queued again (with fresh attempts).
+    """
+    for f in job.paths.failures_dir.glob("*.json") if job.paths.failures_dir.exists() else []:
+        f.unlink()
+    live.reset_attempts(live.client(settings_of(app).broker_url), job.id)
     todo_teacher, rounds = [], 0
     for shard in range(job.n_shards):
         if cache.verified(job.paths.shard(shard), job.paths.shard_stats(shard)) is None:
