@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench setup clean demo-teacher
+.PHONY: demo test lint setup clean demo-teacher
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,8 +28,6 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: $(STAMP)
-	$(BIN)/python -m bench.run
 
 # Rebuild the shipped demo teacher (app/assets/demo-teacher); takes about an hour on 2 cores.
 demo-teacher: $(STAMP)

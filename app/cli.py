@@ -100,16 +100,18 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def follow(get: Any, render: Any, interval: float, timeout: float | None = None) -> int:
     """Print progress until the job is done (0), failed (1) or the timeout passes (3)."""
     tty = sys.stdout.isatty()
-    last = ""
+    last, printed_at = "", 0.0
     deadline = None if timeout is None else time.time() + timeout
     while True:
         st = get()
         text = render(st)
-        if text != last:
+        # On a terminal, redraw in place; in a log, a new block at most every 10 s.
+        due = tty or time.time() - printed_at >= 10 or st["state"] in ("done", "failed")
+        if text != last and due:
             if tty and last:
                 sys.stdout.write(f"\x1b[{last.count(chr(10)) + 1}F\x1b[J")
             print(text, flush=True)
-            last = text
+            last, printed_at = text, time.time()
         if st["state"] in ("done", "failed"):
             return 0 if st["state"] == "done" else EXIT_FAILED
         if deadline is not None and time.time() > deadline:

@@ -1,0 +1,51 @@
+"""docker/compose.yaml, checked without a Docker engine: structure, commands, environment."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from app.cli import parser
+
+COMPOSE = Path(__file__).parents[2] / "docker" / "compose.yaml"
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def distillq_services(compose):
+    return {n: s for n, s in compose["services"].items() if s.get("image") == "distillq:latest"}
+
+
+def test_every_distillq_command_is_a_real_subcommand(compose):
+    services = distillq_services(compose)
+    assert {"flower", "teacher", "student-1", "student-2", "enqueue-demo"} <= set(services)
+    for name, svc in services.items():
+        args = parser().parse_args(svc["command"])  # raises SystemExit on an unknown command/flag
+        assert callable(args.fn), name
+
+
+def test_workers_cover_both_queues_and_share_storage(compose):
+    services = distillq_services(compose)
+    queues = [parser().parse_args(s["command"]).queues for s in services.values() if s["command"][0] == "worker"]
+    assert any(q.startswith("teacher") for q in queues) and sum(q.startswith("student") for q in queues) == 2
+    for name, svc in services.items():
+        assert "distillq-data:/data" in svc["volumes"], name
+        env = svc["environment"]
+        assert env["DISTILLQ_STORAGE"] == "/data" and env["DISTILLQ_BROKER_URL"].startswith("redis://"), name
+        assert svc["depends_on"]["redis"]["condition"] == "service_healthy", name
+
+
+def test_redis_is_durable_and_password_protected_and_flower_needs_credentials(compose):
+    redis_cmd = " ".join(compose["services"]["redis"]["command"])
+    assert "--appendonly yes" in redis_cmd and "noeviction" in redis_cmd and "--requirepass" in redis_cmd
+    env = compose["services"]["flower"]["environment"]
+    assert env["DISTILLQ_FLOWER_PASSWORD"].startswith("${DISTILLQ_FLOWER_PASSWORD:?")
+
+
+def test_grace_period_outlasts_a_warm_shutdown(compose):
+    for name, svc in distillq_services(compose).items():
+        grace = svc["stop_grace_period"]
+        assert grace.endswith("m") and int(grace[:-1]) >= 1, name
