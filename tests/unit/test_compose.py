@@ -29,18 +29,31 @@ def test_every_distillq_command_is_a_real_subcommand(compose):
 
 def test_workers_cover_both_queues_and_share_storage(compose):
     services = distillq_services(compose)
-    queues = [parser().parse_args(s["command"]).queues for s in services.values() if s["command"][0] == "worker"]
-    assert any(q.startswith("teacher") for q in queues) and sum(q.startswith("student") for q in queues) == 2
+    queues = [
+        parser().parse_args(s["command"]).queues
+        for s in services.values()
+        if s["command"][0] == "worker"
+    ]
+    assert (
+        any(q.startswith("teacher") for q in queues)
+        and sum(q.startswith("student") for q in queues) == 2
+    )
     for name, svc in services.items():
         assert "distillq-data:/data" in svc["volumes"], name
         env = svc["environment"]
-        assert env["DISTILLQ_STORAGE"] == "/data" and env["DISTILLQ_BROKER_URL"].startswith("redis://"), name
+        assert env["DISTILLQ_STORAGE"] == "/data" and env["DISTILLQ_BROKER_URL"].startswith(
+            "redis://"
+        ), name
         assert svc["depends_on"]["redis"]["condition"] == "service_healthy", name
 
 
 def test_redis_is_durable_and_password_protected_and_flower_needs_credentials(compose):
     redis_cmd = " ".join(compose["services"]["redis"]["command"])
-    assert "--appendonly yes" in redis_cmd and "noeviction" in redis_cmd and "--requirepass" in redis_cmd
+    assert (
+        "--appendonly yes" in redis_cmd
+        and "noeviction" in redis_cmd
+        and "--requirepass" in redis_cmd
+    )
     env = compose["services"]["flower"]["environment"]
     assert env["DISTILLQ_FLOWER_PASSWORD"].startswith("${DISTILLQ_FLOWER_PASSWORD:?")
 
