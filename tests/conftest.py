@@ -106,6 +106,22 @@ def make_spec(
     return make
 
 
+def job_with_cache(root: Path, records: list[dict], spec: dict):  # -> app.job_store.Job
+    """Create a job from ``spec`` (dataset filled in) and build its whole teacher cache in-process."""
+    import yaml
+
+    from app import stages
+    from app.job_store import create_job
+    from app.jobs import load_spec
+
+    spec = {**spec, "dataset": str(write_jsonl(root / "d.jsonl", records))}
+    (root / "job.yaml").write_text(yaml.safe_dump(spec))
+    job = create_job(root / "storage", load_spec(root / "job.yaml"))
+    for shard in range(job.n_shards):
+        stages.teacher_shard(job, shard)
+    return job
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from workers.redis_server import EmbeddedRedis

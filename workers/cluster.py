@@ -24,7 +24,7 @@ def _state_file(storage: Path) -> Path:
     return storage / "cluster.json"
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
         return True
@@ -39,7 +39,7 @@ def cluster_broker(storage: Path) -> str:
         return ""
     state = json.loads(f.read_text())
     pid = state.get("redis_pid")
-    return str(state["broker_url"]) if pid is None or _alive(pid) else ""
+    return str(state["broker_url"]) if pid is None or alive(pid) else ""
 
 
 def up(settings: Settings, workers: int) -> str:
@@ -86,7 +86,7 @@ def down(settings: Settings) -> str:
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGTERM)
     deadline = time.time() + 30
-    while time.time() < deadline and any(_alive(p) for p in state["worker_pids"]):
+    while time.time() < deadline and any(alive(p) for p in state["worker_pids"]):
         time.sleep(0.2)
     for pid in state["worker_pids"]:
         with contextlib.suppress(OSError):

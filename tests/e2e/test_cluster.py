@@ -12,16 +12,9 @@ import pytest
 from app.settings import Settings
 from tests.conftest import run_cli
 from tests.e2e.test_pipeline import enqueue
+from workers.cluster import alive
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except OSError:
-        return False
 
 
 def test_up_enqueue_wait_down_with_no_broker_configured(tmp_path, make_spec):
@@ -41,9 +34,9 @@ def test_up_enqueue_wait_down_with_no_broker_configured(tmp_path, make_spec):
     assert res.returncode == 0 and "2 worker(s) stopped" in res.stdout
     deadline = time.time() + 15
     pids = [*state["worker_pids"], state["redis_pid"]]
-    while any(_alive(p) for p in pids) and time.time() < deadline:
+    while any(alive(p) for p in pids) and time.time() < deadline:
         time.sleep(0.2)
-    leftover = [p for p in pids if _alive(p)]
+    leftover = [p for p in pids if alive(p)]
     for p in leftover:
         os.kill(p, signal.SIGKILL)
     assert not leftover

@@ -8,12 +8,11 @@ import sys
 
 import pytest
 
-from app import merge, stages, student
+from app import merge, student
 from app.errors import SpecError
-from app.job_store import create_job
-from app.jobs import load_spec
 from app.peft_methods import make_config, valid_methods
 from storage import checkpoints
+from tests.conftest import job_with_cache
 
 pytestmark = pytest.mark.integration
 
@@ -46,33 +45,24 @@ print(json.dumps(res))
 
 
 @pytest.fixture(scope="module")
-def job_with_cache(tmp_path_factory, tiny_models, text_records):
-    import yaml
-
-    root = tmp_path_factory.mktemp("peft")
-    data = root / "d.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in text_records[:40]))
+def job(tmp_path_factory, tiny_models, text_records):
     students = [
         {"name": f"m{i}", "model": tiny_models["student"], "peft": p, "batch_size": 8, "lr": 1e-2}
         for i, p in enumerate(METHODS)
     ]
     spec = {
         "name": "peft",
-        "dataset": str(data),
         "shards": 1,
         "eval_fraction": 0.1,
-        "teacher": {"model": tiny_models["teacher"], "top_k": 8, "max_length": 64},
         "students": students,
+        "teacher": {"model": tiny_models["teacher"], "top_k": 8, "max_length": 64},
     }
-    (root / "job.yaml").write_text(yaml.safe_dump(spec))
-    job = create_job(root / "storage", load_spec(root / "job.yaml"))
-    stages.teacher_shard(job, 0)
-    return job
+    return job_with_cache(tmp_path_factory.mktemp("peft"), text_records[:40], spec)
 
 
 @pytest.mark.parametrize("i", range(len(METHODS)), ids=[m["method"] for m in METHODS])
-def test_method_trains_merges_and_exports(job_with_cache, tiny_models, i):
-    job, track = job_with_cache, f"m{i}"
+def test_method_trains_merges_and_exports(job, tiny_models, i):
+    track = f"m{i}"
     stats = student.train_replica(job, track, 0, 0)
     assert stats["steps"] > 0 and stats["tokens"] > 0
     delta, _ = checkpoints.load_replica(job.paths, track, 0, 0)

@@ -2,54 +2,41 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from app import merge, stages, student
-from app.job_store import create_job
-from app.jobs import load_spec
+from app import merge, student
 from app.losses import kd_loss
 from storage import checkpoints
 from storage.cache import CacheReader
+from tests.conftest import job_with_cache
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory, tiny_models, text_records):
-    import yaml
-
-    root = tmp_path_factory.mktemp("rounds")
-    data = root / "d.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in text_records[:48]))
+    student_spec = {
+        "name": "s",
+        "model": tiny_models["student"],
+        "peft": {"method": "lora", "r": 4},
+        "batch_size": 6,
+        "lr": 5e-3,
+        "epochs": 2,
+        "warmup_steps": 3,
+    }
     spec = {
         "name": "rounds",
-        "dataset": str(data),
         "shards": 2,
         "eval_fraction": 0.0,
-        "teacher": {"model": tiny_models["teacher"], "top_k": 8, "max_length": 64},
-        "students": [
-            {
-                "name": "s",
-                "model": tiny_models["student"],
-                "peft": {"method": "lora", "r": 4},
-                "batch_size": 6,
-                "lr": 5e-3,
-                "epochs": 2,
-                "warmup_steps": 3,
-            }
-        ],
+        "students": [student_spec],
         "loss": {"alpha": 0.3},
+        "teacher": {"model": tiny_models["teacher"], "top_k": 8, "max_length": 64},
     }
-    (root / "job.yaml").write_text(yaml.safe_dump(spec))
-    j = create_job(root / "storage", load_spec(root / "job.yaml"))
-    for shard in range(2):
-        stages.teacher_shard(j, shard)
-    return j
+    return job_with_cache(tmp_path_factory.mktemp("rounds"), text_records[:48], spec)
 
 
 def plain_loop(job) -> dict[str, torch.Tensor]:
