@@ -90,8 +90,8 @@ def collect(job: Job) -> dict[str, Any]:
 def write(job: Job) -> dict[str, Any]:
     data = collect(job)
     curves = {name: s.pop("curve") for name, s in data["students"].items()}
-    write_json(job.paths.report, data)
     plot(job, data, curves)
+    write_json(job.paths.report, data)  # last: report.json is what marks the job done
     return data
 
 

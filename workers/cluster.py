@@ -84,7 +84,7 @@ def down(settings: Settings) -> str:
     state = json.loads(f.read_text())
     for pid in state["worker_pids"]:
         with contextlib.suppress(OSError):
-            os.killpg(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGTERM)  # main process only: a warm shutdown
     deadline = time.time() + 30
     while time.time() < deadline and any(alive(p) for p in state["worker_pids"]):
         time.sleep(0.2)
