@@ -68,6 +68,16 @@ def progress(r: redis.Redis, job_id: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+LOCK_SECONDS = 600  # a holder of a track lock longer than this is presumed dead
+
+
+def track_lock(r: redis.Redis, job_id: str, track: str) -> Any:
+    """The per-track lock: merges and round scheduling of one track never interleave."""
+    return r.lock(
+        keys.track_lock(job_id, track), timeout=LOCK_SECONDS, blocking_timeout=LOCK_SECONDS
+    )
+
+
 def reset_attempts(r: redis.Redis, job_id: str) -> None:
     for key in r.scan_iter(match=keys.attempts_pattern(job_id), count=500):
         r.delete(key)

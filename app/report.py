@@ -41,6 +41,7 @@ def collect(job: Job) -> dict[str, Any]:
             "k": job.spec.teacher.top_k if job.spec.teacher else 0,
         },
         "students": {},
+        "vocab_size": job.info["fingerprints"].get("vocab_size"),
     }
     if job.spec.teacher:
         ev = read_json(job.paths.teacher_eval) if job.paths.teacher_eval.exists() else {}
@@ -90,47 +91,153 @@ def collect(job: Job) -> dict[str, Any]:
 def write(job: Job) -> dict[str, Any]:
     data = collect(job)
     curves = {name: s.pop("curve") for name, s in data["students"].items()}
-    plot(job, data, curves)
+    plot(job, data, curves, _timeline(job))
     write_json(job.paths.report, data)  # last: report.json is what marks the job done
     return data
 
 
-def plot(job: Job, data: dict[str, Any], curves: dict[str, list[list[float]]]) -> None:
-    """Training loss per track (smoothed), held-out losses, teacher reference line."""
+def _timeline(job: Job) -> list[tuple[str, float, float, float]]:
+    """(lane, start, end, tokens/s) of every teacher shard and student replica."""
+    rows = [
+        ("teacher", s["started_at"], s["finished_at"], s["tokens_per_s"]) for s in _shard_stats(job)
+    ]
+    for spec in job.spec.students:
+        ckpt = checkpoints.latest(job.paths, spec.name)
+        for rd in ckpt.meta["rounds"] if ckpt else []:
+            rows += [
+                (spec.name, r["started_at"], r["finished_at"], r["tokens_per_s"])
+                for r in rd["replicas"]
+            ]
+    return rows
+
+
+def plot(
+    job: Job,
+    data: dict[str, Any],
+    curves: dict[str, list[list[float]]],
+    timeline: list[tuple[str, float, float, float]],
+) -> None:
+    """Curves, held-out losses, the stage timeline and the cache size, in one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, curve in curves.items():
-        if not curve:
-            continue
-        steps = [p[0] for p in curve]
-        ce = _smooth([p[2] for p in curve])
-        ax.plot(steps, ce, label=f"{name}: train CE")
-    if data["teacher"] and data["teacher"]["eval_loss"] is not None:
-        ax.axhline(data["teacher"]["eval_loss"], color="k", ls="--", label="teacher held-out")
-        bx.bar(["teacher"], [data["teacher"]["eval_loss"]], color="0.3")
-    names = [n for n, s in data["students"].items() if s["eval_loss"] is not None]
-    bx.bar(names, [data["students"][n]["eval_loss"] for n in names], color="tab:blue")
-    for i, n in enumerate(names, start=1 if data["teacher"] else 0):
-        bx.text(
-            i,
-            data["students"][n]["eval_loss"],
-            f"{data['students'][n]['eval_loss']:.3f}",
-            ha="center",
-            va="bottom",
-        )
-    ax.set(
-        xlabel="optimizer step", ylabel="cross-entropy (nats/token)", title=f"training — {job.id}"
-    )
-    ax.legend()
-    bx.set(ylabel="held-out CE (nats/token)", title="held-out loss (lower is better)")
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
+    _plot_curves(axes[0][0], data, curves)
+    _plot_heldout(axes[0][1], data)
+    _plot_timeline(axes[1][0], timeline)
+    _plot_cache(axes[1][1], data)
+    fig.suptitle(f"distillq — {job.id}", fontsize=12)
     fig.tight_layout()
     with atomic_path(job.paths.report_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def _plot_curves(ax: Any, data: dict[str, Any], curves: dict[str, list[list[float]]]) -> None:
+    for i, (name, curve) in enumerate(curves.items()):
+        if not curve:
+            continue
+        color = f"C{i}"
+        steps = [p[0] for p in curve]
+        ax.plot(steps, _smooth([p[2] for p in curve]), color=color, label=f"{name}: train CE")
+        kd = [p[3] for p in curve]
+        if not all(math.isnan(v) for v in kd):
+            ax.plot(steps, _smooth(kd), color=color, ls=":", label=f"{name}: KD term")
+        ev = data["students"][name]["eval_loss"]
+        if ev is not None:
+            ax.scatter(
+                [steps[-1]],
+                [ev],
+                color=color,
+                marker="*",
+                s=120,
+                zorder=3,
+                label=f"{name}: held-out",
+            )
+    if data["teacher"] and data["teacher"]["eval_loss"] is not None:
+        ax.axhline(data["teacher"]["eval_loss"], color="k", ls="--", label="teacher held-out")
+    ax.set(xlabel="optimizer step", ylabel="nats / token", title="training curves (smoothed)")
+    ax.legend(fontsize=8)
+
+
+def _plot_heldout(ax: Any, data: dict[str, Any]) -> None:
+    names, values, colors = [], [], []
+    if data["teacher"] and data["teacher"]["eval_loss"] is not None:
+        names.append("teacher"), values.append(data["teacher"]["eval_loss"]), colors.append("0.35")
+    for i, (n, s) in enumerate(data["students"].items()):
+        if s["eval_loss"] is not None:
+            (
+                names.append(f"{n}\n(α={s['loss']['alpha']})"),
+                values.append(s["eval_loss"]),
+                colors.append(f"C{i}"),
+            )
+    bars = ax.bar(names, values, color=colors)
+    for b, v in zip(bars, values, strict=True):
+        ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.3f}", ha="center", va="bottom")
+    ax.set(ylabel="held-out CE (nats / token)", title="held-out loss (lower is better)")
+
+
+def _plot_timeline(ax: Any, timeline: list[tuple[str, float, float, float]]) -> None:
+    if not timeline:
+        return
+    t0 = min(r[1] for r in timeline)
+    lanes = list(dict.fromkeys(r[0] for r in timeline))
+    for lane, start, end, rate in timeline:
+        y = lanes.index(lane)
+        ax.barh(
+            y,
+            end - start,
+            left=start - t0,
+            height=0.6,
+            color="0.35" if lane == "teacher" else f"C{y - 1}",
+            edgecolor="white",
+        )
+        ax.text(
+            start - t0 + (end - start) / 2,
+            y,
+            f"{rate / 1000:.1f}k",
+            ha="center",
+            va="center",
+            color="white",
+            fontsize=7,
+        )
+    ax.set_yticks(range(len(lanes)), lanes)
+    ax.invert_yaxis()
+    ax.set(
+        xlabel="seconds since the first task started", title="stages over time (label: tokens/s)"
+    )
+
+
+def _plot_cache(ax: Any, data: dict[str, Any]) -> None:
+    c = data["cache"]
+    ax.axis("off")
+    lines = [
+        f"teacher cache: {c['bytes'] / 1e6:.2f} MB",
+        f"target positions: {c['target_positions']:,}",
+    ]
+    if c["bytes_per_position"]:
+        vocab = data.get("vocab_size") or 0
+        lines.append(f"bytes / position: {c['bytes_per_position']} (top-{c['k']})")
+        if vocab:
+            lines.append(
+                f"full-vocabulary fp16 would be {2 * vocab:,} B / position ({2 * vocab / c['bytes_per_position']:.0f}x)"
+            )
+    if data["teacher"]:
+        lines.append(f"teacher throughput: {data['teacher']['tokens_per_s']} tokens/s")
+    for name, st in data["students"].items():
+        lines.append(f"{name}: {st['steps']} steps, {st['tokens_per_s']} tokens/s, {st['method']}")
+    ax.text(
+        0.02,
+        0.95,
+        "\n".join(lines),
+        va="top",
+        family="monospace",
+        fontsize=10,
+        transform=ax.transAxes,
+    )
+    ax.set_title("cache and throughput")
 
 
 def _smooth(values: list[float], window: int = 9) -> list[float]:

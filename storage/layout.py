@@ -60,10 +60,6 @@ class JobPaths:
     def shard_stats(self, shard: int) -> Path:
         return self.teacher_dir / f"shard-{shard:05d}.json"
 
-    def rounds_queued(self, shard: int) -> Path:
-        """Marker: this shard's rounds were queued (so a redelivered teacher task need not)."""
-        return self.teacher_dir / f"shard-{shard:05d}.rounds"
-
     @property
     def teacher_eval(self) -> Path:
         return self.teacher_dir / "eval.json"
@@ -76,6 +72,10 @@ class JobPaths:
 
     def global_version(self, track: str, version: int) -> Path:
         return self.global_dir(track) / f"v{version:04d}"
+
+    def round_inflight(self, track: str) -> Path:
+        """Which shard's round the track is running now (rounds of a track run in order)."""
+        return self.track_dir(track) / "inflight.json"
 
     def round_dir(self, track: str, shard: int) -> Path:
         return self.track_dir(track) / "rounds" / f"shard-{shard:05d}"

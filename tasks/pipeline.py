@@ -1,6 +1,7 @@
 """The canvas: which task follows which. No compute here.
 
-    teacher_shard(i) ──on success──▶ chord(group(train_replica(i, r)), merge_round(i)) per track
+    teacher_shard(i) ──lands──▶ advance(track): chord(train_replica(i, r) for r, merge_round(i))
+    merge_round(i) ──merged──▶ advance(track): the next finished shard's round, if any
     merge_round / teacher_eval ──when everything is merged──▶ finalize, exactly once
 
 Tasks are addressed by name so this module imports no task module (no import cycles), and
@@ -11,6 +12,7 @@ marker file on storage, not by a job-wide chord.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import Celery, chord
@@ -19,7 +21,7 @@ from app import live
 from app.celery import settings_of
 from app.job_store import Job
 from storage import cache, checkpoints
-from storage.atomic import create_exclusive
+from storage.atomic import create_exclusive, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -46,31 +48,53 @@ def submit(
         app.signature("distillq.teacher_eval", args=(job.id,)).apply_async()
 
 
-def start_rounds(app: Celery, job: Job, shard: int, tracks: list[str] | None = None) -> None:
-    """One chord per student track: R replicas on ``shard``, then the merge."""
-    for spec in job.spec.students:
-        if tracks is not None and spec.name not in tracks:
-            continue
-        replicas = [
-            app.signature(
-                "distillq.train_replica", args=(job.id, spec.name, shard, r), immutable=True
-            )
-            for r in range(spec.replicas)
-        ]
-        body = app.signature("distillq.merge_round", args=(job.id, spec.name, shard))
-        chord(replicas, body).apply_async()
+def launch_round(app: Celery, job: Job, track: str, shard: int) -> None:
+    """A chord: R replicas of ``track`` on ``shard``, then the merge."""
+    spec = job.spec.student(track)
+    replicas = [
+        app.signature("distillq.train_replica", args=(job.id, track, shard, r), immutable=True)
+        for r in range(spec.replicas)
+    ]
+    chord(
+        replicas, app.signature("distillq.merge_round", args=(job.id, track, shard))
+    ).apply_async()
 
 
-def start_rounds_once(app: Celery, job: Job, shard: int) -> None:
-    """Start ``shard``'s rounds unless an earlier delivery of its teacher task already did.
+def advance(app: Celery, job: Job, track: str) -> int | None:
+    """Start ``track``'s next round unless one is in flight; returns the shard it started.
 
-    A worker can die after writing the shard but before queuing its rounds; the redelivered
-    task then finds the shard done and must still queue them.
+    Rounds of a track run one after another, each from the previous merge, taking shards in
+    the order they finished. Left to the FIFO queue, a fast teacher would put every round's
+    replicas ahead of the merges they need, and all would train from the initial weights.
+    Called whenever a shard lands or a merge ends; idempotent under the track lock.
     """
-    if job.paths.rounds_queued(shard).exists():
-        return
-    start_rounds(app, job, shard)
-    create_exclusive(job.paths.rounds_queued(shard))
+    with live.track_lock(_redis(app), job.id, track):
+        merged = merged_shards(job, track)
+        marker = job.paths.round_inflight(track)
+        if marker.exists() and read_json(marker)["shard"] not in merged:
+            return None
+        ready = [
+            (read_json(job.paths.shard_stats(i))["finished_at"], i)
+            for i in range(job.n_shards)
+            if i not in merged and job.paths.shard_stats(i).exists()
+        ]
+        if not ready:
+            marker.unlink(missing_ok=True)
+            return None
+        shard = min(ready)[1]
+        write_json(marker, {"shard": shard, "queued_at": time.time()})
+        launch_round(app, job, track, shard)
+        log.info("job %s track %s: round on shard %d queued", job.id, track, shard)
+        return shard
+
+
+def on_shard_ready(app: Celery, job: Job) -> None:
+    for spec in job.spec.students:
+        advance(app, job, spec.name)
+
+
+def _redis(app: Celery) -> Any:
+    return live.client(settings_of(app).broker_url)
 
 
 def merged_shards(job: Job, track: str) -> set[int]:
@@ -101,16 +125,17 @@ def resubmit(app: Celery, job: Job) -> dict[str, Any]:
     """
     for f in job.paths.failures_dir.glob("*.json") if job.paths.failures_dir.exists() else []:
         f.unlink()
-    live.reset_attempts(live.client(settings_of(app).broker_url), job.id)
-    todo_teacher, rounds = [], 0
-    for shard in range(job.n_shards):
-        if cache.verified(job.paths.shard(shard), job.paths.shard_stats(shard)) is None:
-            todo_teacher.append(shard)
-            continue
-        missing = [s.name for s in job.spec.students if shard not in merged_shards(job, s.name)]
-        if missing:
-            start_rounds(app, job, shard, missing)
-            rounds += len(missing)
+    live.reset_attempts(_redis(app), job.id)
+    todo_teacher = [
+        shard
+        for shard in range(job.n_shards)
+        if cache.verified(job.paths.shard(shard), job.paths.shard_stats(shard)) is None
+    ]
+    rounds = {}
+    for spec in job.spec.students:
+        # A round in flight when Redis lost its queue will never merge: start it again.
+        job.paths.round_inflight(spec.name).unlink(missing_ok=True)
+        rounds[spec.name] = advance(app, job, spec.name)
     need_eval = job.spec.has_teacher and not job.paths.teacher_eval.exists()
     submit(app, job, todo_teacher, teacher_eval=need_eval)
     finalize = False

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from app import merge, stages, student
+from app import live, merge, stages, student
 from app.celery import app
-from storage import keys
 from tasks import pipeline
 from tasks.base import JobTask
-
-LOCK_SECONDS = 600  # a merge holding the lock longer than this is presumed dead
 
 
 class StudentTask(JobTask):
@@ -42,9 +39,10 @@ def merge_round(
     job = self.job(job_id)
     with (
         self.attempt(job, pipeline.merge_key(track, shard)),
-        self.redis().lock(keys.track_lock(job_id, track), timeout=LOCK_SECONDS),
+        live.track_lock(self.redis(), job_id, track),
     ):
         result = merge.merge_round(job, track, shard)
+    pipeline.advance(self.app, job, track)
     pipeline.maybe_finalize(self.app, job)
     return result
 

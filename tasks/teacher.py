@@ -23,7 +23,7 @@ def teacher_shard(self: TeacherTask, job_id: str, shard: int) -> dict[str, Any]:
     key = pipeline.teacher_key(shard)
     with self.attempt(job, key):
         result = stages.teacher_shard(job, shard, self.progress(job, key))
-    pipeline.start_rounds_once(self.app, job, shard)
+    pipeline.on_shard_ready(self.app, job)
     return {
         k: result[k] for k in ("shard", "sha256", "bytes", "samples", "tokens", "target_positions")
     }

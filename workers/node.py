@@ -56,8 +56,16 @@ def node_info(hostname: str, queues: list[str], concurrency: int) -> dict[str, A
     }
 
 
+GONE_AFTER = 3  # missed intervals before a node shows as gone
+FORGET_AFTER = 10  # missed intervals before its entry expires from Redis
+
+
 class Heartbeat:
-    """Refresh this node's registry entry every ``interval`` s; it expires after 3 intervals."""
+    """Refresh this node's registry entry every ``interval`` s.
+
+    A node that stops beating shows as ``gone`` after GONE_AFTER intervals and disappears
+    after FORGET_AFTER (the key's TTL): users see that a node died before it vanishes.
+    """
 
     def __init__(self, redis_client: Any, info: dict[str, Any], interval: int) -> None:
         self.r, self.info, self.interval = redis_client, info, interval
@@ -74,8 +82,10 @@ class Heartbeat:
             self._stop.wait(self.interval)
 
     def beat(self) -> None:
-        info = {**self.info, "heartbeat_at": time.time()}
-        self.r.set(keys.node(self.info["hostname"]), json.dumps(info), ex=self.interval * 3)
+        info = {**self.info, "heartbeat_at": time.time(), "interval": self.interval}
+        self.r.set(
+            keys.node(self.info["hostname"]), json.dumps(info), ex=self.interval * FORGET_AFTER
+        )
 
     def stop(self) -> None:
         self._stop.set()
@@ -91,5 +101,6 @@ def list_nodes(redis_client: Any) -> list[dict[str, Any]]:
         if raw:
             n = json.loads(raw)
             n["age_s"] = round(now - n["heartbeat_at"], 1)
+            n["state"] = "up" if n["age_s"] <= GONE_AFTER * n.get("interval", 10) else "gone"
             nodes.append(n)
     return sorted(nodes, key=lambda n: n["hostname"])

@@ -45,9 +45,9 @@ def test_hybrid_mode_with_two_replicas_and_an_ensemble(settings, make_spec, work
         ckpt = checkpoints.latest(job.paths, track)
         assert ckpt.version == 3 and sorted(ckpt.meta["merged_shards"]) == [0, 1, 2]
     rounds = checkpoints.latest(job.paths, "lora2").meta["rounds"]
-    assert all(
-        len(r["replicas"]) == 2 for r in rounds
-    )  # both replicas' deltas went into each merge
+    # Both replicas' deltas went into each merge, and both started from the last merge.
+    starts = [[x["start_version"] for x in r["replicas"]] for r in rounds]
+    assert starts == [[0, 0], [1, 1], [2, 2]]
     assert not (job.paths.track_dir("lora2") / "rounds").exists() or not any(
         (job.paths.track_dir("lora2") / "rounds").iterdir()
     )

@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from app.job_store import load_job
+from storage import checkpoints
 from storage.atomic import read_json
 from tests.conftest import run_cli
 
@@ -34,6 +35,9 @@ def test_three_shard_job_completes_with_both_workers(settings, make_spec, worker
     report = read_json(job.paths.report)
     assert report["shards"] == 3
     assert report["students"]["s"]["version"] == 3  # one merge per round, no more
+    rounds = checkpoints.latest(job.paths, "s").meta["rounds"]
+    # Each round trained from the previous merge, never from stale weights.
+    assert [r["replicas"][0]["start_version"] for r in rounds] == [0, 1, 2]
     assert report["teacher"]["eval_loss"] > 0 and report["students"]["s"]["eval_loss"] > 0
     assert (job.paths.final_dir("s") / "adapter" / "adapter_config.json").exists()
     assert (job.paths.final_dir("s") / "merged" / "config.json").exists()
@@ -58,8 +62,11 @@ def test_students_wait_in_their_queue_until_a_student_worker_starts(settings, ma
         assert time.time() < deadline, workers.log("teacher")
         time.sleep(0.5)
     r = redis.Redis.from_url(settings.broker_url)
-    assert r.llen("student") >= 3  # one replica task per finished shard, waiting
-    assert not (job.paths.root / "students").exists()  # nothing trained yet
+    assert (
+        r.llen("student") == 1
+    )  # the track's first round (R = 1), waiting; later rounds follow merges
+    assert checkpoints.latest(job.paths, "s") is None  # nothing trained yet
+    assert not job.paths.round_dir("s", 0).exists()
 
     workers.start("student", "student")
     res = run_cli(settings, "wait", job_id, "--timeout", "300")
