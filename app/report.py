@@ -163,16 +163,15 @@ def _plot_curves(ax: Any, data: dict[str, Any], curves: dict[str, list[list[floa
 
 
 def _plot_heldout(ax: Any, data: dict[str, Any]) -> None:
-    names, values, colors = [], [], []
+    bars_data: list[tuple[str, float, str]] = []
     if data["teacher"] and data["teacher"]["eval_loss"] is not None:
-        names.append("teacher"), values.append(data["teacher"]["eval_loss"]), colors.append("0.35")
+        bars_data.append(("teacher", data["teacher"]["eval_loss"], "0.35"))
     for i, (n, s) in enumerate(data["students"].items()):
         if s["eval_loss"] is not None:
-            (
-                names.append(f"{n}\n(α={s['loss']['alpha']})"),
-                values.append(s["eval_loss"]),
-                colors.append(f"C{i}"),
-            )
+            bars_data.append((f"{n}\n(α={s['loss']['alpha']})", s["eval_loss"], f"C{i}"))
+    names = [b[0] for b in bars_data]
+    values = [b[1] for b in bars_data]
+    colors = [b[2] for b in bars_data]
     bars = ax.bar(names, values, color=colors)
     for b, v in zip(bars, values, strict=True):
         ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.3f}", ha="center", va="bottom")
