@@ -215,7 +215,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from workers.cluster import up
 
-    print(up(settings_from(args), args.workers))
+    print(up(settings_from(args), args.workers, args.flower_port))
     return 0
 
 
@@ -270,6 +270,7 @@ def parser() -> argparse.ArgumentParser:
     )
     u = add("up", cmd_up, "start a local cluster: embedded Redis (unless configured) and N workers")
     u.add_argument("--workers", type=int, default=2)
+    u.add_argument("--flower-port", type=int, default=5555)
     add("down", cmd_down, "stop the local cluster started by `up`")
     w = add("worker", cmd_worker, "run a worker on this node")
     w.add_argument(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 from app.errors import DistillqError
 from app.settings import Settings
 from storage.atomic import write_json
-from workers.launch import spawn_worker
+from workers.launch import spawn_flower, spawn_worker
 from workers.redis_server import EmbeddedRedis
 
 
@@ -42,7 +43,7 @@ def cluster_broker(storage: Path) -> str:
     return str(state["broker_url"]) if pid is None or alive(pid) else ""
 
 
-def up(settings: Settings, workers: int) -> str:
+def up(settings: Settings, workers: int, flower_port: int = 5555) -> str:
     storage = settings.storage
     if cluster_broker(storage) and _state_file(storage).exists():
         raise DistillqError(f"a local cluster is already up on {storage}; `distillq down` stops it")
@@ -62,17 +63,26 @@ def up(settings: Settings, workers: int) -> str:
         )
         for i in range(workers)
     ]
+    user = os.environ.get("DISTILLQ_FLOWER_USER") or "distillq"
+    password = os.environ.get("DISTILLQ_FLOWER_PASSWORD") or secrets.token_urlsafe(12)
+    flower = spawn_flower(settings, flower_port, user, password, storage / "logs" / "flower.log")
     write_json(
         _state_file(storage),
         {
             "broker_url": settings.broker_url,
             "redis_pid": redis_pid,
             "worker_pids": [p.pid for p in procs],
+            "flower_pid": flower.pid,
+            "flower_url": f"http://127.0.0.1:{flower_port}",
+            "flower_user": user,
+            "flower_password": password,
             "started_at": time.time(),
         },
     )
+    os.chmod(_state_file(storage), 0o600)  # it holds the Flower password
     return (
         f"cluster up: {workers} worker(s), broker {settings.broker_url}, storage {storage}\n"
+        f"  Flower: http://127.0.0.1:{flower_port}  (user {user}, password {password})\n"
         f"  logs: {storage / 'logs'}\n  stop with: distillq down"
     )
 
@@ -91,6 +101,9 @@ def down(settings: Settings) -> str:
     for pid in state["worker_pids"]:
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
+    if state.get("flower_pid"):
+        with contextlib.suppress(OSError):
+            os.killpg(state["flower_pid"], signal.SIGTERM)
     if state.get("redis_pid"):
         with contextlib.suppress(OSError):
             os.kill(state["redis_pid"], signal.SIGTERM)

@@ -127,6 +127,23 @@ def spawn_worker(
     )
 
 
+def spawn_flower(
+    settings: Settings, port: int, user: str, password: str, log_file: Path
+) -> subprocess.Popen[bytes]:
+    """Start `distillq flower` (basic auth) as a child process in its own process group."""
+    cmd = [sys.executable, "-m", "app.cli", "flower", "--port", str(port)]
+    env = {
+        **os.environ,
+        **settings.to_env(),
+        "DISTILLQ_FLOWER_USER": user,
+        "DISTILLQ_FLOWER_PASSWORD": password,
+    }
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        cmd, env=env, stdout=log_file.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
 def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
     """SIGTERM the worker's main process (warm shutdown: the running task finishes), then
     SIGKILL its whole group if it lingers past ``timeout``.

@@ -17,23 +17,56 @@ from workers.cluster import alive
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
+def flower_get(url: str, path: str, auth: tuple[str, str] | None) -> tuple[int, object]:
+    import base64
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url + path)
+    if auth:
+        req.add_header(
+            "Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode()
+        )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, None
+
+
 def test_up_enqueue_wait_down_with_no_broker_configured(tmp_path, make_spec):
+    from workers.redis_server import free_port
+
     s = Settings(broker_url="", storage=tmp_path / "storage")
-    res = run_cli(s, "up", "--workers", "2")
+    res = run_cli(s, "up", "--workers", "2", "--flower-port", str(free_port()))
     assert res.returncode == 0, res.stderr
     state = json.loads((s.storage / "cluster.json").read_text())
+    assert "Flower: " + state["flower_url"] in res.stdout
+    assert (s.storage / "cluster.json").stat().st_mode & 0o077 == 0  # holds the Flower password
+    auth = (state["flower_user"], state["flower_password"])
     try:
         assert state["broker_url"].startswith("redis://127.0.0.1:")
+        assert flower_get(state["flower_url"], "/api/workers", None)[0] == 401
+        deadline = time.time() + 60  # Flower must be listening before tasks run to see their events
+        while True:
+            code, workers = flower_get(state["flower_url"], "/api/workers?refresh=1", auth)
+            if code == 200 and len(workers) == 2:
+                break
+            assert time.time() < deadline, (code, workers)
+            time.sleep(1)
         job_id = enqueue(s, make_spec())  # finds the cluster's broker by itself
         res = run_cli(s, "wait", job_id, "--timeout", "300")
         assert res.returncode == 0, res.stderr
         nodes = json.loads(run_cli(s, "nodes", "--json").stdout)
-        assert len(nodes) == 2
+        assert len(nodes) == 2 and all(n["state"] == "up" for n in nodes)
+        code, tasks = flower_get(state["flower_url"], "/api/tasks", auth)
+        names = {t["name"] for t in tasks.values() if job_id in (t.get("args") or "")}
+        assert {"distillq.teacher_shard", "distillq.train_replica", "distillq.merge_round"} <= names
     finally:
         res = run_cli(s, "down")
     assert res.returncode == 0 and "2 worker(s) stopped" in res.stdout
     deadline = time.time() + 15
-    pids = [*state["worker_pids"], state["redis_pid"]]
+    pids = [*state["worker_pids"], state["redis_pid"], state["flower_pid"]]
     while any(alive(p) for p in pids) and time.time() < deadline:
         time.sleep(0.2)
     leftover = [p for p in pids if alive(p)]
