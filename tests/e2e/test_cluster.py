@@ -32,6 +32,8 @@ def flower_get(url: str, path: str, auth: tuple[str, str] | None) -> tuple[int, 
             return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as e:
         return e.code, None
+    except urllib.error.URLError:
+        return 0, None  # not listening yet
 
 
 def test_up_enqueue_wait_down_with_no_broker_configured(tmp_path, make_spec):
@@ -46,7 +48,6 @@ def test_up_enqueue_wait_down_with_no_broker_configured(tmp_path, make_spec):
     auth = (state["flower_user"], state["flower_password"])
     try:
         assert state["broker_url"].startswith("redis://127.0.0.1:")
-        assert flower_get(state["flower_url"], "/api/workers", None)[0] == 401
         deadline = time.time() + 60  # Flower must be listening before tasks run to see their events
         while True:
             code, workers = flower_get(state["flower_url"], "/api/workers?refresh=1", auth)
@@ -54,6 +55,7 @@ def test_up_enqueue_wait_down_with_no_broker_configured(tmp_path, make_spec):
                 break
             assert time.time() < deadline, (code, workers)
             time.sleep(1)
+        assert flower_get(state["flower_url"], "/api/workers", None)[0] == 401
         job_id = enqueue(s, make_spec())  # finds the cluster's broker by itself
         res = run_cli(s, "wait", job_id, "--timeout", "300")
         assert res.returncode == 0, res.stderr
