@@ -41,15 +41,17 @@ def free_port() -> int:
 class EmbeddedRedis:
     """A redis-server child process bound to 127.0.0.1; stop() (or the with-block) ends it."""
 
-    def __init__(self, workdir: Path, port: int | None = None, appendonly: bool = False) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, appendonly: bool = False, password: str = "") -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def command(self) -> list[str]:
         return [
@@ -66,6 +68,7 @@ class EmbeddedRedis:
             str(self.workdir),
             "--maxmemory-policy",
             "noeviction",
+            *(["--requirepass", self.password] if self.password else []),
             "--daemonize",
             "no",
         ]
@@ -77,7 +80,7 @@ class EmbeddedRedis:
             self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=detach
         )
         deadline = time.time() + timeout
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        client = redis.Redis(port=self.port, password=self.password or None, socket_connect_timeout=1)
         while time.time() < deadline:
             try:
                 client.ping()

@@ -1,5 +1,6 @@
 """docker/compose.yaml, checked without a Docker engine: structure, commands, environment."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -8,11 +9,33 @@ import yaml
 from app.cli import parser
 
 COMPOSE = Path(__file__).parents[2] / "docker" / "compose.yaml"
+_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*)|:\?([^}]*))?\}")
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error} substitution (and $$ → $)."""
+
+    def one(m: re.Match) -> str:
+        name, default, required = m.group(1), m.group(2), m.group(3)
+        if env.get(name):
+            return env[name]
+        if required is not None:
+            raise KeyError(f"{name}: {required}")
+        return default or ""
+
+    return _VAR.sub(one, text).replace("$$", "$")
+
+
+def load_compose(env: dict[str, str]) -> dict:
+    return yaml.safe_load(interpolate(COMPOSE.read_text(), env))
+
+
+ENV = {"DISTILLQ_REDIS_PASSWORD": "s3cret", "DISTILLQ_FLOWER_PASSWORD": "fl0wer"}
 
 
 @pytest.fixture(scope="module")
 def compose():
-    return yaml.safe_load(COMPOSE.read_text())
+    return load_compose(ENV)
 
 
 def distillq_services(compose):
@@ -49,13 +72,12 @@ def test_workers_cover_both_queues_and_share_storage(compose):
 
 def test_redis_is_durable_and_password_protected_and_flower_needs_credentials(compose):
     redis_cmd = " ".join(compose["services"]["redis"]["command"])
-    assert (
-        "--appendonly yes" in redis_cmd
-        and "noeviction" in redis_cmd
-        and "--requirepass" in redis_cmd
-    )
-    env = compose["services"]["flower"]["environment"]
-    assert env["DISTILLQ_FLOWER_PASSWORD"].startswith("${DISTILLQ_FLOWER_PASSWORD:?")
+    assert "--appendonly yes" in redis_cmd and "noeviction" in redis_cmd
+    assert "--requirepass s3cret" in redis_cmd
+    assert compose["services"]["flower"]["environment"]["DISTILLQ_FLOWER_PASSWORD"] == "fl0wer"
+    for missing in ENV:  # compose refuses to start without either secret
+        with pytest.raises(KeyError, match=missing):
+            load_compose({k: v for k, v in ENV.items() if k != missing})
 
 
 def test_grace_period_outlasts_a_warm_shutdown(compose):
