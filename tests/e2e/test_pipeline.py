@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import redis
@@ -84,8 +85,31 @@ def test_students_start_before_the_last_teacher_shard_is_done(
         make_spec(n_records=300, shards=6),
         f"teacher.model={tiny_models['medium_teacher']}",
     )
-    assert run_cli(settings, "wait", job_id, "--timeout", "400").returncode == 0
-    report = read_json(load_job(settings.storage, job_id).paths.report)
+    # Live progress while it runs: a shard's samples/tokens, a replica's step/loss/throughput.
+    from app import live
+    from app.status import job_status
+
+    job, r = load_job(settings.storage, job_id), live.client(settings.broker_url)
+    seen_shard, seen_replica = None, None
+    deadline = time.time() + 400
+    while not (seen_shard and seen_replica) and time.time() < deadline:
+        st = job_status(job, r)
+        for sh in st["shards"]:
+            if sh["state"] == "running":
+                seen_shard = sh["progress"]
+        for p in st["tracks"]["s"]["running"].values():
+            seen_replica = p
+        if st["state"] == "done":
+            break
+        time.sleep(0.1)
+    assert seen_shard and {"samples", "of", "tokens", "tokens_per_s"} <= set(seen_shard), seen_shard
+    assert seen_replica and {"step", "steps", "loss", "tokens_per_s"} <= set(seen_replica), (
+        seen_replica
+    )
+
+    watch = run_cli(settings, "watch", job_id, timeout=400)
+    assert watch.returncode == 0 and "6/6 shards" in watch.stdout and "6/6 rounds" in watch.stdout
+    report = read_json(job.paths.report)
     first_student_step = report["students"]["s"]["first_step_at"]
     assert first_student_step < report["last_shard_done_at"]
     assert report["first_shard_done_at"] < first_student_step
