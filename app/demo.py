@@ -19,7 +19,7 @@ from typing import Any
 from app import demo_models
 from app.settings import Settings
 
-DEMO_RECORDS, QUICK_RECORDS = 1600, 240
+DEMO_RECORDS, QUICK_RECORDS = 2400, 240
 
 
 def demo_spec(storage: Path, records: int) -> dict[str, Any]:
