@@ -54,6 +54,9 @@ def demo_spec(storage: Path, records: int) -> dict[str, Any]:
 
 def prepare(storage: Path, records: int) -> dict[str, Any]:
     """Models and data on storage, made by the project; reused when already there."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the demo draws its own progress
     models = storage / "models"
     teacher = models / "demo-teacher"
     if not (teacher / "config.json").exists():
