@@ -41,7 +41,9 @@ def free_port() -> int:
 class EmbeddedRedis:
     """A redis-server child process bound to 127.0.0.1; stop() (or the with-block) ends it."""
 
-    def __init__(self, workdir: Path, port: int | None = None, appendonly: bool = False, password: str = "") -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, appendonly: bool = False, password: str = ""
+    ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.appendonly = appendonly
@@ -80,7 +82,9 @@ class EmbeddedRedis:
             self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=detach
         )
         deadline = time.time() + timeout
-        client = redis.Redis(port=self.port, password=self.password or None, socket_connect_timeout=1)
+        client = redis.Redis(
+            port=self.port, password=self.password or None, socket_connect_timeout=1
+        )
         while time.time() < deadline:
             try:
                 client.ping()
