@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup clean demo-teacher
+.PHONY: demo test lint bench setup clean demo-teacher
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+
+# Benchmarks against bare loops and online KD; rewrites bench/RESULTS.{md,json} and bench/results.png.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # Rebuild the shipped demo teacher (app/assets/demo-teacher); takes about an hour on 2 cores.
 demo-teacher: $(STAMP)

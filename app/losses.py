@@ -24,6 +24,7 @@ def bucket_logprobs(
     target_ids: torch.Tensor,
     teacher_logprobs: torch.Tensor,
     temperature: float,
+    log_z: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher and student log-probs over the k + 1 buckets.
 
@@ -32,28 +33,33 @@ def bucket_logprobs(
         target_ids: [P, k] teacher top-k token ids.
         teacher_logprobs: [P, k] teacher log-probs at τ, normalised over the full vocabulary.
         temperature: τ, the same the teacher cache was made with.
+        log_z: [P, 1] logsumexp of ``student_logits / τ`` if the caller has it already.
     Returns:
         (teacher, student): each [P, k + 1]; column k is the tail bucket. Entries may be −inf.
     """
-    z = student_logits.float() / temperature
-    log_z = torch.logsumexp(z, dim=-1, keepdim=True)  # [P, 1]
+    z = student_logits.float()
+    if temperature != 1.0:
+        z = z / temperature
+    if log_z is None:
+        log_z = torch.logsumexp(z, dim=-1, keepdim=True)  # [P, 1]: the only pass over V
     s_top = z.gather(-1, target_ids) - log_z  # [P, k]
-    # Student tail: the mass on every token outside the teacher's k, computed directly
-    # (not as 1 − Σ) so it stays exact when it is tiny.
-    # A large finite fill, not -inf: with k = V every entry is filled, and logsumexp over an
-    # all -inf row has a NaN gradient.
-    s_tail = torch.logsumexp(z.scatter(-1, target_ids, -1e9), dim=-1, keepdim=True) - log_z
     t_top = teacher_logprobs.float()
     t_mass = torch.logsumexp(t_top, dim=-1, keepdim=True)
     if target_ids.shape[-1] >= z.shape[-1]:
         # Every token is listed: there is no tail; fp16 rounding error is renormalised away.
         t_top = t_top - t_mass
         t_tail = torch.full_like(t_mass, float("-inf"))
+        s_tail = torch.full_like(t_mass, float("-inf"))
     else:
         # fp16 storage can make Σ p_topk exceed 1 by a hair: renormalise, and floor the tail
         # at TAIL_FLOOR so reverse KL / JSD stay finite where the student puts mass there.
         t_top = t_top - t_mass.clamp(min=0.0)
         t_tail = torch.log((-torch.expm1(t_mass.clamp(max=0.0))).clamp(min=TAIL_FLOOR))
+        # Student tail from its top-k mass m: log(1 − m) = log(−expm1(log m)), exact for small
+        # tails, on [P, k] instead of a second pass over the vocabulary. The clamp keeps the
+        # gradient finite when the tail underflows (< 1e-7 of the mass).
+        s_mass = torch.logsumexp(s_top, dim=-1, keepdim=True).clamp(max=-1e-7)
+        s_tail = torch.log(-torch.expm1(s_mass))
     return torch.cat([t_top, t_tail], dim=-1), torch.cat([s_top, s_tail], dim=-1)
 
 
@@ -105,10 +111,15 @@ def kd_loss(
     Returns:
         (loss, parts) with parts = {"ce": ..., "kd": ...} as floats for logging.
     """
-    ce = F.cross_entropy(student_logits.float(), labels)
+    z = student_logits.float()
     if alpha >= 1.0 or target_ids is None or teacher_logprobs is None:
+        ce = F.cross_entropy(z, labels)
         return ce, {"ce": ce.item(), "kd": float("nan")}
-    t, s = bucket_logprobs(student_logits, target_ids, teacher_logprobs, temperature)
+    log_z1 = torch.logsumexp(z, dim=-1, keepdim=True)  # [P, 1]
+    ce = (log_z1.squeeze(-1) - z.gather(-1, labels[:, None]).squeeze(-1)).mean()
+    # At τ = 1 the CE's log-normaliser is the KD's too: one pass over the vocabulary.
+    log_z = log_z1 if temperature == 1.0 else None
+    t, s = bucket_logprobs(z, target_ids, teacher_logprobs, temperature, log_z)
     d = divergence(kind, t, s, beta).mean()
     loss = alpha * ce + (1 - alpha) * temperature**2 * d
     return loss, {"ce": ce.item(), "kd": d.item()}

@@ -18,6 +18,7 @@ import torch
 
 from app.job_store import Job
 from storage import checkpoints
+from storage.atomic import read_json
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,11 @@ def merge_round(job: Job, track: str, shard: int) -> dict[str, Any]:
     prev: dict[str, Any] = (
         current.meta if current is not None else {"step": 0, "merged_shards": [], "rounds": []}
     )
+    marker = job.paths.round_inflight(track)
+    queued = read_json(marker) if marker.exists() else {}
     round_info = {
         "shard": shard,
+        "queued_at": queued.get("queued_at") if queued.get("shard") == shard else None,
         "merged_at": time.time(),
         "replicas": [{k: v for k, v in s.items() if k != "curve"} for s in stats if s],
         "curve": [p for s in stats if s for p in s["curve"]],

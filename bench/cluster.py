@@ -1,0 +1,85 @@
+"""A real Redis + real worker processes for the benchmarks that go through Celery."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from app import live
+from app.celery import app, configure
+from app.job_store import Job, create_job, load_job
+from app.jobs import load_spec
+from app.settings import Settings
+from storage import keys
+from tasks import pipeline
+from workers.launch import spawn_worker, stop_process_group
+from workers.redis_server import EmbeddedRedis
+
+
+class Cluster:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.redis = EmbeddedRedis(root / "redis").start()
+        self.settings = Settings(broker_url=self.redis.url, storage=root / "storage")
+        configure(self.settings)
+        self.procs: dict[str, Any] = {}
+
+    def worker(self, name: str, queues: str, threads: int = 1) -> None:
+        p = spawn_worker(
+            self.settings,
+            queues.split(","),
+            self.root / "logs" / f"{name}.log",
+            threads=threads,
+            hostname=f"{name}@bench",
+        )
+        self.procs[name] = p
+        r = live.client(self.settings.broker_url)
+        deadline = time.time() + 120
+        while not r.exists(keys.node(f"{name}@bench")):
+            if time.time() > deadline or p.poll() is not None:
+                raise RuntimeError(f"bench worker {name} did not start")
+            time.sleep(0.1)
+
+    def stop(self, name: str) -> None:
+        stop_process_group(self.procs.pop(name))
+
+    def job(self, spec: dict[str, Any]) -> Job:
+        path = self.root / f"{spec['name']}.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        return create_job(self.settings.storage, load_spec(path))
+
+    def submit(self, job: Job) -> None:
+        pipeline.submit(app, job)
+
+    def wait_done(self, job: Job, timeout: float = 1800) -> float:
+        t = time.time()
+        while not job.paths.report.exists():
+            if job.paths.failures_dir.exists() and any(job.paths.failures_dir.iterdir()):
+                raise RuntimeError(
+                    f"bench job {job.id} failed: {list(job.paths.failures_dir.iterdir())}"
+                )
+            if time.time() - t > timeout:
+                raise TimeoutError(job.id)
+            time.sleep(0.2)
+        return time.time() - t
+
+    def reload(self, job: Job) -> Job:
+        return load_job(self.settings.storage, job.id)
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+        self.redis.stop()
+
+
+@contextmanager
+def cluster(root: Path):
+    c = Cluster(root)
+    try:
+        yield c
+    finally:
+        c.close()

@@ -1,0 +1,61 @@
+"""Shared set-up for the benchmarks: demo models and data, samples, batches, a clock."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app import demo_models
+from app.data import Sample, TokenizeStats, tokenize_record
+from app.evaluate import pad
+
+
+@functools.lru_cache(maxsize=1)
+def models(root: Path) -> dict[str, str]:
+    """The shipped demo teacher and a seeded demo student under ``root``."""
+    student = root / "models" / "demo-student"
+    if not (student / "config.json").exists():
+        demo_models.build_student(student)
+    return {"teacher": str(demo_models.TEACHER_ASSET), "student": str(student)}
+
+
+def dataset(root: Path, records: int) -> Path:
+    path = root / "data" / f"stdlib-{records}.jsonl"
+    if not path.exists():
+        demo_models.write_demo_dataset(path, max_records=records)
+    return path
+
+
+def samples(path: Path, tok: Any, max_length: int = 256) -> list[Sample]:
+    import json
+
+    stats = TokenizeStats()
+    out = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        s = tokenize_record(json.loads(line), i, tok, max_length, stats)
+        if s is not None:
+            out.append(s)
+    return out
+
+
+def batches(samples: list[Sample], batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Right-padded (input_ids, attention_mask, rows, cols, labels), in dataset order."""
+    for i in range(0, len(samples), batch_size):
+        yield pad(samples[i : i + batch_size])
+
+
+@contextmanager
+def clock(out: dict[str, float], key: str) -> Iterator[None]:
+    t = time.perf_counter()
+    yield
+    out[key] = time.perf_counter() - t
+
+
+def tokens(samples: list[Sample]) -> int:
+    return sum(len(s.input_ids) for s in samples)

@@ -1,0 +1,134 @@
+"""Teacher and student tokens/s through real Celery tasks ÷ bare loops of the same work.
+
+Both sides use one torch thread, the same model, the same samples in the same batches.
+The distillq side is timed from sending the task to receiving its result, so it includes the
+Celery round trip, tokenisation, the top-k, the HDF5 write (teacher) and the cache read, KD
+loss, optimizer and checkpoint write (student). Each side is warmed up once first.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.celery import app
+from app.models import load_causal_lm, load_tokenizer
+from bench.cluster import Cluster
+from bench.common import batches, dataset, models, samples
+from storage.cache import CacheReader
+
+BATCH = 16
+
+
+def spec(
+    root: Path, records: int, shards: int, name: str, method: str = "full", alpha: float = 0.1
+) -> dict[str, Any]:
+    m = models(root)
+    student = {
+        "name": "s",
+        "model": m["student"],
+        "peft": {"method": method},
+        "batch_size": BATCH,
+        "lr": 3e-3,
+    }
+    return {
+        "name": name,
+        "dataset": str(dataset(root, records)),
+        "shards": shards,
+        "eval_fraction": 0.0,
+        "teacher": {"model": m["teacher"], "top_k": 64, "batch_size": BATCH, "max_length": 256},
+        "students": [student],
+        "loss": {"alpha": alpha},
+    }
+
+
+def _timed(sig: Any, timeout: float = 900) -> tuple[dict[str, Any], float]:
+    t = time.perf_counter()
+    result = sig.apply_async().get(timeout=timeout)
+    return result, time.perf_counter() - t
+
+
+@torch.no_grad()
+def bare_teacher(root: Path, records_path: Path) -> float:
+    m = models(root)
+    model, tok = load_causal_lm(m["teacher"]), load_tokenizer(m["teacher"])
+    ss = samples(records_path, tok)
+    warm = next(batches(ss, BATCH))
+    model(input_ids=warm[0], attention_mask=warm[1])
+    t = time.perf_counter()
+    for ids, mask, *_ in batches(ss, BATCH):
+        model(input_ids=ids, attention_mask=mask)
+    return sum(len(s.input_ids) for s in ss) / (time.perf_counter() - t)
+
+
+def bare_student(root: Path, shard_file: Path) -> float:
+    """Plain CE training of the same student on the same padded batches: model(labels=...)."""
+    from app.student import build
+
+    model = build_student(root)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    with CacheReader(shard_file) as r:
+        bs = [r.batch(i, min(i + BATCH, len(r))) for i in range(0, len(r), BATCH)]
+    ids, mask = torch.from_numpy(bs[0].input_ids), torch.from_numpy(bs[0].attention_mask)
+    model(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
+    opt.zero_grad()
+    t = time.perf_counter()
+    tokens = 0
+    for b in bs:
+        ids, mask = torch.from_numpy(b.input_ids), torch.from_numpy(b.attention_mask)
+        labels = ids.masked_fill(mask == 0, -100)
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        tokens += int(mask.sum())
+    del build
+    return tokens / (time.perf_counter() - t)
+
+
+def build_student(root: Path) -> Any:
+    from app.jobs import StudentSpec
+    from app.student import build
+
+    return build(StudentSpec(name="s", model=models(root)["student"], peft={"method": "full"}))
+
+
+def measure(root: Path, cluster: Cluster, records: int = 480) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    job = cluster.job(spec(root, records, shards=2, name="eff"))
+    cluster.worker("teacher", "teacher")
+    _timed(app.signature("distillq.teacher_shard", args=(job.id, 0)))  # warm-up: model load
+    res, wall = _timed(app.signature("distillq.teacher_shard", args=(job.id, 1)))
+    cluster.stop("teacher")
+    teacher_tps = res["tokens"] / wall
+    shard_records = root / "eff-shard1.jsonl"
+    lines = job.paths.dataset.read_text().splitlines()
+    ids = job.split.shard_ids(1)
+    shard_records.write_text("".join(lines[int(i)] + "\n" for i in ids))
+    bare_t = bare_teacher(root, shard_records)
+
+    cluster.worker("student", "student")
+    args = (job.id, "s", 0, 0)
+    _timed(app.signature("distillq.train_replica", args=args))  # warm-up
+    res, wall = _timed(app.signature("distillq.train_replica", args=(job.id, "s", 1, 0)))
+    cluster.stop("student")
+    student_tps = res["tokens"] / wall
+    student_inner = res["tokens_per_s"]
+    bare_s = bare_student(root, job.paths.shard(1))
+    return {
+        "teacher": {
+            "distillq_tokens_per_s": round(teacher_tps, 1),
+            "bare_tokens_per_s": round(bare_t, 1),
+            "ratio": round(teacher_tps / bare_t, 3),
+            "tokens": res and None,
+        },
+        "student": {
+            "distillq_tokens_per_s": round(student_tps, 1),
+            "in_task_loop_tokens_per_s": student_inner,
+            "bare_tokens_per_s": round(bare_s, 1),
+            "ratio": round(student_tps / bare_s, 3),
+        },
+    }
