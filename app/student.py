@@ -74,7 +74,12 @@ def target_logits(
     always the real ones.
     """
     out = model(input_ids=input_ids, attention_mask=attention_mask)
-    return out.logits[:, -input_ids.shape[1] :][rows, cols]
+    b, length = input_ids.shape
+    logits = out.logits[:, -length:]
+    # index_select on the flattened positions, not logits[rows, cols]: the backward of 2-D
+    # advanced indexing is an accumulating index_put into a [B, L, V] zero tensor, which on
+    # CPU made the backward pass the largest part of a student step.
+    return logits.reshape(b * length, -1).index_select(0, rows * length + cols)
 
 
 def replica_samples(n: int, replicas: int, r: int) -> range:

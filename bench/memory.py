@@ -1,7 +1,9 @@
 """Peak RSS of the teacher and student stage functions on 1× and 10× the data.
 
-Each measurement runs in a fresh child process (``ru_maxrss`` is a high-water mark), on a
-one-shard job, through the same functions the workers run (app.stages, app.student).
+Each measurement runs in a fresh child process and reads its VmHWM (peak resident set) from
+/proc: ``ru_maxrss`` would not do, Linux keeps it across exec, so a child forked from this
+(large) process would report the parent's peak. One-shard jobs, through the same functions
+the workers run (app.stages, app.student).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import yaml
 from bench.efficiency import spec
 
 CHILD = """
-import json, resource, sys, torch
+import json, sys, torch
 torch.set_num_threads(1)
 from pathlib import Path
 from app.job_store import create_job, load_job
@@ -31,7 +33,8 @@ else:
     from app import student
     job = load_job(storage, sys.argv[4])
     student.train_replica(job, "s", 0, 0)
-print(json.dumps({"max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(json.dumps({"max_rss_mb": int(hwm.split()[1]) / 1024}))
 """
 
 
