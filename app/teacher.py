@@ -42,17 +42,25 @@ def score_batch(
     # Right padding + attention mask: positions of real tokens are unaffected by padding.
     hidden = model.base_model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).last_hidden_state
     head = model.get_output_embeddings()
+    positions = [s.target_positions() for s in samples]
+    rows = torch.tensor(
+        [i for i, p in enumerate(positions) for _ in p], dtype=torch.long, device=dev
+    )
+    cols = torch.tensor([c for p in positions for c in p], dtype=torch.long, device=dev)
+    # One LM-head matmul over the target positions of the whole batch: the [L, V] logits of
+    # prompt tokens are never materialised. The top-k is taken on raw logits and normalised
+    # with a logsumexp, so no [P, V] log-softmax tensor is written either.
+    logits = head(hidden[rows, cols]).float() / temperature
+    top = torch.topk(logits, k=top_k, dim=-1)
+    logprobs = (
+        (top.values - torch.logsumexp(logits, dim=-1, keepdim=True)).to(torch.float16).cpu().numpy()
+    )
+    ids_np = top.indices.cpu().numpy()
     out: list[SparseTargets] = []
-    for i, s in enumerate(samples):
-        pos = torch.tensor(s.target_positions(), dtype=torch.long, device=dev)
-        # Only target positions go through the LM head: the [L, V] logits of prompt tokens
-        # are never materialised.
-        logits = head(hidden[i, pos]).float() / temperature
-        logprobs = torch.log_softmax(logits, dim=-1)
-        top = torch.topk(logprobs, k=top_k, dim=-1)
-        out.append(
-            SparseTargets(top.indices.cpu().numpy(), top.values.to(torch.float16).cpu().numpy())
-        )
+    start = 0
+    for p in positions:
+        out.append(SparseTargets(ids_np[start : start + len(p)], logprobs[start : start + len(p)]))
+        start += len(p)
     return out
 
 
