@@ -31,6 +31,7 @@ lint: $(STAMP)
 
 # Benchmarks against bare loops and online KD; rewrites bench/RESULTS.{md,json} and bench/results.png.
 bench: $(STAMP)
+	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # Rebuild the shipped demo teacher (app/assets/demo-teacher); takes about an hour on 2 cores.

@@ -27,7 +27,18 @@ def write_plot(r: dict[str, Any], path: Path) -> None:
     ax[0][1].plot(
         es, [o[x]["distillq_s"] for x in es], "o-", label="distillq (teacher once + cache)"
     )
-    ax[0][1].plot(es, [o[x]["online_s"] for x in es], "s-", label="online KD (teacher every step)")
+    ax[0][1].plot(
+        es, [o[x]["online_s"] for x in es], "s-", label="online KD (same loop, teacher every step)"
+    )
+    trl = r.get("trl_gkd", {}).get("epochs", {})
+    if trl:
+        te = sorted(trl, key=int)
+        ax[0][1].plot(
+            te,
+            [trl[x]["train_s"] for x in te],
+            "^-",
+            label=f"TRL GKDTrainer {r['trl_gkd']['trl_version']}",
+        )
     ax[0][1].set(xlabel="epochs", ylabel="wall seconds", title="offline vs online distillation")
     ax[0][1].legend()
 
@@ -77,6 +88,15 @@ def write_plot(r: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _online_row(k: str, v: dict[str, Any], trl: dict[str, Any] | None) -> str:
+    trl_s = trl["train_s"] if trl else "n/a"
+    vs_trl = f"{trl['train_s'] / v['distillq_s']:.2f}×" if trl else "n/a"
+    return (
+        f"| {k} | {v['distillq_s']} | {v['online_s']} | {trl_s} | **{v['speedup']}×** / **{vs_trl}** | "
+        f"{v['distillq_heldout']} | {v['online_heldout']} | {trl['heldout'] if trl else 'n/a'} |"
+    )
 
 
 def write_markdown(r: dict[str, Any], path: Path, command: str) -> None:

@@ -54,6 +54,7 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
             step("overlap", lambda: pipeline.overlap(root, c, n(480)))
             step("scaling", lambda: pipeline.scaling(root, c, n(480)))
         step("offline_vs_online", lambda: online.offline_vs_online(root, n(320)))
+        step("trl_gkd", lambda: trl_column(root, n(320)))
         step("topk_quality", lambda: online.topk_quality(root, n(320)))
         step("memory", lambda: memory.measure(root, n(100)))
         results["seconds"] = round(time.time() - t0)
@@ -64,6 +65,14 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
         results, out / "RESULTS.md", command="make bench" + (" BENCH_ARGS=--quick" if quick else "")
     )
     return results
+
+
+def trl_column(root: Path, records: int) -> dict[str, Any]:
+    try:
+        from bench import trl_gkd
+    except ImportError as e:
+        return {"error": f"TRL not installed ({e}); `make bench` installs it"}
+    return trl_gkd.measure(root, records)
 
 
 def main() -> None:
