@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from app import live
 from app.celery import app
 from app.models import load_causal_lm, load_tokenizer
 from bench.cluster import Cluster
@@ -108,7 +109,9 @@ def measure(root: Path, cluster: Cluster, records: int = 480, repeats: int = 3) 
     cluster.worker("teacher", "teacher")
     _timed(app.signature("distillq.teacher_shard", args=(job.id, 0)))  # warm-up: model load
     teacher_runs, bare_t = [], []
+    r = live.client(cluster.settings.broker_url)
     for _ in range(repeats):
+        live.reset_attempts(r, job.id)  # deliberate repeats of one task, not redeliveries
         job.paths.shard(1).unlink(missing_ok=True)
         job.paths.shard_stats(1).unlink(missing_ok=True)
         res, wall = _timed(app.signature("distillq.teacher_shard", args=(job.id, 1)))
@@ -120,6 +123,7 @@ def measure(root: Path, cluster: Cluster, records: int = 480, repeats: int = 3) 
     _timed(app.signature("distillq.train_replica", args=(job.id, "s", 0, 0)))  # warm-up
     student_runs, inner, bare_s = [], [], []
     for _ in range(repeats):
+        live.reset_attempts(r, job.id)
         res, wall = _timed(app.signature("distillq.train_replica", args=(job.id, "s", 1, 0)))
         student_runs.append(res["tokens"] / wall)
         inner.append(res["tokens_per_s"])
