@@ -99,6 +99,11 @@ def _online_row(k: str, v: dict[str, Any], trl: dict[str, Any] | None) -> str:
     )
 
 
+def _notes(path: Path) -> list[str]:
+    """The hand-written analysis (what the gaps are made of), kept across re-runs."""
+    return [path.read_text()] if path.exists() else []
+
+
 def write_markdown(r: dict[str, Any], path: Path, command: str) -> None:
     e, o, s, c = r["efficiency"], r["overlap"], r["scaling"], r["cache_size"]
     lines = [
@@ -173,7 +178,7 @@ def write_markdown(r: dict[str, Any], path: Path, command: str) -> None:
         f"{s['2_workers_tokens_per_s']} tokens/s (×{s['speedup']}). No GPU machine was lent to this task: "
         "many-core and GPU figures are not measured.",
         "",
-        "NOTES_PLACEHOLDER",
+        *_notes(path.parent / "NOTES.md"),
         "",
     ]
     path.write_text("\n".join(lines))
