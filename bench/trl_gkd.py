@@ -67,7 +67,7 @@ def measure(root: Path, records: int = 320, epochs: tuple[int, ...] = (1, 2, 4))
             lmbda=0.0,
             beta=0.0,
             temperature=1.0,
-            max_length=256,
+            max_length=320,  # 256 tokens + the chat template's
             logging_steps=10_000,
             save_strategy="no",
             report_to=[],
