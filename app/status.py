@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from typing import Any
@@ -57,8 +58,14 @@ def job_status(job: Job, redis_client: Any | None = None) -> dict[str, Any]:
         if running or any(s["state"] == "done" for s in shards)
         else "queued"
     )
+    created = (
+        dt.datetime.fromisoformat(job.info["created"]).timestamp()
+        if "created" in job.info
+        else None
+    )
     return {
         "job_id": job.id,
+        "created_at": created,
         "state": state,
         "mode": job.spec.mode,
         "shards": shards,
@@ -76,8 +83,18 @@ def _bar(done: float, total: float, width: int = 24) -> str:
     return "[" + "#" * full + "." * (width - full) + f"] {frac * 100:5.1f}%"
 
 
+def _eta(status: dict[str, Any], done: float, total: float) -> str:
+    """Time left if the rest goes as fast as what is done so far."""
+    start = status.get("created_at")
+    if not start or total <= 0 or done <= 0 or done >= total:
+        return ""
+    elapsed = status["at"] - start
+    left = elapsed * (total - done) / done
+    return f"  ETA {int(left // 60)}:{int(left % 60):02d}"
+
+
 def render(status: dict[str, Any]) -> str:
-    """Progress bars for the terminal: teacher shards, then each student track."""
+    """Progress bars for the terminal: teacher shards, then each student track, with ETAs."""
     shards = status["shards"]
     done = sum(s["state"] == "done" for s in shards)
     partial = sum(
@@ -90,6 +107,7 @@ def render(status: dict[str, Any]) -> str:
     lines.append(
         f"  teacher  {_bar(done + partial, len(shards))}  {done}/{len(shards)} shards"
         + (f"  {rates[0]:.0f} tok/s" if rates else "")
+        + _eta(status, done + partial, len(shards))
     )
     for name, t in status["tracks"].items():
         cur = ""
@@ -99,6 +117,7 @@ def render(status: dict[str, Any]) -> str:
             cur = f"  loss {p.get('loss', float('nan')):.3f}  {p.get('tokens_per_s', 0):.0f} tok/s"
         lines.append(
             f"  {name:<8} {_bar(t['rounds_merged'] + frac, t['rounds'])}  {t['rounds_merged']}/{t['rounds']} rounds{cur}"
+            + _eta(status, t["rounds_merged"] + frac, t["rounds"])
         )
     for key, f in status["failures"].items():
         lines.append(f"  FAILED {key}: {f['error']}")

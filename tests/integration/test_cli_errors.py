@@ -69,3 +69,9 @@ def test_unreachable_redis_names_the_url_without_password(tmp_path, make_spec):
 def test_unknown_job_id_and_path_characters(settings):
     one_line_error(run_cli(settings, "status", "no-such-job"), "does not exist")
     one_line_error(run_cli(settings, "status", "../etc"), "not allowed")
+
+
+def test_flower_refuses_to_start_without_credentials(settings):
+    env_free = Settings(broker_url=settings.broker_url, storage=settings.storage)
+    res = run_cli(env_free, "flower", "--port", "1")
+    one_line_error(res, "DISTILLQ_FLOWER_USER", "--no-auth")
