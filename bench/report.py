@@ -137,10 +137,10 @@ def write_markdown(r: dict[str, Any], path: Path, command: str) -> None:
         "",
         f"Cache built once in {r['offline_vs_online']['cache_build_s']} s over {r['offline_vs_online']['train_tokens']} tokens.",
         "",
-        "| epochs | distillq s | online s | speed-up | distillq held-out | online held-out |",
-        "|---|---|---|---|---|---|",
+        "| epochs | distillq s | online s (same loop) | TRL GKDTrainer s | speed-up vs online / vs TRL | distillq held-out | online held-out | TRL held-out |",
+        "|---|---|---|---|---|---|---|---|",
         *[
-            f"| {k} | {v['distillq_s']} | {v['online_s']} | **{v['speedup']}×** | {v['distillq_heldout']} | {v['online_heldout']} |"
+            _online_row(k, v, r.get("trl_gkd", {}).get("epochs", {}).get(k))
             for k, v in sorted(r["offline_vs_online"]["epochs"].items(), key=lambda kv: int(kv[0]))
         ],
         "",
