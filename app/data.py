@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from app.errors import DataError
 
@@ -235,3 +236,27 @@ def plan_split(n_records: int, shards: int, eval_fraction: float) -> Split:
         )
     bounds = [round(i * n_train / shards) for i in range(shards + 1)]
     return Split(n_records, stride, tuple(itertools.pairwise(bounds)))
+
+
+def pad(
+    samples: list[Sample],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids [B, L], attention_mask [B, L], rows [P], cols [P], labels [P]), right-padded."""
+    length = max(len(s.input_ids) for s in samples)
+    ids = np.zeros((len(samples), length), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    rows, cols = [], []
+    for i, s in enumerate(samples):
+        ids[i, : len(s.input_ids)] = s.input_ids
+        mask[i, : len(s.input_ids)] = 1
+        pos = s.target_positions()
+        rows += [i] * len(pos)
+        cols += pos
+    r, c = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    return (
+        torch.from_numpy(ids),
+        torch.from_numpy(mask),
+        torch.from_numpy(r),
+        torch.from_numpy(c),
+        torch.from_numpy(ids[r, c + 1]),
+    )

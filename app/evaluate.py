@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
-from app.data import Sample, TokenizeStats, read_records, tokenize_record
+from app.data import Sample, TokenizeStats, pad, read_records, tokenize_record
 from app.job_store import Job
 
 
@@ -19,30 +18,6 @@ def eval_samples(job: Job, tok: Any) -> list[Sample]:
         if s is not None:
             out.append(s)
     return out
-
-
-def pad(
-    samples: list[Sample],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids [B, L], attention_mask [B, L], rows [P], cols [P], labels [P]), right-padded."""
-    length = max(len(s.input_ids) for s in samples)
-    ids = np.zeros((len(samples), length), dtype=np.int64)
-    mask = np.zeros_like(ids)
-    rows, cols = [], []
-    for i, s in enumerate(samples):
-        ids[i, : len(s.input_ids)] = s.input_ids
-        mask[i, : len(s.input_ids)] = 1
-        pos = s.target_positions()
-        rows += [i] * len(pos)
-        cols += pos
-    r, c = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
-    return (
-        torch.from_numpy(ids),
-        torch.from_numpy(mask),
-        torch.from_numpy(r),
-        torch.from_numpy(c),
-        torch.from_numpy(ids[r, c + 1]),
-    )
 
 
 @torch.no_grad()

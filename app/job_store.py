@@ -8,7 +8,6 @@ split fits. Only then does ``job.yaml`` appear, last, so a job directory without
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import math
 import secrets
 import shutil
@@ -151,7 +150,3 @@ def create_job(storage: Path, spec: JobSpec, job_id: str | None = None) -> Job:
     }
     write_bytes(paths.spec, yaml.safe_dump(frozen, sort_keys=False).encode())
     return Job(paths, spec, split, info)
-
-
-def spec_hash(spec: JobSpec) -> str:
-    return hashlib.sha256(yaml.safe_dump(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:12]

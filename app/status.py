@@ -10,7 +10,7 @@ from typing import Any
 from app import live
 from app.job_store import Job
 from storage.atomic import read_json
-from tasks.pipeline import merged_shards, replica_key, teacher_key
+from tasks.pipeline import merged_shards, teacher_key
 
 
 def job_status(job: Job, redis_client: Any | None = None) -> dict[str, Any]:
@@ -126,6 +126,3 @@ def render(status: dict[str, Any]) -> str:
 
 def dumps(status: dict[str, Any]) -> str:
     return json.dumps(status, indent=2, default=str)
-
-
-__all__ = ["dumps", "job_status", "render", "replica_key"]

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.data import Sample, TokenizeStats, read_records, tokenize_record
+from app.data import Sample, TokenizeStats, pad, read_records, tokenize_record
 from storage.cache import CacheWriter, ShardMeta
 
 log = logging.getLogger(__name__)
@@ -33,20 +33,11 @@ def score_batch(
     stored values are true probabilities and 1 − Σ is the tail mass the student loss needs.
     """
     dev = next(model.parameters()).device
-    length = max(len(s.input_ids) for s in samples)
-    ids = torch.zeros((len(samples), length), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(samples):
-        ids[i, : len(s.input_ids)] = torch.tensor(s.input_ids)
-        mask[i, : len(s.input_ids)] = 1
+    ids, mask, rows, cols, _ = (x.to(dev) for x in pad(samples))
     # Right padding + attention mask: positions of real tokens are unaffected by padding.
-    hidden = model.base_model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).last_hidden_state
+    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
     head = model.get_output_embeddings()
     positions = [s.target_positions() for s in samples]
-    rows = torch.tensor(
-        [i for i, p in enumerate(positions) for _ in p], dtype=torch.long, device=dev
-    )
-    cols = torch.tensor([c for p in positions for c in p], dtype=torch.long, device=dev)
     # One LM-head matmul over the target positions of the whole batch: the [L, V] logits of
     # prompt tokens are never materialised. The top-k is taken on raw logits and normalised
     # with a logsumexp, so no [P, V] log-softmax tensor is written either.

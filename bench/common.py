@@ -12,8 +12,7 @@ from typing import Any
 import torch
 
 from app import demo_models
-from app.data import Sample, TokenizeStats, tokenize_record
-from app.evaluate import pad
+from app.data import Sample, TokenizeStats, pad, tokenize_record
 
 
 @functools.lru_cache(maxsize=1)

@@ -67,8 +67,6 @@ def bare_teacher(root: Path, records_path: Path) -> float:
 
 def bare_student(root: Path, shard_file: Path) -> float:
     """Plain CE training of the same student on the same padded batches: model(labels=...)."""
-    from app.student import build
-
     model = build_student(root)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     with CacheReader(shard_file) as r:
@@ -86,7 +84,6 @@ def bare_student(root: Path, shard_file: Path) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
         tokens += int(mask.sum())
-    del build
     return tokens / (time.perf_counter() - t)
 
 
