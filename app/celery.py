@@ -6,34 +6,37 @@ environment variables when Celery first needs its config (``celery -A app.celery
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
-from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from kombu import Queue
 
-from app.settings import Settings
+from app.settings import QUEUES, Settings
 
 TEACHER_TASKS = ("distillq.teacher_shard", "distillq.teacher_eval")
 STUDENT_TASKS = ("distillq.train_replica", "distillq.merge_round", "distillq.finalize")
+QUEUE_TASKS = {"teacher": TEACHER_TASKS, "student": STUDENT_TASKS}
+_URL_VARS = ("DISTILLQ_BROKER_URL", "DISTILLQ_RESULT_BACKEND")
 
 
 def celery_config(s: Settings) -> dict[str, Any]:
     """Every Celery setting distillq relies on, each with the reason it is set."""
-    # One visibility timeout for broker and result backend, longer than the hard time limit:
+    # One visibility timeout for broker and result backend, longer than every hard time limit:
     # Redis re-delivers an unacknowledged task after it, so a shorter one would run a slow
-    # task twice at once (Settings.__post_init__ enforces the order).
+    # task twice at once (Settings.__post_init__ enforces the order, per queue).
     transport = {"visibility_timeout": s.visibility_timeout}
+    soft, hard = s.time_limits()
     return {
+        # TLS (rediss://) options and credentials ride in the URLs themselves (Settings puts
+        # DISTILLQ_REDIS_TLS_* there), so the broker, the result backend and live.client()
+        # read one source; broker_use_ssl / redis_backend_use_ssl would only repeat it.
         "broker_url": s.broker_url,
         "result_backend": s.backend_url,
-        "task_queues": (Queue("teacher"), Queue("student")),
+        # Two queues, each task routed by name: a worker's -Q picks teacher (GPU) or student
+        # work or both (DESIGN §2); anything unrouted is student work.
+        "task_queues": tuple(Queue(q) for q in QUEUES),
         "task_default_queue": "student",
-        "task_routes": {
-            **{t: {"queue": "teacher"} for t in TEACHER_TASKS},
-            **{t: {"queue": "student"} for t in STUDENT_TASKS},
-        },
+        "task_routes": {t: {"queue": q} for q, ts in QUEUE_TASKS.items() for t in ts},
         # Acknowledge after the task ran, not when it was received: a task whose worker dies
         # is delivered again instead of lost. Every task is idempotent because of this.
         "task_acks_late": True,
@@ -45,7 +48,8 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,
-        # JSON only: a pickled message could execute code on every worker.
+        # JSON only: unpickling a message runs code it names, so a pickled message would be
+        # remote code execution on every worker; the worker refuses and drops anything else.
         "task_serializer": "json",
         "result_serializer": "json",
         "event_serializer": "json",
@@ -53,18 +57,31 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "result_accept_content": ["json"],
         # Chord counters and results must outlive a job, or late rounds never merge.
         "result_expires": s.result_expires,
-        "task_time_limit": s.task_time_limit,
-        "task_soft_time_limit": s.task_soft_time_limit,
+        # Hard limit kills a stuck task's process (then acks_late re-queues it, up to the
+        # attempt cap); the soft limit comes first so the task can clean up its temp files.
+        "task_time_limit": hard,
+        "task_soft_time_limit": soft,
+        # Per queue: a teacher shard and a student replica take very different times, so each
+        # queue's tasks carry their own limits (DISTILLQ_TEACHER_TIME_LIMIT, ...).
+        "task_annotations": {
+            t: dict(zip(("soft_time_limit", "time_limit"), s.time_limits(q), strict=True))
+            for q, ts in QUEUE_TASKS.items()
+            for t in ts
+        },
         # If the broker connection drops, cancel running late-ack tasks: Redis will re-deliver
         # them anyway, and finishing them would only produce a duplicate.
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Keep retrying the broker at start-up: in compose the worker may start before Redis.
         "broker_connection_retry_on_startup": True,
         # STARTED state and task events: `distillq status` and Flower show running tasks.
         "task_track_started": True,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
+        # Task modules the worker imports at start (this module stays free of task code).
         "imports": ("tasks.teacher", "tasks.student"),
-        "distillq_settings": {k: str(v) for k, v in asdict(s).items()},
+        # Our own settings for tasks (settings_of); without the URLs, whose credentials Celery
+        # censors in broker_url/result_backend but might not under a name of ours.
+        "distillq_settings": {k: v for k, v in s.to_env().items() if k not in _URL_VARS},
     }
 
 
@@ -85,16 +102,11 @@ def configure(settings: Settings) -> Celery:
 
 
 def settings_of(celery_app: Celery) -> Settings:
+    """The Settings this app was configured with (in a worker: the ones its CLI was given)."""
     raw = celery_app.conf.get("distillq_settings")
     if not raw:
         return Settings.from_env()
-    kinds = {f.name: f.type for f in fields(Settings)}
-    values: dict[str, Any] = {}
-    for k, v in raw.items():
-        if kinds.get(k) in (int, "int"):
-            values[k] = int(v)
-        elif k == "storage":
-            values[k] = Path(v)
-        else:
-            values[k] = v
-    return Settings(**values)
+    broker, backend = celery_app.conf.broker_url, celery_app.conf.result_backend
+    return Settings.from_env(
+        raw, broker_url=broker or None, result_backend=backend if backend != broker else None
+    )

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import ssl
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import redis
 
@@ -16,7 +19,11 @@ PROGRESS_TTL = 24 * 3600
 
 @functools.lru_cache(maxsize=8)
 def client(url: str) -> redis.Redis:
-    """One connection pool per URL per process (created lazily, after fork)."""
+    """One connection pool per URL per process (created lazily, after fork).
+
+    ``url`` carries everything: ``rediss://user:password@host:port/db?ssl_ca_certs=...``
+    (Settings puts DISTILLQ_REDIS_TLS_* into the query, which redis-py reads).
+    """
     return redis.Redis.from_url(
         url, socket_timeout=15, socket_connect_timeout=5, health_check_interval=30
     )
@@ -24,8 +31,6 @@ def client(url: str) -> redis.Redis:
 
 def redacted(url: str) -> str:
     """The URL without its password, for messages and logs."""
-    from urllib.parse import urlsplit, urlunsplit
-
     parts = urlsplit(url)
     if parts.password:
         host = parts.hostname or ""
@@ -36,7 +41,7 @@ def redacted(url: str) -> str:
 
 
 def ping(url: str) -> None:
-    """Raise BrokerError naming the (redacted) URL if Redis does not answer."""
+    """Raise BrokerError naming the (redacted) URL and the likely fix if Redis does not answer."""
     if not url:
         raise BrokerError(
             "no broker configured: set DISTILLQ_BROKER_URL=redis://host:6379/0 or pass --broker"
@@ -44,9 +49,29 @@ def ping(url: str) -> None:
     try:
         client(url).ping()
     except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
-        raise BrokerError(
-            f"cannot reach Redis at {redacted(url)} ({type(e).__name__}); start it or fix DISTILLQ_BROKER_URL"
-        ) from None
+        raise BrokerError(f"cannot reach Redis at {redacted(url)}: {_why(url, e)}") from None
+
+
+def _why(url: str, e: BaseException) -> str:
+    """What went wrong and what to change, from the error (or the OS/TLS error under it)."""
+    cause = e.__cause__ or e.__context__
+    if isinstance(e, redis.AuthenticationError):
+        return "user or password refused; fix them in DISTILLQ_BROKER_URL"
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return (
+            f"TLS certificate not trusted: {cause.verify_message}; "
+            "set DISTILLQ_REDIS_TLS_CA to the CA that signed the server's certificate"
+        )
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS handshake failed: {cause.reason}; check DISTILLQ_REDIS_TLS_*"
+    if isinstance(cause, FileNotFoundError):
+        query = parse_qsl(urlsplit(url).query)
+        files = [v for k, v in query if k in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")]
+        missing = [f for f in files if not os.path.exists(f)]
+        return f"TLS file not found: {', '.join(missing) or cause}; fix DISTILLQ_REDIS_TLS_*"
+    if isinstance(cause, ConnectionResetError) and url.startswith("redis://"):
+        return "connection reset: a TLS-only port? use rediss:// and DISTILLQ_REDIS_TLS_CA"
+    return f"{type(e).__name__}; start it or fix DISTILLQ_BROKER_URL"
 
 
 def set_progress(r: redis.Redis, job_id: str, task: str, fields: dict[str, Any]) -> None:

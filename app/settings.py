@@ -7,10 +7,12 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from app.errors import DistillqError
 
 DEFAULT_STORAGE = "./distillq-data"
+QUEUES = ("teacher", "student")
 
 
 @dataclass(frozen=True)
@@ -18,17 +20,31 @@ class Settings:
     """Where the broker and storage are, and how workers run. Read once, passed down."""
 
     broker_url: str = ""
-    """Redis URL for queues (``redis://[:password@]host:port/db`` or ``rediss://``); empty: none configured."""
+    """Redis URL for queues (``redis[s]://[user:password@]host:port/db``); empty: none configured."""
     result_backend: str = ""
     """Redis URL for task results and chord counters; empty: same as ``broker_url``."""
     storage: Path = Path(DEFAULT_STORAGE)
     """Shared storage root; every node must see the same files here."""
+    redis_tls_ca: str = ""
+    """CA certificate (PEM) that signed the Redis server's certificate; empty: the system CAs."""
+    redis_tls_cert: str = ""
+    """Client certificate (PEM) for Redis servers that demand one (``tls-auth-clients yes``)."""
+    redis_tls_key: str = ""
+    """Private key of ``redis_tls_cert``; empty: the key is inside the certificate file."""
     visibility_timeout: int = 4 * 3600
-    """Seconds before Redis re-delivers an unacknowledged task; longer than ``task_time_limit``."""
+    """Seconds before Redis re-delivers an unacknowledged task; longer than every hard limit."""
     task_time_limit: int = 3 * 3600
-    """Hard limit on one task, seconds."""
+    """Hard limit on one task, seconds; the default for both queues."""
     task_soft_time_limit: int = 3 * 3600 - 300
     """Soft limit on one task, seconds (raises inside the task so it can clean up)."""
+    teacher_time_limit: int | None = None
+    """Hard limit on a ``teacher`` queue task (one shard), seconds; unset: ``task_time_limit``."""
+    teacher_soft_time_limit: int | None = None
+    """Soft limit on a ``teacher`` queue task; unset: ``task_soft_time_limit``."""
+    student_time_limit: int | None = None
+    """Hard limit on a ``student`` queue task (a replica, merge or finalize); unset: global."""
+    student_soft_time_limit: int | None = None
+    """Soft limit on a ``student`` queue task; unset: ``task_soft_time_limit``."""
     result_expires: int = 7 * 24 * 3600
     """Seconds results (and chord state) stay in Redis; longer than a job."""
     max_attempts: int = 3
@@ -37,15 +53,55 @@ class Settings:
     """Interval of a worker's node heartbeat in Redis; the key lives three intervals."""
 
     def __post_init__(self) -> None:
-        if self.task_soft_time_limit >= self.task_time_limit:
+        for queue in (None, *QUEUES):
+            soft, hard = self.time_limits(queue)
+            prefix = f"DISTILLQ_{(queue or 'task').upper()}"
+            if soft >= hard:
+                raise DistillqError(
+                    f"{prefix}_SOFT_TIME_LIMIT ({soft}) must be below {prefix}_TIME_LIMIT ({hard}); lower it"
+                )
+            if self.visibility_timeout <= hard:
+                raise DistillqError(
+                    f"DISTILLQ_VISIBILITY_TIMEOUT ({self.visibility_timeout}) must exceed "
+                    f"{prefix}_TIME_LIMIT ({hard}), or Redis re-delivers tasks that are still running; raise it"
+                )
+        if self.redis_tls_key and not self.redis_tls_cert:
             raise DistillqError(
-                "DISTILLQ_TASK_SOFT_TIME_LIMIT must be below DISTILLQ_TASK_TIME_LIMIT; lower it"
+                "DISTILLQ_REDIS_TLS_KEY is set without DISTILLQ_REDIS_TLS_CERT; set both"
             )
-        if self.visibility_timeout <= self.task_time_limit:
-            raise DistillqError(
-                "DISTILLQ_VISIBILITY_TIMEOUT must exceed DISTILLQ_TASK_TIME_LIMIT, or Redis "
-                "re-delivers tasks that are still running; raise it"
-            )
+        # The TLS options travel inside the rediss:// URLs, where redis-py, kombu (broker) and
+        # Celery's result backend all read them: every client of these settings gets the same.
+        for name in ("broker_url", "result_backend"):
+            url = getattr(self, name)
+            object.__setattr__(self, name, self._with_tls(url, f"DISTILLQ_{name.upper()}"))
+
+    def time_limits(self, queue: str | None = None) -> tuple[int, int]:
+        """(soft, hard) time limit in seconds of a task on ``queue`` (None: the global default)."""
+        soft = getattr(self, f"{queue}_soft_time_limit") if queue else None
+        hard = getattr(self, f"{queue}_time_limit") if queue else None
+        return (
+            self.task_soft_time_limit if soft is None else soft,
+            self.task_time_limit if hard is None else hard,
+        )
+
+    def _with_tls(self, url: str, var: str) -> str:
+        tls = {
+            "ssl_ca_certs": self.redis_tls_ca,
+            "ssl_certfile": self.redis_tls_cert,
+            "ssl_keyfile": self.redis_tls_key,
+        }
+        parts = urlsplit(url)
+        if parts.scheme != "rediss":
+            if url and any(tls.values()):
+                raise DistillqError(
+                    f"DISTILLQ_REDIS_TLS_* is set but {var} is not a rediss:// URL; use rediss://host:port/db"
+                )
+            return url
+        # Verify the server unless the URL says otherwise (kombu alone would not: it defaults
+        # to ssl_cert_reqs=none for a bare rediss:// URL); DISTILLQ_REDIS_TLS_* win over the URL.
+        query = {"ssl_cert_reqs": "required", **dict(parse_qsl(parts.query))}
+        query.update({k: v for k, v in tls.items() if v})
+        return urlunsplit(parts._replace(query=urlencode(query, safe="/")))
 
     @property
     def backend_url(self) -> str:
@@ -71,11 +127,11 @@ class Settings:
 
     def to_env(self) -> dict[str, str]:
         """The ``DISTILLQ_*`` variables that reproduce these settings in a child process."""
-        return {f"DISTILLQ_{k.upper()}": str(v) for k, v in asdict(self).items()}
+        return {f"DISTILLQ_{k.upper()}": str(v) for k, v in asdict(self).items() if v is not None}
 
 
 def _convert(name: str, raw: str, typ: Any) -> Any:
-    if typ in (int, "int"):
+    if typ in (int, "int", "int | None"):
         try:
             return int(raw)
         except ValueError:

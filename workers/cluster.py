@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from app.errors import DistillqError
+from app.live import redacted
 from app.settings import Settings
 from storage.atomic import write_json
 from workers.launch import spawn_flower, spawn_worker
@@ -81,7 +82,7 @@ def up(settings: Settings, workers: int, flower_port: int = 5555) -> str:
     )
     os.chmod(_state_file(storage), 0o600)  # it holds the Flower password
     return (
-        f"cluster up: {workers} worker(s), broker {settings.broker_url}, storage {storage}\n"
+        f"cluster up: {workers} worker(s), broker {redacted(settings.broker_url)}, storage {storage}\n"
         f"  Flower: http://127.0.0.1:{flower_port}  (user {user}, password {password})\n"
         f"  logs: {storage / 'logs'}\n  stop with: distillq down"
     )

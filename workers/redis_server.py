@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -38,28 +39,51 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a TLS redis-server: its certificate and key, and the CA clients must trust."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
 class EmbeddedRedis:
-    """A redis-server child process bound to 127.0.0.1; stop() (or the with-block) ends it."""
+    """A redis-server child process bound to 127.0.0.1; stop() (or the with-block) ends it.
+
+    With ``tls`` it listens on TLS only (no plain port); with ``user`` the password belongs to
+    that ACL user and the default user is off (else ``password`` is the default user's).
+    """
 
     def __init__(
-        self, workdir: Path, port: int | None = None, appendonly: bool = False, password: str = ""
+        self,
+        workdir: Path,
+        port: int | None = None,
+        appendonly: bool = False,
+        password: str = "",
+        user: str = "",
+        tls: TlsFiles | None = None,
     ) -> None:
+        if user and not password:
+            raise ValueError("an ACL user needs a password")
         self.workdir = workdir
         self.port = port or free_port()
         self.appendonly = appendonly
         self.password = password
+        self.user = user
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        """The URL clients use; for TLS, pair it with the CA (DISTILLQ_REDIS_TLS_CA=tls.ca)."""
+        auth = f"{self.user}:{self.password}@" if self.password else ""
+        return f"{'rediss' if self.tls else 'redis'}://{auth}127.0.0.1:{self.port}/0"
 
     def command(self) -> list[str]:
         return [
             redis_binary(),
-            "--port",
-            str(self.port),
+            *self._listen_args(),
             "--bind",
             "127.0.0.1",
             "--save",
@@ -70,10 +94,29 @@ class EmbeddedRedis:
             str(self.workdir),
             "--maxmemory-policy",
             "noeviction",
-            *(["--requirepass", self.password] if self.password else []),
+            *self._auth_args(),
             "--daemonize",
             "no",
         ]
+
+    def _listen_args(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        t = self.tls
+        return [
+            *("--port", "0", "--tls-port", str(self.port)),
+            *("--tls-cert-file", str(t.cert), "--tls-key-file", str(t.key)),
+            *("--tls-ca-cert-file", str(t.ca), "--tls-auth-clients", "no"),
+        ]
+
+    def _auth_args(self) -> list[str]:
+        if not self.user:
+            return ["--requirepass", self.password] if self.password else []
+        # ACL users cannot be given on the command line (spaces), only in an ACL file.
+        acl = self.workdir / f"users-{self.port}.acl"
+        acl.write_text(f"user default off\nuser {self.user} on >{self.password} ~* &* +@all\n")
+        acl.chmod(0o600)
+        return ["--aclfile", str(acl)]
 
     def start(self, detach: bool = False, timeout: float = 10.0) -> EmbeddedRedis:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -82,9 +125,8 @@ class EmbeddedRedis:
             self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=detach
         )
         deadline = time.time() + timeout
-        client = redis.Redis(
-            port=self.port, password=self.password or None, socket_connect_timeout=1
-        )
+        ca = f"?ssl_ca_certs={self.tls.ca}" if self.tls else ""
+        client = redis.Redis.from_url(self.url + ca, socket_connect_timeout=1)
         while time.time() < deadline:
             try:
                 client.ping()
