@@ -84,3 +84,13 @@ def test_grace_period_outlasts_a_warm_shutdown(compose):
     for name, svc in distillq_services(compose).items():
         grace = svc["stop_grace_period"]
         assert grace.endswith("m") and int(grace[:-1]) >= 1, name
+
+
+def test_commented_tls_example_names_real_settings():
+    from dataclasses import fields
+
+    from app.settings import Settings
+
+    named = set(re.findall(r"^\s*# (DISTILLQ_\w+):", COMPOSE.read_text(), re.MULTILINE))
+    known = {f"DISTILLQ_{f.name.upper()}" for f in fields(Settings)}
+    assert {"DISTILLQ_BROKER_URL", "DISTILLQ_REDIS_TLS_CA"} <= named <= known
