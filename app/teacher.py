@@ -41,7 +41,11 @@ def score_batch(
     # One LM-head matmul over the target positions of the whole batch: the [L, V] logits of
     # prompt tokens are never materialised. The top-k is taken on raw logits and normalised
     # with a logsumexp, so no [P, V] log-softmax tensor is written either.
-    logits = head(hidden[rows, cols]).float() / temperature
+    logits = head(hidden[rows, cols]).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    # Sorted descending: the cache's delta coding of log-probs compresses best that way. (An
+    # unsorted top-k plus a sort of the k winners measured no cheaper on CPU at V = 4,096.)
     top = torch.topk(logits, k=top_k, dim=-1)
     logprobs = (
         (top.values - torch.logsumexp(logits, dim=-1, keepdim=True)).to(torch.float16).cpu().numpy()

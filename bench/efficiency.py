@@ -97,12 +97,25 @@ def build_student(root: Path) -> Any:
 def measure(root: Path, cluster: Cluster, records: int = 480, repeats: int = 3) -> dict[str, Any]:
     """Best of ``repeats`` for each side, the two sides interleaved, so a slow spell on a
     shared machine cannot land on one side only."""
+    job = _job(root, cluster, records)
+    return {
+        "repeats": repeats,
+        "teacher": measure_teacher(root, cluster, job, repeats),
+        "student": measure_student(root, cluster, job, repeats),
+    }
+
+
+def _job(root: Path, cluster: Cluster, records: int) -> Any:
     torch.set_num_threads(1)
     job = cluster.job(spec(root, records, shards=2, name="eff"))
     shard_records = root / "eff-shard1.jsonl"
     lines = job.paths.dataset.read_text().splitlines()
     shard_records.write_text("".join(lines[int(i)] + "\n" for i in job.split.shard_ids(1)))
+    return job
 
+
+def measure_teacher(root: Path, cluster: Cluster, job: Any, repeats: int) -> dict[str, Any]:
+    """Teacher shard task (shard 1, rewritten each repeat) vs the bare forward loop."""
     cluster.worker("teacher", "teacher")
     _timed(app.signature("distillq.teacher_shard", args=(job.id, 0)))  # warm-up: model load
     teacher_runs, bare_t = [], []
@@ -113,9 +126,20 @@ def measure(root: Path, cluster: Cluster, records: int = 480, repeats: int = 3) 
         job.paths.shard_stats(1).unlink(missing_ok=True)
         res, wall = _timed(app.signature("distillq.teacher_shard", args=(job.id, 1)))
         teacher_runs.append(res["tokens"] / wall)
-        bare_t.append(bare_teacher(root, shard_records))
+        bare_t.append(bare_teacher(root, root / "eff-shard1.jsonl"))
     cluster.stop("teacher")
+    t, b = max(teacher_runs), max(bare_t)
+    return {
+        "distillq_tokens_per_s": round(t, 1),
+        "bare_tokens_per_s": round(b, 1),
+        "ratio": round(t / b, 3),
+        "all_ratios": [round(x / y, 3) for x, y in zip(teacher_runs, bare_t, strict=True)],
+    }
 
+
+def measure_student(root: Path, cluster: Cluster, job: Any, repeats: int) -> dict[str, Any]:
+    """Replica task on shard 1 (its cache written by :func:`measure_teacher`) vs bare CE."""
+    r = live.client(cluster.settings.broker_url)
     cluster.worker("student", "student")
     _timed(app.signature("distillq.train_replica", args=(job.id, "s", 0, 0)))  # warm-up
     student_runs, inner, bare_s = [], [], []
@@ -126,20 +150,40 @@ def measure(root: Path, cluster: Cluster, records: int = 480, repeats: int = 3) 
         inner.append(res["tokens_per_s"])
         bare_s.append(bare_student(root, job.paths.shard(1)))
     cluster.stop("student")
-    t, b, st, bs = max(teacher_runs), max(bare_t), max(student_runs), max(bare_s)
+    st, bs = max(student_runs), max(bare_s)
     return {
-        "repeats": repeats,
-        "teacher": {
-            "distillq_tokens_per_s": round(t, 1),
-            "bare_tokens_per_s": round(b, 1),
-            "ratio": round(t / b, 3),
-            "all_ratios": [round(x / y, 3) for x, y in zip(teacher_runs, bare_t, strict=True)],
-        },
-        "student": {
-            "distillq_tokens_per_s": round(st, 1),
-            "in_task_loop_tokens_per_s": max(inner),
-            "bare_tokens_per_s": round(bs, 1),
-            "ratio": round(st / bs, 3),
-            "all_ratios": [round(x / y, 3) for x, y in zip(student_runs, bare_s, strict=True)],
-        },
+        "distillq_tokens_per_s": round(st, 1),
+        "in_task_loop_tokens_per_s": max(inner),
+        "bare_tokens_per_s": round(bs, 1),
+        "ratio": round(st / bs, 3),
+        "all_ratios": [round(x / y, 3) for x, y in zip(student_runs, bare_s, strict=True)],
     }
+
+
+def main() -> None:
+    """``python -m bench.efficiency [--teacher-only]``: this part of ``make bench`` alone."""
+    import argparse
+    import json
+    import tempfile
+
+    from bench.cluster import cluster
+
+    p = argparse.ArgumentParser(prog="python -m bench.efficiency")
+    p.add_argument("--teacher-only", action="store_true", help="skip the student side")
+    p.add_argument("--records", type=int, default=480)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    with (
+        tempfile.TemporaryDirectory(prefix="distillq-bench-") as tmp,
+        cluster(Path(tmp) / "cluster") as c,
+    ):
+        root = Path(tmp)
+        job = _job(root, c, args.records)
+        out = {"teacher": measure_teacher(root, c, job, args.repeats)}
+        if not args.teacher_only:
+            out["student"] = measure_student(root, c, job, args.repeats)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

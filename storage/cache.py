@@ -1,13 +1,21 @@
-"""Teacher cache shards: HDF5 files in the ``distillq.teacher/1`` format (DESIGN §4).
+"""Teacher cache shards: HDF5 files in the ``distillq.teacher/2`` format (DESIGN §4).
 
-| dataset            | dtype         | shape  | meaning                                          |
-|--------------------|---------------|--------|--------------------------------------------------|
-| input_ids          | int32         | [T]    | token ids of all samples, concatenated           |
-| sample_offsets     | int64         | [n+1]  | sample j spans input_ids[o[j]:o[j+1]]            |
-| record_ids         | int64         | [n]    | dataset record of each sample                    |
-| target_positions   | int64         | [P]    | positions (into input_ids) that carry targets    |
-| target_ids         | uint16/int32  | [P, k] | teacher token ids                                |
-| target_logprobs    | float16       | [P, k] | teacher log-probs at τ (full-vocab normalised)   |
+| dataset               | dtype         | shape  | meaning                                       |
+|-----------------------|---------------|--------|-----------------------------------------------|
+| input_ids             | int32         | [T]    | token ids of all samples, concatenated        |
+| sample_offsets        | int64         | [n+1]  | sample j spans input_ids[o[j]:o[j+1]]         |
+| record_ids            | int64         | [n]    | dataset record of each sample                 |
+| target_positions      | int64         | [P]    | positions (into input_ids) that carry targets |
+| target_ids            | uint16/int32  | [P, k] | teacher token ids                             |
+| target_logprobs_delta | uint16        | [P, k] | teacher log-probs at τ (full-vocab            |
+|                       |               |        | normalised), float16, delta-coded per row     |
+
+``target_logprobs_delta`` holds each row's float16 bit patterns as differences (mod 2**16)
+from the previous column: ``np.cumsum(d, axis=1, dtype=np.uint16).view(np.float16)`` gives
+the log-probs back bit for bit, in the order they were written. Top-k rows come sorted
+descending; negative float16 bit patterns then ascend, so the differences are small and
+gzip packs a log-prob into ~6.5 bits instead of ~9 (bench/NOTES.md). Format
+``distillq.teacher/1`` (plain float16 ``target_logprobs``) is still read.
 
 Writing streams batch by batch into resizable, chunked, shuffle+gzip datasets, hashing each
 dataset as it grows; the file appears under its final name only when complete, and a sidecar
@@ -17,6 +25,7 @@ targets per batch, so memory stays flat however large a shard is.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -31,7 +40,8 @@ import numpy as np
 from app.errors import CacheError
 from storage.atomic import atomic_path, write_json
 
-FORMAT = "distillq.teacher/1"
+FORMAT = "distillq.teacher/2"
+READABLE_FORMATS = ("distillq.teacher/1", FORMAT)
 CHUNK_ROWS = 1024
 _COMPRESSION: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
 
@@ -39,6 +49,19 @@ _COMPRESSION: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "s
 def id_dtype(vocab_size: int) -> np.dtype:
     """Smallest dtype that holds every token id of the vocabulary."""
     return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.int32)
+
+
+def encode_logprobs(logprobs: np.ndarray) -> np.ndarray:
+    """[P, k] log-probs → [P, k] uint16: float16 bits, each column minus the previous (mod 2**16)."""
+    bits = np.ascontiguousarray(logprobs, dtype=np.float16).view(np.uint16)
+    out = bits.copy()
+    out[:, 1:] -= bits[:, :-1]  # uint16 arithmetic wraps: lossless for any values and order
+    return out
+
+
+def decode_logprobs(deltas: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`encode_logprobs`: [P, k] uint16 → [P, k] float16, bit for bit."""
+    return np.cumsum(deltas, axis=1, dtype=np.uint16).view(np.float16)
 
 
 def file_sha256(path: Path) -> str:
@@ -111,7 +134,7 @@ class CacheWriter:
         self._record_ids = _Appender(self._f, "record_ids", np.dtype(np.int64), None)
         self._positions = _Appender(self._f, "target_positions", np.dtype(np.int64), None)
         self._ids = _Appender(self._f, "target_ids", id_dtype(self.meta.vocab_size), k)
-        self._logprobs = _Appender(self._f, "target_logprobs", np.dtype(np.float16), k)
+        self._logprobs = _Appender(self._f, "target_logprobs_delta", np.dtype(np.uint16), k)
         self._offsets = [0]
         return self
 
@@ -131,7 +154,7 @@ class CacheWriter:
         if self.meta.top_k:
             assert target_ids is not None and target_logprobs is not None
             self._ids.append(target_ids)
-            self._logprobs.append(target_logprobs)
+            self._logprobs.append(encode_logprobs(target_logprobs))
         self._offsets.append(base + len(input_ids))
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -145,7 +168,7 @@ class CacheWriter:
                     "record_ids": self._record_ids.sha.hexdigest(),
                     "target_positions": self._positions.sha.hexdigest(),
                     "target_ids": self._ids.sha.hexdigest(),
-                    "target_logprobs": self._logprobs.sha.hexdigest(),
+                    "target_logprobs_delta": self._logprobs.sha.hexdigest(),
                 }
                 m = self.meta
                 attrs = {
@@ -162,8 +185,14 @@ class CacheWriter:
                 }
                 self._f.attrs.update(attrs)
             self._f.close()
-        finally:
-            self._ctx.__exit__(exc_type, exc, tb)
+        except BaseException as e:
+            # Failing while finishing (a full disk usually shows up here, when HDF5 flushes its
+            # chunk cache): the temporary file must be discarded, not committed.
+            with contextlib.suppress(Exception):
+                self._f.close()
+            self._ctx.__exit__(type(e), e, e.__traceback__)
+            raise
+        self._ctx.__exit__(exc_type, exc, tb)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -219,7 +248,7 @@ class CacheReader:
             raise CacheError(
                 f"teacher cache {path} cannot be opened ({e}); delete it and resume the job"
             ) from None
-        if self._f.attrs.get("format") != FORMAT:
+        if self._f.attrs.get("format") not in READABLE_FORMATS:
             raise CacheError(f"teacher cache {path} is not in format {FORMAT}; regenerate it")
         self.path = path
         self.attrs = dict(self._f.attrs)
@@ -261,8 +290,14 @@ class CacheReader:
         t_ids = t_lp = None
         if self.k:
             t_ids = self._f["target_ids"][p0:p1].astype(np.int64)
-            t_lp = self._f["target_logprobs"][p0:p1].astype(np.float32)
+            t_lp = self._logprobs(p0, p1).astype(np.float32)
         return Batch(ids, mask, rows.astype(np.int64), cols.astype(np.int64), labels, t_ids, t_lp)
+
+    def _logprobs(self, p0: int, p1: int) -> np.ndarray:
+        """Teacher log-probs of target positions [p0, p1) as float16 [p1 - p0, k]."""
+        if "target_logprobs_delta" in self._f:
+            return decode_logprobs(self._f["target_logprobs_delta"][p0:p1])
+        return np.asarray(self._f["target_logprobs"][p0:p1])  # distillq.teacher/1
 
     def batches(
         self, samples: range, batch_size: int, order: np.ndarray | None = None
