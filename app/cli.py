@@ -52,14 +52,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
     from app.celery import app
-    from app.job_store import create_job
+    from app.job_store import create_job, data_notes
     from app.jobs import load_spec
     from tasks import pipeline
 
-    s = _ready(settings_from(args))
+    # The spec first: fixing a typo in it should not need a running Redis.
     spec = load_spec(Path(args.spec), args.set)
-    job = create_job(s.storage, spec)
+    s = _ready(settings_from(args))
+    job = create_job(s.storage, spec, skip_bad_lines=args.skip_bad_lines)
     pipeline.submit(app, job)
+    for note in data_notes(job):
+        print(note, file=sys.stderr)
     print(
         f"queued {job.n_shards} teacher shards, {len(spec.students)} student track(s); storage {job.paths.root}",
         file=sys.stderr,
@@ -295,6 +298,11 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override a spec field, e.g. students.0.lr=1e-4",
+    )
+    e.add_argument(
+        "--skip-bad-lines",
+        action="store_true",
+        help="leave out malformed dataset lines (counted) instead of refusing the dataset",
     )
     for name, fn, help in [
         ("status", cmd_status, "per-shard and per-track state"),

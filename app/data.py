@@ -24,6 +24,11 @@ import torch
 from app.errors import DataError
 
 Segment = tuple[str, bool]  # (text, is training target)
+ACCEPTED_SHAPES = (
+    '{"text": ...}, {"prompt": ..., "response": ...} or '
+    '{"messages": [{"role": ..., "content": ...}, ...]}'
+)
+SKIP_HINT = "; fix or remove the line, or enqueue with --skip-bad-lines"
 
 
 @dataclass
@@ -53,7 +58,9 @@ class TokenizeStats:
 def record_segments(record: Any, has_chat_template: bool, render_chat=None) -> list[Segment]:
     """The text pieces of one record and whether each is trained on. Raises DataError."""
     if not isinstance(record, dict):
-        raise DataError("record is not a JSON object")
+        raise DataError(
+            f"record is a JSON {type(record).__name__}, not an object; accepted shapes: {ACCEPTED_SHAPES}"
+        )
     if "prompt" in record or "response" in record:
         if not isinstance(record.get("prompt"), str) or not isinstance(record.get("response"), str):
             raise DataError("a prompt/response record needs both 'prompt' and 'response' strings")
@@ -78,7 +85,8 @@ def record_segments(record: Any, has_chat_template: bool, render_chat=None) -> l
         if has_chat_template and render_chat is not None:
             return _chat_segments(msgs, render_chat)
         return _plain_chat_segments(msgs)
-    raise DataError("record has none of the fields 'text', 'prompt'+'response', 'messages'")
+    keys = ", ".join(repr(k) for k in list(record)[:5]) or "no keys"
+    raise DataError(f"record ({keys}) has none of the accepted shapes: {ACCEPTED_SHAPES}")
 
 
 def _plain_chat_segments(msgs: list[dict[str, str]]) -> list[Segment]:
@@ -112,17 +120,15 @@ def parse_line(line: str, lineno: int) -> Any:
         return json.loads(line)
     except json.JSONDecodeError as e:
         raise DataError(
-            f"dataset line {lineno} is not valid JSON ({e.msg}); fix or remove it"
+            f"dataset line {lineno} is not valid JSON ({e.msg}: column {e.colno})"
         ) from None
 
 
 # ---------------------------------------------------------------- tokenizing
 
 
-def tokenize_record(
-    record: Any, record_id: int, tok: Any, max_length: int, stats: TokenizeStats
-) -> Sample | None:
-    """Tokenize one record; truncate to ``max_length``; None if no target token survives."""
+def encode_record(record: Any, tok: Any) -> tuple[list[int], list[bool]]:
+    """Token ids and target mask of one record, untruncated, ending with EOS."""
     has_template = bool(getattr(tok, "chat_template", None))
 
     def render(msgs, add_generation_prompt):
@@ -140,6 +146,14 @@ def tokenize_record(
     if tok.eos_token_id is not None and segments and ids[-1:] != [tok.eos_token_id]:
         ids.append(tok.eos_token_id)
         mask.append(segments[-1][1])
+    return ids, mask
+
+
+def tokenize_record(
+    record: Any, record_id: int, tok: Any, max_length: int, stats: TokenizeStats
+) -> Sample | None:
+    """Tokenize one record; truncate to ``max_length``; None if no target token survives."""
+    ids, mask = encode_record(record, tok)
     if len(ids) > max_length:
         ids, mask = ids[:max_length], mask[:max_length]
         stats.truncated += 1
@@ -151,15 +165,67 @@ def tokenize_record(
     return Sample(record_id, ids, mask)
 
 
+@dataclass
+class LengthScan:
+    """What ``max_length`` does to a dataset, measured before any compute."""
+
+    records: int = 0
+    overlong: int = 0
+    """Records longer than ``max_length`` tokens (truncated, or refused)."""
+    first_overlong: tuple[int, int] | None = None
+    """(dataset line, tokens) of the first over-long record."""
+    no_target: int = 0
+    """Records with no training target left within ``max_length`` (dropped by the teacher)."""
+
+
+def scan_lengths(path: Path, index: np.ndarray, tok: Any, max_length: int) -> LengthScan:
+    """Tokenize every record as the teacher will and measure it against ``max_length``."""
+    scan = LengthScan()
+    for rid, record in read_records(path, index, np.arange(len(index))):
+        ids, mask = encode_record(record, tok)
+        scan.records += 1
+        if len(ids) > max_length:
+            scan.overlong += 1
+            if scan.first_overlong is None:
+                scan.first_overlong = (int(index[rid, 0]), len(ids))
+        if not any(mask[1:max_length]):
+            scan.no_target += 1
+    return scan
+
+
 # ---------------------------------------------------------------- dataset index and split
 
 
-def index_dataset(path: Path) -> np.ndarray:
-    """Validate every line and return ``[n, 2]`` int64 (line number, byte offset) of records.
+@dataclass(frozen=True)
+class DatasetIndex:
+    rows: np.ndarray
+    """``[n, 2]`` int64: (1-based line number, byte offset) of each record."""
+    skipped: tuple[int, ...] = ()
+    """Line numbers of bad lines skipped (``skip_bad``)."""
 
-    Blank lines are skipped. Raises DataError naming the first bad line.
+
+def check_line(raw: bytes, lineno: int) -> None:
+    """Raise DataError naming ``lineno`` unless ``raw`` is one record of an accepted shape."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"dataset line {lineno} is not UTF-8; re-encode the file") from None
+    record = parse_line(text, lineno)
+    try:
+        record_segments(record, has_chat_template=False)
+    except DataError as e:
+        raise DataError(f"dataset line {lineno}: {e}") from None
+
+
+def index_dataset(path: Path, skip_bad: bool = False) -> DatasetIndex:
+    """Validate every line and index the records. Blank lines are not records.
+
+    Raises DataError naming the first bad line, or (``skip_bad``) skips bad lines and
+    raises only when no record is left.
     """
     rows: list[tuple[int, int]] = []
+    skipped: list[int] = []
+    first_error = ""
     try:
         f = path.open("rb")
     except FileNotFoundError:
@@ -169,22 +235,22 @@ def index_dataset(path: Path) -> np.ndarray:
         for lineno, raw in enumerate(f, start=1):
             if raw.strip():
                 try:
-                    record = parse_line(raw.decode("utf-8"), lineno)
-                    record_segments(record, has_chat_template=False)
-                except UnicodeDecodeError:
-                    raise DataError(
-                        f"dataset line {lineno} is not UTF-8; re-encode the file"
-                    ) from None
+                    check_line(raw, lineno)
+                    rows.append((lineno, offset))
                 except DataError as e:
-                    msg = str(e)
-                    raise DataError(
-                        msg if msg.startswith("dataset line") else f"dataset line {lineno}: {msg}"
-                    ) from None
-                rows.append((lineno, offset))
+                    if not skip_bad:
+                        raise DataError(f"{e}{SKIP_HINT}") from None
+                    skipped.append(lineno)
+                    first_error = first_error or str(e)
             offset += len(raw)
+    if skipped and not rows:
+        raise DataError(
+            f"dataset {path} has no valid records: all {len(skipped)} lines were skipped as bad; "
+            f"the first: {first_error}"
+        )
     if not rows:
         raise DataError(f'dataset {path} has no records; add JSONL lines like {{"text": ...}}')
-    return np.asarray(rows, dtype=np.int64)
+    return DatasetIndex(np.asarray(rows, dtype=np.int64), tuple(skipped))
 
 
 def read_records(path: Path, index: np.ndarray, ids: np.ndarray) -> Iterator[tuple[int, Any]]:
@@ -231,8 +297,10 @@ def plan_split(n_records: int, shards: int, eval_fraction: float) -> Split:
     n_eval = n_records // stride if stride else 0
     n_train = n_records - n_eval
     if shards > n_train:
+        held = f" ({n_eval} of {n_records} held out by eval_fraction)" if n_eval else ""
         raise DataError(
-            f"shards={shards} but only {n_train} training records: lower 'shards' to at most {n_train}"
+            f"shards={shards} but the dataset has only {n_train} training records{held}: "
+            f"lower 'shards' to at most {n_train}"
         )
     bounds = [round(i * n_train / shards) for i in range(shards + 1)]
     return Split(n_records, stride, tuple(itertools.pairwise(bounds)))

@@ -20,8 +20,8 @@ import numpy as np
 import yaml
 
 from app import peft_methods
-from app.data import Split, index_dataset, plan_split
-from app.errors import JobNotFound, ModelError, SpecError
+from app.data import DatasetIndex, Split, index_dataset, plan_split, scan_lengths
+from app.errors import DataError, JobNotFound, ModelError, SpecError
 from app.jobs import JobSpec, spec_from_dict
 from app.models import load_tokenizer, model_fingerprint, tokenizer_fingerprint
 from storage.atomic import atomic_path, write_bytes
@@ -70,14 +70,18 @@ def list_jobs(storage: Path) -> list[str]:
     return sorted(d.name for d in root.iterdir() if (d / "job.yaml").exists())
 
 
-def _check_models(spec: JobSpec) -> dict[str, Any]:
-    """Load every tokenizer (cheap; no weights), compare fingerprints, check top_k. Raises."""
+def _check_models(spec: JobSpec) -> tuple[dict[str, Any], Any]:
+    """Load every tokenizer (cheap; no weights), compare fingerprints, check top_k. Raises.
+
+    Returns the fingerprints and the tokenizer the teacher stage tokenizes samples with.
+    """
     from transformers import AutoConfig
 
     fps: dict[str, Any] = {"students": {}}
     teacher_tok_fp = None
+    sample_tok = None
     if spec.teacher:
-        tok = load_tokenizer(spec.teacher.model, "teacher model")
+        tok = sample_tok = load_tokenizer(spec.teacher.model, "teacher model")
         teacher_tok_fp = tokenizer_fingerprint(tok)
         vocab = int(AutoConfig.from_pretrained(spec.teacher.model).vocab_size)
         if spec.teacher.top_k > vocab:
@@ -101,7 +105,58 @@ def _check_models(spec: JobSpec) -> dict[str, Any]:
             )
         fps["students"][s.name] = {"model": model_fingerprint(s.model), "tokenizer": fp}
         fps.setdefault("tokenizer", fp)
-    return fps
+        sample_tok = sample_tok or tok
+    return fps, sample_tok
+
+
+def _check_lengths(spec: JobSpec, index: DatasetIndex, tok: Any) -> dict[str, Any]:
+    """Measure every sample against the token limit; refuse per ``spec.overlong``. Raises.
+
+    Done at enqueue, although it tokenizes the dataset once more, because this is where the
+    user still reads the output: a worker's truncation count lands in a log nobody opens.
+    """
+    limit, key = spec.sample_max_length, spec.max_length_key
+    scan = scan_lengths(Path(spec.dataset), index.rows, tok, limit)
+    if scan.first_overlong and spec.overlong == "refuse":
+        line, n = scan.first_overlong
+        raise DataError(
+            f"dataset line {line} is {n} tokens, over {key}={limit} ({scan.overlong} records exceed it); "
+            f"raise {key}, shorten those records, or set overlong: truncate"
+        )
+    if scan.no_target == scan.records:
+        raise DataError(
+            f"no record of dataset {spec.dataset} has a training target within its first {limit} "
+            f"tokens (prompts too long, or no response/assistant turn); raise {key} or fix the data"
+        )
+    return {
+        "records": len(index.rows),
+        "skipped_lines": len(index.skipped),
+        "first_skipped_lines": list(index.skipped[:10]),
+        "max_length": limit,
+        "truncated": scan.overlong,
+        "no_target": scan.no_target,
+    }
+
+
+def data_notes(job: Job) -> list[str]:
+    """What enqueue did to the dataset, in lines for the user (empty when nothing)."""
+    d = job.info.get("data", {})
+    notes = []
+    if d.get("skipped_lines"):
+        lines = d["first_skipped_lines"]
+        more = ", ..." if d["skipped_lines"] > len(lines) else ""
+        notes.append(
+            f"skipped {d['skipped_lines']} bad dataset line(s): {', '.join(map(str, lines))}{more}"
+        )
+    if d.get("truncated"):
+        notes.append(
+            f"{d['truncated']} of {d['records']} records are longer than "
+            f"{job.spec.max_length_key}={d['max_length']} tokens and will be truncated "
+            "(overlong: refuse stops instead)"
+        )
+    if d.get("no_target"):
+        notes.append(f"{d['no_target']} records have no training target and will be dropped")
+    return notes
 
 
 def _total_steps(spec: JobSpec, split: Split) -> dict[str, int]:
@@ -121,19 +176,37 @@ def new_job_id(name: str) -> str:
     return f"{name}-{stamp}-{secrets.token_hex(2)}"
 
 
-def create_job(storage: Path, spec: JobSpec, job_id: str | None = None) -> Job:
-    """Validate everything, then write the job's directory. Returns the frozen job."""
-    dataset = Path(spec.dataset)
-    index = index_dataset(dataset)
-    split = plan_split(len(index), spec.shards, spec.eval_fraction)
+def create_job(
+    storage: Path, spec: JobSpec, job_id: str | None = None, skip_bad_lines: bool = False
+) -> Job:
+    """Validate everything, then write the job's directory. Returns the frozen job.
+
+    ``skip_bad_lines``: leave malformed or shapeless dataset lines out (counted in
+    ``info["data"]``) instead of refusing the dataset.
+    """
+    index = index_dataset(Path(spec.dataset), skip_bad=skip_bad_lines)
+    split = plan_split(len(index.rows), spec.shards, spec.eval_fraction)
+    fingerprints, tok = _check_models(spec)
     info: dict[str, Any] = {
-        "fingerprints": _check_models(spec),
+        "fingerprints": fingerprints,
         "total_steps": _total_steps(spec, split),
+        "data": _check_lengths(spec, index, tok),
     }
     paths = job_paths(storage, job_id or new_job_id(spec.name))
     paths.root.mkdir(parents=True, exist_ok=False)
+    try:
+        return _write_job(paths, spec, index.rows, split, info)
+    except BaseException:
+        # The directory is ours (exist_ok=False): a disk-full or interrupted write leaves no junk.
+        shutil.rmtree(paths.root, ignore_errors=True)
+        raise
+
+
+def _write_job(
+    paths: JobPaths, spec: JobSpec, index: np.ndarray, split: Split, info: dict[str, Any]
+) -> Job:
     with atomic_path(paths.dataset) as tmp:
-        shutil.copyfile(dataset, tmp)
+        shutil.copyfile(spec.dataset, tmp)
     info["fingerprints"]["dataset_sha256"] = file_sha256(paths.dataset)
     info["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     with atomic_path(paths.root / "index.npy") as tmp, tmp.open("wb") as f:

@@ -12,6 +12,7 @@ The YAML shape is the user-facing contract (issue 2); fields can be added, never
       - {name: small, model: path/or/hub-id, peft: {method: lora, r: 8, alpha: 16}, replicas: 1,
          lr: 1.0e-3, epochs: 1, batch_size: 4}
     loss: {kind: forward_kl, alpha: 0.5, temperature: 1.0}
+    overlong: truncate               # truncate | refuse samples over the token limit
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from storage.layout import check_name
 
 Mode = Literal["teacher_student", "data_parallel", "hybrid"]
 LossKind = Literal["forward_kl", "reverse_kl", "jsd"]
+Overlong = Literal["truncate", "refuse"]
 
 
 @dataclass(frozen=True)
 class TeacherSpec:
     model: str
-    """Local directory or hub id of a causal LM."""
+    """Local directory of a causal LM (or a hub id already in the Hugging Face cache)."""
     top_k: int = 64
     """Teacher tokens kept per target position."""
     temperature: float = 1.0
@@ -74,7 +76,7 @@ class LossSpec:
 class StudentSpec:
     name: str
     model: str
-    """Local directory or hub id; must share the teacher's tokenizer."""
+    """Local directory (or a cached hub id); must share the teacher's tokenizer."""
     peft: dict[str, Any] = field(default_factory=lambda: {"method": "lora"})
     """``method`` (lora, prefix, prompt, ia3, adaption_prompt, any peft type, or full) + its options."""
     replicas: int = 1
@@ -118,6 +120,8 @@ class JobSpec:
     loss: LossSpec = field(default_factory=LossSpec)
     max_length: int = 512
     """Token limit of samples when there is no teacher (data_parallel)."""
+    overlong: Overlong = "truncate"
+    """Samples over the token limit: ``truncate`` them (counted at enqueue) or ``refuse`` the job."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -159,6 +163,11 @@ class JobSpec:
     def sample_max_length(self) -> int:
         return self.teacher.max_length if self.teacher else self.max_length
 
+    @property
+    def max_length_key(self) -> str:
+        """The spec key that sets :attr:`sample_max_length`, for messages."""
+        return "teacher.max_length" if self.teacher else "max_length"
+
     def loss_for(self, student: StudentSpec) -> LossSpec:
         if self.mode == "data_parallel":
             return LossSpec(alpha=1.0)
@@ -187,7 +196,7 @@ def _safe(kind: str, value: str) -> None:
 
 def _positive(name: str, value: float) -> None:
     if value <= 0:
-        raise SpecError(f"{name}={value} must be positive")
+        raise SpecError(f"{name}={value} must be positive; set it above 0")
 
 
 # ---------------------------------------------------------------- parsing
@@ -201,8 +210,12 @@ def load_spec(path: Path, overrides: list[str] | None = None) -> JobSpec:
         raise SpecError(f"job spec {path} does not exist; pass the path of a YAML file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SpecError(f"job spec {path} is not valid YAML{where}: fix the syntax there") from None
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None)
+        why = f" ({problem})" if problem else ""
+        raise SpecError(
+            f"job spec {path} is not valid YAML{where}{why}: fix the syntax there"
+        ) from None
     if not isinstance(raw, dict):
         raise SpecError(f"job spec {path} must be a YAML mapping (name:, dataset:, students:, ...)")
     for item in overrides or []:
@@ -255,17 +268,21 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {sorted(known)}"
-            raise SpecError(f"unknown key {where}{key!r} in job spec{hint}")
+            hint = _did_you_mean(key, known, where) or f"; known keys: {sorted(known)}"
+            raise SpecError(f"unknown key {where + str(key)!r} in job spec{hint}")
         kwargs[key] = _convert(hints[key], value, f"{where}{key}")
     for name, f in known.items():
         if name not in kwargs and f.default is MISSING and f.default_factory is MISSING:
-            raise SpecError(f"job spec is missing {where}{name!r}")
+            raise SpecError(f"job spec is missing {where + name!r}")
     try:
         return cls(**kwargs)
     except TypeError as e:
         raise SpecError(f"job spec {where or ''}: {e}") from None
+
+
+def _did_you_mean(value: Any, choices: Any, prefix: str = "") -> str:
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    return f"; did you mean {prefix + close[0]!r}?" if close else ""
 
 
 def _convert(typ: Any, value: Any, where: str) -> Any:
@@ -274,8 +291,10 @@ def _convert(typ: Any, value: Any, where: str) -> Any:
         args = [a for a in get_args(typ) if a is not type(None)]
         return None if value is None else _convert(args[0], value, where)
     if origin is Literal:
-        if value not in get_args(typ):
-            raise SpecError(f"{where}={value!r} is not one of {list(get_args(typ))}")
+        choices = list(get_args(typ))
+        if value not in choices:
+            hint = _did_you_mean(value, choices)
+            raise SpecError(f"{where}={value!r} is not one of {choices}{hint}")
         return value
     if origin is tuple:
         if not isinstance(value, list):

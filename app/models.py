@@ -1,10 +1,10 @@
-"""Load causal LMs and tokenizers (local directory or hub id); fingerprint them."""
+"""Load causal LMs and tokenizers (local directory, or a hub id already downloaded); fingerprint them."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,40 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# `org/name` or a legacy bare `name`, as the Hugging Face hub spells repository ids.
+_HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[\w.-]+$")
+
+
+def _in_hub_cache(ref: str) -> bool:
+    """Whether the hub id ``ref`` was downloaded before (``huggingface-cli download``)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return any(
+            isinstance(try_to_load_from_cache(ref, f), str)
+            for f in ("config.json", "tokenizer_config.json")
+        )
+    except ValueError:  # not a valid repo id after all
+        return False
+
+
 def _check_exists(ref: str, what: str) -> None:
-    looks_local = ref.startswith((".", "/", "~")) or (os.sep in ref and Path(ref).exists())
-    if looks_local and not Path(ref).expanduser().exists():
-        raise ModelError(f"{what} {ref!r} does not exist; give a model directory or a hub id")
+    """Raise ModelError unless ``ref`` is a local directory or an already-downloaded hub id.
+
+    distillq never downloads: every worker on every node would fetch the same weights at
+    once, and a typo in a relative path (``models/x`` reads as a hub id) would surface as a
+    network error minutes later on a worker instead of here.
+    """
+    if Path(ref).expanduser().exists():
+        return
+    hub_like = bool(_HUB_ID.match(ref)) and not ref.startswith(".")
+    if hub_like and _in_hub_cache(ref):
+        return
+    where = "no such directory" + (", nor in the Hugging Face cache" if hub_like else "")
+    raise ModelError(
+        f"{what} {ref!r} does not exist: not found locally ({where}); "
+        "distillq does not download models: pass a local directory"
+    )
 
 
 def load_tokenizer(ref: str, what: str = "model") -> Any:

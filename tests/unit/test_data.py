@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from app.data import TokenizeStats, index_dataset, plan_split, record_segments, tokenize_record
+from app.data import (
+    TokenizeStats,
+    index_dataset,
+    plan_split,
+    record_segments,
+    scan_lengths,
+    tokenize_record,
+)
 from app.demo_models import TEACHER_ASSET
 from app.errors import DataError
 
@@ -97,8 +104,52 @@ def test_bad_lines_are_named(tmp_path):
 def test_index_skips_blank_lines_and_points_at_records(tmp_path):
     f = tmp_path / "d.jsonl"
     f.write_text('{"text": "a"}\n\n{"text": "b"}\n')
-    idx = index_dataset(f)
+    idx = index_dataset(f).rows
     assert idx[:, 0].tolist() == [1, 3]
     with f.open("rb") as fh:
         fh.seek(idx[1, 1])
         assert json.loads(fh.readline())["text"] == "b"
+
+
+def test_bad_lines_name_the_fix_and_can_be_skipped(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text('{"text": "a"}\n{oops\n\n{"txt": "typo"}\n{"text": "b"}\n')
+    with pytest.raises(DataError, match=r"line 2 is not valid JSON .*--skip-bad-lines"):
+        index_dataset(f)
+    idx = index_dataset(f, skip_bad=True)
+    assert idx.rows[:, 0].tolist() == [1, 5] and idx.skipped == (2, 4)
+
+
+def test_a_shapeless_record_lists_the_accepted_shapes(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text('{"txt": "typo"}\n')
+    with pytest.raises(
+        DataError, match=r"line 1: record \('txt'\) has none of the accepted shapes"
+    ):
+        index_dataset(f)
+
+
+def test_all_lines_skipped_is_an_empty_dataset(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text("[1]\n{bad\n")
+    with pytest.raises(DataError, match="no valid records: all 2 lines were skipped"):
+        index_dataset(f, skip_bad=True)
+
+
+def test_more_shards_than_training_records_names_both_counts():
+    with pytest.raises(DataError, match=r"only 9 training records \(1 of 10 held out.*at most 9"):
+        plan_split(10, 12, 0.1)
+
+
+def test_scan_lengths_finds_the_first_overlong_line_and_targetless_records(tmp_path, tok):
+    f = tmp_path / "d.jsonl"
+    records = [
+        {"text": "short"},
+        {"prompt": "p " * 50, "response": "r"},
+        {"text": "x = 1\n" * 50},
+    ]
+    f.write_text("".join(json.dumps(r) + "\n" for r in records))
+    scan = scan_lengths(f, index_dataset(f).rows, tok, 16)
+    assert scan.records == 3 and scan.overlong == 2 and scan.no_target == 1
+    assert scan.first_overlong is not None and scan.first_overlong[0] == 2
+    assert scan.first_overlong[1] > 16

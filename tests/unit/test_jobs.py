@@ -21,12 +21,13 @@ def test_defaults_follow_the_contract():
     assert spec.teacher.top_k == 64 and spec.loss.kind == "forward_kl" and spec.loss.alpha == 0.5
     s = spec.students[0]
     assert s.method == "lora" and s.replicas == 1
+    assert spec.overlong == "truncate" and spec.max_length_key == "teacher.max_length"
 
 
 def test_unknown_key_suggests_the_close_one():
     with pytest.raises(SpecError, match="did you mean 'shards'"):
         spec_from_dict(base(shard=3))
-    with pytest.raises(SpecError, match="did you mean 'top_k'"):
+    with pytest.raises(SpecError, match=r"did you mean 'teacher\.top_k'"):
         spec_from_dict(base(teacher={"model": "t", "topk": 8}))
 
 
@@ -44,6 +45,9 @@ def test_unknown_key_suggests_the_close_one():
         ({"name": "a/b"}, "not allowed"),
         ({"loss": {"temperature": 2.0}}, "set both to the same value"),
         ({"teacher": {"model": "t", "top_k": -1}}, "must be positive"),
+        ({"shards": -2}, "shards=-2 must be positive; set it above 0"),
+        ({"loss": {"kind": "forward-kl"}}, "did you mean 'forward_kl'"),
+        ({"overlong": "cut"}, r"overlong='cut' is not one of \['truncate', 'refuse'\]"),
     ],
 )
 def test_bad_specs_name_the_problem(over, msg):
@@ -72,7 +76,7 @@ def test_overrides_reach_nested_fields_and_list_items(tmp_path):
 def test_yaml_errors_and_relative_dataset(tmp_path):
     f = tmp_path / "job.yaml"
     f.write_text("name: j\n  bad: [\n")
-    with pytest.raises(SpecError, match="not valid YAML at line"):
+    with pytest.raises(SpecError, match="not valid YAML at line 2, column 6"):
         load_spec(f)
     f.write_text(
         "name: j\ndataset: data/x.jsonl\nteacher: {model: t}\nstudents: [{name: s, model: m}]\n"

@@ -1,0 +1,199 @@
+"""Bad input through the real `distillq enqueue`: one line naming the fix, exit 1, nothing lost.
+
+No workers: enqueue validates everything before it queues anything. "Nothing lost" means the
+job already on storage is byte-for-byte untouched, no new job directory appears, and nothing
+is queued.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from app.job_store import create_job, load_job
+from app.jobs import load_spec
+from app.settings import Settings
+from tests.conftest import run_cli
+from tests.integration.test_cli_errors import one_line_error
+
+pytestmark = pytest.mark.integration
+
+
+def storage_files(storage: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(storage)): p.read_bytes() for p in storage.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def before(settings: Settings, make_spec) -> dict[str, bytes]:
+    """A job already on storage; returns a snapshot of storage to compare against."""
+    create_job(settings.storage, load_spec(make_spec(n_records=20)))
+    return storage_files(settings.storage)
+
+
+def refused(settings: Settings, before: dict[str, bytes], args: list[str], *needles: str) -> str:
+    """Run `distillq enqueue ARGS`; assert a one-line error with ``needles`` and nothing lost."""
+    import redis
+
+    res = run_cli(settings, "enqueue", *args)
+    one_line_error(res, *needles)
+    assert storage_files(settings.storage) == before
+    assert redis.Redis.from_url(settings.broker_url).llen("teacher") == 0
+    return res.stderr
+
+
+def dataset(tmp_path: Path, lines: list[str]) -> str:
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+def enqueued(settings: Settings, args: list[str]):  # -> app.job_store.Job
+    res = run_cli(settings, "enqueue", *args)
+    assert res.returncode == 0, res.stderr
+    return load_job(settings.storage, res.stdout.strip().splitlines()[-1]), res.stderr
+
+
+def good(n: int) -> list[str]:
+    return [json.dumps({"text": f"def f{i}(x):\n    return x + {i}\n"}) for i in range(n)]
+
+
+# ---------------------------------------------------------------- the dataset
+
+
+def test_malformed_json_line_is_named_and_can_be_skipped_with_a_count(
+    settings, make_spec, before, tmp_path
+):
+    data = dataset(tmp_path, [*good(2), '{"text": "unclosed', *good(9), "not json"])
+    spec = str(make_spec(dataset=data))
+    refused(
+        settings,
+        before,
+        [spec],
+        "dataset line 3 is not valid JSON",
+        "fix or remove the line, or enqueue with --skip-bad-lines",
+    )
+    job, out = enqueued(settings, [spec, "--skip-bad-lines"])
+    assert "skipped 2 bad dataset line(s): 3, 13" in out
+    assert job.info["data"]["skipped_lines"] == 2 and job.split.n_records == 11
+    assert job.index[:, 0].tolist() == [1, 2, *list(range(4, 13))]
+
+
+def test_record_without_its_fields_names_the_line_and_the_accepted_shapes(
+    settings, make_spec, before, tmp_path
+):
+    data = dataset(tmp_path, [*good(1), json.dumps({"txt": "typo"}), *good(5)])
+    refused(
+        settings,
+        before,
+        [str(make_spec(dataset=data))],
+        "dataset line 2: record ('txt') has none of the accepted shapes",
+        '{"prompt": ..., "response": ...}',
+        '{"messages": [{"role": ..., "content": ...}, ...]}',
+    )
+
+
+def test_empty_dataset_and_one_whose_every_line_is_skipped(settings, make_spec, before, tmp_path):
+    spec = str(make_spec(dataset=dataset(tmp_path, ["", "  "])))
+    refused(settings, before, [spec], "has no records", 'add JSONL lines like {"text": ...}')
+    spec = str(make_spec(dataset=dataset(tmp_path, ["[1, 2]", "{bad", json.dumps({"a": 1})])))
+    refused(
+        settings,
+        before,
+        [spec, "--skip-bad-lines"],
+        "has no valid records: all 3 lines were skipped as bad",
+        "the first: dataset line 1: record is a JSON list",
+    )
+
+
+def test_overlong_samples_are_truncated_with_a_count_or_refused(
+    settings, make_spec, before, tmp_path
+):
+    long = json.dumps({"text": "x = 1\n" * 200})
+    spec = str(make_spec(dataset=dataset(tmp_path, [*good(4), long, *good(8), long])))
+    refused(
+        settings,
+        before,
+        [spec, "--set", "overlong=refuse"],
+        "dataset line 5 is",
+        "tokens, over teacher.max_length=96 (2 records exceed it)",
+        "raise teacher.max_length",
+        "set overlong: truncate",
+    )
+    job, out = enqueued(settings, [spec])
+    assert "2 of 14 records are longer than teacher.max_length=96 tokens" in out
+    assert job.info["data"]["truncated"] == 2 and job.spec.overlong == "truncate"
+
+
+def test_no_training_target_within_max_length_is_refused(settings, make_spec, before, tmp_path):
+    long_prompt = json.dumps({"prompt": "p " * 300, "response": "r"})
+    spec = str(make_spec(dataset=dataset(tmp_path, [long_prompt] * 6)))
+    refused(settings, before, [spec], "has a training target within its first 96 tokens", "raise")
+
+
+# ---------------------------------------------------------------- the spec
+
+
+def test_invalid_yaml_and_unknown_keys(settings, make_spec, before, tmp_path):
+    spec = make_spec()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(spec.read_text() + "teacher: {model: [x\n")
+    refused(
+        settings, before, [str(bad)], "is not valid YAML at line", ", column ", "fix the syntax"
+    )
+    refused(settings, before, [str(spec), "--set", "shard=3"], "unknown key 'shard'", "'shards'")
+    refused(
+        settings,
+        before,
+        [str(spec), "--set", "teacher.topk=8"],
+        "unknown key 'teacher.topk'",
+        "did you mean 'teacher.top_k'?",
+    )
+
+
+@pytest.mark.parametrize(
+    "override,needles",
+    [
+        ("shards=0", ["shards=0 must be positive", "set it above 0"]),
+        ("shards=-3", ["shards=-3 must be positive"]),
+        ("shards=100", ["only 18 training records (2 of 20 held out", "at most 18"]),
+        ("mode=distill", ["mode='distill' is not one of", "teacher_student"]),
+        ("loss.kind=kl", ["loss.kind='kl' is not one of", "forward_kl"]),
+        ("students.0.peft.method=lorax", ["unknown PEFT method 'lorax'", "lora", "ia3", "full"]),
+        ("students.0.name=../x", ["track name '../x' is not allowed", "no '..'"]),
+        ("name=a/../../b", ["job name 'a/../../b' is not allowed"]),
+    ],
+)
+def test_bad_spec_values(settings, make_spec, before, override, needles):
+    refused(settings, before, [str(make_spec(n_records=20)), "--set", override], *needles)
+
+
+# ---------------------------------------------------------------- models
+
+
+@pytest.mark.parametrize(
+    "model,needles",
+    [
+        ("models/x", ["teacher model 'models/x' does not exist", "Hugging Face cache"]),
+        ("./models/x", ["'./models/x' does not exist: not found locally (no such directory)"]),
+        ("no-org/no-model-here", ["nor in the Hugging Face cache"]),
+    ],
+)
+def test_missing_model_paths_are_reported_without_trying_the_hub(
+    settings, make_spec, before, model, needles
+):
+    refused(
+        settings,
+        before,
+        [str(make_spec()), "--set", f"teacher.model={model}"],
+        *needles,
+        "distillq does not download models: pass a local directory",
+    )
+
+
+def test_job_ids_that_do_not_exist_or_escape_storage(settings, before):
+    # `status` is covered in test_cli_errors; these reach load_job by other paths.
+    one_line_error(run_cli(settings, "wait", "no-such-job"), "does not exist", "distillq jobs")
+    one_line_error(run_cli(settings, "resume", "../etc"), "'../etc' is not allowed")
+    assert storage_files(settings.storage) == before
