@@ -19,6 +19,10 @@ QUEUE_TASKS = {"teacher": TEACHER_TASKS, "student": STUDENT_TASKS}
 _URL_VARS = ("DISTILLQ_BROKER_URL", "DISTILLQ_RESULT_BACKEND")
 
 
+# Retry a Redis call for about a minute: 0, 1, 2, 2, ... s apart, 30 times.
+RIDE_OUT = {"max_retries": 30, "interval_start": 0, "interval_step": 1, "interval_max": 2}
+
+
 def celery_config(s: Settings) -> dict[str, Any]:
     """Every Celery setting distillq relies on, each with the reason it is set."""
     # One visibility timeout for broker and result backend, longer than every hard time limit:
@@ -47,7 +51,10 @@ def celery_config(s: Settings) -> dict[str, Any]:
         # idle workers for the whole length of the first (shards run for minutes).
         "worker_prefetch_multiplier": 1,
         "broker_transport_options": transport,
-        "result_backend_transport_options": transport,
+        # Ride out a Redis restart (about a minute) when storing results and chord counts...
+        "result_backend_transport_options": {**transport, "retry_policy": RIDE_OUT},
+        # ...and when sending the next tasks, instead of failing the task that sends them.
+        "task_publish_retry_policy": RIDE_OUT,
         # JSON only: unpickling a message runs code it names, so a pickled message would be
         # remote code execution on every worker; the worker refuses and drops anything else.
         "task_serializer": "json",
@@ -68,9 +75,12 @@ def celery_config(s: Settings) -> dict[str, Any]:
             for q, ts in QUEUE_TASKS.items()
             for t in ts
         },
-        # If the broker connection drops, cancel running late-ack tasks: Redis will re-deliver
-        # them anyway, and finishing them would only produce a duplicate.
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # If the broker connection drops, let running tasks finish. Cancelling them (Celery's
+        # future default) loses them on Redis: once reconnected, the worker acknowledges the
+        # terminated task as revoked and its message is deleted, not re-queued (seen in the AOF
+        # in tests/e2e/test_faults.py). A finished task whose ack failed stays unacked, the
+        # node's sweep hands it back (workers/reaper.py) and the redelivery finds the work done.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         # Keep retrying the broker at start-up: in compose the worker may start before Redis.
         "broker_connection_retry_on_startup": True,
         # STARTED state and task events: `distillq status` and Flower show running tasks.

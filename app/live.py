@@ -10,6 +10,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import redis
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.retry import Retry
 
 from app.errors import BrokerError
 from storage import keys
@@ -24,8 +26,23 @@ def client(url: str) -> redis.Redis:
     ``url`` carries everything: ``rediss://user:password@host:port/db?ssl_ca_certs=...``
     (Settings puts DISTILLQ_REDIS_TLS_* into the query, which redis-py reads).
     """
+    # Workers ride out a Redis restart (about a minute of backoff) instead of failing tasks.
+    ride_out = Retry(ExponentialBackoff(cap=4, base=0.5), retries=20)
     return redis.Redis.from_url(
-        url, socket_timeout=15, socket_connect_timeout=5, health_check_interval=30
+        url,
+        socket_timeout=15,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        retry=ride_out,
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def quick_client(url: str) -> redis.Redis:
+    """No retries: for heartbeats, which must not stall (a late beat makes a node look dead)."""
+    return redis.Redis.from_url(
+        url, socket_timeout=5, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0)
     )
 
 
@@ -46,10 +63,14 @@ def ping(url: str) -> None:
         raise BrokerError(
             "no broker configured: set DISTILLQ_BROKER_URL=redis://host:6379/0 or pass --broker"
         )
+    # One try, no backoff: a command line must say at once that Redis is not there.
+    once = redis.Redis.from_url(url, socket_connect_timeout=5, retry=Retry(NoBackoff(), 0))
     try:
-        client(url).ping()
+        once.ping()
     except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
         raise BrokerError(f"cannot reach Redis at {redacted(url)}: {_why(url, e)}") from None
+    finally:
+        once.close()
 
 
 def _why(url: str, e: BaseException) -> str:

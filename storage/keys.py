@@ -35,3 +35,17 @@ def attempts(job_id: str, task: str) -> str:
 
 def attempts_pattern(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:attempts:*"
+
+
+def deliveries(hostname: str) -> str:
+    """Set of the kombu delivery tags a worker node has taken and not yet acknowledged."""
+    return f"{PREFIX}:deliveries:{hostname}"
+
+
+def deliveries_pattern() -> str:
+    return f"{PREFIX}:deliveries:*"
+
+
+def reap_claim(hostname: str) -> str:
+    """Short-lived claim: one live node hands a dead node's deliveries back, not all of them."""
+    return f"{PREFIX}:reap:{hostname}"

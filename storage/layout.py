@@ -61,6 +61,11 @@ class JobPaths:
         return self.teacher_dir / f"shard-{shard:05d}.json"
 
     @property
+    def quarantine_dir(self) -> Path:
+        """Cache files that failed their checksum, kept for inspection, never read again."""
+        return self.teacher_dir / "quarantine"
+
+    @property
     def teacher_eval(self) -> Path:
         return self.teacher_dir / "eval.json"
 
@@ -95,6 +100,11 @@ class JobPaths:
 
     def failure(self, task_key: str) -> Path:
         return self.failures_dir / f"{task_key}.json"
+
+    @property
+    def control(self) -> Path:
+        """``pause`` / ``cancel`` state set by the user; tasks read it before doing work."""
+        return self.root / "control.json"
 
     @property
     def finalize_claim(self) -> Path:

@@ -11,6 +11,7 @@ import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,7 +147,8 @@ class Workers:
     def __init__(self, settings: Settings, logs: Path) -> None:
         self.settings, self.logs, self.procs = settings, logs, []
 
-    def start(self, queues: str, name: str, threads: int = 1) -> subprocess.Popen:
+    def start(self, queues: str, name: str, threads: int = 1, **spawn: Any) -> subprocess.Popen:
+        """``spawn``: extra_env (failpoints) or preexec_fn (resource limits) for fault tests."""
         from workers.launch import spawn_worker
 
         p = spawn_worker(
@@ -155,12 +157,13 @@ class Workers:
             self.logs / f"{name}.log",
             threads=threads,
             hostname=f"{name}@test",
+            **spawn,
         )
         self.procs.append(p)
-        self.wait_ready(name)
+        self.wait_ready(name, p)
         return p
 
-    def wait_ready(self, name: str, timeout: float = 90) -> None:
+    def wait_ready(self, name: str, proc: subprocess.Popen, timeout: float = 90) -> None:
         import time
 
         from app import live
@@ -169,7 +172,7 @@ class Workers:
         r = live.client(self.settings.broker_url)
         deadline = time.time() + timeout
         while not r.exists(keys.node(f"{name}@test")):
-            if time.time() > deadline or any(p.poll() is not None for p in self.procs):
+            if time.time() > deadline or proc.poll() is not None:
                 raise RuntimeError(f"worker {name} did not start:\n{self.log(name)}")
             time.sleep(0.2)
 

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,12 @@ from app import live
 from app.celery import app, configure, settings_of
 from app.settings import Settings
 from workers.node import Heartbeat, node_info
+from workers.reaper import Reaper, record_delivery
 
 log = logging.getLogger(__name__)
 
 _heartbeat: Heartbeat | None = None
+_reaper: Reaper | None = None
 
 
 def default_queues(has_gpu: bool) -> list[str]:
@@ -68,6 +71,9 @@ def run_worker(
 
 @signals.worker_process_init.connect
 def _child_threads(**_: Any) -> None:
+    # A forked child must not share the parent's Redis sockets (the heartbeat thread uses them).
+    live.client.cache_clear()
+    live.quick_client.cache_clear()
     # Each forked child gets its share of the cores: cores / concurrency torch threads.
     import torch
 
@@ -76,24 +82,39 @@ def _child_threads(**_: Any) -> None:
         torch.set_num_threads(threads)
 
 
-@signals.worker_ready.connect
+@signals.worker_init.connect
 def _start_heartbeat(sender: Any = None, **_: Any) -> None:
-    global _heartbeat
+    """Before the consumer starts: hand back what a previous run of this node left unacked,
+    then beat (a node must be seen alive before it holds any delivery, or peers would reap it)."""
+    global _heartbeat, _reaper
     s = settings_of(app)
     w = app.conf.get("distillq_worker", {})
-    info = node_info(
-        getattr(sender, "hostname", socket.gethostname()),
-        w.get("queues", []),
-        w.get("concurrency", 1),
-    )
-    _heartbeat = Heartbeat(live.client(s.broker_url), info, s.heartbeat_seconds)
+    hostname = getattr(sender, "hostname", None) or socket.gethostname()
+    info = node_info(hostname, w.get("queues", []), w.get("concurrency", 1))
+    r = live.quick_client(s.broker_url)
+    _reaper = Reaper(app, r, hostname)
+    with contextlib.suppress(Exception):
+        _reaper.recover_own()
+    _heartbeat = Heartbeat(r, info, s.heartbeat_seconds, on_beat=_reaper.sweep)
     _heartbeat.start()
+
+
+@signals.task_received.connect
+def _record_delivery(request: Any = None, **_: Any) -> None:
+    # In the worker's main process, as soon as the message is taken: from here until the ack
+    # the tag is this node's, and peers hand it back if this node dies.
+    if _reaper is not None and request is not None:
+        tag = getattr(request.message, "delivery_tag", None)
+        if tag:
+            record_delivery(_reaper.r, _reaper.hostname, tag)
 
 
 @signals.worker_shutdown.connect
 def _stop_heartbeat(**_: Any) -> None:
     if _heartbeat is not None:
         _heartbeat.stop()
+    if _reaper is not None:
+        _reaper.close()
 
 
 def spawn_worker(
@@ -103,8 +124,13 @@ def spawn_worker(
     concurrency: int = 1,
     threads: int = 1,
     hostname: str | None = None,
+    extra_env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], Any] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``distillq worker`` as a child process in its own process group."""
+    """Start ``distillq worker`` as a child process in its own process group.
+
+    ``extra_env`` and ``preexec_fn`` (resource limits) are for drills and fault-injection tests.
+    """
     cmd = [
         sys.executable,
         "-m",
@@ -119,11 +145,16 @@ def spawn_worker(
     ]
     if hostname:
         cmd += ["-n", hostname]
-    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     log_file.parent.mkdir(parents=True, exist_ok=True)
     out = log_file.open("ab")
     return subprocess.Popen(
-        cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        cmd,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=preexec_fn,
     )
 
 

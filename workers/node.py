@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psutil
 
 from storage import keys
+
+log = logging.getLogger(__name__)
 
 
 def gpus() -> list[dict[str, Any]]:
@@ -67,8 +71,15 @@ class Heartbeat:
     after FORGET_AFTER (the key's TTL): users see that a node died before it vanishes.
     """
 
-    def __init__(self, redis_client: Any, info: dict[str, Any], interval: int) -> None:
-        self.r, self.info, self.interval = redis_client, info, interval
+    def __init__(
+        self,
+        redis_client: Any,
+        info: dict[str, Any],
+        interval: int,
+        on_beat: Callable[[], Any] | None = None,
+    ) -> None:
+        self.r, self.info, self.interval, self.on_beat = redis_client, info, interval, on_beat
+        self.streak = 0  # beats in a row that reached Redis
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="distillq-heartbeat", daemon=True)
 
@@ -77,8 +88,16 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            with contextlib.suppress(Exception):
+            try:
                 self.beat()
+                self.streak += 1
+                # After Redis was away, every peer looks gone until it beats again: act on
+                # others' heartbeats only once this node has itself beaten for a full window.
+                if self.on_beat is not None and self.streak > GONE_AFTER:
+                    self.on_beat()
+            except Exception as e:  # Redis away for a while: keep beating once it is back
+                self.streak = 0
+                log.warning("heartbeat of %s: %s", self.info["hostname"], e)
             self._stop.wait(self.interval)
 
     def beat(self) -> None:
