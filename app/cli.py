@@ -15,6 +15,7 @@ from app.errors import DistillqError
 from app.settings import Settings
 
 EXIT_FAILED, EXIT_TIMEOUT = 1, 3
+TERMINAL = ("done", "failed", "cancelled")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -109,13 +110,13 @@ def follow(get: Any, render: Any, interval: float, timeout: float | None = None)
         st = get()
         text = render(st)
         # On a terminal, redraw in place; in a log, a new block at most every 10 s.
-        due = tty or time.time() - printed_at >= 10 or st["state"] in ("done", "failed")
+        due = tty or time.time() - printed_at >= 10 or st["state"] in TERMINAL
         if text != last and due:
             if tty and last:
                 sys.stdout.write(f"\x1b[{last.count(chr(10)) + 1}F\x1b[J")
             print(text, flush=True)
             last, printed_at = text, time.time()
-        if st["state"] in ("done", "failed"):
+        if st["state"] in TERMINAL:
             return 0 if st["state"] == "done" else EXIT_FAILED
         if deadline is not None and time.time() > deadline:
             return EXIT_TIMEOUT
@@ -136,6 +137,9 @@ def cmd_wait(args: argparse.Namespace) -> int:
             for key, f in st["failures"].items():
                 print(f"job {job.id} failed: {key}: {f['error']}", file=sys.stderr)
             return EXIT_FAILED
+        if st["state"] == "cancelled":
+            print(f"job {job.id} was cancelled", file=sys.stderr)
+            return EXIT_FAILED
         if time.time() > deadline:
             print(
                 f"job {job.id} not done after {args.timeout:.0f} s (state {st['state']}); `distillq status {job.id}` shows where it is",
@@ -146,13 +150,39 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from app import control
     from app.celery import app
     from app.job_store import load_job
     from tasks import pipeline
 
     s = _ready(settings_from(args))
     job = load_job(s.storage, args.job)
-    print(json.dumps(pipeline.resubmit(app, job)))
+    was = control.state(job)
+    control.set_state(job, control.RUNNING)
+    queued = pipeline.resubmit(app, job)
+    print(f"job {job.id} resumed (was {was})", file=sys.stderr)
+    print(json.dumps(queued))
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    return _stop(args, "paused", "running tasks finish; nothing new starts")
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    return _stop(args, "cancelled", "running tasks stop at their next batch")
+
+
+def _stop(args: argparse.Namespace, new: str, what: str) -> int:
+    from app import control
+    from app.job_store import load_job
+
+    s = settings_from(args)
+    job = load_job(s.storage, args.job)
+    if job.paths.report.exists():
+        raise DistillqError(f"job {job.id} is done already; nothing to {args.cmd}")
+    control.set_state(job, new, reason=f"distillq {args.cmd}")
+    print(f"job {job.id} {new}: {what}; `distillq resume {job.id}` continues it")
     return 0
 
 
@@ -308,7 +338,13 @@ def parser() -> argparse.ArgumentParser:
         ("status", cmd_status, "per-shard and per-track state"),
         ("watch", cmd_watch, "live progress until the job ends"),
         ("wait", cmd_wait, "block until the job is done; non-zero on failure or timeout"),
-        ("resume", cmd_resume, "re-queue a job's remaining work from storage"),
+        (
+            "resume",
+            cmd_resume,
+            "continue a paused or cancelled job, or re-queue its remaining work from storage",
+        ),
+        ("pause", cmd_pause, "start no new work for the job (running tasks finish)"),
+        ("cancel", cmd_cancel, "stop the job: running tasks stop at their next batch"),
         ("report", cmd_report, "rewrite and print a finished job's report"),
     ]:
         sp = add(name, fn, help)

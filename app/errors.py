@@ -32,3 +32,11 @@ class JobNotFound(DistillqError):
 
 class CacheError(DistillqError):
     """A teacher cache file is missing, corrupt, or was made for something else."""
+
+
+class StorageFull(DistillqError):
+    """Shared storage ran out of space (or a file-size limit) while writing."""
+
+
+class JobStopped(DistillqError):
+    """The job was paused or cancelled by the user; work that had not started is parked."""

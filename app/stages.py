@@ -11,13 +11,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from app import evaluate, report
+from app import evaluate, faults, report
 from app.export import export_track
 from app.job_store import Job
 from app.models import load_causal_lm, load_tokenizer, vocab_size
 from app.teacher import write_shard
 from storage import cache, checkpoints
-from storage.atomic import read_json, write_json
+from storage.atomic import clear_stale, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,11 @@ def teacher_shard(
     if (done := cache.verified(out, stats_file)) is not None:
         log.info("job %s shard %d: verified cache exists, skipped", job.id, shard)
         return {**done, "skipped": True}
+    faults.hit(f"teacher_shard:{shard}")
+    if clear_stale(out):
+        log.warning(
+            "job %s shard %d: removed a partial file left by a killed writer", job.id, shard
+        )
     t = job.spec.teacher
     if t is not None:
         model, tok = _teacher(t.model)
@@ -106,6 +111,62 @@ def teacher_shard(
         record["bytes"],
     )
     return record
+
+
+def cache_usable(job: Job, shard: int) -> bool | None:
+    """Check a shard's cache against its recorded sha256 before training reads it.
+
+    True: verified. None: not there (being regenerated). False: it failed its checksum, and
+    this caller moved it to quarantine, so this caller (and only this one) must regenerate it.
+    """
+    out, stats_file = job.paths.shard(shard), job.paths.shard_stats(shard)
+    if cache.verified(out, stats_file) is not None:
+        return True
+    if not out.exists():
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    q = job.paths.quarantine_dir
+    q.mkdir(parents=True, exist_ok=True)
+    try:
+        # The stats file goes first: without it the shard no longer counts as finished.
+        stats_file.replace(q / f"{stats_file.stem}.{stamp}.json")
+        out.replace(q / f"{out.stem}.{stamp}.h5")
+    except FileNotFoundError:
+        return None  # another replica of the round quarantined it first
+    log.error(
+        "job %s shard %d: cache fails its checksum; moved to %s, regenerating", job.id, shard, q
+    )
+    return False
+
+
+def replica(
+    job: Job,
+    track: str,
+    shard: int,
+    index: int,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train one replica of a round, unless its work is already on storage.
+
+    Returns the replica's stats, or ``{"skipped": why}``; ``why`` is "merged" (a duplicate
+    delivery after the merge), "regenerate" (this call quarantined a corrupt cache) or
+    "missing" (the cache is being regenerated): the round is abandoned and queued again when
+    the shard lands.
+    """
+    from app import student
+
+    if shard in checkpoints.merged_shards(job.paths, track):
+        return {"skipped": "merged"}
+    latest = checkpoints.latest(job.paths, track)
+    done = checkpoints.replica_stats(job.paths, track, shard, index)
+    if done is not None and done["start_version"] == (latest.version if latest else 0):
+        return {k: v for k, v in done.items() if k != "curve"}  # redelivered after it finished
+    usable = cache_usable(job, shard)
+    if not usable:
+        return {"skipped": "regenerate" if usable is False else "missing"}
+    faults.hit(f"replica:{track}:{shard}:{index}")
+    stats = student.train_replica(job, track, shard, index, on_progress)
+    return {k: v for k, v in stats.items() if k != "curve"}
 
 
 def teacher_eval(job: Job) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from app import live
+from app import control, live
 from app.job_store import Job
 from storage.atomic import read_json
 from tasks.pipeline import merged_shards, teacher_key
@@ -49,9 +49,12 @@ def job_status(job: Job, redis_client: Any | None = None) -> dict[str, Any]:
             "replicas": spec.replicas,
         }
     done = job.paths.report.exists()
+    stopped = control.state(job)
     state = (
         "done"
         if done
+        else stopped
+        if stopped != control.RUNNING
         else "failed"
         if failures
         else "running"
@@ -104,6 +107,8 @@ def render(status: dict[str, Any]) -> str:
     )
     rates = [s["progress"]["tokens_per_s"] for s in shards if s["state"] == "running"]
     lines = [f"{status['job_id']}  {status['state']}"]
+    if status["state"] in (control.PAUSED, control.CANCELLED):
+        lines[0] += f"  (`distillq resume {status['job_id']}` continues it)"
     lines.append(
         f"  teacher  {_bar(done + partial, len(shards))}  {done}/{len(shards)} shards"
         + (f"  {rates[0]:.0f} tok/s" if rates else "")

@@ -6,6 +6,7 @@ A reader never sees a partial file under its final name, whatever kills the writ
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -13,6 +14,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from app.errors import StorageFull
 
 FILE_MODE, DIR_MODE = 0o644, 0o755
 
@@ -31,8 +34,28 @@ def atomic_path(final: Path) -> Iterator[Path]:
         _fsync_file(tmp_path)
         os.replace(tmp_path, final)
         _fsync_dir(final.parent)
+    except OSError as e:
+        raise_if_full(e, final)
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+_SPACE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+# h5py reports a failed write as a plain OSError whose text carries the C library's message.
+_SPACE_TEXT = ("No space left", "File too large", "Disk quota exceeded")
+
+
+def raise_if_full(e: BaseException, path: Path) -> None:
+    """Turn "disk full" / "file too large" / "quota" into a StorageFull naming ``path``."""
+    if not isinstance(e, OSError):
+        return
+    if e.errno in _SPACE_ERRNOS or any(t in str(e) for t in _SPACE_TEXT):
+        raise StorageFull(
+            f"no space left writing {path} ({e.strerror or type(e).__name__}); free space on "
+            f"{path.parent} or raise the file-size limit, then `distillq resume` the job "
+            "(finished work is kept)"
+        ) from e
 
 
 def write_bytes(final: Path, data: bytes) -> None:
@@ -62,6 +85,19 @@ def create_exclusive(path: Path, content: str = "") -> bool:
     return True
 
 
+def clear_stale(final: Path) -> int:
+    """Remove temporary siblings of ``final`` left by a writer that was killed mid-write."""
+    n = 0
+    if final.parent.exists():
+        for tmp in final.parent.glob(f".{final.name}.*.tmp"):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -87,7 +123,11 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     os.chmod(tmp, DIR_MODE)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as e:
+            raise_if_full(e, final)
+            raise
         for f in tmp.iterdir():
             _fsync_file(f)
         try:

@@ -62,6 +62,12 @@ def latest(paths: JobPaths, track: str) -> Checkpoint | None:
     return Checkpoint(vs[-1], d, json.loads((d / "meta.json").read_text()))
 
 
+def merged_shards(paths: JobPaths, track: str) -> set[int]:
+    """Shards whose round is folded into the track's latest version."""
+    ckpt = latest(paths, track)
+    return set(ckpt.meta["merged_shards"]) if ckpt else set()
+
+
 def write_version(
     paths: JobPaths,
     track: str,

@@ -10,10 +10,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
-from app import live
+from app import control, live
 from app.celery import settings_of
-from app.errors import DistillqError
+from app.errors import DistillqError, JobStopped
 from app.job_store import Job, load_job
 from storage.atomic import write_json
 
@@ -28,6 +29,7 @@ class JobTask(Task):
     """Base of distillq tasks; ``task_key`` names the logical unit of work for records."""
 
     abstract = True
+    max_retries = None  # attempt() enforces Settings.max_attempts across every kind of retry
 
     def job(self, job_id: str) -> Job:
         return load_job(settings_of(self.app).storage, job_id)
@@ -36,17 +38,36 @@ class JobTask(Task):
         return live.client(settings_of(self.app).broker_url)
 
     @contextlib.contextmanager
-    def attempt(self, job: Job, key: str) -> Iterator[None]:
-        """Count this delivery; refuse past ``max_attempts`` (a task that kills its worker every
-        time would otherwise be re-queued forever by ``task_reject_on_worker_lost``)."""
+    def attempt(self, job: Job, key: str, *, pausable: bool = True) -> Iterator[int]:
+        """Run one delivery of ``key``: parked if the job is paused (``pausable``) or cancelled;
+        refused past ``max_attempts``; retried with backoff on an unexpected error; failed at
+        once on a DistillqError (bad data, full disk: another try would fail the same way).
+        Yields the attempt number."""
         s = settings_of(self.app)
+        if control.state(job) == control.CANCELLED or (
+            pausable and control.state(job) == control.PAUSED
+        ):
+            log.info("job %s %s: job is %s, not started", job.id, key, control.state(job))
+            raise Ignore()
         n = live.next_attempt(self.redis(), job.id, key, s.result_expires)
         if n > s.max_attempts:
+            # A task that kills its worker every time is re-queued by task_reject_on_worker_lost
+            # with no exception to count; this counter is what stops it.
             raise GaveUp(
                 f"{key} was delivered {n} times (limit {s.max_attempts}); last attempts died without finishing"
             )
         try:
-            yield
+            yield n
+        except JobStopped as e:  # cancelled while running: stop, record nothing as failed
+            log.warning("job %s %s: %s", job.id, key, e)
+            raise Ignore() from None
+        except DistillqError:
+            raise
+        except Exception as e:
+            if n < s.max_attempts and not isinstance(e, SoftTimeLimitExceeded):
+                log.warning("job %s %s: attempt %d failed (%s); retrying", job.id, key, n, e)
+                raise self.retry(exc=e, countdown=min(60, 2**n)) from e
+            raise
         finally:
             live.clear_progress(self.redis(), job.id, key)
         job.paths.failure(key).unlink(missing_ok=True)  # an earlier failure of this work is over
@@ -54,12 +75,18 @@ class JobTask(Task):
     def progress(self, job: Job, key: str) -> Callable[[dict[str, Any]], None]:
         """A callback that publishes progress to Redis, the task state and a task event (Flower)."""
 
+        cancelled = control.CancelWatch(job)
+
         def report(fields: dict[str, Any]) -> None:
+            cancelled()  # raises JobStopped between batches once the user cancels the job
             fields = {**fields, "task": key, "at": time.time()}
-            live.set_progress(self.redis(), job.id, key, fields)
-            if self.request.id:
-                self.update_state(state="PROGRESS", meta=fields)
-                self.send_event("task-progress", **fields)
+            try:
+                live.set_progress(self.redis(), job.id, key, fields)
+                if self.request.id:
+                    self.update_state(state="PROGRESS", meta=fields)
+                    self.send_event("task-progress", **fields)
+            except Exception as e:  # progress is for eyes only: never fail the work over it
+                log.warning("job %s %s: progress not published (%s)", job.id, key, e)
 
         return report
 

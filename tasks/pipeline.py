@@ -17,10 +17,10 @@ from typing import Any
 
 from celery import Celery, chord
 
-from app import live
+from app import control, live
 from app.celery import settings_of
 from app.job_store import Job
-from storage import cache, checkpoints
+from storage import cache, checkpoints, keys
 from storage.atomic import create_exclusive, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,8 @@ def advance(app: Celery, job: Job, track: str) -> int | None:
     replicas ahead of the merges they need, and all would train from the initial weights.
     Called whenever a shard lands or a merge ends; idempotent under the track lock.
     """
+    if control.state(job) != control.RUNNING:
+        return None  # paused or cancelled: `resume` calls advance again
     with live.track_lock(_redis(app), job.id, track):
         merged = merged_shards(job, track)
         marker = job.paths.round_inflight(track)
@@ -88,6 +90,40 @@ def advance(app: Celery, job: Job, track: str) -> int | None:
         return shard
 
 
+def merge_if_complete(app: Celery, job: Job, track: str, shard: int) -> bool:
+    """Queue ``shard``'s merge if every replica's delta is on storage, from the current version.
+
+    The chord normally does this; a duplicate merge is a no-op (merges are idempotent).
+    """
+    latest = checkpoints.latest(job.paths, track)
+    version = latest.version if latest else 0
+    if latest is not None and shard in latest.meta["merged_shards"]:
+        return False
+    replicas = range(job.spec.student(track).replicas)
+    stats = [checkpoints.replica_stats(job.paths, track, shard, r) for r in replicas]
+    if not all(s is not None and s["start_version"] == version for s in stats):
+        return False
+    app.signature("distillq.merge_round", args=([], job.id, track, shard)).apply_async()
+    log.info("job %s track %s shard %d: replicas complete, merge queued", job.id, track, shard)
+    return True
+
+
+def abandon_round(app: Celery, job: Job, track: str, shard: int) -> None:
+    """``shard``'s cache turned out corrupt mid-round: free the track for other shards; the
+    round is queued again by ``advance`` once the regenerated shard lands."""
+    with live.track_lock(_redis(app), job.id, track):
+        marker = job.paths.round_inflight(track)
+        if marker.exists() and read_json(marker)["shard"] == shard:
+            marker.unlink()
+    advance(app, job, track)
+
+
+def regenerate_shard(app: Celery, job: Job, shard: int) -> None:
+    """Queue the teacher task again for a quarantined shard, with fresh attempts."""
+    _redis(app).delete(keys.attempts(job.id, teacher_key(shard)))
+    app.signature("distillq.teacher_shard", args=(job.id, shard)).apply_async()
+
+
 def on_shard_ready(app: Celery, job: Job) -> None:
     for spec in job.spec.students:
         advance(app, job, spec.name)
@@ -98,8 +134,7 @@ def _redis(app: Celery) -> Any:
 
 
 def merged_shards(job: Job, track: str) -> set[int]:
-    ckpt = checkpoints.latest(job.paths, track)
-    return set(ckpt.meta["merged_shards"]) if ckpt else set()
+    return checkpoints.merged_shards(job.paths, track)
 
 
 def ready_to_finalize(job: Job) -> bool:

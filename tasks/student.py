@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app import live, merge, stages, student
+from app import live, merge, stages
 from app.celery import app
 from tasks import pipeline
 from tasks.base import JobTask
@@ -27,18 +27,28 @@ def train_replica(
 ) -> dict[str, Any]:
     job = self.job(job_id)
     key = pipeline.replica_key(track, shard, replica)
-    with self.attempt(job, key):
-        stats = student.train_replica(job, track, shard, replica, self.progress(job, key))
-    return {k: v for k, v in stats.items() if k != "curve"}
+    with self.attempt(job, key) as n:
+        stats = stages.replica(job, track, shard, replica, self.progress(job, key))
+    if stats.get("skipped") == "regenerate":
+        pipeline.regenerate_shard(self.app, job, shard)
+    elif n > 1:
+        # An earlier delivery died (or was cancelled on a lost connection), and Celery fails a
+        # chord whose member was terminated: the chord's merge may never come. Storage knows.
+        pipeline.merge_if_complete(self.app, job, track, shard)
+    return stats
 
 
 @app.task(name="distillq.merge_round", bind=True, base=StudentTask)
 def merge_round(
-    self: StudentTask, _replicas: list[dict[str, Any]], job_id: str, track: str, shard: int
+    self: StudentTask, replicas: list[dict[str, Any]], job_id: str, track: str, shard: int
 ) -> dict[str, Any]:
     job = self.job(job_id)
+    if any(r.get("skipped") in ("regenerate", "missing") for r in replicas):
+        pipeline.abandon_round(self.app, job, track, shard)
+        return {"merged": False, "abandoned": True}
+    # Not pausable: its replicas ran already, and merging them is how that work is kept.
     with (
-        self.attempt(job, pipeline.merge_key(track, shard)),
+        self.attempt(job, pipeline.merge_key(track, shard), pausable=False),
         live.track_lock(self.redis(), job_id, track),
     ):
         result = merge.merge_round(job, track, shard)

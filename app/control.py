@@ -1,0 +1,53 @@
+"""Pause, resume and cancel: a user's decision, kept on storage beside the job.
+
+Storage, not Redis, because the decision must survive Redis losing its data, and every worker
+already reads the job's directory. Tasks read it before starting work (a paused or cancelled
+job starts nothing new) and running tasks read it between batches (cancel stops them).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from app.errors import JobStopped
+from app.job_store import Job
+from storage.atomic import read_json, write_json
+
+RUNNING, PAUSED, CANCELLED = "running", "paused", "cancelled"
+
+
+def state(job: Job) -> str:
+    f = job.paths.control
+    return str(read_json(f)["state"]) if f.exists() else RUNNING
+
+
+def set_state(job: Job, new: str, reason: str = "") -> dict[str, Any]:
+    record = {"state": new, "at": time.time(), "reason": reason}
+    if new == RUNNING:
+        job.paths.control.unlink(missing_ok=True)
+    else:
+        write_json(job.paths.control, record)
+    return record
+
+
+def check_may_start(job: Job) -> None:
+    """Raise JobStopped if the job is paused or cancelled."""
+    s = state(job)
+    if s != RUNNING:
+        raise JobStopped(f"job {job.id} is {s}; `distillq resume {job.id}` continues it")
+
+
+class CancelWatch:
+    """Cheap to call every batch: looks at storage at most every ``every`` seconds."""
+
+    def __init__(self, job: Job, every: float = 2.0) -> None:
+        self.job, self.every, self._next = job, every, 0.0
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.every
+        if state(self.job) == CANCELLED:
+            raise JobStopped(f"job {self.job.id} was cancelled")

@@ -1,0 +1,35 @@
+"""Failpoints: named places where a drill or a test injects a fault into a real worker.
+
+``DISTILLQ_FAILPOINTS="teacher_shard:1=crash,replica:s:0:0=raise"`` arms them; unset (the
+normal case) a failpoint costs one environment lookup. Actions:
+
+- ``crash``: SIGKILL this process, as the OOM killer or a power cut would;
+- ``raise``: a RuntimeError, an ordinary bug;
+- ``sleep:<s>``: hold the task, to kill or pause the worker at a known point.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+ENV = "DISTILLQ_FAILPOINTS"
+
+
+def armed() -> dict[str, str]:
+    spec = os.environ.get(ENV, "")
+    points = (p.partition("=") for p in spec.split(",") if p.strip())
+    return {name.strip(): action.strip() or "raise" for name, _, action in points}
+
+
+def hit(name: str) -> None:
+    action = armed().get(name) if ENV in os.environ else None
+    if action is None:
+        return
+    if action == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action.startswith("sleep:"):
+        time.sleep(float(action.split(":", 1)[1]))
+    else:
+        raise RuntimeError(f"failpoint {name} fired")
