@@ -1,0 +1,108 @@
+"""`distillq pause`, `resume` and `cancel` on running jobs, with real workers."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from app import live
+from app.job_store import load_job
+from app.status import job_status
+from storage import checkpoints
+from tests.conftest import run_cli
+from tests.e2e.test_faults import all_logs, assert_landed_once, wait_for
+from tests.e2e.test_pipeline import enqueue
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+
+def snapshot(job) -> dict:
+    """What is done: each finished shard's mtime and the track's version."""
+    shards = {
+        i: job.paths.shard(i).stat().st_mtime_ns
+        for i in range(job.n_shards)
+        if job.paths.shard_stats(i).exists()
+    }
+    ckpt = checkpoints.latest(job.paths, "s")
+    return {"shards": shards, "version": ckpt.version if ckpt else 0}
+
+
+def idle(job, r) -> bool:
+    st = job_status(job, r)
+    return (
+        not any(s["state"] == "running" for s in st["shards"]) and not st["tracks"]["s"]["running"]
+    )
+
+
+def settled(job, r, quiet: float = 4.0, timeout: float = 120) -> dict:
+    """Wait until nothing runs and nothing changes for ``quiet`` s (a round's merge may still
+    land after a pause: it keeps work already done)."""
+    deadline = time.time() + timeout
+    last, since = None, time.time()
+    while time.time() < deadline:
+        now = snapshot(job) if idle(job, r) else None
+        if now is None or now != last:
+            last, since = now, time.time()
+        elif time.time() - since >= quiet:
+            return now
+        time.sleep(0.2)
+    raise AssertionError("the job did not settle")
+
+
+def test_pause_starts_nothing_new_and_resume_continues_where_it_stopped(
+    settings, workers, make_spec, tiny_models
+):
+    workers.start("teacher", "teacher")
+    workers.start("student", "student")
+    job_id = enqueue(
+        settings,
+        make_spec(n_records=300, shards=6),
+        f"teacher.model={tiny_models['medium_teacher']}",
+    )
+    job, r = load_job(settings.storage, job_id), live.client(settings.broker_url)
+    wait_for(lambda: job.paths.shard_stats(0).exists(), 180, "the first shard")
+    res = run_cli(settings, "pause", job_id)
+    assert res.returncode == 0 and "paused" in res.stdout, res.stderr
+    before = settled(job, r)
+    assert len(before["shards"]) < 6  # there is work left to hold back
+    time.sleep(8)  # the queued teacher tasks reach the worker and are parked
+    assert snapshot(job) == before
+    assert job_status(job, r)["state"] == "paused"
+    assert "is paused, not started" in all_logs(workers)
+    assert "resume" in run_cli(settings, "status", job_id).stdout
+
+    res = run_cli(settings, "resume", job_id)
+    assert res.returncode == 0 and "was paused" in res.stderr, res.stderr
+    res = run_cli(settings, "wait", job_id, "--timeout", "400")
+    assert res.returncode == 0, res.stderr
+    after = snapshot(job)
+    # Nothing done before the pause was done again.
+    assert all(after["shards"][i] == mtime for i, mtime in before["shards"].items())
+    assert_landed_once(job)
+
+
+def test_cancel_stops_running_work_and_says_so(settings, workers, make_spec, tiny_models):
+    workers.start("teacher", "teacher")
+    job_id = enqueue(  # one long shard: the cancel lands while it runs
+        settings,
+        make_spec(n_records=400, shards=1),
+        f"teacher.model={tiny_models['medium_teacher']}",
+    )
+    job, r = load_job(settings.storage, job_id), live.client(settings.broker_url)
+    wait_for(
+        lambda: any(s["state"] == "running" for s in job_status(job, r)["shards"]),
+        180,
+        "a shard in progress",
+    )
+    res = run_cli(settings, "cancel", job_id)
+    assert res.returncode == 0 and "cancelled" in res.stdout, res.stderr
+    res = run_cli(settings, "wait", job_id, "--timeout", "60")
+    assert res.returncode != 0 and "cancelled" in res.stderr
+    done = settled(job, r)["shards"]
+    time.sleep(4)
+    assert snapshot(job)["shards"] == done == {}  # it stopped mid-shard
+    assert not list(job.paths.root.rglob("*.tmp"))  # the interrupted shard left nothing
+    assert "was cancelled" in all_logs(workers)
+    status = run_cli(settings, "status", job_id, "--json")
+    assert '"state": "cancelled"' in status.stdout
