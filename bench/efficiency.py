@@ -19,6 +19,7 @@ from app.celery import app
 from app.models import load_causal_lm, load_tokenizer
 from bench.cluster import Cluster
 from bench.common import batches, dataset, models, samples
+from storage import checkpoints
 from storage.cache import CacheReader
 
 BATCH = 16
@@ -145,7 +146,9 @@ def measure_student(root: Path, cluster: Cluster, job: Any, repeats: int) -> dic
     student_runs, inner, bare_s = [], [], []
     for _ in range(repeats):
         live.reset_attempts(r, job.id)
+        checkpoints.drop_round(job.paths, "s", 1)  # else the replica finds its delta and skips
         res, wall = _timed(app.signature("distillq.train_replica", args=(job.id, "s", 1, 0)))
+        assert "skipped" not in res, res
         student_runs.append(res["tokens"] / wall)
         inner.append(res["tokens_per_s"])
         bare_s.append(bare_student(root, job.paths.shard(1)))
