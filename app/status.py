@@ -75,6 +75,7 @@ def job_status(job: Job, redis_client: Any | None = None) -> dict[str, Any]:
         "tracks": tracks,
         "teacher_eval": job.paths.teacher_eval.exists() if job.spec.has_teacher else None,
         "failures": failures,
+        "data": job.info.get("data", {}),  # skipped lines and truncated records, from enqueue
         "report": str(job.paths.report) if done else None,
         "at": time.time(),
     }

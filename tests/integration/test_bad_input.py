@@ -78,6 +78,8 @@ def test_malformed_json_line_is_named_and_can_be_skipped_with_a_count(
     assert "skipped 2 bad dataset line(s): 3, 13" in out
     assert job.info["data"]["skipped_lines"] == 2 and job.split.n_records == 11
     assert job.index[:, 0].tolist() == [1, 2, *list(range(4, 13))]
+    status = json.loads(run_cli(settings, "status", job.id, "--json").stdout)
+    assert status["data"]["skipped_lines"] == 2
 
 
 def test_record_without_its_fields_names_the_line_and_the_accepted_shapes(
