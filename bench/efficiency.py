@@ -8,6 +8,8 @@ loss, optimizer and checkpoint write (student). Each side is warmed up once firs
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -146,7 +148,14 @@ def measure_student(root: Path, cluster: Cluster, job: Any, repeats: int) -> dic
     student_runs, inner, bare_s = [], [], []
     for _ in range(repeats):
         live.reset_attempts(r, job.id)
-        checkpoints.drop_round(job.paths, "s", 1)  # else the replica finds its delta and skips
+        # The same replica again, as a job runs it (from the version that merged shard 0, with
+        # its optimizer state): without this it finds its delta, or the merge of shard 1 that
+        # the teacher's landing launched, on storage and returns at once.
+        checkpoints.drop_round(job.paths, "s", 1)
+        for v in checkpoints.versions(job.paths, "s"):
+            d = job.paths.global_version("s", v)
+            if 1 in json.loads((d / "meta.json").read_text())["merged_shards"]:
+                shutil.rmtree(d)
         res, wall = _timed(app.signature("distillq.train_replica", args=(job.id, "s", 1, 0)))
         assert "skipped" not in res, res
         student_runs.append(res["tokens"] / wall)
@@ -166,7 +175,6 @@ def measure_student(root: Path, cluster: Cluster, job: Any, repeats: int) -> dic
 def main() -> None:
     """``python -m bench.efficiency [--teacher-only]``: this part of ``make bench`` alone."""
     import argparse
-    import json
     import tempfile
 
     from bench.cluster import cluster

@@ -48,6 +48,7 @@ def write_plot(r: dict[str, Any], path: Path) -> None:
         [int(k) for k in ks],
         [c["k"][k]["bytes_per_position"] for k in ks],
         "o-",
+        color="C0",
         label="bytes / position",
     )
     ax[1][0].axhline(160, color="C3", ls="--", label="goal at k=64: 160 B")

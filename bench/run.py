@@ -50,7 +50,7 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
 
         step("cache_size", lambda: cache_size.measure(root, n(200)))
         with cluster(root / "cluster") as c:
-            step("efficiency", lambda: efficiency.measure(root, c, n(480)))
+            step("efficiency", lambda: efficiency.measure(root, c, n(480), repeats=5))
             step("overlap", lambda: pipeline.overlap(root, c, n(480)))
             step("scaling", lambda: pipeline.scaling(root, c, n(480)))
         step("offline_vs_online", lambda: online.offline_vs_online(root, n(320)))
