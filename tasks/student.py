@@ -32,8 +32,8 @@ def train_replica(
     if stats.get("skipped") == "regenerate":
         pipeline.regenerate_shard(self.app, job, shard)
     elif n > 1:
-        # An earlier delivery died (or was cancelled on a lost connection), and Celery fails a
-        # chord whose member was terminated: the chord's merge may never come. Storage knows.
+        # An earlier delivery died, or its result never reached Redis: Celery may have failed
+        # the chord, so its merge may never come. Storage knows whether the round is complete.
         pipeline.merge_if_complete(self.app, job, track, shard)
     return stats
 
