@@ -24,7 +24,7 @@ from app.settings import Settings
 from app.status import job_status
 from storage import cache, checkpoints, keys
 from tests.conftest import Workers, run_cli
-from tests.e2e.test_pipeline import enqueue
+from tests.e2e.test_pipeline import enqueue, enqueue_medium
 from workers.redis_server import EmbeddedRedis
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -76,9 +76,7 @@ def test_killed_teacher_node_s_shard_is_handed_back_long_before_the_visibility_t
     s = fast_beats
     doomed = fw.start("teacher", "doomed")
     fw.start("student", "student")
-    job_id = enqueue(
-        s, make_spec(n_records=300, shards=3), f"teacher.model={tiny_models['medium_teacher']}"
-    )
+    job_id = enqueue_medium(s, make_spec, tiny_models, shards=3)
     job = load_job(s.storage, job_id)
     # Mid-shard: the partial file exists under its temporary name only.
     wait_for(lambda: list(job.paths.teacher_dir.glob(".shard-*.tmp")), 120, "a shard mid-write")
@@ -153,9 +151,7 @@ def test_job_completes_across_a_redis_restart(own_redis, tmp_path, make_spec, ti
     try:
         w.start("teacher", "teacher")
         w.start("student", "student")
-        job_id = enqueue(
-            s, make_spec(n_records=300, shards=3), f"teacher.model={tiny_models['medium_teacher']}"
-        )
+        job_id = enqueue_medium(s, make_spec, tiny_models, shards=3)
         job = load_job(s.storage, job_id)
         wait_for(lambda: job.paths.shard_stats(0).exists(), 180, "the first shard")
         own_redis.stop()  # AOF keeps queues, unacked messages and chord state

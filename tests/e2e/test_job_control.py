@@ -12,7 +12,7 @@ from app.status import job_status
 from storage import checkpoints
 from tests.conftest import run_cli
 from tests.e2e.test_faults import all_logs, assert_landed_once, wait_for
-from tests.e2e.test_pipeline import enqueue
+from tests.e2e.test_pipeline import enqueue_medium
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -55,11 +55,7 @@ def test_pause_starts_nothing_new_and_resume_continues_where_it_stopped(
 ):
     workers.start("teacher", "teacher")
     workers.start("student", "student")
-    job_id = enqueue(
-        settings,
-        make_spec(n_records=300, shards=6),
-        f"teacher.model={tiny_models['medium_teacher']}",
-    )
+    job_id = enqueue_medium(settings, make_spec, tiny_models)
     job, r = load_job(settings.storage, job_id), live.client(settings.broker_url)
     wait_for(lambda: job.paths.shard_stats(0).exists(), 180, "the first shard")
     res = run_cli(settings, "pause", job_id)
@@ -84,11 +80,8 @@ def test_pause_starts_nothing_new_and_resume_continues_where_it_stopped(
 
 def test_cancel_stops_running_work_and_says_so(settings, workers, make_spec, tiny_models):
     workers.start("teacher", "teacher")
-    job_id = enqueue(  # one long shard: the cancel lands while it runs
-        settings,
-        make_spec(n_records=400, shards=1),
-        f"teacher.model={tiny_models['medium_teacher']}",
-    )
+    # One long shard: the cancel lands while it runs.
+    job_id = enqueue_medium(settings, make_spec, tiny_models, n_records=400, shards=1)
     job, r = load_job(settings.storage, job_id), live.client(settings.broker_url)
     wait_for(
         lambda: any(s["state"] == "running" for s in job_status(job, r)["shards"]),

@@ -25,6 +25,16 @@ def enqueue(settings, spec_path, *sets: str) -> str:
     return res.stdout.strip().splitlines()[-1]
 
 
+def enqueue_medium(settings, make_spec, tiny_models, n_records: int = 300, shards: int = 6) -> str:
+    """A job with the heavier teacher: its shards take seconds, so work can be watched, paused
+    or killed while it runs."""
+    return enqueue(
+        settings,
+        make_spec(n_records=n_records, shards=shards),
+        f"teacher.model={tiny_models['medium_teacher']}",
+    )
+
+
 def test_three_shard_job_completes_with_both_workers(settings, make_spec, workers):
     workers.start("teacher", "teacher")
     workers.start("student", "student")
@@ -80,11 +90,7 @@ def test_students_start_before_the_last_teacher_shard_is_done(
     workers.start("teacher", "teacher")
     workers.start("student", "student")
     # A heavier teacher and more shards: teacher work must outlast a student's start-up.
-    job_id = enqueue(
-        settings,
-        make_spec(n_records=300, shards=6),
-        f"teacher.model={tiny_models['medium_teacher']}",
-    )
+    job_id = enqueue_medium(settings, make_spec, tiny_models)
     # Live progress while it runs: a shard's samples/tokens, a replica's step/loss/throughput.
     from app import live
     from app.status import job_status
