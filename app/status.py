@@ -10,7 +10,8 @@ from typing import Any
 from app import control, live
 from app.job_store import Job
 from storage.atomic import read_json
-from tasks.pipeline import merged_shards, teacher_key
+from storage.checkpoints import merged_shards
+from tasks.pipeline import teacher_key
 
 
 def job_status(job: Job, redis_client: Any | None = None) -> dict[str, Any]:
@@ -39,7 +40,7 @@ def job_status(job: Job, redis_client: Any | None = None) -> dict[str, Any]:
         shards.append(entry)
     tracks = {}
     for spec in job.spec.students:
-        merged = sorted(merged_shards(job, spec.name))
+        merged = sorted(merged_shards(job.paths, spec.name))
         live_replicas = {k: v for k, v in running.items() if k.startswith(f"replica-{spec.name}-")}
         tracks[spec.name] = {
             "rounds_merged": len(merged),

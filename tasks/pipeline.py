@@ -71,7 +71,7 @@ def advance(app: Celery, job: Job, track: str) -> int | None:
     if control.state(job) != control.RUNNING:
         return None  # paused or cancelled: `resume` calls advance again
     with live.track_lock(_redis(app), job.id, track):
-        merged = merged_shards(job, track)
+        merged = checkpoints.merged_shards(job.paths, track)
         marker = job.paths.round_inflight(track)
         if marker.exists() and read_json(marker)["shard"] not in merged:
             return None
@@ -133,13 +133,9 @@ def _redis(app: Celery) -> Any:
     return live.client(settings_of(app).broker_url)
 
 
-def merged_shards(job: Job, track: str) -> set[int]:
-    return checkpoints.merged_shards(job.paths, track)
-
-
 def ready_to_finalize(job: Job) -> bool:
     everything = set(range(job.n_shards))
-    if any(merged_shards(job, s.name) != everything for s in job.spec.students):
+    if any(checkpoints.merged_shards(job.paths, s.name) != everything for s in job.spec.students):
         return False
     return not job.spec.has_teacher or job.paths.teacher_eval.exists()
 
