@@ -1,4 +1,8 @@
-"""``distillq``: subcommands map to plain functions; user errors print one line and exit 1."""
+"""``distillq``: subcommands map to plain functions; user errors print one line and exit 1.
+
+Imports of the layers below sit inside each command: ``status`` must not pay for torch,
+transformers and peft, which only some commands need (bench/cli_latency.py measures it).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.errors import DistillqError
-from app.settings import Settings
-
-EXIT_FAILED, EXIT_TIMEOUT = 1, 3
-TERMINAL = ("done", "failed", "cancelled")
+from app.view import EXIT_FAILED, EXIT_TIMEOUT
+from core.settings import Settings
+from errors import DistillqError
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -31,10 +33,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def _ready(s: Settings) -> Settings:
-    from app import live
-    from app.celery import configure
+    from core import broker
+    from tasks.celery_app import configure
 
-    live.ping(s.broker_url)
+    broker.ping(s.broker_url)
     configure(s)
     return s
 
@@ -52,10 +54,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    from app.celery import app
-    from app.job_store import create_job, data_notes
-    from app.jobs import load_spec
+    from core.job import create_job, data_notes
+    from core.spec import load_spec
     from tasks import pipeline
+    from tasks.celery_app import app
 
     # The spec first: fixing a typo in it should not need a running Redis.
     spec = load_spec(Path(args.spec), args.set)
@@ -73,87 +75,69 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 
 
 def _job_and_redis(args: argparse.Namespace) -> tuple[Any, Any]:
-    from app import live
-    from app.job_store import load_job
+    from core import broker
+    from core.job import load_job
 
     s = settings_from(args)
     job = load_job(s.storage, args.job)
     try:
-        live.ping(s.broker_url)
-        return job, live.client(s.broker_url)
+        broker.ping(s.broker_url)
+        return job, broker.client(s.broker_url)
     except DistillqError:
         return job, None  # storage alone still tells what is done
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from app.status import dumps, job_status, render
+    from app.view import dumps, render
+    from core.status import job_status
 
     job, r = _job_and_redis(args)
     st = job_status(job, r)
     print(dumps(st) if args.json else render(st))
-    return EXIT_FAILED if st["state"] == "failed" else 0
+    return EXIT_FAILED if st.state == "failed" else 0
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from app.status import job_status, render
+    from app.view import follow
+    from core.status import job_status
 
     job, r = _job_and_redis(args)
-    return follow(lambda: job_status(job, r), render, args.interval)
-
-
-def follow(get: Any, render: Any, interval: float, timeout: float | None = None) -> int:
-    """Print progress until the job is done (0), failed (1) or the timeout passes (3)."""
-    tty = sys.stdout.isatty()
-    last, printed_at = "", 0.0
-    deadline = None if timeout is None else time.time() + timeout
-    while True:
-        st = get()
-        text = render(st)
-        # On a terminal, redraw in place; in a log, a new block at most every 10 s.
-        due = tty or time.time() - printed_at >= 10 or st["state"] in TERMINAL
-        if text != last and due:
-            if tty and last:
-                sys.stdout.write(f"\x1b[{last.count(chr(10)) + 1}F\x1b[J")
-            print(text, flush=True)
-            last, printed_at = text, time.time()
-        if st["state"] in TERMINAL:
-            return 0 if st["state"] == "done" else EXIT_FAILED
-        if deadline is not None and time.time() > deadline:
-            return EXIT_TIMEOUT
-        time.sleep(interval)
+    return follow(lambda: job_status(job, r), args.interval, args.timeout)
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    from app.status import job_status
+    from core.status import job_status
 
     job, r = _job_and_redis(args)
     deadline = time.time() + args.timeout
     while True:
         st = job_status(job, r)
-        if st["state"] == "done":
-            print(f"job {job.id} done: {st['report']}")
+        if st.state == "done":
+            print(f"job {job.id} done: {st.report}")
             return 0
-        if st["state"] == "failed":
-            for key, f in st["failures"].items():
-                print(f"job {job.id} failed: {key}: {f['error']}", file=sys.stderr)
+        if st.state == "failed":
+            for key, f in st.failures.items():
+                print(f"job {job.id} failed: {key}: {f.error}", file=sys.stderr)
             return EXIT_FAILED
-        if st["state"] == "cancelled":
+        if st.state == "cancelled":
             print(f"job {job.id} was cancelled", file=sys.stderr)
             return EXIT_FAILED
         if time.time() > deadline:
             print(
-                f"job {job.id} not done after {args.timeout:.0f} s (state {st['state']}); `distillq status {job.id}` shows where it is",
+                f"job {job.id} not done after {args.timeout:.0f} s (state {st.state}); `distillq status {job.id}` shows where it is",
                 file=sys.stderr,
             )
             return EXIT_TIMEOUT
-        time.sleep(1.0)
+        time.sleep(args.interval)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from app import control
-    from app.celery import app
-    from app.job_store import load_job
+    import dataclasses
+
+    from core import control
+    from core.job import load_job
     from tasks import pipeline
+    from tasks.celery_app import app
 
     s = _ready(settings_from(args))
     job = load_job(s.storage, args.job)
@@ -161,7 +145,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     control.set_state(job, control.RUNNING)
     queued = pipeline.resubmit(app, job)
     print(f"job {job.id} resumed (was {was})", file=sys.stderr)
-    print(json.dumps(queued))
+    print(json.dumps(dataclasses.asdict(queued)))
     return 0
 
 
@@ -174,8 +158,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace, new: str, what: str) -> int:
-    from app import control
-    from app.job_store import load_job
+    from core import control
+    from core.job import load_job
 
     s = settings_from(args)
     job = load_job(s.storage, args.job)
@@ -187,12 +171,12 @@ def _stop(args: argparse.Namespace, new: str, what: str) -> int:
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
-    from app import live
+    from core import broker
     from workers.node import list_nodes
 
     s = settings_from(args)
-    live.ping(s.broker_url)
-    nodes = list_nodes(live.client(s.broker_url))
+    broker.ping(s.broker_url)
+    nodes = list_nodes(broker.client(s.broker_url))
     if args.json:
         print(json.dumps(nodes, indent=2))
         return 0
@@ -208,8 +192,8 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from app import report
-    from app.job_store import load_job
+    from core import report
+    from core.job import load_job
 
     s = settings_from(args)
     job = load_job(s.storage, args.job)
@@ -227,7 +211,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from app.job_store import list_jobs
+    from core.job import list_jobs
 
     for j in list_jobs(settings_from(args).storage):
         print(j)
@@ -235,11 +219,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from app.demo import run_demo
+    from app.demo import enqueue_demo, run_demo
 
     if args.enqueue_only:
-        from app.demo import enqueue_demo
-
         print(enqueue_demo(_ready(settings_from(args)), quick=args.quick))
         return 0
     return run_demo(settings_from(args), quick=args.quick)
@@ -260,7 +242,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_flower(args: argparse.Namespace) -> int:
-    from app.celery import app
+    from tasks.celery_app import app
 
     _ready(settings_from(args))
     user = args.user or os.environ.get("DISTILLQ_FLOWER_USER")
@@ -276,21 +258,40 @@ def cmd_flower(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default after its help text."""
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--broker", help="Redis URL (default: $DISTILLQ_BROKER_URL)")
     common.add_argument(
-        "--storage", help="shared storage root (default: $DISTILLQ_STORAGE or ./distillq-data)"
+        "--broker",
+        help="Redis URL; unset: $DISTILLQ_BROKER_URL, else a running `distillq up` cluster's",
+    )
+    common.add_argument(
+        "--storage", help="shared storage root; unset: $DISTILLQ_STORAGE, else ./distillq-data"
     )
     p = argparse.ArgumentParser(
         prog="distillq", description="Distill LLMs over Celery queues on Redis."
     )
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    def add(name: str, fn: Any, help: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, parents=[common], help=help, description=help)
+    def add(name: str, fn: Any, help: str, description: str = "") -> argparse.ArgumentParser:
+        sp = sub.add_parser(
+            name,
+            parents=[common],
+            help=help,
+            description=description or help,
+            formatter_class=_Help,
+        )
         sp.set_defaults(fn=fn)
         return sp
+
+    def job_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("job", help="job id, as `enqueue` printed it (`distillq jobs` lists them)")
+
+    def json_flag(sp: argparse.ArgumentParser, what: str) -> None:
+        sp.add_argument("--json", action="store_true", help=f"print {what} as JSON")
 
     d = add("demo", cmd_demo, "run the bundled demo job end to end on this machine")
     d.add_argument(
@@ -301,13 +302,23 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="prepare the demo on storage and submit it to running workers",
     )
-    u = add("up", cmd_up, "start a local cluster: embedded Redis (unless configured) and N workers")
-    u.add_argument("--workers", type=int, default=2)
-    u.add_argument("--flower-port", type=int, default=5555)
+    u = add(
+        "up",
+        cmd_up,
+        "start a local cluster: embedded Redis (unless configured), N workers and Flower",
+        "Start a local cluster in the background: an embedded Redis unless a broker is "
+        "configured, N workers, and Flower on --flower-port with generated credentials "
+        "(printed). `distillq down` stops it.",
+    )
+    u.add_argument("--workers", type=int, default=2, help="worker processes to start")
+    u.add_argument("--flower-port", type=int, default=5555, help="port of the Flower UI")
     add("down", cmd_down, "stop the local cluster started by `up`")
     w = add("worker", cmd_worker, "run a worker on this node")
     w.add_argument(
-        "-Q", "--queues", help="comma-separated: teacher,student (default by GPU presence)"
+        "-Q",
+        "--queues",
+        help="comma-separated queues in order of preference; unset: teacher,student on a GPU "
+        "node, student,teacher on a CPU node",
     )
     w.add_argument(
         "-c", "--concurrency", type=int, default=1, help="worker processes (one per GPU)"
@@ -316,10 +327,10 @@ def parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=0,
-        help="torch threads per process (default: cores / concurrency)",
+        help="torch threads per process; 0: cores / concurrency",
     )
-    w.add_argument("-n", "--hostname", help="node name (default: queues@host-pid)")
-    w.add_argument("-l", "--loglevel", default="INFO")
+    w.add_argument("-n", "--hostname", help="node name; unset: <queues>@<host>-<pid>")
+    w.add_argument("-l", "--loglevel", default="INFO", help="log level of the worker")
     e = add("enqueue", cmd_enqueue, "submit a job; prints its id on the last line")
     e.add_argument("spec", help="job spec YAML")
     e.add_argument(
@@ -327,17 +338,29 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a spec field, e.g. students.0.lr=1e-4",
+        help="override a spec field, e.g. students.0.lr=1e-4 (repeatable)",
     )
     e.add_argument(
         "--skip-bad-lines",
         action="store_true",
         help="leave out malformed dataset lines (counted) instead of refusing the dataset",
     )
+    st = add("status", cmd_status, "per-shard and per-track state (exit 1 if the job failed)")
+    job_arg(st)
+    json_flag(st, "the status")
+    wa = add("watch", cmd_watch, "live progress until the job ends")
+    job_arg(wa)
+    wa.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    wa.add_argument(
+        "--timeout", type=float, default=None, help="give up after this many seconds (exit 3)"
+    )
+    wt = add("wait", cmd_wait, "block until the job is done; non-zero on failure or timeout")
+    job_arg(wt)
+    wt.add_argument(
+        "--timeout", type=float, default=3600.0, help="give up after this many seconds (exit 3)"
+    )
+    wt.add_argument("--interval", type=float, default=1.0, help="seconds between checks")
     for name, fn, help in [
-        ("status", cmd_status, "per-shard and per-track state"),
-        ("watch", cmd_watch, "live progress until the job ends"),
-        ("wait", cmd_wait, "block until the job is done; non-zero on failure or timeout"),
         (
             "resume",
             cmd_resume,
@@ -345,22 +368,20 @@ def parser() -> argparse.ArgumentParser:
         ),
         ("pause", cmd_pause, "start no new work for the job (running tasks finish)"),
         ("cancel", cmd_cancel, "stop the job: running tasks stop at their next batch"),
-        ("report", cmd_report, "rewrite and print a finished job's report"),
     ]:
-        sp = add(name, fn, help)
-        sp.add_argument("job")
-        sp.add_argument("--json", action="store_true")
-        sp.add_argument("--timeout", type=float, default=3600.0)
-        sp.add_argument("--interval", type=float, default=1.0)
+        job_arg(add(name, fn, help))
+    rp = add("report", cmd_report, "rewrite and print a finished job's report")
+    job_arg(rp)
+    json_flag(rp, "the report")
     n = add("nodes", cmd_nodes, "registered worker nodes and their resources")
-    n.add_argument("--json", action="store_true")
+    json_flag(n, "the nodes")
     add("jobs", cmd_jobs, "list jobs on storage")
     f = add("flower", cmd_flower, "Flower UI on the configured broker (credentials required)")
-    f.add_argument("--port", type=int, default=5555)
-    f.add_argument("--address", default="127.0.0.1")
-    f.add_argument("--user")
-    f.add_argument("--password")
-    f.add_argument("--no-auth", action="store_true")
+    f.add_argument("--port", type=int, default=5555, help="port to listen on")
+    f.add_argument("--address", default="127.0.0.1", help="address to listen on")
+    f.add_argument("--user", help="basic-auth user; unset: $DISTILLQ_FLOWER_USER")
+    f.add_argument("--password", help="basic-auth password; unset: $DISTILLQ_FLOWER_PASSWORD")
+    f.add_argument("--no-auth", action="store_true", help="no credentials (only on a trusted host)")
     return p
 
 

@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from app import demo_models
-from app.settings import Settings
+from core.settings import Settings
+from storage.layout import models_root
 
 DEMO_RECORDS, QUICK_RECORDS = 2400, 240
 
 
 def demo_spec(storage: Path, records: int) -> dict[str, Any]:
-    models = storage / "models"
+    models = models_root(storage)
     student = {
         "model": str(models / "demo-student"),
         "peft": {"method": "full"},
@@ -57,7 +58,7 @@ def prepare(storage: Path, records: int) -> dict[str, Any]:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the demo draws its own progress
-    models = storage / "models"
+    models = models_root(storage)
     teacher = models / "demo-teacher"
     if not (teacher / "config.json").exists():
         if not (demo_models.TEACHER_ASSET / "config.json").exists():
@@ -75,10 +76,10 @@ def prepare(storage: Path, records: int) -> dict[str, Any]:
 
 def enqueue_demo(settings: Settings, quick: bool = False) -> str:
     """Prepare the demo on storage and submit it to whatever workers are running (compose)."""
-    from app.celery import app
-    from app.job_store import create_job
-    from app.jobs import spec_from_dict
+    from core.job import create_job
+    from core.spec import spec_from_dict
     from tasks import pipeline
+    from tasks.celery_app import app
 
     storage = settings.storage.resolve()
     job = create_job(
@@ -99,13 +100,15 @@ def _wait_for_nodes(redis_client: Any, n: int, procs: list[Any], timeout: float 
 
 
 def run_demo(settings: Settings, quick: bool = False) -> int:
-    from app import live, report
-    from app.celery import app, configure
-    from app.cli import follow
-    from app.job_store import create_job
-    from app.jobs import spec_from_dict
-    from app.status import job_status, render
+    # Imported here, not at the top: `distillq --help` and every other command load this
+    # module's parent CLI without paying for torch, Celery and the worker launcher.
+    from app.view import follow
+    from core import broker, report
+    from core.job import create_job
+    from core.spec import spec_from_dict
+    from core.status import job_status
     from tasks import pipeline
+    from tasks.celery_app import app, configure
     from workers.launch import spawn_worker, stop_process_group
     from workers.redis_server import EmbeddedRedis
 
@@ -117,7 +120,7 @@ def run_demo(settings: Settings, quick: bool = False) -> int:
             redis = stack.enter_context(EmbeddedRedis(storage / "redis"))
             settings = settings.with_(broker_url=redis.url)
             print(f"embedded Redis at {redis.url}")
-        live.ping(settings.broker_url)
+        broker.ping(settings.broker_url)
         configure(settings)
         print(
             "preparing demo models and data (made from this Python's stdlib, nothing downloaded)..."
@@ -141,14 +144,14 @@ def run_demo(settings: Settings, quick: bool = False) -> int:
         ]
         for p in procs:
             stack.callback(stop_process_group, p)
-        _wait_for_nodes(live.client(settings.broker_url), 2, procs)
+        _wait_for_nodes(broker.client(settings.broker_url), 2, procs)
         job = create_job(storage, spec)
         pipeline.submit(app, job)
         print(
             f"job {job.id}: {job.n_shards} shards, {job.split.n_records} records, workers: teacher + student"
         )
-        r = live.client(settings.broker_url)
-        code = follow(lambda: job_status(job, r), render, interval=1.0, timeout=1800)
+        r = broker.client(settings.broker_url)
+        code = follow(lambda: job_status(job, r), interval=1.0, timeout=1800)
         if code != 0:
             print(f"demo job did not finish (exit {code}); worker logs: {logs}", file=sys.stderr)
             return code

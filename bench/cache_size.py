@@ -9,8 +9,8 @@ import h5py
 import numpy as np
 import torch
 
-from app.models import load_causal_lm, load_tokenizer
 from bench.common import batches, dataset, models, samples
+from core.models import load_causal_lm, load_tokenizer
 from storage.cache import _COMPRESSION, CacheWriter, ShardMeta
 
 KS = (8, 16, 32, 64, 128)

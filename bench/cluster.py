@@ -9,13 +9,13 @@ from typing import Any
 
 import yaml
 
-from app import live
-from app.celery import app, configure
-from app.job_store import Job, create_job, load_job
-from app.jobs import load_spec
-from app.settings import Settings
+from core import broker
+from core.job import Job, create_job, load_job
+from core.settings import Settings
+from core.spec import load_spec
 from storage import keys
 from tasks import pipeline
+from tasks.celery_app import app, configure
 from workers.launch import spawn_worker, stop_process_group
 from workers.redis_server import EmbeddedRedis
 
@@ -37,7 +37,7 @@ class Cluster:
             hostname=f"{name}@bench",
         )
         self.procs[name] = p
-        r = live.client(self.settings.broker_url)
+        r = broker.client(self.settings.broker_url)
         deadline = time.time() + 120
         while not r.exists(keys.node(f"{name}@bench")):
             if time.time() > deadline or p.poll() is not None:

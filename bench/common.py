@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from app import demo_models
-from app.data import Sample, TokenizeStats, pad, tokenize_record
+from core.data import Sample, TokenizeStats, padded, tokenize_record
+from core.models import on_device
 
 
 @functools.lru_cache(maxsize=1)
@@ -46,7 +47,7 @@ def samples(path: Path, tok: Any, max_length: int = 256) -> list[Sample]:
 def batches(samples: list[Sample], batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
     """Right-padded (input_ids, attention_mask, rows, cols, labels), in dataset order."""
     for i in range(0, len(samples), batch_size):
-        yield pad(samples[i : i + batch_size])
+        yield on_device(padded(samples[i : i + batch_size]), "cpu")
 
 
 @contextmanager

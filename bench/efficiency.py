@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from app import live
-from app.celery import app
-from app.models import load_causal_lm, load_tokenizer
 from bench.cluster import Cluster
 from bench.common import batches, dataset, models, samples
+from core import broker, live
+from core.models import load_causal_lm, load_tokenizer
 from storage import checkpoints
 from storage.cache import CacheReader
+from tasks.celery_app import app
 
 BATCH = 16
 
@@ -74,13 +74,16 @@ def bare_student(root: Path, shard_file: Path) -> float:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     with CacheReader(shard_file) as r:
         bs = [r.batch(i, min(i + BATCH, len(r))) for i in range(0, len(r), BATCH)]
-    ids, mask = torch.from_numpy(bs[0].input_ids), torch.from_numpy(bs[0].attention_mask)
+    ids, mask = (
+        torch.from_numpy(bs[0].padded.input_ids),
+        torch.from_numpy(bs[0].padded.attention_mask),
+    )
     model(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
     opt.zero_grad()
     t = time.perf_counter()
     tokens = 0
     for b in bs:
-        ids, mask = torch.from_numpy(b.input_ids), torch.from_numpy(b.attention_mask)
+        ids, mask = torch.from_numpy(b.padded.input_ids), torch.from_numpy(b.padded.attention_mask)
         labels = ids.masked_fill(mask == 0, -100)
         model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -91,8 +94,8 @@ def bare_student(root: Path, shard_file: Path) -> float:
 
 
 def build_student(root: Path) -> Any:
-    from app.jobs import StudentSpec
-    from app.student import build
+    from core.spec import StudentSpec
+    from core.student import build
 
     return build(StudentSpec(name="s", model=models(root)["student"], peft={"method": "full"}))
 
@@ -122,7 +125,7 @@ def measure_teacher(root: Path, cluster: Cluster, job: Any, repeats: int) -> dic
     cluster.worker("teacher", "teacher")
     _timed(app.signature("distillq.teacher_shard", args=(job.id, 0)))  # warm-up: model load
     teacher_runs, bare_t = [], []
-    r = live.client(cluster.settings.broker_url)
+    r = broker.client(cluster.settings.broker_url)
     for _ in range(repeats):
         live.reset_attempts(r, job.id)  # deliberate repeats of one task, not redeliveries
         job.paths.shard(1).unlink(missing_ok=True)
@@ -142,7 +145,7 @@ def measure_teacher(root: Path, cluster: Cluster, job: Any, repeats: int) -> dic
 
 def measure_student(root: Path, cluster: Cluster, job: Any, repeats: int) -> dict[str, Any]:
     """Replica task on shard 1 (its cache written by :func:`measure_teacher`) vs bare CE."""
-    r = live.client(cluster.settings.broker_url)
+    r = broker.client(cluster.settings.broker_url)
     cluster.worker("student", "student")
     _timed(app.signature("distillq.train_replica", args=(job.id, "s", 0, 0)))  # warm-up
     student_runs, inner, bare_s = [], [], []

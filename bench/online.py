@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.evaluate import eval_loss
-from app.losses import kd_loss
-from app.models import load_causal_lm, load_tokenizer
-from app.student import lr_at, target_logits
-from app.teacher import score_batch
 from bench.common import batches, dataset, models, samples
 from bench.efficiency import BATCH, build_student
+from core.evaluate import eval_loss
+from core.losses import kd_loss
+from core.models import load_causal_lm, load_tokenizer
+from core.student import lr_at, target_logits
+from core.teacher import score_batch
 from storage.cache import CacheReader, CacheWriter, ShardMeta
 
 ALPHA, K = 0.1, 64
@@ -49,7 +49,7 @@ def train(
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=3e-3)
     total = epochs * math.ceil(len(train_set) / BATCH)
-    from app.jobs import StudentSpec
+    from core.spec import StudentSpec
 
     sched = StudentSpec(name="s", model="m", lr=3e-3, warmup_steps=10)
     out, step, t, excluded = {}, 0, time.perf_counter(), 0.0
@@ -67,7 +67,7 @@ def train(
             step += 1
         if epoch in eval_at:
             e0 = time.perf_counter()
-            loss_e = eval_loss(student, eval_set)["loss"]
+            loss_e = eval_loss(student, eval_set).loss
             excluded += time.perf_counter() - e0
             out[epoch] = {"train_s": time.perf_counter() - t - excluded, "heldout": loss_e}
     return out

@@ -57,10 +57,9 @@ def _round_overhead(job: Any) -> dict[str, Any]:
     ckpt = checkpoints.latest(job.paths, "s")
     assert ckpt is not None
     rows = []
-    for rd in ckpt.meta["rounds"]:
-        rep = rd["replicas"][0]
-        wall = rd["merged_at"] - rd["queued_at"]
-        rows.append((wall, rep["seconds"]))
+    for rd in ckpt.meta.rounds:
+        assert rd.queued_at is not None
+        rows.append((rd.merged_at - rd.queued_at, rd.replicas[0].seconds))
     walls = sum(w for w, _ in rows)
     train = sum(s for _, s in rows)
     return {

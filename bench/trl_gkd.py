@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from app.evaluate import eval_loss
 from bench.efficiency import BATCH, build_student
 from bench.online import split
+from core.evaluate import eval_loss
 
 
 def measure(root: Path, records: int = 320, epochs: tuple[int, ...] = (1, 2, 4)) -> dict[str, Any]:
@@ -26,8 +26,8 @@ def measure(root: Path, records: int = 320, epochs: tuple[int, ...] = (1, 2, 4))
     from transformers import TrainerCallback
     from trl.experimental.gkd import GKDConfig, GKDTrainer  # experimental in TRL 1.x
 
-    from app.models import load_tokenizer
     from bench.common import models
+    from core.models import load_tokenizer
 
     torch.set_num_threads(1)
     teacher, train_set, eval_set = split(root, records)
@@ -51,7 +51,7 @@ def measure(root: Path, records: int = 320, epochs: tuple[int, ...] = (1, 2, 4))
             if epoch in epochs:
                 train_s = time.perf_counter() - start[0] - start[1]
                 t = time.perf_counter()
-                loss = eval_loss(model, eval_set)["loss"]
+                loss = eval_loss(model, eval_set).loss
                 start[1] += time.perf_counter() - t
                 marks[epoch] = {"train_s": round(train_s, 1), "heldout": round(loss, 4)}
                 model.train()

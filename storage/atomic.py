@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from app.errors import StorageFull
+from errors import StorageFull
 
 FILE_MODE, DIR_MODE = 0o644, 0o755
 

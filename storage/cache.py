@@ -1,4 +1,4 @@
-"""Teacher cache shards: HDF5 files in the ``distillq.teacher/2`` format (DESIGN §4).
+"""Teacher cache shards: HDF5 files in the ``distillq.teacher/2`` format (docs/DESIGN.md).
 
 | dataset               | dtype         | shape  | meaning                                       |
 |-----------------------|---------------|--------|-----------------------------------------------|
@@ -17,9 +17,12 @@ descending; negative float16 bit patterns then ascend, so the differences are sm
 gzip packs a log-prob into ~6.5 bits instead of ~9 (bench/NOTES.md). Format
 ``distillq.teacher/1`` (plain float16 ``target_logprobs``) is still read.
 
-Writing streams batch by batch into resizable, chunked, shuffle+gzip datasets, hashing each
-dataset as it grows; the file appears under its final name only when complete, and a sidecar
-JSON (file sha256, counts) written after it is what marks the shard as done. Readers slice
+Writing streams batch by batch into resizable, chunked, shuffle+gzip datasets; the file
+appears under its final name only when complete, and a sidecar JSON (``ShardStats``: file
+sha256, size, counts) written after it is what marks the shard as done. Training checks the
+file against that sha256 before it reads a shard (``verified``). Files written before this
+version also carry a per-dataset ``sha256`` attribute; nothing reads it (the file's own hash
+covers every dataset). Readers slice
 targets per batch, so memory stays flat however large a shard is.
 """
 
@@ -27,8 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from app.errors import CacheError
-from storage.atomic import atomic_path, write_json
+from errors import CacheError
+from storage import records
+from storage.atomic import atomic_path
+from storage.padding import Padded, pad
+from storage.records import ShardStats
 
 FORMAT = "distillq.teacher/2"
 READABLE_FORMATS = ("distillq.teacher/1", FORMAT)
@@ -73,7 +77,7 @@ def file_sha256(path: Path) -> str:
 
 
 class _Appender:
-    """A 1-D or 2-D dataset that grows along axis 0 and hashes what is appended."""
+    """A 1-D or 2-D dataset that grows along axis 0."""
 
     def __init__(self, f: h5py.File, name: str, dtype: np.dtype, width: int | None) -> None:
         shape = (0,) if width is None else (0, width)
@@ -82,13 +86,12 @@ class _Appender:
         if width == 0:
             # No teacher (data_parallel): the target datasets exist, empty, for the format's sake.
             self.ds = f.create_dataset(name, shape=(0, 0), dtype=dtype)
-            self.dtype, self.sha, self.n = dtype, hashlib.sha256(), 0
+            self.dtype, self.n = dtype, 0
             return
         self.ds = f.create_dataset(
             name, shape=shape, maxshape=maxshape, dtype=dtype, chunks=chunks, **_COMPRESSION
         )
         self.dtype = dtype
-        self.sha = hashlib.sha256()
         self.n = 0
 
     def append(self, values: np.ndarray) -> None:
@@ -97,7 +100,6 @@ class _Appender:
             return
         self.ds.resize(self.n + len(values), axis=0)
         self.ds[self.n : self.n + len(values)] = values
-        self.sha.update(values.tobytes())
         self.n += len(values)
 
 
@@ -162,14 +164,6 @@ class CacheWriter:
             if exc_type is None:
                 offsets = np.asarray(self._offsets, dtype=np.int64)
                 self._f.create_dataset("sample_offsets", data=offsets, **_COMPRESSION)
-                shas = {
-                    "input_ids": self._input_ids.sha.hexdigest(),
-                    "sample_offsets": hashlib.sha256(offsets.tobytes()).hexdigest(),
-                    "record_ids": self._record_ids.sha.hexdigest(),
-                    "target_positions": self._positions.sha.hexdigest(),
-                    "target_ids": self._ids.sha.hexdigest(),
-                    "target_logprobs_delta": self._logprobs.sha.hexdigest(),
-                }
                 m = self.meta
                 attrs = {
                     "format": FORMAT,
@@ -181,7 +175,6 @@ class CacheWriter:
                     "teacher_fingerprint": m.teacher_fingerprint,
                     "tokenizer_fingerprint": m.tokenizer_fingerprint,
                     "record_range": list(m.record_range),
-                    "sha256": json.dumps(shas, sort_keys=True),
                 }
                 self._f.attrs.update(attrs)
             self._f.close()
@@ -203,37 +196,35 @@ class CacheWriter:
         }
 
 
-def write_stats(path: Path, shard_file: Path, stats: dict[str, Any]) -> dict[str, Any]:
-    """Write the sidecar that marks a shard as done: file sha256 + size + ``stats``."""
-    record = {**stats, "sha256": file_sha256(shard_file), "bytes": shard_file.stat().st_size}
-    write_json(path, record)
+def write_stats(path: Path, shard_file: Path, **fields: Any) -> ShardStats:
+    """Write the sidecar that marks a shard as done: ``fields`` + the file's sha256 and size."""
+    record = ShardStats(**fields, sha256=file_sha256(shard_file), bytes=shard_file.stat().st_size)
+    records.write(path, record)
     return record
 
 
-def verified(shard_file: Path, stats_file: Path) -> dict[str, Any] | None:
+def read_stats(path: Path) -> ShardStats:
+    return records.read(ShardStats, path)
+
+
+def verified(shard_file: Path, stats_file: Path) -> ShardStats | None:
     """The sidecar record if the shard file exists and matches it, else None."""
     if not (shard_file.exists() and stats_file.exists()):
         return None
     try:
-        record = json.loads(stats_file.read_text())
-    except (OSError, json.JSONDecodeError):
+        record = read_stats(stats_file)
+    except (OSError, ValueError, CacheError):
         return None
-    if record.get("bytes") != shard_file.stat().st_size or record.get("sha256") != file_sha256(
-        shard_file
-    ):
+    if record.bytes != shard_file.stat().st_size or record.sha256 != file_sha256(shard_file):
         return None
-    return dict(record)
+    return record
 
 
-@dataclass
+@dataclass(frozen=True)
 class Batch:
     """Samples ``[first, last)`` of a shard, padded; targets for the positions that carry them."""
 
-    input_ids: np.ndarray  # [B, L] int64, padded with 0
-    attention_mask: np.ndarray  # [B, L] int64
-    rows: np.ndarray  # [P] batch row of each target position
-    cols: np.ndarray  # [P] column (position within the sample) of each target position
-    labels: np.ndarray  # [P] the next token at each target position (hard label)
+    padded: Padded
     target_ids: np.ndarray | None  # [P, k] int64
     target_logprobs: np.ndarray | None  # [P, k] float32
 
@@ -254,7 +245,6 @@ class CacheReader:
         self.attrs = dict(self._f.attrs)
         self.input_ids = self._f["input_ids"][:]
         self.offsets = self._f["sample_offsets"][:]
-        self.record_ids = self._f["record_ids"][:]
         self.positions = self._f["target_positions"][:]
         self.k = int(self.attrs["k"])
 
@@ -278,20 +268,17 @@ class CacheReader:
         lo, hi = self.offsets[first], self.offsets[last]
         p0, p1 = np.searchsorted(self.positions, [lo, hi])
         pos = self.positions[p0:p1]
-        lengths = np.diff(self.offsets[first : last + 1])
-        ids = np.zeros((last - first, int(lengths.max())), dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for i, j in enumerate(range(first, last)):
-            ids[i, : lengths[i]] = self.sample_ids(j)
-            mask[i, : lengths[i]] = 1
-        rows = np.searchsorted(self.offsets[first : last + 1], pos, side="right") - 1
-        cols = pos - self.offsets[first + rows]
-        labels = self.input_ids[pos + 1].astype(np.int64)
+        starts = self.offsets[first : last + 1]
+        rows = np.searchsorted(starts, pos, side="right") - 1
+        padded = pad(
+            [self.sample_ids(j) for j in range(first, last)],
+            [pos[rows == i] - starts[i] for i in range(last - first)],
+        )
         t_ids = t_lp = None
         if self.k:
             t_ids = self._f["target_ids"][p0:p1].astype(np.int64)
             t_lp = self._logprobs(p0, p1).astype(np.float32)
-        return Batch(ids, mask, rows.astype(np.int64), cols.astype(np.int64), labels, t_ids, t_lp)
+        return Batch(padded, t_ids, t_lp)
 
     def _logprobs(self, p0: int, p1: int) -> np.ndarray:
         """Teacher log-probs of target positions [p0, p1) as float16 [p1 - p0, k]."""
@@ -306,21 +293,3 @@ class CacheReader:
         starts = list(range(samples.start, samples.stop, batch_size))
         for b in order if order is not None else range(len(starts)):
             yield self.batch(starts[b], min(starts[b] + batch_size, samples.stop))
-
-    def check_dataset_hashes(self) -> None:
-        """Recompute every dataset's sha256 against the file's attributes. Raises CacheError."""
-        expected = json.loads(self.attrs["sha256"])
-        for name, sha in expected.items():
-            ds = self._f[name]
-            h = hashlib.sha256()
-            step = CHUNK_ROWS * 16
-            for i in range(0, ds.shape[0], step):
-                h.update(np.ascontiguousarray(ds[i : i + step]).tobytes())
-            if h.hexdigest() != sha:
-                raise CacheError(
-                    f"teacher cache {self.path}: dataset {name} fails its checksum; resume regenerates it"
-                )
-
-
-def size_on_disk(path: Path) -> int:
-    return os.stat(path).st_size

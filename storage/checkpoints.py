@@ -9,17 +9,22 @@ Tensors are safetensors (no pickle); optimizer state is ``torch.save``d and read
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file, save_file
-
-from storage.atomic import atomic_dir, atomic_path, write_json
+from storage import records
+from storage.atomic import atomic_dir, atomic_path
 from storage.layout import JobPaths
+from storage.records import CheckpointMeta, ReplicaStats
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and safetensors are imported where tensors are read or written, not at the top:
+# `distillq status` reads checkpoint metadata here and must not pay a second for torch.
 
 KEEP_VERSIONS = 3  # older global versions are pruned; the newest few allow a look back
 
@@ -28,9 +33,11 @@ KEEP_VERSIONS = 3  # older global versions are pruned; the newest few allow a lo
 class Checkpoint:
     version: int
     dir: Path
-    meta: dict[str, Any]
+    meta: CheckpointMeta
 
     def params(self) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
         return load_file(self.dir / "params.safetensors")
 
     def optimizer(self) -> dict[str, Any] | None:
@@ -40,6 +47,8 @@ class Checkpoint:
 def _load_optimizer(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -59,13 +68,13 @@ def latest(paths: JobPaths, track: str) -> Checkpoint | None:
     if not vs:
         return None
     d = paths.global_version(track, vs[-1])
-    return Checkpoint(vs[-1], d, json.loads((d / "meta.json").read_text()))
+    return Checkpoint(vs[-1], d, records.read(CheckpointMeta, d / "meta.json"))
 
 
 def merged_shards(paths: JobPaths, track: str) -> set[int]:
     """Shards whose round is folded into the track's latest version."""
     ckpt = latest(paths, track)
-    return set(ckpt.meta["merged_shards"]) if ckpt else set()
+    return set(ckpt.meta.merged_shards) if ckpt else set()
 
 
 def write_version(
@@ -74,16 +83,19 @@ def write_version(
     version: int,
     params: dict[str, torch.Tensor],
     optimizer: dict[str, Any] | None,
-    meta: dict[str, Any],
+    meta: CheckpointMeta,
 ) -> Checkpoint:
     """Publish ``v{version}``; FileExistsError if another writer published it first."""
+    import torch
+    from safetensors.torch import save_file
+
     final = paths.global_version(track, version)
-    meta = {**meta, "version": version}
+    meta = dataclasses.replace(meta, version=version)
     with atomic_dir(final) as tmp:
         save_file({k: v.contiguous() for k, v in params.items()}, tmp / "params.safetensors")
         if optimizer is not None:
             torch.save(optimizer, tmp / "optimizer.pt")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        records.write(tmp / "meta.json", meta)
     for old in versions(paths, track)[:-KEEP_VERSIONS]:
         shutil.rmtree(paths.global_version(track, old), ignore_errors=True)
     return Checkpoint(version, final, meta)
@@ -96,25 +108,30 @@ def write_replica(
     replica: int,
     delta: dict[str, torch.Tensor],
     optimizer: dict[str, Any],
-    stats: dict[str, Any],
+    stats: ReplicaStats,
 ) -> None:
     """Save a replica's delta and optimizer state; ``stats.json`` last marks it complete."""
+    import torch
+    from safetensors.torch import save_file
+
     d = paths.replica_dir(track, shard, replica)
     with atomic_path(d / "delta.safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in delta.items()}, tmp)
     with atomic_path(d / "optimizer.pt") as tmp:
         torch.save(optimizer, tmp)
-    write_json(d / "stats.json", stats)
+    records.write(d / "stats.json", stats)
 
 
-def replica_stats(paths: JobPaths, track: str, shard: int, replica: int) -> dict[str, Any] | None:
+def replica_stats(paths: JobPaths, track: str, shard: int, replica: int) -> ReplicaStats | None:
     f = paths.replica_dir(track, shard, replica) / "stats.json"
-    return json.loads(f.read_text()) if f.exists() else None
+    return records.read(ReplicaStats, f) if f.exists() else None
 
 
 def load_replica(
     paths: JobPaths, track: str, shard: int, replica: int
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    from safetensors.torch import load_file
+
     d = paths.replica_dir(track, shard, replica)
     return load_file(d / "delta.safetensors"), _load_optimizer(d / "optimizer.pt")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import time
 import traceback
@@ -12,11 +13,13 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
-from app import control, live
-from app.celery import settings_of
-from app.errors import DistillqError, JobStopped
-from app.job_store import Job, load_job
-from storage.atomic import write_json
+from core import broker, control, live
+from core.job import Job, load_job
+from errors import DistillqError, JobStopped
+from storage import records
+from storage.records import FailureRecord, Progress
+from storage.taskkeys import TaskKey
+from tasks.celery_app import settings_of
 
 log = logging.getLogger(__name__)
 
@@ -31,24 +34,30 @@ class GaveUp(DistillqError):
 
 
 class JobTask(Task):
-    """Base of distillq tasks; ``task_key`` names the logical unit of work for records."""
+    """Base of distillq tasks.
+
+    Each task sets ``work_key``, a function with the task's own parameters that returns the
+    ``TaskKey`` of the work they name (passed to ``app.task(work_key=staticmethod(...))``).
+    """
 
     abstract = True
     max_retries = None  # attempt() enforces Settings.max_attempts across every kind of retry
+    work_key: Callable[..., TaskKey]
 
     def job(self, job_id: str) -> Job:
         return load_job(settings_of(self.app).storage, job_id)
 
     def redis(self) -> Any:
-        return live.client(settings_of(self.app).broker_url)
+        return broker.client(settings_of(self.app).broker_url)
 
     @contextlib.contextmanager
-    def attempt(self, job: Job, key: str, *, pausable: bool = True) -> Iterator[int]:
+    def attempt(self, job: Job, work: TaskKey, *, pausable: bool = True) -> Iterator[int]:
         """Run one delivery of ``key``: parked if the job is paused (``pausable``) or cancelled;
         refused past ``max_attempts``; retried with backoff on an unexpected error; failed at
         once on a DistillqError (bad data, full disk: another try would fail the same way).
         Yields the attempt number."""
         s = settings_of(self.app)
+        key = str(work)
         if control.state(job) == control.CANCELLED or (
             pausable and control.state(job) == control.PAUSED
         ):
@@ -77,9 +86,10 @@ class JobTask(Task):
             live.clear_progress(self.redis(), job.id, key)
         job.paths.failure(key).unlink(missing_ok=True)  # an earlier failure of this work is over
 
-    def progress(self, job: Job, key: str) -> Callable[[dict[str, Any]], None]:
+    def progress(self, job: Job, work: TaskKey) -> Callable[[dict[str, Any]], None]:
         """A callback that publishes progress to Redis, the task state and a task event (Flower)."""
 
+        key = str(work)
         cancelled = control.CancelWatch(job)
         last = [0.0]
 
@@ -89,12 +99,13 @@ class JobTask(Task):
             if now - last[0] < PROGRESS_EVERY:
                 return
             last[0] = now
-            fields = {**fields, "task": key, "at": now}
+            record = Progress(task=key, at=now, **fields)
             try:
-                live.set_progress(self.redis(), job.id, key, fields)
+                live.set_progress(self.redis(), job.id, key, record)
                 if self.request.id:
-                    self.update_state(state="PROGRESS", meta=fields)
-                    self.send_event("task-progress", **fields)
+                    meta = records.to_json(record)
+                    self.update_state(state="PROGRESS", meta=meta)
+                    self.send_event("task-progress", **meta)
             except Exception as e:  # progress is for eyes only: never fail the work over it
                 log.warning("job %s %s: progress not published (%s)", job.id, key, e)
 
@@ -103,25 +114,33 @@ class JobTask(Task):
     def on_failure(
         self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any
     ) -> None:
-        job_id = next((a for a in args if isinstance(a, str)), None)
-        if job_id is None:
-            return
-        with contextlib.suppress(Exception):
+        """Write the failure record `status` shows; if it cannot be written, say so in the log."""
+        try:
+            job_id, key = self.job_and_key(args, kwargs)
             job = self.job(job_id)
-            key = self.key_of(args)
-            write_json(
-                job.paths.failure(key),
-                {
-                    "task": self.name,
-                    "task_id": task_id,
-                    "key": key,
-                    "args": list(args[1:] if isinstance(args[0], list) else args),
-                    "error": f"{type(exc).__name__}: {exc}",
-                    "traceback": traceback.format_exception(exc)[-6:],
-                    "at": time.time(),
-                },
+            records.write(
+                job.paths.failure(str(key)),
+                FailureRecord(
+                    task=self.name,
+                    key=str(key),
+                    error=f"{type(exc).__name__}: {exc}",
+                    at=time.time(),
+                    task_id=task_id,
+                    args=[a for a in args if not isinstance(a, list)],
+                    traceback=traceback.format_exception(exc)[-6:],
+                ),
             )
             log.error("job %s %s failed: %s", job_id, key, exc)
+        except Exception:
+            log.exception(
+                "task %s %s failed (%s: %s) and its failure record could not be written",
+                self.name,
+                task_id,
+                type(exc).__name__,
+                exc,
+            )
 
-    def key_of(self, args: tuple) -> str:
-        return self.name.split(".")[-1]
+    def job_and_key(self, args: tuple, kwargs: dict) -> tuple[str, TaskKey]:
+        """The job id and task key a delivery's arguments name (every task takes ``job_id``)."""
+        bound = inspect.signature(self.run).bind(*args, **kwargs)
+        return str(bound.arguments["job_id"]), self.work_key(*args, **kwargs)

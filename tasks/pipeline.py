@@ -13,29 +13,19 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery, chord
 
-from app import control, live
-from app.celery import settings_of
-from app.job_store import Job
-from storage import cache, checkpoints, keys
-from storage.atomic import create_exclusive, read_json, write_json
+from core import broker, control, live
+from core.job import Job
+from storage import cache, checkpoints, keys, records, taskkeys
+from storage.atomic import create_exclusive
+from storage.records import RoundMarker
+from tasks.celery_app import settings_of
 
 log = logging.getLogger(__name__)
-
-
-def teacher_key(shard: int) -> str:
-    return f"teacher-{shard:05d}"
-
-
-def replica_key(track: str, shard: int, replica: int) -> str:
-    return f"replica-{track}-{shard:05d}-{replica}"
-
-
-def merge_key(track: str, shard: int) -> str:
-    return f"merge-{track}-{shard:05d}"
 
 
 def submit(
@@ -73,10 +63,10 @@ def advance(app: Celery, job: Job, track: str) -> int | None:
     with live.track_lock(_redis(app), job.id, track):
         merged = checkpoints.merged_shards(job.paths, track)
         marker = job.paths.round_inflight(track)
-        if marker.exists() and read_json(marker)["shard"] not in merged:
+        if marker.exists() and records.read(RoundMarker, marker).shard not in merged:
             return None
         ready = [
-            (read_json(job.paths.shard_stats(i))["finished_at"], i)
+            (cache.read_stats(job.paths.shard_stats(i)).finished_at, i)
             for i in range(job.n_shards)
             if i not in merged and job.paths.shard_stats(i).exists()
         ]
@@ -84,7 +74,7 @@ def advance(app: Celery, job: Job, track: str) -> int | None:
             marker.unlink(missing_ok=True)
             return None
         shard = min(ready)[1]
-        write_json(marker, {"shard": shard, "queued_at": time.time()})
+        records.write(marker, RoundMarker(shard=shard, queued_at=time.time()))
         launch_round(app, job, track, shard)
         log.info("job %s track %s: round on shard %d queued", job.id, track, shard)
         return shard
@@ -97,11 +87,11 @@ def merge_if_complete(app: Celery, job: Job, track: str, shard: int) -> bool:
     """
     latest = checkpoints.latest(job.paths, track)
     version = latest.version if latest else 0
-    if latest is not None and shard in latest.meta["merged_shards"]:
+    if latest is not None and shard in latest.meta.merged_shards:
         return False
     replicas = range(job.spec.student(track).replicas)
     stats = [checkpoints.replica_stats(job.paths, track, shard, r) for r in replicas]
-    if not all(s is not None and s["start_version"] == version for s in stats):
+    if not all(s is not None and s.start_version == version for s in stats):
         return False
     app.signature("distillq.merge_round", args=([], job.id, track, shard)).apply_async()
     log.info("job %s track %s shard %d: replicas complete, merge queued", job.id, track, shard)
@@ -113,14 +103,14 @@ def abandon_round(app: Celery, job: Job, track: str, shard: int) -> None:
     round is queued again by ``advance`` once the regenerated shard lands."""
     with live.track_lock(_redis(app), job.id, track):
         marker = job.paths.round_inflight(track)
-        if marker.exists() and read_json(marker)["shard"] == shard:
+        if marker.exists() and records.read(RoundMarker, marker).shard == shard:
             marker.unlink()
     advance(app, job, track)
 
 
 def regenerate_shard(app: Celery, job: Job, shard: int) -> None:
     """Queue the teacher task again for a quarantined shard, with fresh attempts."""
-    _redis(app).delete(keys.attempts(job.id, teacher_key(shard)))
+    _redis(app).delete(keys.attempts(job.id, str(taskkeys.teacher(shard))))
     app.signature("distillq.teacher_shard", args=(job.id, shard)).apply_async()
 
 
@@ -130,7 +120,7 @@ def on_shard_ready(app: Celery, job: Job) -> None:
 
 
 def _redis(app: Celery) -> Any:
-    return live.client(settings_of(app).broker_url)
+    return broker.client(settings_of(app).broker_url)
 
 
 def ready_to_finalize(job: Job) -> bool:
@@ -149,7 +139,17 @@ def maybe_finalize(app: Celery, job: Job) -> bool:
     return False
 
 
-def resubmit(app: Celery, job: Job) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Resubmitted:
+    """What ``resubmit`` queued again; `distillq resume` prints it."""
+
+    teacher_shards: list[int]
+    rounds: dict[str, int | None]
+    teacher_eval: bool
+    finalize: bool
+
+
+def resubmit(app: Celery, job: Job) -> Resubmitted:
     """Rebuild the remaining work from storage alone (after Redis lost its queues).
 
     Failure records are cleared: the work they name is queued again (with fresh attempts).
@@ -162,7 +162,7 @@ def resubmit(app: Celery, job: Job) -> dict[str, Any]:
         for shard in range(job.n_shards)
         if cache.verified(job.paths.shard(shard), job.paths.shard_stats(shard)) is None
     ]
-    rounds = {}
+    rounds: dict[str, int | None] = {}
     for spec in job.spec.students:
         # A round in flight when Redis lost its queue will never merge: start it again.
         job.paths.round_inflight(spec.name).unlink(missing_ok=True)
@@ -173,9 +173,4 @@ def resubmit(app: Celery, job: Job) -> dict[str, Any]:
     if not job.paths.report.exists() and ready_to_finalize(job):
         job.paths.finalize_claim.unlink(missing_ok=True)
         finalize = maybe_finalize(app, job)
-    return {
-        "teacher_shards": todo_teacher,
-        "rounds": rounds,
-        "teacher_eval": need_eval,
-        "finalize": finalize,
-    }
+    return Resubmitted(todo_teacher, rounds, need_eval, finalize)

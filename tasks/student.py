@@ -4,63 +4,70 @@ from __future__ import annotations
 
 from typing import Any
 
-from app import live, merge, stages
-from app.celery import app
+from core import live, merge, stages
+from storage import records, taskkeys
+from storage.records import ReplicaOutcome
+from storage.taskkeys import TaskKey
 from tasks import pipeline
 from tasks.base import JobTask
+from tasks.celery_app import app
 
 
-class StudentTask(JobTask):
-    abstract = True
-
-    def key_of(self, args: tuple) -> str:
-        if self.name.endswith("train_replica"):
-            return pipeline.replica_key(args[1], args[2], args[3])
-        if self.name.endswith("merge_round"):
-            return pipeline.merge_key(args[2], args[3])
-        return "finalize"
+def _replica_key(job_id: str, track: str, shard: int, replica: int) -> TaskKey:
+    return taskkeys.replica(track, shard, replica)
 
 
-@app.task(name="distillq.train_replica", bind=True, base=StudentTask)
+def _merge_key(replicas: list[dict[str, Any]], job_id: str, track: str, shard: int) -> TaskKey:
+    return taskkeys.merge(track, shard)
+
+
+def _finalize_key(job_id: str) -> TaskKey:
+    return taskkeys.FINALIZE
+
+
+@app.task(
+    name="distillq.train_replica", bind=True, base=JobTask, work_key=staticmethod(_replica_key)
+)
 def train_replica(
-    self: StudentTask, job_id: str, track: str, shard: int, replica: int
+    self: JobTask, job_id: str, track: str, shard: int, replica: int
 ) -> dict[str, Any]:
     job = self.job(job_id)
-    key = pipeline.replica_key(track, shard, replica)
+    key = _replica_key(job_id, track, shard, replica)
     with self.attempt(job, key) as n:
-        stats = stages.replica(job, track, shard, replica, self.progress(job, key))
-    if stats.get("skipped") == "regenerate":
+        outcome = stages.replica(job, track, shard, replica, self.progress(job, key))
+    if outcome.skipped == "regenerate":
         pipeline.regenerate_shard(self.app, job, shard)
     elif n > 1:
         # An earlier delivery died, or its result never reached Redis: Celery may have failed
         # the chord, so its merge may never come. Storage knows whether the round is complete.
         pipeline.merge_if_complete(self.app, job, track, shard)
-    return stats
+    return outcome.to_json()
 
 
-@app.task(name="distillq.merge_round", bind=True, base=StudentTask)
+@app.task(name="distillq.merge_round", bind=True, base=JobTask, work_key=staticmethod(_merge_key))
 def merge_round(
-    self: StudentTask, replicas: list[dict[str, Any]], job_id: str, track: str, shard: int
+    self: JobTask, replicas: list[dict[str, Any]], job_id: str, track: str, shard: int
 ) -> dict[str, Any]:
     job = self.job(job_id)
-    if any(r.get("skipped") in ("regenerate", "missing") for r in replicas):
+    outcomes = [ReplicaOutcome.from_json(r) for r in replicas]
+    if any(o.skipped in ("regenerate", "missing") for o in outcomes):
         pipeline.abandon_round(self.app, job, track, shard)
         return {"merged": False, "abandoned": True}
     # Not pausable: its replicas ran already, and merging them is how that work is kept.
     with (
-        self.attempt(job, pipeline.merge_key(track, shard), pausable=False),
+        self.attempt(job, _merge_key(replicas, job_id, track, shard), pausable=False),
         live.track_lock(self.redis(), job_id, track),
     ):
         result = merge.merge_round(job, track, shard)
     pipeline.advance(self.app, job, track)
     pipeline.maybe_finalize(self.app, job)
-    return result
+    return records.to_json(result)
 
 
-@app.task(name="distillq.finalize", bind=True, base=StudentTask)
-def finalize(self: StudentTask, job_id: str) -> dict[str, Any]:
+@app.task(name="distillq.finalize", bind=True, base=JobTask, work_key=staticmethod(_finalize_key))
+def finalize(self: JobTask, job_id: str) -> dict[str, Any]:
     job = self.job(job_id)
-    with self.attempt(job, "finalize"):
+    with self.attempt(job, _finalize_key(job_id)):
         data = stages.finalize(job)
     return {
         "report": str(job.paths.report),

@@ -1,38 +1,47 @@
-"""Tasks of the ``teacher`` queue. Thin: load the job, call app.stages, chain the next step."""
+"""Tasks of the ``teacher`` queue. Thin: load the job, call core.stages, chain the next step."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from app import stages
-from app.celery import app
+from core import stages
+from storage import records, taskkeys
+from storage.taskkeys import TaskKey
 from tasks import pipeline
 from tasks.base import JobTask
+from tasks.celery_app import app
 
 
-class TeacherTask(JobTask):
-    abstract = True
-
-    def key_of(self, args: tuple) -> str:
-        return pipeline.teacher_key(args[1]) if len(args) > 1 else "teacher-eval"
+def _shard_key(job_id: str, shard: int) -> TaskKey:
+    return taskkeys.teacher(shard)
 
 
-@app.task(name="distillq.teacher_shard", bind=True, base=TeacherTask)
-def teacher_shard(self: TeacherTask, job_id: str, shard: int) -> dict[str, Any]:
+def _eval_key(job_id: str) -> TaskKey:
+    return taskkeys.TEACHER_EVAL
+
+
+@app.task(name="distillq.teacher_shard", bind=True, base=JobTask, work_key=staticmethod(_shard_key))
+def teacher_shard(self: JobTask, job_id: str, shard: int) -> dict[str, Any]:
     job = self.job(job_id)
-    key = pipeline.teacher_key(shard)
+    key = _shard_key(job_id, shard)
     with self.attempt(job, key):
-        result = stages.teacher_shard(job, shard, self.progress(job, key))
+        stats, skipped = stages.teacher_shard(job, shard, self.progress(job, key))
     pipeline.on_shard_ready(self.app, job)
     return {
-        k: result[k] for k in ("shard", "sha256", "bytes", "samples", "tokens", "target_positions")
+        "shard": stats.shard,
+        "sha256": stats.sha256,
+        "bytes": stats.bytes,
+        "samples": stats.samples,
+        "tokens": stats.tokens,
+        "target_positions": stats.target_positions,
+        "skipped": skipped,
     }
 
 
-@app.task(name="distillq.teacher_eval", bind=True, base=TeacherTask)
-def teacher_eval(self: TeacherTask, job_id: str) -> dict[str, Any]:
+@app.task(name="distillq.teacher_eval", bind=True, base=JobTask, work_key=staticmethod(_eval_key))
+def teacher_eval(self: JobTask, job_id: str) -> dict[str, Any]:
     job = self.job(job_id)
-    with self.attempt(job, "teacher-eval"):
+    with self.attempt(job, _eval_key(job_id)):
         result = stages.teacher_eval(job)
     pipeline.maybe_finalize(self.app, job)
-    return result
+    return records.to_json(result)

@@ -24,7 +24,7 @@ from app.demo_models import (
     read_text,
     stdlib_files,
 )
-from app.settings import Settings
+from core.settings import Settings
 
 TINY_TEACHER = TinyLlama(hidden=64, layers=2, heads=4, intermediate=128, max_positions=256)
 TINY_STUDENT = TinyLlama(hidden=32, layers=1, heads=2, intermediate=64, max_positions=256)
@@ -111,9 +111,9 @@ def job_with_cache(root: Path, records: list[dict], spec: dict):  # -> app.job_s
     """Create a job from ``spec`` (dataset filled in) and build its whole teacher cache in-process."""
     import yaml
 
-    from app import stages
-    from app.job_store import create_job
-    from app.jobs import load_spec
+    from core import stages
+    from core.job import create_job
+    from core.spec import load_spec
 
     spec = {**spec, "dataset": str(write_jsonl(root / "d.jsonl", records))}
     (root / "job.yaml").write_text(yaml.safe_dump(spec))
@@ -166,10 +166,10 @@ class Workers:
     def wait_ready(self, name: str, proc: subprocess.Popen, timeout: float = 90) -> None:
         import time
 
-        from app import live
+        from core import broker
         from storage import keys
 
-        r = live.client(self.settings.broker_url)
+        r = broker.client(self.settings.broker_url)
         deadline = time.time() + timeout
         while not r.exists(keys.node(f"{name}@test")):
             if time.time() > deadline or proc.poll() is not None:

@@ -14,9 +14,9 @@ import signal
 import time
 from pathlib import Path
 
-from app.errors import DistillqError
-from app.live import redacted
-from app.settings import Settings
+from core.broker import redacted
+from core.settings import Settings
+from errors import DistillqError
 from storage.atomic import write_json
 from workers.launch import spawn_flower, spawn_worker
 from workers.redis_server import EmbeddedRedis

@@ -15,9 +15,9 @@ from typing import Any
 
 from celery import signals
 
-from app import live
-from app.celery import app, configure, settings_of
-from app.settings import Settings
+from core import broker
+from core.settings import Settings
+from tasks.celery_app import app, configure, settings_of
 from workers.node import Heartbeat, node_info
 from workers.reaper import Reaper, record_delivery
 
@@ -62,7 +62,7 @@ def run_worker(
     loglevel: str = "INFO",
 ) -> None:
     """Run a Celery worker in this process until it is stopped (SIGTERM: warm shutdown)."""
-    live.ping(settings.broker_url)
+    broker.ping(settings.broker_url)
     configure(settings)
     app.conf.distillq_worker = {"threads": threads, "queues": queues, "concurrency": concurrency}
     name = hostname or f"{'-'.join(queues)}@{socket.gethostname()}-{os.getpid()}"
@@ -72,8 +72,8 @@ def run_worker(
 @signals.worker_process_init.connect
 def _child_threads(**_: Any) -> None:
     # A forked child must not share the parent's Redis sockets (the heartbeat thread uses them).
-    live.client.cache_clear()
-    live.quick_client.cache_clear()
+    broker.client.cache_clear()
+    broker.quick_client.cache_clear()
     # Each forked child gets its share of the cores: cores / concurrency torch threads.
     import torch
 
@@ -91,7 +91,7 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     w = app.conf.get("distillq_worker", {})
     hostname = getattr(sender, "hostname", None) or socket.gethostname()
     info = node_info(hostname, w.get("queues", []), w.get("concurrency", 1))
-    r = live.quick_client(s.broker_url)
+    r = broker.quick_client(s.broker_url)
     _reaper = Reaper(app, r, hostname)
     with contextlib.suppress(Exception):
         _reaper.recover_own()

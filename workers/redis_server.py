@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from app.errors import BrokerError
+from errors import BrokerError
 
 
 def redis_binary() -> str:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from app.settings import Settings
+from core.settings import Settings
 from tests.conftest import run_cli
 from tests.e2e.test_pipeline import enqueue
 from workers.cluster import alive

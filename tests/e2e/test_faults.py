@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import redis
 
-from app import live
-from app.job_store import Job, load_job
-from app.settings import Settings
-from app.status import job_status
+from core import broker
+from core.job import Job, load_job
+from core.settings import Settings
+from core.status import job_status
 from storage import cache, checkpoints, keys
 from tests.conftest import Workers, run_cli
 from tests.e2e.test_pipeline import enqueue, enqueue_medium
@@ -45,9 +45,9 @@ def assert_landed_once(job: Job, track: str = "s") -> None:
         assert cache.verified(job.paths.shard(i), job.paths.shard_stats(i)), f"shard {i}"
     ckpt = checkpoints.latest(job.paths, track)
     assert ckpt is not None
-    merged = ckpt.meta["merged_shards"]
+    merged = ckpt.meta.merged_shards
     assert sorted(merged) == list(range(job.n_shards)), merged  # no shard twice, none missing
-    assert ckpt.version == job.n_shards == len(ckpt.meta["rounds"])
+    assert ckpt.version == job.n_shards == len(ckpt.meta.rounds)
     leftovers = [p for p in job.paths.root.rglob("*.tmp")]
     assert not leftovers, leftovers
 
@@ -104,7 +104,7 @@ def test_killed_student_mid_replica_round_is_redelivered_and_merged_once(fast_be
     )
     job_id = enqueue(s, make_spec(n_records=120, shards=3))
     job = load_job(s.storage, job_id)
-    r = live.client(s.broker_url)
+    r = broker.client(s.broker_url)
     wait_for(lambda: r.exists(keys.attempts(job_id, "replica-s-00001-0")), 180, "the replica")
     os.killpg(doomed.pid, signal.SIGKILL)
     fw.start("student", "rescuer")
@@ -115,7 +115,7 @@ def test_killed_student_mid_replica_round_is_redelivered_and_merged_once(fast_be
 
 # 3 ───────────────────────────────────────────────────────────────────────────────────────────
 def test_duplicate_teacher_and_merge_deliveries_land_once(settings, workers, make_spec):
-    from app.celery import app, configure
+    from tasks.celery_app import app, configure
 
     configure(settings)
     job_id = enqueue(settings, make_spec(n_records=90, shards=3))
@@ -179,8 +179,8 @@ def test_full_disk_fails_the_job_with_the_path_and_resume_completes_it(
     res = run_cli(settings, "wait", job_id, "--timeout", "180")
     assert res.returncode != 0
     st = job_status(job)
-    assert st["state"] == "failed"
-    error = st["failures"]["teacher-00000"]["error"]
+    assert st.state == "failed"
+    error = st.failures["teacher-00000"].error
     assert "StorageFull" in error and str(job.paths.shard(0)) in error and "resume" in error
     assert str(job.paths.shard(0)) in res.stderr
     assert not job.paths.shard(0).exists() and not list(job.paths.root.rglob("*.tmp"))
@@ -229,7 +229,7 @@ def test_poison_shard_stops_after_bounded_attempts_and_status_names_it(
         return merged == {0, 2} and job.paths.failure("teacher-00001").exists()
 
     wait_for(others_merged_and_failure_recorded, 240, "shards 0 and 2 merged, shard 1 failed")
-    r = live.client(settings.broker_url)
+    r = broker.client(settings.broker_url)
     attempts = int(r.get(keys.attempts(job_id, "teacher-00001")))
     assert attempts == settings.max_attempts + 1  # the one refused delivery included
     status = run_cli(settings, "status", job_id)

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from app import live
-from app.job_store import load_job
-from app.status import job_status
+from core import broker
+from core.job import load_job
+from core.status import job_status
 from storage import checkpoints
 from tests.conftest import run_cli
 from tests.e2e.test_faults import all_logs, assert_landed_once, wait_for
@@ -30,9 +30,7 @@ def snapshot(job) -> dict:
 
 def idle(job, r) -> bool:
     st = job_status(job, r)
-    return (
-        not any(s["state"] == "running" for s in st["shards"]) and not st["tracks"]["s"]["running"]
-    )
+    return not any(s.state == "running" for s in st.shards) and not st.tracks["s"].running
 
 
 def settled(job, r, quiet: float = 4.0, timeout: float = 120) -> dict:
@@ -56,7 +54,7 @@ def test_pause_starts_nothing_new_and_resume_continues_where_it_stopped(
     workers.start("teacher", "teacher")
     workers.start("student", "student")
     job_id = enqueue_medium(settings, make_spec, tiny_models)
-    job, r = load_job(settings.storage, job_id), live.client(settings.broker_url)
+    job, r = load_job(settings.storage, job_id), broker.client(settings.broker_url)
     wait_for(lambda: job.paths.shard_stats(0).exists(), 180, "the first shard")
     res = run_cli(settings, "pause", job_id)
     assert res.returncode == 0 and "paused" in res.stdout, res.stderr
@@ -64,7 +62,7 @@ def test_pause_starts_nothing_new_and_resume_continues_where_it_stopped(
     assert len(before["shards"]) < 6  # there is work left to hold back
     time.sleep(8)  # the queued teacher tasks reach the worker and are parked
     assert snapshot(job) == before
-    assert job_status(job, r)["state"] == "paused"
+    assert job_status(job, r).state == "paused"
     assert "is paused, not started" in all_logs(workers)
     assert "resume" in run_cli(settings, "status", job_id).stdout
 
@@ -82,9 +80,9 @@ def test_cancel_stops_running_work_and_says_so(settings, workers, make_spec, tin
     workers.start("teacher", "teacher")
     # One long shard: the cancel lands while it runs.
     job_id = enqueue_medium(settings, make_spec, tiny_models, n_records=400, shards=1)
-    job, r = load_job(settings.storage, job_id), live.client(settings.broker_url)
+    job, r = load_job(settings.storage, job_id), broker.client(settings.broker_url)
     wait_for(
-        lambda: any(s["state"] == "running" for s in job_status(job, r)["shards"]),
+        lambda: any(s.state == "running" for s in job_status(job, r).shards),
         180,
         "a shard in progress",
     )

@@ -8,8 +8,8 @@ import time
 import pytest
 import redis
 
-from app.job_store import load_job
-from storage import checkpoints
+from core.job import load_job
+from storage import cache, checkpoints
 from storage.atomic import read_json
 from storage.cache import CacheReader
 from tests.conftest import run_cli
@@ -43,10 +43,10 @@ def test_hybrid_mode_with_two_replicas_and_an_ensemble(settings, make_spec, work
     job = load_job(settings.storage, job_id)
     for track in ("lora2", "full"):
         ckpt = checkpoints.latest(job.paths, track)
-        assert ckpt.version == 3 and sorted(ckpt.meta["merged_shards"]) == [0, 1, 2]
-    rounds = checkpoints.latest(job.paths, "lora2").meta["rounds"]
+        assert ckpt.version == 3 and sorted(ckpt.meta.merged_shards) == [0, 1, 2]
+    rounds = checkpoints.latest(job.paths, "lora2").meta.rounds
     # Both replicas' deltas went into each merge, and both started from the last merge.
-    starts = [[x["start_version"] for x in r["replicas"]] for r in rounds]
+    starts = [[x.start_version for x in r.replicas] for r in rounds]
     assert starts == [[0, 0], [1, 1], [2, 2]]
     assert not (job.paths.track_dir("lora2") / "rounds").exists() or not any(
         (job.paths.track_dir("lora2") / "rounds").iterdir()
@@ -107,5 +107,5 @@ def test_resume_finishes_a_job_from_storage_after_redis_is_wiped(settings, make_
     assert res.returncode == 0, res.stderr
     assert run_cli(settings, "wait", job_id, "--timeout", "300").returncode == 0
     for i in range(3):
-        assert read_json(job.paths.shard_stats(i))["shard"] == i
+        assert cache.read_stats(job.paths.shard_stats(i)).shard == i
     assert checkpoints.latest(job.paths, "s").version == 3

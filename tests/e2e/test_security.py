@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import Settings
+from core.settings import Settings
 from tests.conftest import Workers, run_cli
 from tests.e2e.test_cluster import flower_get
 from tests.e2e.test_pipeline import enqueue

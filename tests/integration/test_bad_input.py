@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from app.job_store import create_job, load_job
-from app.jobs import load_spec
-from app.settings import Settings
+from core.job import create_job, load_job
+from core.settings import Settings
+from core.spec import load_spec
 from tests.conftest import run_cli
 from tests.integration.test_cli_errors import one_line_error
 
@@ -76,7 +76,7 @@ def test_malformed_json_line_is_named_and_can_be_skipped_with_a_count(
     )
     job, out = enqueued(settings, [spec, "--skip-bad-lines"])
     assert "skipped 2 bad dataset line(s): 3, 13" in out
-    assert job.info["data"]["skipped_lines"] == 2 and job.split.n_records == 11
+    assert job.info.data.skipped_lines == 2 and job.split.n_records == 11
     assert job.index[:, 0].tolist() == [1, 2, *list(range(4, 13))]
     status = json.loads(run_cli(settings, "status", job.id, "--json").stdout)
     assert status["data"]["skipped_lines"] == 2
@@ -125,7 +125,7 @@ def test_overlong_samples_are_truncated_with_a_count_or_refused(
     )
     job, out = enqueued(settings, [spec])
     assert "2 of 14 records are longer than teacher.max_length=96 tokens" in out
-    assert job.info["data"]["truncated"] == 2 and job.spec.overlong == "truncate"
+    assert job.info.data.truncated == 2 and job.spec.overlong == "truncate"
 
 
 def test_no_training_target_within_max_length_is_refused(settings, make_spec, before, tmp_path):

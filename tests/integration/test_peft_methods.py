@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from app import merge, student
-from app.errors import SpecError
-from app.peft_methods import make_config, valid_methods
+from core import merge, student
+from core.peft_methods import make_config, valid_methods
+from errors import SpecError
 from storage import checkpoints
 from tests.conftest import job_with_cache
 
@@ -64,15 +64,15 @@ def job(tmp_path_factory, tiny_models, text_records):
 def test_method_trains_merges_and_exports(job, tiny_models, i):
     track = f"m{i}"
     stats = student.train_replica(job, track, 0, 0)
-    assert stats["steps"] > 0 and stats["tokens"] > 0
+    assert stats.steps > 0 and stats.tokens > 0
     delta, _ = checkpoints.load_replica(job.paths, track, 0, 0)
     assert any(d.abs().sum() > 0 for d in delta.values()), "training changed nothing"
-    assert merge.merge_round(job, track, 0) == {"merged": True, "version": 1}
-    assert merge.merge_round(job, track, 0) == {"merged": False, "version": 1}  # idempotent
+    assert merge.merge_round(job, track, 0) == merge.MergeResult(merged=True, version=1)
+    assert merge.merge_round(job, track, 0) == merge.MergeResult(merged=False, version=1)
 
     model = student.build(job.spec.student(track))
     student.load_params(model, checkpoints.latest(job.paths, track).params())
-    from app.export import export_track
+    from core.export import export_track
 
     out = export_track(model, job.spec.student(track), job.paths.final_dir(track))
     method = METHODS[i]["method"]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from app import merge, student
-from app.losses import kd_loss
+from core import merge, student
+from core.losses import kd_loss
 from storage import checkpoints
 from storage.cache import CacheReader
 from tests.conftest import job_with_cache
@@ -54,14 +54,14 @@ def plain_loop(job) -> dict[str, torch.Tensor]:
                 for b in r.batches(range(len(r)), spec.batch_size, rng.permutation(n_batches)):
                     logits = student.target_logits(
                         model,
-                        torch.from_numpy(b.input_ids),
-                        torch.from_numpy(b.attention_mask),
-                        torch.from_numpy(b.rows),
-                        torch.from_numpy(b.cols),
+                        torch.from_numpy(b.padded.input_ids),
+                        torch.from_numpy(b.padded.attention_mask),
+                        torch.from_numpy(b.padded.rows),
+                        torch.from_numpy(b.padded.cols),
                     )
                     loss, _ = kd_loss(
                         logits,
-                        torch.from_numpy(b.labels),
+                        torch.from_numpy(b.padded.labels),
                         torch.from_numpy(b.target_ids),
                         torch.from_numpy(b.target_logprobs),
                         alpha=0.3,
@@ -70,7 +70,7 @@ def plain_loop(job) -> dict[str, torch.Tensor]:
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
                     for g in opt.param_groups:
-                        g["lr"] = student.lr_at(step, spec, job.info["total_steps"]["s"])
+                        g["lr"] = student.lr_at(step, spec, job.info.total_steps["s"])
                     opt.step()
                     opt.zero_grad(set_to_none=True)
                     step += 1
@@ -82,11 +82,9 @@ def test_two_rounds_equal_one_sequential_loop(job):
         student.train_replica(job, "s", shard, 0)
         merge.merge_round(job, "s", shard)
     ckpt = checkpoints.latest(job.paths, "s")
-    assert ckpt.version == 2 and ckpt.meta["merged_shards"] == [0, 1]
-    assert ckpt.meta["step"] == job.info["total_steps"]["s"]
-    assert (
-        int(ckpt.optimizer()["state"][0]["step"]) == ckpt.meta["step"]
-    )  # AdamW state carried over
+    assert ckpt.version == 2 and ckpt.meta.merged_shards == [0, 1]
+    assert ckpt.meta.step == job.info.total_steps["s"]
+    assert int(ckpt.optimizer()["state"][0]["step"]) == ckpt.meta.step  # AdamW state carried over
     expected = plain_loop(job)
     got = ckpt.params()
     for name, value in expected.items():

@@ -2,7 +2,7 @@ import h5py
 import numpy as np
 import pytest
 
-from app.errors import CacheError
+from errors import CacheError
 from storage.cache import (
     CacheReader,
     CacheWriter,
@@ -49,21 +49,22 @@ def test_round_trip(tmp_path):
             w.add(rid, ids, pos, t_ids, t_lp)
     with CacheReader(path) as r:
         assert len(r) == 3
-        assert r.record_ids.tolist() == [10, 11, 12]
         assert r.attrs["k"] == 4 and r.attrs["target_method"] == "topk"
-        r.check_dataset_hashes()
-        b = r.batch(0, 3)
+        with h5py.File(path) as f:
+            assert f["record_ids"][:].tolist() == [10, 11, 12]
+        batch = r.batch(0, 3)
+        b = batch.padded
         for i, (_, ids, pos, t_ids, t_lp) in enumerate(data):
             assert b.input_ids[i, : len(ids)].tolist() == ids.tolist()
             assert b.attention_mask[i].sum() == len(ids)
             sel = b.rows == i
             assert b.cols[sel].tolist() == pos.tolist()
             assert b.labels[sel].tolist() == ids[pos + 1].tolist()
-            assert b.target_ids[sel].tolist() == t_ids.tolist()
-            np.testing.assert_array_equal(b.target_logprobs[sel], t_lp.astype(np.float32))
+            assert batch.target_ids[sel].tolist() == t_ids.tolist()
+            np.testing.assert_array_equal(batch.target_logprobs[sel], t_lp.astype(np.float32))
         # a batch in the middle sees only its own samples' targets
         mid = r.batch(1, 2)
-        assert mid.rows.tolist() == [0] * len(data[1][2])
+        assert mid.padded.rows.tolist() == [0] * len(data[1][2])
 
 
 def test_dtypes_fit_the_vocab(tmp_path):
@@ -120,8 +121,9 @@ def test_sidecar_verification_detects_flipped_bytes(tmp_path):
     with CacheWriter(path, meta()) as w:
         for rid, ids, pos, t_ids, t_lp in sample_data(np.random.default_rng(2)):
             w.add(rid, ids, pos, t_ids, t_lp)
-    write_stats(stats, path, {"samples": 3})
-    assert verified(path, stats)["samples"] == 3
+    counts = dict(samples=3, tokens=19, target_positions=11, seconds=0.1, tokens_per_s=190.0)
+    write_stats(stats, path, shard=0, started_at=1.0, finished_at=2.0, **counts)
+    assert verified(path, stats).samples == 3
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     path.write_bytes(bytes(raw))
@@ -141,10 +143,10 @@ def test_demo_teacher_cache_fits_160_bytes_per_position_at_k64(tmp_path):
     A size, not a timing: the bytes are a deterministic function of the teacher's outputs.
     The full benchmark (bench/cache_size.py, 200 records) lands lower, at ~148 B.
     """
-    from app.data import index_dataset
     from app.demo_models import TEACHER_ASSET, write_demo_dataset
-    from app.models import load_causal_lm, load_tokenizer
-    from app.teacher import write_shard
+    from core.data import index_dataset
+    from core.models import load_causal_lm, load_tokenizer
+    from core.teacher import write_shard
 
     records = 24
     data = write_demo_dataset(tmp_path / "d.jsonl", max_records=records)

@@ -89,7 +89,7 @@ def test_grace_period_outlasts_a_warm_shutdown(compose):
 def test_commented_tls_example_names_real_settings():
     from dataclasses import fields
 
-    from app.settings import Settings
+    from core.settings import Settings
 
     named = set(re.findall(r"^\s*# (DISTILLQ_\w+):", COMPOSE.read_text(), re.MULTILINE))
     known = {f"DISTILLQ_{f.name.upper()}" for f in fields(Settings)}

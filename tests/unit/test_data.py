@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from app.data import (
+from app.demo_models import TEACHER_ASSET
+from core.data import (
     TokenizeStats,
     index_dataset,
     plan_split,
@@ -12,8 +13,7 @@ from app.data import (
     scan_lengths,
     tokenize_record,
 )
-from app.demo_models import TEACHER_ASSET
-from app.errors import DataError
+from errors import DataError
 
 
 @pytest.fixture(scope="module")

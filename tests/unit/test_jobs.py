@@ -1,7 +1,7 @@
 import pytest
 
-from app.errors import SpecError
-from app.jobs import apply_override, load_spec, spec_from_dict
+from core.spec import apply_override, load_spec, spec_from_dict
+from errors import SpecError
 
 
 def base(**over):

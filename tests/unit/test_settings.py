@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from celery import Celery
 
-from app.celery import QUEUE_TASKS, celery_config, configure, settings_of
-from app.errors import DistillqError
-from app.live import redacted
-from app.settings import Settings
+from core.broker import redacted
+from core.settings import Settings
+from errors import DistillqError
+from tasks.celery_app import QUEUE_TASKS, celery_config, configure, settings_of
 
 
 def test_per_queue_limits_default_to_the_global_ones():

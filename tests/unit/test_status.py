@@ -1,29 +1,37 @@
-"""Terminal progress: bars, throughput, ETA."""
+"""Terminal progress: bars, throughput, ETA, and the loss label."""
+
+from app.view import render
+from core.status import JobStatus, ShardState, TrackState
+from storage.records import Progress
 
 
 def test_status_bars_show_throughput_and_eta():
-    from app.status import render
-
-    st = {
-        "job_id": "j",
-        "state": "running",
-        "created_at": 1000.0,
-        "at": 1060.0,
-        "failures": {},
-        "shards": [
-            {"state": "done"},
-            {"state": "running", "progress": {"samples": 5, "of": 10, "tokens_per_s": 900.0}},
-            {"state": "pending"},
+    st = JobStatus(
+        job_id="j",
+        state="running",
+        mode="teacher_student",
+        created_at=1000.0,
+        at=1060.0,
+        shards=[
+            ShardState(0, "done"),
+            ShardState(
+                1, "running", progress=Progress("teacher-00001", 1059.0, 900.0, samples=5, of=10)
+            ),
+            ShardState(2, "pending"),
         ],
-        "tracks": {
-            "s": {
-                "rounds_merged": 1,
-                "rounds": 3,
-                "replicas": 1,
-                "running": {"r": {"step": 5, "steps": 10, "loss": 2.5, "tokens_per_s": 1200.0}},
-            }
+        tracks={
+            "s": TrackState(
+                rounds_merged=1,
+                rounds=3,
+                merged_shards=[0],
+                replicas=1,
+                running={
+                    "r": Progress("r", 1059.0, 1200.0, step=5, steps=10, loss=2.5, ce=3.0, kd=2.444)
+                },
+            )
         },
-    }
+    )
     text = render(st)
     # 1.5 of 3 shards in 60 s: 60 s left; 1.5 of 3 rounds likewise.
-    assert "900 tok/s  ETA 1:00" in text and "loss 2.500  1200 tok/s  ETA 1:00" in text
+    assert "900 tok/s  ETA 1:00" in text
+    assert "train loss 2.500 (CE 3.000, KD 2.444)  1200 tok/s  ETA 1:00" in text

@@ -1,22 +1,21 @@
-"""Live state in Redis: task progress and attempt counters. Keys come from storage/keys.py."""
+"""The connection to Redis: one pool per URL per process, and diagnostics when it fails.
+
+Every Redis call of distillq goes through ``client`` (tasks, status) or ``quick_client``
+(heartbeats); ``ping`` is how a command line finds out, at once, that Redis is not there.
+"""
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import ssl
-from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
-from app.errors import BrokerError
-from storage import keys
-
-PROGRESS_TTL = 24 * 3600
+from errors import BrokerError
 
 
 @functools.lru_cache(maxsize=8)
@@ -93,45 +92,3 @@ def _why(url: str, e: BaseException) -> str:
     if isinstance(cause, ConnectionResetError) and url.startswith("redis://"):
         return "connection reset: a TLS-only port? use rediss:// and DISTILLQ_REDIS_TLS_CA"
     return f"{type(e).__name__}; start it or fix DISTILLQ_BROKER_URL"
-
-
-def set_progress(r: redis.Redis, job_id: str, task: str, fields: dict[str, Any]) -> None:
-    key = keys.progress(job_id, task)
-    r.set(key, json.dumps(fields), ex=PROGRESS_TTL)
-
-
-def clear_progress(r: redis.Redis, job_id: str, task: str) -> None:
-    r.delete(keys.progress(job_id, task))
-
-
-def progress(r: redis.Redis, job_id: str) -> dict[str, dict[str, Any]]:
-    out = {}
-    prefix = keys.progress(job_id, "")
-    for key in r.scan_iter(match=keys.progress_pattern(job_id), count=500):
-        raw = r.get(key)
-        if raw:
-            out[key.decode()[len(prefix) :]] = json.loads(raw)
-    return out
-
-
-LOCK_SECONDS = 600  # a holder of a track lock longer than this is presumed dead
-
-
-def track_lock(r: redis.Redis, job_id: str, track: str) -> Any:
-    """The per-track lock: merges and round scheduling of one track never interleave."""
-    return r.lock(
-        keys.track_lock(job_id, track), timeout=LOCK_SECONDS, blocking_timeout=LOCK_SECONDS
-    )
-
-
-def reset_attempts(r: redis.Redis, job_id: str) -> None:
-    for key in r.scan_iter(match=keys.attempts_pattern(job_id), count=500):
-        r.delete(key)
-
-
-def next_attempt(r: redis.Redis, job_id: str, task: str, ttl: int) -> int:
-    """Count one more delivery of ``task``; returns the attempt number (1 for the first)."""
-    key = keys.attempts(job_id, task)
-    n = int(r.incr(key))
-    r.expire(key, ttl)
-    return n

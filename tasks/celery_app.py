@@ -1,7 +1,7 @@
 """The Celery app: queues ``teacher`` and ``student``, routes, and the settings that matter.
 
 Configured explicitly by ``configure(settings)`` (the CLI does this), or from ``DISTILLQ_*``
-environment variables when Celery first needs its config (``celery -A app.celery``).
+environment variables when Celery first needs its config (``celery -A tasks.celery_app``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
-from app.settings import QUEUES, Settings
+from core.settings import QUEUES, Settings
 
 TEACHER_TASKS = ("distillq.teacher_shard", "distillq.teacher_eval")
 STUDENT_TASKS = ("distillq.train_replica", "distillq.merge_round", "distillq.finalize")
@@ -32,7 +32,7 @@ def celery_config(s: Settings) -> dict[str, Any]:
     soft, hard = s.time_limits()
     return {
         # TLS (rediss://) options and credentials ride in the URLs themselves (Settings puts
-        # DISTILLQ_REDIS_TLS_* there), so the broker, the result backend and live.client()
+        # DISTILLQ_REDIS_TLS_* there), so the broker, the result backend and broker.client()
         # read one source; broker_use_ssl / redis_backend_use_ssl would only repeat it.
         "broker_url": s.broker_url,
         "result_backend": s.backend_url,

@@ -40,3 +40,7 @@ class StorageFull(DistillqError):
 
 class JobStopped(DistillqError):
     """The job was paused or cancelled by the user; work that had not started is parked."""
+
+
+class RecordError(DistillqError):
+    """A record on storage is missing a field (an older distillq wrote it) or is malformed."""

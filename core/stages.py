@@ -9,15 +9,16 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
-from app import evaluate, faults, report
-from app.export import export_track
-from app.job_store import Job
-from app.models import load_causal_lm, load_tokenizer, vocab_size
-from app.teacher import write_shard
-from storage import cache, checkpoints
-from storage.atomic import clear_stale, read_json, write_json
+from core import evaluate, faults, report, student
+from core.export import export_track
+from core.job import Job
+from core.models import load_causal_lm, load_tokenizer, vocab_size
+from core.teacher import write_shard
+from storage import cache, checkpoints, records
+from storage.atomic import clear_stale
+from storage.records import EvalResult, ReplicaOutcome, ShardStats
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,15 @@ def _teacher(ref: str) -> tuple[Any, Any]:
 
 def teacher_shard(
     job: Job, shard: int, on_progress: Callable[[dict[str, Any]], None] | None = None
-) -> dict[str, Any]:
-    """Write the verified cache of ``shard`` (or tokens only without a teacher); skip if present."""
+) -> tuple[ShardStats, bool]:
+    """Write the verified cache of ``shard`` (or tokens only without a teacher); skip if present.
+
+    Returns the shard's stats and whether it was there already.
+    """
     out, stats_file = job.paths.shard(shard), job.paths.shard_stats(shard)
     if (done := cache.verified(out, stats_file)) is not None:
         log.info("job %s shard %d: verified cache exists, skipped", job.id, shard)
-        return {**done, "skipped": True}
+        return done, True
     faults.hit(f"teacher_shard:{shard}")
     if clear_stale(out):
         log.warning(
@@ -48,15 +52,15 @@ def teacher_shard(
     else:
         model, tok = None, load_tokenizer(job.spec.students[0].model)
         vocab, top_k, temperature = len(tok), 0, 1.0
-    fp = job.info["fingerprints"]
+    fp = job.info.fingerprints
     ids = job.split.shard_ids(shard)
     meta = cache.ShardMeta(
         shard=shard,
         vocab_size=vocab,
         top_k=top_k,
         temperature=temperature,
-        teacher_fingerprint=fp.get("teacher", ""),
-        tokenizer_fingerprint=fp["tokenizer"],
+        teacher_fingerprint=fp.teacher,
+        tokenizer_fingerprint=fp.tokenizer,
         record_range=(int(ids[0]), int(ids[-1]) + 1),
     )
     started = time.time()
@@ -89,41 +93,40 @@ def teacher_shard(
     record = cache.write_stats(
         stats_file,
         out,
-        {
-            **counts,
-            "shard": shard,
-            "truncated": tstats.truncated,
-            "dropped_no_target": tstats.dropped_no_target,
-            "seconds": round(seconds, 3),
-            "tokens_per_s": round(counts["tokens"] / max(seconds, 1e-9), 1),
-            "started_at": started,
-            "finished_at": time.time(),
-            "k": top_k,
-        },
+        **counts,
+        shard=shard,
+        truncated=tstats.truncated,
+        dropped_no_target=tstats.dropped_no_target,
+        seconds=round(seconds, 3),
+        tokens_per_s=round(counts["tokens"] / max(seconds, 1e-9), 1),
+        started_at=started,
+        finished_at=time.time(),
+        k=top_k,
     )
     log.info(
         "job %s shard %d: %d samples, %d tokens, %.0f tok/s, %d bytes",
         job.id,
         shard,
-        counts["samples"],
-        counts["tokens"],
-        record["tokens_per_s"],
-        record["bytes"],
+        record.samples,
+        record.tokens,
+        record.tokens_per_s,
+        record.bytes,
     )
-    return record
+    return record, False
 
 
-def cache_usable(job: Job, shard: int) -> bool | None:
+def check_or_quarantine(job: Job, shard: int) -> Literal["ok", "missing", "quarantined"]:
     """Check a shard's cache against its recorded sha256 before training reads it.
 
-    True: verified. None: not there (being regenerated). False: it failed its checksum, and
-    this caller moved it to quarantine, so this caller (and only this one) must regenerate it.
+    "ok": verified. "missing": not there (being regenerated). "quarantined": it failed its
+    checksum and this caller moved it to quarantine, so this caller (and only this one) must
+    regenerate it.
     """
     out, stats_file = job.paths.shard(shard), job.paths.shard_stats(shard)
     if cache.verified(out, stats_file) is not None:
-        return True
+        return "ok"
     if not out.exists():
-        return None
+        return "missing"
     stamp = time.strftime("%Y%m%dT%H%M%S")
     q = job.paths.quarantine_dir
     q.mkdir(parents=True, exist_ok=True)
@@ -132,11 +135,11 @@ def cache_usable(job: Job, shard: int) -> bool | None:
         stats_file.replace(q / f"{stats_file.stem}.{stamp}.json")
         out.replace(q / f"{out.stem}.{stamp}.h5")
     except FileNotFoundError:
-        return None  # another replica of the round quarantined it first
+        return "missing"  # another replica of the round quarantined it first
     log.error(
         "job %s shard %d: cache fails its checksum; moved to %s, regenerating", job.id, shard, q
     )
-    return False
+    return "quarantined"
 
 
 def replica(
@@ -145,45 +148,38 @@ def replica(
     shard: int,
     index: int,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
+) -> ReplicaOutcome:
     """Train one replica of a round, unless its work is already on storage.
 
-    Returns the replica's stats, or ``{"skipped": why}``; ``why`` is "merged" (a duplicate
-    delivery after the merge), "regenerate" (this call quarantined a corrupt cache) or
-    "missing" (the cache is being regenerated): the round is abandoned and queued again when
-    the shard lands.
+    A skipped outcome ("merged", "regenerate" or "missing", see ``ReplicaOutcome``) makes the
+    merge abandon the round; it is queued again when the shard lands.
     """
-    from app import student
-
     if shard in checkpoints.merged_shards(job.paths, track):
-        return {"skipped": "merged"}
+        return ReplicaOutcome(skipped="merged")
     latest = checkpoints.latest(job.paths, track)
     done = checkpoints.replica_stats(job.paths, track, shard, index)
-    if done is not None and done["start_version"] == (latest.version if latest else 0):
-        return {k: v for k, v in done.items() if k != "curve"}  # redelivered after it finished
-    usable = cache_usable(job, shard)
-    if not usable:
-        return {"skipped": "regenerate" if usable is False else "missing"}
+    if done is not None and done.start_version == (latest.version if latest else 0):
+        return ReplicaOutcome(stats=done)  # redelivered after it finished
+    usable = check_or_quarantine(job, shard)
+    if usable != "ok":
+        return ReplicaOutcome(skipped="regenerate" if usable == "quarantined" else "missing")
     faults.hit(f"replica:{track}:{shard}:{index}")
-    stats = student.train_replica(job, track, shard, index, on_progress)
-    return {k: v for k, v in stats.items() if k != "curve"}
+    return ReplicaOutcome(stats=student.train_replica(job, track, shard, index, on_progress))
 
 
-def teacher_eval(job: Job) -> dict[str, Any]:
+def teacher_eval(job: Job) -> EvalResult:
     """The teacher's held-out loss on the eval slice, saved to ``teacher/eval.json``."""
     if job.paths.teacher_eval.exists():
-        return dict(read_json(job.paths.teacher_eval))
+        return records.read(EvalResult, job.paths.teacher_eval)
     assert job.spec.teacher is not None
     model, tok = _teacher(job.spec.teacher.model)
     result = evaluate.eval_loss(model, evaluate.eval_samples(job, tok))
-    write_json(job.paths.teacher_eval, result)
+    records.write(job.paths.teacher_eval, result)
     return result
 
 
 def finalize(job: Job) -> dict[str, Any]:
     """Export every track, evaluate it on the held-out slice, and write the report."""
-    from app.student import build, load_params
-
     for spec in job.spec.students:
         eval_file = job.paths.student_eval(spec.name)
         if eval_file.exists():
@@ -191,15 +187,13 @@ def finalize(job: Job) -> dict[str, Any]:
         ckpt = checkpoints.latest(job.paths, spec.name)
         if ckpt is None:
             raise RuntimeError(f"job {job.id} track {spec.name}: no merged checkpoint to finalize")
-        model = build(spec)
-        load_params(model, ckpt.params())
+        model = student.build(spec)
+        student.load_params(model, ckpt.params())
         samples = evaluate.eval_samples(job, load_tokenizer(spec.model))
-        result: dict[str, Any] = (
-            dict(evaluate.eval_loss(model, samples))
-            if samples
-            else {"loss": float("nan"), "tokens": 0}
+        measured = evaluate.eval_loss(model, samples) if samples else EvalResult(float("nan"), 0)
+        outputs = export_track(model, spec, job.paths.final_dir(spec.name))
+        records.write(
+            eval_file,
+            EvalResult(measured.loss, measured.tokens, version=ckpt.version, outputs=outputs),
         )
-        result["outputs"] = export_track(model, spec, job.paths.final_dir(spec.name))
-        result["version"] = ckpt.version
-        write_json(eval_file, result)
     return report.write(job)

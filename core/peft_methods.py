@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from app.errors import SpecError
+from errors import SpecError
 
 FULL = "full"
 ALIASES = {

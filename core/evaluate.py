@@ -6,8 +6,11 @@ from typing import Any
 
 import torch
 
-from app.data import Sample, TokenizeStats, pad, read_records, tokenize_record
-from app.job_store import Job
+from core.data import Sample, TokenizeStats, padded, read_records, tokenize_record
+from core.job import Job
+from core.models import on_device
+from core.student import target_logits
+from storage.records import EvalResult
 
 
 def eval_samples(job: Job, tok: Any) -> list[Sample]:
@@ -21,18 +24,16 @@ def eval_samples(job: Job, tok: Any) -> list[Sample]:
 
 
 @torch.no_grad()
-def eval_loss(model: Any, samples: list[Sample], batch_size: int = 8) -> dict[str, float]:
+def eval_loss(model: Any, samples: list[Sample], batch_size: int = 8) -> EvalResult:
     """Token-weighted mean CE of ``model`` on ``samples`` (works for PEFT-wrapped models too)."""
-    from app.student import target_logits
-
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
     total, count = 0.0, 0
     for i in range(0, len(samples), batch_size):
-        ids, mask, rows, cols, labels = (t.to(dev) for t in pad(samples[i : i + batch_size]))
+        ids, mask, rows, cols, labels = on_device(padded(samples[i : i + batch_size]), dev)
         logits = target_logits(model, ids, mask, rows, cols).float()
         total += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
         count += len(labels)
     model.train(was_training)
-    return {"loss": total / max(count, 1), "tokens": count}
+    return EvalResult(loss=total / max(count, 1), tokens=count)

@@ -6,14 +6,15 @@ import json
 import math
 from typing import Any
 
-from app.job_store import Job
-from storage import checkpoints
-from storage.atomic import atomic_path, read_json, write_json
+from core.job import Job
+from storage import cache, checkpoints, records
+from storage.atomic import atomic_path, write_json
+from storage.records import EvalResult, ShardStats
 
 
-def _shard_stats(job: Job) -> list[dict[str, Any]]:
+def _shard_stats(job: Job) -> list[ShardStats]:
     return [
-        read_json(job.paths.shard_stats(i))
+        cache.read_stats(job.paths.shard_stats(i))
         for i in range(job.n_shards)
         if job.paths.shard_stats(i).exists()
     ]
@@ -21,10 +22,10 @@ def _shard_stats(job: Job) -> list[dict[str, Any]]:
 
 def collect(job: Job) -> dict[str, Any]:
     shards = _shard_stats(job)
-    positions = sum(s["target_positions"] for s in shards)
-    cache_bytes = sum(s["bytes"] for s in shards)
-    t_tokens = sum(s["tokens"] for s in shards)
-    t_seconds = sum(s["seconds"] for s in shards)
+    positions = sum(s.target_positions for s in shards)
+    cache_bytes = sum(s.bytes for s in shards)
+    t_tokens = sum(s.tokens for s in shards)
+    t_seconds = sum(s.seconds for s in shards)
     out: dict[str, Any] = {
         "job_id": job.id,
         "mode": job.spec.mode,
@@ -41,50 +42,46 @@ def collect(job: Job) -> dict[str, Any]:
             "k": job.spec.teacher.top_k if job.spec.teacher else 0,
         },
         "students": {},
-        "vocab_size": job.info["fingerprints"].get("vocab_size"),
+        "vocab_size": job.info.fingerprints.vocab_size,
     }
     if job.spec.teacher:
-        ev = read_json(job.paths.teacher_eval) if job.paths.teacher_eval.exists() else {}
+        ev = _eval(job.paths.teacher_eval)
         out["teacher"] = {
             "model": job.spec.teacher.model,
-            "eval_loss": ev.get("loss"),
+            "eval_loss": ev.loss if ev else None,
             "tokens": t_tokens,
             "tokens_per_s": round(t_tokens / t_seconds, 1) if t_seconds else None,
         }
-    starts = [s["started_at"] for s in shards]
+    starts = [s.started_at for s in shards]
     ends = []
     for spec in job.spec.students:
         ckpt = checkpoints.latest(job.paths, spec.name)
-        rounds = ckpt.meta["rounds"] if ckpt else []
-        reps = [r for rd in rounds for r in rd["replicas"]]
-        tokens = sum(r["tokens"] for r in reps)
-        seconds = sum(r["seconds"] for r in reps)
-        ev = (
-            read_json(job.paths.student_eval(spec.name))
-            if job.paths.student_eval(spec.name).exists()
-            else {}
-        )
+        rounds = ckpt.meta.rounds if ckpt else []
+        reps = [r for rd in rounds for r in rd.replicas]
+        tokens = sum(r.tokens for r in reps)
+        seconds = sum(r.seconds for r in reps)
+        sev = _eval(job.paths.student_eval(spec.name))
         loss = job.spec.loss_for(spec)
-        starts += [r["started_at"] for r in reps]
-        ends += [rd["merged_at"] for rd in rounds]
+        starts += [r.started_at for r in reps]
+        ends += [rd.merged_at for rd in rounds]
         out["students"][spec.name] = {
             "model": spec.model,
             "method": spec.method,
             "replicas": spec.replicas,
             "loss": {"kind": loss.kind, "alpha": loss.alpha},
-            "eval_loss": ev.get("loss"),
+            "eval_loss": sev.loss if sev else None,
             "version": ckpt.version if ckpt else 0,
-            "steps": ckpt.meta["step"] if ckpt else 0,
+            "steps": ckpt.meta.step if ckpt else 0,
             "tokens": tokens,
             "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
-            "first_step_at": min((r["started_at"] for r in reps), default=None),
-            "outputs": ev.get("outputs"),
-            "curve": [p for rd in rounds for p in rd["curve"]],
+            "first_step_at": min((r.started_at for r in reps), default=None),
+            "outputs": sev.outputs if sev else None,
+            "curve": [p for rd in rounds for p in rd.curve],
         }
     if starts and ends:
         out["wall_seconds"] = round(max(ends) - min(starts), 1)
-        out["first_shard_done_at"] = min((s["finished_at"] for s in shards), default=None)
-        out["last_shard_done_at"] = max((s["finished_at"] for s in shards), default=None)
+        out["first_shard_done_at"] = min((s.finished_at for s in shards), default=None)
+        out["last_shard_done_at"] = max((s.finished_at for s in shards), default=None)
     return out
 
 
@@ -98,16 +95,11 @@ def write(job: Job) -> dict[str, Any]:
 
 def _timeline(job: Job) -> list[tuple[str, float, float, float]]:
     """(lane, start, end, tokens/s) of every teacher shard and student replica."""
-    rows = [
-        ("teacher", s["started_at"], s["finished_at"], s["tokens_per_s"]) for s in _shard_stats(job)
-    ]
+    rows = [("teacher", s.started_at, s.finished_at, s.tokens_per_s) for s in _shard_stats(job)]
     for spec in job.spec.students:
         ckpt = checkpoints.latest(job.paths, spec.name)
-        for rd in ckpt.meta["rounds"] if ckpt else []:
-            rows += [
-                (spec.name, r["started_at"], r["finished_at"], r["tokens_per_s"])
-                for r in rd["replicas"]
-            ]
+        for rd in ckpt.meta.rounds if ckpt else []:
+            rows += [(spec.name, r.started_at, r.finished_at, r.tokens_per_s) for r in rd.replicas]
     return rows
 
 
@@ -273,3 +265,7 @@ def summary_table(data: dict[str, Any]) -> str:
 
 def dumps(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=2)
+
+
+def _eval(path: Any) -> EvalResult | None:
+    return records.read(EvalResult, path) if path.exists() else None

@@ -8,34 +8,27 @@ job starts nothing new) and running tasks read it between batches (cancel stops 
 from __future__ import annotations
 
 import time
-from typing import Any
 
-from app.errors import JobStopped
-from app.job_store import Job
-from storage.atomic import read_json, write_json
+from core.job import Job
+from errors import JobStopped
+from storage import records
+from storage.records import ControlRecord
 
 RUNNING, PAUSED, CANCELLED = "running", "paused", "cancelled"
 
 
 def state(job: Job) -> str:
     f = job.paths.control
-    return str(read_json(f)["state"]) if f.exists() else RUNNING
+    return records.read(ControlRecord, f).state if f.exists() else RUNNING
 
 
-def set_state(job: Job, new: str, reason: str = "") -> dict[str, Any]:
-    record = {"state": new, "at": time.time(), "reason": reason}
+def set_state(job: Job, new: str, reason: str = "") -> ControlRecord:
+    record = ControlRecord(state=new, at=time.time(), reason=reason)
     if new == RUNNING:
         job.paths.control.unlink(missing_ok=True)
     else:
-        write_json(job.paths.control, record)
+        records.write(job.paths.control, record)
     return record
-
-
-def check_may_start(job: Job) -> None:
-    """Raise JobStopped if the job is paused or cancelled."""
-    s = state(job)
-    if s != RUNNING:
-        raise JobStopped(f"job {job.id} is {s}; `distillq resume {job.id}` continues it")
 
 
 class CancelWatch:

@@ -25,7 +25,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from app.errors import DistillqError, SpecError
+from errors import DistillqError, SpecError
 from storage.layout import check_name
 
 Mode = Literal["teacher_student", "data_parallel", "hybrid"]

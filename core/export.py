@@ -13,8 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from app import peft_methods
-from app.models import load_tokenizer
+from core import peft_methods
+from core.models import load_tokenizer
 from storage.atomic import atomic_dir
 
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from app.errors import DataError
+from errors import DataError
+from storage.padding import Padded, pad
 
 Segment = tuple[str, bool]  # (text, is training target)
 ACCEPTED_SHAPES = (
@@ -49,7 +49,6 @@ class TokenizeStats:
     tokens: int = 0
     truncated: int = 0
     dropped_no_target: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- records
@@ -306,25 +305,9 @@ def plan_split(n_records: int, shards: int, eval_fraction: float) -> Split:
     return Split(n_records, stride, tuple(itertools.pairwise(bounds)))
 
 
-def pad(
-    samples: list[Sample],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids [B, L], attention_mask [B, L], rows [P], cols [P], labels [P]), right-padded."""
-    length = max(len(s.input_ids) for s in samples)
-    ids = np.zeros((len(samples), length), dtype=np.int64)
-    mask = np.zeros_like(ids)
-    rows, cols = [], []
-    for i, s in enumerate(samples):
-        ids[i, : len(s.input_ids)] = s.input_ids
-        mask[i, : len(s.input_ids)] = 1
-        pos = s.target_positions()
-        rows += [i] * len(pos)
-        cols += pos
-    r, c = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
-    return (
-        torch.from_numpy(ids),
-        torch.from_numpy(mask),
-        torch.from_numpy(r),
-        torch.from_numpy(c),
-        torch.from_numpy(ids[r, c + 1]),
+def padded(samples: list[Sample]) -> Padded:
+    """``samples`` as one right-padded batch (``storage.padding.pad``, the one padder)."""
+    return pad(
+        [np.asarray(s.input_ids, dtype=np.int64) for s in samples],
+        [np.asarray(s.target_positions(), dtype=np.int64) for s in samples],
     )

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from app.job_store import Job
-from storage import checkpoints
-from storage.atomic import read_json
+from core.job import Job
+from core.student import build, snapshot
+from storage import checkpoints, records
+from storage.records import CheckpointMeta, RoundInfo, RoundMarker
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +46,22 @@ def average_optimizer_states(states: list[dict[str, Any]]) -> dict[str, Any]:
 
 def initial_params(job: Job, track: str) -> dict[str, torch.Tensor]:
     """The track's trainable parameters before any round: the seeded adapter (or base weights)."""
-    from app.student import build, snapshot
-
     return snapshot(build(job.spec.student(track)))
 
 
-def merge_round(job: Job, track: str, shard: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class MergeResult:
+    """What ``merge_round`` did; the task returns it as JSON."""
+
+    merged: bool
+    version: int
+
+
+def merge_round(job: Job, track: str, shard: int) -> MergeResult:
     """Merge ``shard``'s replicas into a new global version (call under the track lock)."""
     spec = job.spec.student(track)
     current = checkpoints.latest(job.paths, track)
-    if current is not None and shard in current.meta["merged_shards"]:
+    if current is not None and shard in current.meta.merged_shards:
         log.info(
             "job %s track %s shard %d: already merged in v%04d",
             job.id,
@@ -61,13 +69,14 @@ def merge_round(job: Job, track: str, shard: int) -> dict[str, Any]:
             shard,
             current.version,
         )
-        return {"merged": False, "version": current.version}
-    stats = [checkpoints.replica_stats(job.paths, track, shard, r) for r in range(spec.replicas)]
-    missing = [r for r, s in enumerate(stats) if s is None]
+        return MergeResult(merged=False, version=current.version)
+    found = [checkpoints.replica_stats(job.paths, track, shard, r) for r in range(spec.replicas)]
+    missing = [r for r, s in enumerate(found) if s is None]
     if missing:
         raise RuntimeError(
             f"job {job.id} track {track} shard {shard}: replicas {missing} have no saved delta"
         )
+    stats = [s for s in found if s is not None]
     base = current.params() if current is not None else initial_params(job, track)
     deltas, optims = zip(
         *(checkpoints.load_replica(job.paths, track, shard, r) for r in range(spec.replicas)),
@@ -75,24 +84,22 @@ def merge_round(job: Job, track: str, shard: int) -> dict[str, Any]:
     )
     new = {n: base[n] + spec.outer_lr * torch.stack([d[n] for d in deltas]).mean(0) for n in base}
     optim = average_optimizer_states([o for o in optims if o is not None]) if all(optims) else None
-    prev: dict[str, Any] = (
-        current.meta if current is not None else {"step": 0, "merged_shards": [], "rounds": []}
+    marker_file = job.paths.round_inflight(track)
+    marker = records.read(RoundMarker, marker_file) if marker_file.exists() else None
+    round_info = RoundInfo(
+        shard=shard,
+        queued_at=marker.queued_at if marker is not None and marker.shard == shard else None,
+        merged_at=time.time(),
+        replicas=[s.without_curve() for s in stats],
+        curve=[p for s in stats for p in s.curve],
     )
-    marker = job.paths.round_inflight(track)
-    queued = read_json(marker) if marker.exists() else {}
-    round_info = {
-        "shard": shard,
-        "queued_at": queued.get("queued_at") if queued.get("shard") == shard else None,
-        "merged_at": time.time(),
-        "replicas": [{k: v for k, v in s.items() if k != "curve"} for s in stats if s],
-        "curve": [p for s in stats if s for p in s["curve"]],
-    }
-    meta = {
-        "track": track,
-        "step": int(prev["step"]) + max(int(s["steps"]) for s in stats if s),
-        "merged_shards": [*prev["merged_shards"], shard],
-        "rounds": [*prev["rounds"], round_info],
-    }
+    prev_step = current.meta.step if current is not None else 0
+    meta = CheckpointMeta(
+        track=track,
+        step=prev_step + max(s.steps for s in stats),
+        merged_shards=[*(current.meta.merged_shards if current else []), shard],
+        rounds=[*(current.meta.rounds if current else []), round_info],
+    )
     version = (current.version if current is not None else 0) + 1
     ckpt = checkpoints.write_version(job.paths, track, version, new, optim, meta)
     checkpoints.drop_round(job.paths, track, shard)
@@ -104,4 +111,4 @@ def merge_round(job: Job, track: str, shard: int) -> dict[str, Any]:
         spec.replicas,
         version,
     )
-    return {"merged": True, "version": ckpt.version}
+    return MergeResult(merged=True, version=ckpt.version)

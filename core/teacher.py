@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.data import Sample, TokenizeStats, pad, read_records, tokenize_record
+from core.data import Sample, TokenizeStats, padded, read_records, tokenize_record
+from core.models import on_device
 from storage.cache import CacheWriter, ShardMeta
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def score_batch(
     stored values are true probabilities and 1 − Σ is the tail mass the student loss needs.
     """
     dev = next(model.parameters()).device
-    ids, mask, rows, cols, _ = (x.to(dev) for x in pad(samples))
+    ids, mask, rows, cols, _ = on_device(padded(samples), dev)
     # Right padding + attention mask: positions of real tokens are unaffected by padding.
     hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
     head = model.get_output_embeddings()

@@ -7,6 +7,7 @@ split fits. Only then does ``job.yaml`` appear, last, so a job directory without
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import secrets
@@ -19,14 +20,16 @@ from typing import Any
 import numpy as np
 import yaml
 
-from app import peft_methods
-from app.data import DatasetIndex, Split, index_dataset, plan_split, scan_lengths
-from app.errors import DataError, JobNotFound, ModelError, SpecError
-from app.jobs import JobSpec, spec_from_dict
-from app.models import load_tokenizer, model_fingerprint, tokenizer_fingerprint
+from core import peft_methods
+from core.data import DatasetIndex, Split, index_dataset, plan_split, scan_lengths
+from core.models import load_tokenizer, model_fingerprint, tokenizer_fingerprint
+from core.spec import JobSpec, spec_from_dict
+from errors import DataError, JobNotFound, ModelError, SpecError
+from storage import records
 from storage.atomic import atomic_path, write_bytes
 from storage.cache import file_sha256
 from storage.layout import JobPaths, job_paths, jobs_root
+from storage.records import DataNotes, Fingerprints, JobInfo, StudentFingerprint
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ class Job:
     paths: JobPaths
     spec: JobSpec
     split: Split
-    info: dict[str, Any]
+    info: JobInfo
 
     @property
     def id(self) -> str:
@@ -60,7 +63,8 @@ def load_job(storage: Path, job_id: str) -> Job:
     raw = yaml.safe_load(paths.spec.read_text())
     s = raw["split"]
     split = Split(s["n_records"], s["eval_stride"], tuple(tuple(x) for x in s["shards"]))
-    return Job(paths, spec_from_dict(raw["spec"]), split, raw["info"])
+    info = records.from_json(JobInfo, raw["info"], f"{paths.spec}: info")
+    return Job(paths, spec_from_dict(raw["spec"]), split, info)
 
 
 def list_jobs(storage: Path) -> list[str]:
@@ -70,14 +74,15 @@ def list_jobs(storage: Path) -> list[str]:
     return sorted(d.name for d in root.iterdir() if (d / "job.yaml").exists())
 
 
-def _check_models(spec: JobSpec) -> tuple[dict[str, Any], Any]:
+def _check_models(spec: JobSpec) -> tuple[Fingerprints, Any]:
     """Load every tokenizer (cheap; no weights), compare fingerprints, check top_k. Raises.
 
     Returns the fingerprints and the tokenizer the teacher stage tokenizes samples with.
     """
     from transformers import AutoConfig
 
-    fps: dict[str, Any] = {"students": {}}
+    students: dict[str, StudentFingerprint] = {}
+    teacher_fp, vocab_size, first_tok_fp = "", None, ""
     teacher_tok_fp = None
     sample_tok = None
     if spec.teacher:
@@ -88,11 +93,7 @@ def _check_models(spec: JobSpec) -> tuple[dict[str, Any], Any]:
             raise SpecError(
                 f"teacher.top_k={spec.teacher.top_k} exceeds the teacher's vocabulary of {vocab}; lower it"
             )
-        fps.update(
-            teacher=model_fingerprint(spec.teacher.model),
-            tokenizer=teacher_tok_fp,
-            vocab_size=vocab,
-        )
+        teacher_fp, vocab_size = model_fingerprint(spec.teacher.model), vocab
     for s in spec.students:
         peft_methods.make_config(s.peft)
         tok = load_tokenizer(s.model, f"student {s.name!r} model")
@@ -103,13 +104,19 @@ def _check_models(spec: JobSpec) -> tuple[dict[str, Any], Any]:
                 f"({spec.teacher.model if spec.teacher else ''}): distillq needs a shared tokenizer; "
                 "pick a student from the teacher's model family"
             )
-        fps["students"][s.name] = {"model": model_fingerprint(s.model), "tokenizer": fp}
-        fps.setdefault("tokenizer", fp)
+        students[s.name] = StudentFingerprint(model=model_fingerprint(s.model), tokenizer=fp)
+        first_tok_fp = first_tok_fp or fp
         sample_tok = sample_tok or tok
+    fps = Fingerprints(
+        tokenizer=teacher_tok_fp or first_tok_fp,
+        students=students,
+        teacher=teacher_fp,
+        vocab_size=vocab_size,
+    )
     return fps, sample_tok
 
 
-def _check_lengths(spec: JobSpec, index: DatasetIndex, tok: Any) -> dict[str, Any]:
+def _check_lengths(spec: JobSpec, index: DatasetIndex, tok: Any) -> DataNotes:
     """Measure every sample against the token limit; refuse per ``spec.overlong``. Raises.
 
     Done at enqueue, although it tokenizes the dataset once more, because this is where the
@@ -128,34 +135,34 @@ def _check_lengths(spec: JobSpec, index: DatasetIndex, tok: Any) -> dict[str, An
             f"no record of dataset {spec.dataset} has a training target within its first {limit} "
             f"tokens (prompts too long, or no response/assistant turn); raise {key} or fix the data"
         )
-    return {
-        "records": len(index.rows),
-        "skipped_lines": len(index.skipped),
-        "first_skipped_lines": list(index.skipped[:10]),
-        "max_length": limit,
-        "truncated": scan.overlong,
-        "no_target": scan.no_target,
-    }
+    return DataNotes(
+        records=len(index.rows),
+        skipped_lines=len(index.skipped),
+        first_skipped_lines=[int(x) for x in index.skipped[:10]],
+        max_length=limit,
+        truncated=scan.overlong,
+        no_target=scan.no_target,
+    )
 
 
 def data_notes(job: Job) -> list[str]:
     """What enqueue did to the dataset, in lines for the user (empty when nothing)."""
-    d = job.info.get("data", {})
+    d = job.info.data
     notes = []
-    if d.get("skipped_lines"):
-        lines = d["first_skipped_lines"]
-        more = ", ..." if d["skipped_lines"] > len(lines) else ""
+    if d.skipped_lines:
+        lines = d.first_skipped_lines
+        more = ", ..." if d.skipped_lines > len(lines) else ""
         notes.append(
-            f"skipped {d['skipped_lines']} bad dataset line(s): {', '.join(map(str, lines))}{more}"
+            f"skipped {d.skipped_lines} bad dataset line(s): {', '.join(map(str, lines))}{more}"
         )
-    if d.get("truncated"):
+    if d.truncated:
         notes.append(
-            f"{d['truncated']} of {d['records']} records are longer than "
-            f"{job.spec.max_length_key}={d['max_length']} tokens and will be truncated "
+            f"{d.truncated} of {d.records} records are longer than "
+            f"{job.spec.max_length_key}={d.max_length} tokens and will be truncated "
             "(overlong: refuse stops instead)"
         )
-    if d.get("no_target"):
-        notes.append(f"{d['no_target']} records have no training target and will be dropped")
+    if d.no_target:
+        notes.append(f"{d.no_target} records have no training target and will be dropped")
     return notes
 
 
@@ -182,16 +189,16 @@ def create_job(
     """Validate everything, then write the job's directory. Returns the frozen job.
 
     ``skip_bad_lines``: leave malformed or shapeless dataset lines out (counted in
-    ``info["data"]``) instead of refusing the dataset.
+    ``info.data``) instead of refusing the dataset.
     """
     index = index_dataset(Path(spec.dataset), skip_bad=skip_bad_lines)
     split = plan_split(len(index.rows), spec.shards, spec.eval_fraction)
     fingerprints, tok = _check_models(spec)
-    info: dict[str, Any] = {
-        "fingerprints": fingerprints,
-        "total_steps": _total_steps(spec, split),
-        "data": _check_lengths(spec, index, tok),
-    }
+    info = JobInfo(
+        fingerprints=fingerprints,
+        total_steps=_total_steps(spec, split),
+        data=_check_lengths(spec, index, tok),
+    )
     paths = job_paths(storage, job_id or new_job_id(spec.name))
     paths.root.mkdir(parents=True, exist_ok=False)
     try:
@@ -203,12 +210,17 @@ def create_job(
 
 
 def _write_job(
-    paths: JobPaths, spec: JobSpec, index: np.ndarray, split: Split, info: dict[str, Any]
+    paths: JobPaths, spec: JobSpec, index: np.ndarray, split: Split, info: JobInfo
 ) -> Job:
     with atomic_path(paths.dataset) as tmp:
         shutil.copyfile(spec.dataset, tmp)
-    info["fingerprints"]["dataset_sha256"] = file_sha256(paths.dataset)
-    info["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    info = dataclasses.replace(
+        info,
+        fingerprints=dataclasses.replace(
+            info.fingerprints, dataset_sha256=file_sha256(paths.dataset)
+        ),
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
     with atomic_path(paths.root / "index.npy") as tmp, tmp.open("wb") as f:
         np.save(f, index)
     frozen = {
@@ -219,7 +231,7 @@ def _write_job(
             "eval_stride": split.eval_stride,
             "shards": [list(x) for x in split.shards],
         },
-        "info": info,
+        "info": records.to_json(info),
     }
     write_bytes(paths.spec, yaml.safe_dump(frozen, sort_keys=False).encode())
     return Job(paths, spec, split, info)

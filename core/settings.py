@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from app.errors import DistillqError
+from errors import DistillqError
 
 DEFAULT_STORAGE = "./distillq-data"
 QUEUES = ("teacher", "student")

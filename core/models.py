@@ -8,7 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from app.errors import ModelError
+from errors import ModelError
+from storage.padding import Padded
 
 
 def device() -> str:
@@ -112,3 +113,13 @@ def model_fingerprint(ref: str) -> str:
 
 def vocab_size(model: Any) -> int:
     return int(model.get_output_embeddings().weight.shape[0])
+
+
+def on_device(batch: Padded, dev: Any) -> tuple[Any, Any, Any, Any, Any]:
+    """(input_ids, attention_mask, rows, cols, labels) of ``batch`` as tensors on ``dev``."""
+    import torch
+
+    return tuple(  # type: ignore[return-value]
+        torch.from_numpy(a).to(dev)
+        for a in (batch.input_ids, batch.attention_mask, batch.rows, batch.cols, batch.labels)
+    )

@@ -1,0 +1,93 @@
+"""Terminal rendering of a job's status: progress bars, ETAs, and `watch`'s redraw loop."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+
+from core.status import JobStatus
+
+EXIT_FAILED, EXIT_TIMEOUT = 1, 3
+TERMINAL = ("done", "failed", "cancelled")
+STOPPED = ("paused", "cancelled")
+
+
+def _bar(done: float, total: float, width: int = 24) -> str:
+    frac = 0.0 if total <= 0 else min(1.0, done / total)
+    full = int(frac * width)
+    return "[" + "#" * full + "." * (width - full) + f"] {frac * 100:5.1f}%"
+
+
+def _eta(status: JobStatus, done: float, total: float) -> str:
+    """Time left if the rest goes as fast as what is done so far."""
+    start = status.created_at
+    if not start or total <= 0 or done <= 0 or done >= total:
+        return ""
+    elapsed = status.at - start
+    left = elapsed * (total - done) / done
+    return f"  ETA {int(left // 60)}:{int(left % 60):02d}"
+
+
+def render(status: JobStatus) -> str:
+    """Progress bars for the terminal: teacher shards, then each student track, with ETAs.
+
+    A track's loss is the mixed training loss α·CE + (1−α)·τ²·KD, with its parts beside it.
+    """
+    shards = status.shards
+    done = sum(s.state == "done" for s in shards)
+    running = [s.progress for s in shards if s.state == "running" and s.progress]
+    partial = sum((p.samples or 0) / max(1, p.of or 1) for p in running)
+    rates = [p.tokens_per_s for p in running]
+    lines = [f"{status.job_id}  {status.state}"]
+    if status.state in STOPPED:
+        lines[0] += f"  (`distillq resume {status.job_id}` continues it)"
+    lines.append(
+        f"  teacher  {_bar(done + partial, len(shards))}  {done}/{len(shards)} shards"
+        + (f"  {rates[0]:.0f} tok/s" if rates else "")
+        + _eta(status, done + partial, len(shards))
+    )
+    for name, t in status.tracks.items():
+        cur = ""
+        frac = 0.0
+        for p in t.running.values():
+            frac += (p.step or 0) / max(1, p.steps or 1) / t.replicas
+            loss = p.loss if p.loss is not None else float("nan")
+            parts = (
+                f" (CE {p.ce:.3f}, KD {p.kd:.3f})" if p.ce is not None and p.kd is not None else ""
+            )
+            cur = f"  train loss {loss:.3f}{parts}  {p.tokens_per_s:.0f} tok/s"
+        lines.append(
+            f"  {name:<8} {_bar(t.rounds_merged + frac, t.rounds)}  {t.rounds_merged}/{t.rounds} rounds{cur}"
+            + _eta(status, t.rounds_merged + frac, t.rounds)
+        )
+    for key, f in status.failures.items():
+        lines.append(f"  FAILED {key}: {f.error}")
+    return "\n".join(lines)
+
+
+def dumps(status: JobStatus) -> str:
+    return json.dumps(status.to_json(), indent=2, default=str)
+
+
+def follow(get: Callable[[], JobStatus], interval: float, timeout: float | None = None) -> int:
+    """Print progress until the job is done (0), failed (1) or the timeout passes (3)."""
+    tty = sys.stdout.isatty()
+    last, printed_at = "", 0.0
+    deadline = None if timeout is None else time.time() + timeout
+    while True:
+        st = get()
+        text = render(st)
+        # On a terminal, redraw in place; in a log, a new block at most every 10 s.
+        due = tty or time.time() - printed_at >= 10 or st.state in TERMINAL
+        if text != last and due:
+            if tty and last:
+                sys.stdout.write(f"\x1b[{last.count(chr(10)) + 1}F\x1b[J")
+            print(text, flush=True)
+            last, printed_at = text, time.time()
+        if st.state in TERMINAL:
+            return 0 if st.state == "done" else EXIT_FAILED
+        if deadline is not None and time.time() > deadline:
+            return EXIT_TIMEOUT
+        time.sleep(interval)

@@ -1,0 +1,1 @@
+"""Core components: pure functions and records of distillation (no Celery, no CLI)."""

@@ -1,0 +1,59 @@
+"""Live state of running jobs in Redis: task progress, per-track locks, attempt counters.
+
+Keys come from ``storage/keys.py``; the connection from ``core/broker.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from storage import keys, records
+from storage.records import Progress
+
+PROGRESS_TTL = 24 * 3600
+
+
+def set_progress(r: redis.Redis, job_id: str, task: str, record: Progress) -> None:
+    r.set(keys.progress(job_id, task), json.dumps(records.to_json(record)), ex=PROGRESS_TTL)
+
+
+def clear_progress(r: redis.Redis, job_id: str, task: str) -> None:
+    r.delete(keys.progress(job_id, task))
+
+
+def progress(r: redis.Redis, job_id: str) -> dict[str, Progress]:
+    """Progress of the job's running tasks, by task key."""
+    out = {}
+    prefix = keys.progress(job_id, "")
+    for key in r.scan_iter(match=keys.progress_pattern(job_id), count=500):
+        raw = r.get(key)
+        if raw:
+            name = key.decode()[len(prefix) :]
+            out[name] = records.from_json(Progress, json.loads(raw), f"progress of {name}")
+    return out
+
+
+LOCK_SECONDS = 600  # a holder of a track lock longer than this is presumed dead
+
+
+def track_lock(r: redis.Redis, job_id: str, track: str) -> Any:
+    """The per-track lock: merges and round scheduling of one track never interleave."""
+    return r.lock(
+        keys.track_lock(job_id, track), timeout=LOCK_SECONDS, blocking_timeout=LOCK_SECONDS
+    )
+
+
+def reset_attempts(r: redis.Redis, job_id: str) -> None:
+    for key in r.scan_iter(match=keys.attempts_pattern(job_id), count=500):
+        r.delete(key)
+
+
+def next_attempt(r: redis.Redis, job_id: str, task: str, ttl: int) -> int:
+    """Count one more delivery of ``task``; returns the attempt number (1 for the first)."""
+    key = keys.attempts(job_id, task)
+    n = int(r.incr(key))
+    r.expire(key, ttl)
+    return n

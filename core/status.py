@@ -1,0 +1,133 @@
+"""A job's state, derived from storage (what is done) and Redis (what is running now)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from core import control, live
+from core.job import Job
+from storage import cache, records, taskkeys
+from storage.checkpoints import merged_shards
+from storage.records import DataNotes, FailureRecord, Progress
+
+
+@dataclass(frozen=True)
+class FailureSummary:
+    task: str
+    error: str
+
+
+@dataclass(frozen=True)
+class ShardState:
+    shard: int
+    state: str  # pending | running | done | failed
+    tokens: int | None = None
+    bytes: int | None = None
+    tokens_per_s: float | None = None
+    error: str | None = None
+    progress: Progress | None = None
+
+
+@dataclass(frozen=True)
+class TrackState:
+    rounds_merged: int
+    rounds: int
+    merged_shards: list[int]
+    running: dict[str, Progress]
+    replicas: int
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What `status`, `watch` and `wait` show. Writer: ``job_status``; readers: ``app.view``."""
+
+    job_id: str
+    state: str  # queued | running | failed | paused | cancelled | done
+    mode: str
+    shards: list[ShardState]
+    tracks: dict[str, TrackState]
+    at: float
+    created_at: float | None = None
+    teacher_eval: bool | None = None
+    failures: dict[str, FailureSummary] = field(default_factory=dict)
+    data: DataNotes = field(default_factory=DataNotes)
+    report: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return records.to_json(self)
+
+
+def failures(job: Job) -> dict[str, FailureSummary]:
+    out = {}
+    if job.paths.failures_dir.exists():
+        for f in sorted(job.paths.failures_dir.glob("*.json")):
+            rec = records.read(FailureRecord, f)
+            out[f.stem] = FailureSummary(task=rec.task, error=rec.error)
+    return out
+
+
+def job_status(job: Job, redis_client: Any | None = None) -> JobStatus:
+    running = live.progress(redis_client, job.id) if redis_client is not None else {}
+    failed = failures(job)
+    shards = []
+    for i in range(job.n_shards):
+        key = str(taskkeys.teacher(i))
+        if job.paths.shard_stats(i).exists():
+            st = cache.read_stats(job.paths.shard_stats(i))
+            entry = ShardState(
+                i, "done", tokens=st.tokens, bytes=st.bytes, tokens_per_s=st.tokens_per_s
+            )
+        elif key in failed:
+            entry = ShardState(i, "failed", error=failed[key].error)
+        elif key in running:
+            entry = ShardState(i, "running", progress=running[key])
+        else:
+            entry = ShardState(i, "pending")
+        shards.append(entry)
+    tracks = {}
+    for spec in job.spec.students:
+        merged = sorted(merged_shards(job.paths, spec.name))
+        live_replicas = {
+            k: v
+            for k, v in running.items()
+            if (tk := taskkeys.parse(k)) is not None
+            and tk.kind == "replica"
+            and tk.track == spec.name
+        }
+        tracks[spec.name] = TrackState(
+            rounds_merged=len(merged),
+            rounds=job.n_shards,
+            merged_shards=merged,
+            running=live_replicas,
+            replicas=spec.replicas,
+        )
+    done = job.paths.report.exists()
+    stopped = control.state(job)
+    state = (
+        "done"
+        if done
+        else stopped
+        if stopped != control.RUNNING
+        else "failed"
+        if failed
+        else "running"
+        if running or any(s.state == "done" for s in shards)
+        else "queued"
+    )
+    created = dt.datetime.fromisoformat(job.info.created).timestamp() if job.info.created else None
+    return JobStatus(
+        job_id=job.id,
+        created_at=created,
+        state=state,
+        mode=job.spec.mode,
+        shards=shards,
+        tracks=tracks,
+        teacher_eval=job.paths.teacher_eval.exists() if job.spec.has_teacher else None,
+        failures=failed,
+        data=job.info.data,  # skipped lines and truncated records, from enqueue
+        report=str(job.paths.report) if done else None,
+        at=time.time(),
+    )

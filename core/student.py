@@ -1,0 +1,279 @@
+"""Build a student (+ adapter) and train one replica of a round on its slice of a shard.
+
+A replica starts from the track's latest global checkpoint (or the seeded initial adapter),
+trains on samples ``[r·n/R, (r+1)·n/R)`` of the shard for ``epochs`` passes, and saves its
+parameter delta and optimizer state. The merge (``app/merge.py``) folds deltas into the
+global checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from core import peft_methods
+from core.job import Job
+from core.losses import kd_loss
+from core.models import device, load_causal_lm, on_device
+from core.spec import StudentSpec
+from storage import checkpoints
+from storage.cache import Batch, CacheReader
+from storage.records import ReplicaStats
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[dict[str, Any]], None]
+MAX_CURVE_POINTS = 200
+
+
+def build(spec: StudentSpec) -> Any:
+    """The student model with its adapter (seeded), in train mode, on this process's device."""
+    base = load_causal_lm(spec.model, what=f"student {spec.name!r} model")
+    if peft_methods.resolve(spec.method) != peft_methods.FULL:
+        base.requires_grad_(False)
+    model = peft_methods.wrap(base, spec.peft, seed=spec.seed)
+    return model.train()
+
+
+def trainable(model: Any) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def snapshot(model: Any) -> dict[str, torch.Tensor]:
+    """A CPU float32 copy of the trainable parameters."""
+    return {n: p.detach().float().cpu().clone() for n, p in trainable(model).items()}
+
+
+@torch.no_grad()
+def load_params(model: Any, state: dict[str, torch.Tensor]) -> None:
+    params = trainable(model)
+    missing = set(params) ^ set(state)
+    if missing:
+        raise ValueError(
+            f"checkpoint does not match the model's trainable parameters: {sorted(missing)[:3]}"
+        )
+    for n, p in params.items():
+        p.copy_(state[n].to(p.device, p.dtype))
+
+
+def target_logits(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+) -> torch.Tensor:
+    """Student logits [P, V] at (row, col) positions of a padded batch [B, L].
+
+    Prompt-tuning adapters prepend virtual tokens to the output; the last L positions are
+    always the real ones.
+    """
+    out = model(input_ids=input_ids, attention_mask=attention_mask)
+    b, length = input_ids.shape
+    logits = out.logits[:, -length:]
+    # index_select on the flattened positions, not logits[rows, cols]: the backward of 2-D
+    # advanced indexing is an accumulating index_put into a [B, L, V] zero tensor, which on
+    # CPU made the backward pass the largest part of a student step.
+    return logits.reshape(b * length, -1).index_select(0, rows * length + cols)
+
+
+def replica_samples(n: int, replicas: int, r: int) -> range:
+    return range(n * r // replicas, n * (r + 1) // replicas)
+
+
+def lr_at(step: int, spec: StudentSpec, total_steps: int) -> float:
+    """Linear warm-up, then cosine decay to 10% at ``total_steps`` (global steps of the track)."""
+    warm = min(1.0, (step + 1) / max(1, spec.warmup_steps))
+    progress = min(1.0, step / max(1, total_steps))
+    return spec.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _to(batch_array: np.ndarray | None, dev: str) -> torch.Tensor | None:
+    return None if batch_array is None else torch.from_numpy(batch_array).to(dev)
+
+
+@dataclass
+class Trainer:
+    """A replica's model and optimizer, restored from the track's latest global version."""
+
+    spec: StudentSpec
+    model: Any
+    params: dict[str, torch.nn.Parameter]
+    opt: torch.optim.Optimizer
+    before: dict[str, torch.Tensor]  # trainable parameters at the start, for the delta
+    start_version: int
+    step0: int  # global optimizer steps of the track before this replica
+
+
+def restore(job: Job, track: str) -> Trainer:
+    """Build the student and load the track's latest global params and optimizer state."""
+    spec = job.spec.student(track)
+    start = checkpoints.latest(job.paths, track)
+    model = build(spec)
+    if start is not None:
+        load_params(model, start.params())
+    params = trainable(model)
+    opt = torch.optim.AdamW(params.values(), lr=spec.lr, weight_decay=spec.weight_decay)
+    if start is not None and (state := start.optimizer()) is not None:
+        opt.load_state_dict(state)
+    return Trainer(
+        spec=spec,
+        model=model,
+        params=params,
+        opt=opt,
+        before=snapshot(model),
+        start_version=start.version if start else 0,
+        step0=start.meta.step if start else 0,
+    )
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    alpha: float
+    temperature: float
+    kind: str
+    beta: float
+
+
+def loss_config(job: Job, spec: StudentSpec) -> LossConfig:
+    loss = job.spec.loss_for(spec)
+    temperature = loss.temperature or (job.spec.teacher.temperature if job.spec.teacher else 1.0)
+    return LossConfig(loss.alpha, temperature, loss.kind, loss.beta)
+
+
+def train_step(
+    t: Trainer, batch: Batch, loss: LossConfig, lr: float
+) -> tuple[float, dict[str, float]]:
+    """One optimizer step on ``batch``; returns the mixed loss and its CE / KD parts."""
+    dev = device()
+    ids, mask, rows, cols, labels = on_device(batch.padded, dev)
+    logits = target_logits(t.model, ids, mask, rows, cols)
+    value, parts = kd_loss(
+        logits,
+        labels,
+        _to(batch.target_ids, dev),
+        _to(batch.target_logprobs, dev),
+        alpha=loss.alpha,
+        temperature=loss.temperature,
+        kind=loss.kind,
+        beta=loss.beta,
+    )
+    value.backward()
+    torch.nn.utils.clip_grad_norm_(t.params.values(), 1.0)
+    for g in t.opt.param_groups:
+        g["lr"] = lr
+    t.opt.step()
+    t.opt.zero_grad(set_to_none=True)
+    return value.item(), parts
+
+
+@dataclass
+class LoopStats:
+    steps: int = 0
+    tokens: int = 0
+    positions: int = 0
+    curve: list[tuple[int, float, float, float]] = field(default_factory=list)
+
+
+def train_loop(
+    t: Trainer,
+    reader: CacheReader,
+    samples: range,
+    loss: LossConfig,
+    total_steps: int,
+    rng: np.random.Generator,
+    on_progress: Progress | None = None,
+) -> LoopStats:
+    """``spec.epochs`` passes over ``samples`` in a seeded batch order."""
+    spec = t.spec
+    n_batches = math.ceil(len(samples) / spec.batch_size)
+    out = LoopStats()
+    t0 = time.time()
+    for _ in range(spec.epochs):
+        for b in reader.batches(samples, spec.batch_size, rng.permutation(n_batches)):
+            lr = lr_at(t.step0 + out.steps, spec, total_steps)
+            value, parts = train_step(t, b, loss, lr)
+            out.steps += 1
+            out.tokens += int(b.padded.attention_mask.sum())
+            out.positions += len(b.padded.labels)
+            out.curve.append((t.step0 + out.steps, value, parts["ce"], parts["kd"]))
+            if on_progress and (out.steps % 5 == 0 or out.steps == 1):
+                on_progress(
+                    {
+                        "step": out.steps,
+                        "steps": n_batches * spec.epochs,
+                        "loss": round(value, 4),
+                        "ce": round(parts["ce"], 4),
+                        "kd": round(parts["kd"], 4),
+                        "tokens_per_s": round(out.tokens / max(1e-9, time.time() - t0), 1),
+                    }
+                )
+    return out
+
+
+def save(
+    job: Job, t: Trainer, shard: int, replica: int, loop: LoopStats, started: float
+) -> ReplicaStats:
+    """Write the replica's delta, optimizer state and stats (last: they mark it complete)."""
+    seconds = time.time() - started
+    after = snapshot(t.model)
+    delta = {n: after[n] - t.before[n] for n in after}
+    stats = ReplicaStats(
+        track=t.spec.name,
+        shard=shard,
+        replica=replica,
+        start_version=t.start_version,
+        steps=loop.steps,
+        tokens=loop.tokens,
+        target_positions=loop.positions,
+        seconds=round(seconds, 3),
+        tokens_per_s=round(loop.tokens / max(seconds, 1e-9), 1),
+        started_at=started,
+        finished_at=time.time(),
+        curve=_thin(loop.curve),
+    )
+    checkpoints.write_replica(
+        job.paths, t.spec.name, shard, replica, delta, t.opt.state_dict(), stats
+    )
+    return stats
+
+
+def train_replica(
+    job: Job, track: str, shard: int, replica: int, on_progress: Progress | None = None
+) -> ReplicaStats:
+    """Train replica ``replica`` of ``track`` on ``shard``; save its delta. Returns its stats."""
+    t = restore(job, track)
+    started = time.time()
+    with CacheReader(job.paths.shard(shard)) as reader:
+        loop = train_loop(
+            t,
+            reader,
+            replica_samples(len(reader), t.spec.replicas, replica),
+            loss_config(job, t.spec),
+            job.info.total_steps[track],
+            np.random.default_rng([t.spec.seed, shard, replica]),
+            on_progress,
+        )
+    stats = save(job, t, shard, replica, loop, started)
+    log.info(
+        "job %s track %s shard %d replica %d: %d steps, %.0f tok/s",
+        job.id,
+        track,
+        shard,
+        replica,
+        stats.steps,
+        stats.tokens_per_s,
+    )
+    return stats
+
+
+def _thin(curve: list[tuple[int, float, float, float]]) -> list[list[float]]:
+    every = max(1, math.ceil(len(curve) / MAX_CURVE_POINTS))
+    return [list(c) for c in curve[::every]]

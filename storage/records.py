@@ -1,0 +1,296 @@
+"""Typed records: what one stage hands the next, and what is kept on storage or in Redis.
+
+Each record is a frozen dataclass with one writer and one reader (named in its docstring), so
+mypy checks the scheduling instead of a dict whose keys are spelled in five files. On disk and
+over Redis they stay JSON: ``to_json`` is ``asdict``; ``from_json`` ignores keys it does not
+know (a newer writer) and fills fields an older writer did not have from their defaults. A
+record missing a field with no default raises ``RecordError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+from errors import RecordError
+from storage.atomic import read_json, write_json
+
+R = TypeVar("R")
+
+
+def to_json(record: Any) -> dict[str, Any]:
+    return dataclasses.asdict(record)
+
+
+def from_json(cls: type[R], raw: Any, where: str) -> R:
+    """Build ``cls`` from decoded JSON ``raw``; ``where`` names the source in errors."""
+    if not isinstance(raw, dict):
+        raise RecordError(f"{where}: expected a JSON object for {cls.__name__}, got {raw!r:.60}")
+    hints = _hints(cls)  # type: ignore[arg-type]
+    values = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in raw:
+            values[f.name] = _convert(hints[f.name], raw[f.name], f"{where}: {f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise RecordError(
+                f"{where}: {cls.__name__} has no {f.name!r} (written by an older distillq?); "
+                "`distillq resume` the job to redo that step"
+            )
+    return cls(**values)
+
+
+def write(path: Path, record: Any) -> None:
+    write_json(path, to_json(record))
+
+
+def read(cls: type[R], path: Path) -> R:
+    return from_json(cls, read_json(path), str(path))
+
+
+@functools.cache
+def _hints(cls: Any) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _convert(typ: Any, value: Any, where: str) -> Any:
+    origin, args = get_origin(typ), get_args(typ)
+    if dataclasses.is_dataclass(typ):
+        return from_json(typ, value, where)  # type: ignore[arg-type]
+    if origin in (Union, types.UnionType):
+        if value is None:
+            return None
+        return _convert(next(a for a in args if a is not type(None)), value, where)
+    if origin is list and args and dataclasses.is_dataclass(args[0]):
+        return [_convert(args[0], v, where) for v in value]
+    if origin is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]):
+        return {k: _convert(args[1], v, where) for k, v in value.items()}
+    return value
+
+
+# --- teacher stage ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardStats:
+    """``teacher/shard-NNNNN.json``, the sidecar that marks a shard done.
+
+    Writer: ``storage.cache.write_stats``; reader: ``storage.cache.read_stats`` (or
+    ``verified``, which also checks the file against ``sha256`` and ``bytes``).
+    """
+
+    shard: int
+    samples: int
+    tokens: int
+    target_positions: int
+    seconds: float
+    tokens_per_s: float
+    started_at: float
+    finished_at: float
+    sha256: str
+    bytes: int
+    k: int = 0
+    truncated: int = 0
+    dropped_no_target: int = 0
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Held-out loss of a model: ``teacher/eval.json`` and ``students/<t>/final/eval.json``.
+
+    Writer: ``core.stages`` (teacher_eval, finalize); reader: ``read_eval`` via the report.
+    """
+
+    loss: float
+    tokens: int
+    version: int | None = None  # the student's checkpoint version it was measured on
+    outputs: dict[str, str | None] | None = None  # exported adapter / merged model paths
+
+
+# --- student stage ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplicaStats:
+    """``rounds/shard-NNNNN/replica-R/stats.json``: a replica's finished work.
+
+    Writer: ``storage.checkpoints.write_replica``; reader: ``checkpoints.replica_stats``.
+    ``curve`` holds (global step, loss, CE, KD) points; it is left out of task results.
+    """
+
+    track: str
+    shard: int
+    replica: int
+    start_version: int
+    steps: int
+    tokens: int
+    target_positions: int
+    seconds: float
+    tokens_per_s: float
+    started_at: float
+    finished_at: float
+    curve: list[list[float]] = field(default_factory=list)
+
+    def without_curve(self) -> ReplicaStats:
+        return dataclasses.replace(self, curve=[])
+
+
+@dataclass(frozen=True)
+class RoundInfo:
+    """One merged round, kept in the checkpoint's ``meta.json``."""
+
+    shard: int
+    queued_at: float | None
+    merged_at: float
+    replicas: list[ReplicaStats]
+    curve: list[list[float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """``global/vNNNN/meta.json``: what a track's global version holds.
+
+    Writer: ``storage.checkpoints.write_version``; reader: ``checkpoints.latest``.
+    """
+
+    track: str
+    step: int
+    merged_shards: list[int]
+    rounds: list[RoundInfo]
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class RoundMarker:
+    """``students/<t>/round-inflight.json``: the one round of a track in flight.
+
+    Writer and reader: ``tasks.pipeline`` (advance, under the track lock).
+    """
+
+    shard: int
+    queued_at: float
+
+
+# --- job control and failures --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ControlRecord:
+    """``control.json``: a user's pause or cancel. Writer and reader: ``core.control``."""
+
+    state: str
+    at: float
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """``failures/<task key>.json``: a task that failed for good.
+
+    Writer: ``tasks.base.JobTask.on_failure``; reader: ``core.status`` (and `resume`, which
+    clears them).
+    """
+
+    task: str
+    key: str
+    error: str
+    at: float
+    task_id: str = ""
+    args: list[Any] = field(default_factory=list)
+    traceback: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Live progress of a running task, in Redis (``keys.progress``).
+
+    Writer: ``tasks.base.JobTask.progress``; reader: ``core.status``. Teacher tasks fill
+    samples/of/tokens, replicas step/steps/loss (with its CE and KD parts).
+    """
+
+    task: str
+    at: float
+    tokens_per_s: float = 0.0
+    samples: int | None = None
+    of: int | None = None
+    tokens: int | None = None
+    step: int | None = None
+    steps: int | None = None
+    loss: float | None = None
+    ce: float | None = None
+    kd: float | None = None
+
+
+# --- the job -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudentFingerprint:
+    model: str
+    tokenizer: str
+
+
+@dataclass(frozen=True)
+class Fingerprints:
+    tokenizer: str
+    students: dict[str, StudentFingerprint] = field(default_factory=dict)
+    teacher: str = ""
+    vocab_size: int | None = None
+    dataset_sha256: str = ""
+
+
+@dataclass(frozen=True)
+class DataNotes:
+    """What enqueue did to the dataset: skipped lines, truncated records."""
+
+    records: int = 0
+    skipped_lines: int = 0
+    first_skipped_lines: list[int] = field(default_factory=list)
+    max_length: int = 0
+    truncated: int = 0
+    no_target: int = 0
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """The ``info`` part of ``job.yaml``, frozen at enqueue.
+
+    Writer: ``core.job.create_job``; reader: ``core.job.load_job``.
+    """
+
+    fingerprints: Fingerprints
+    total_steps: dict[str, int]
+    data: DataNotes = field(default_factory=DataNotes)
+    created: str = ""
+
+
+# --- task results (JSON over the result backend) --------------------------------------------
+
+SkipReason = Literal["merged", "regenerate", "missing"]
+
+
+@dataclass(frozen=True)
+class ReplicaOutcome:
+    """What a ``train_replica`` delivery did; the chord hands these to ``merge_round``.
+
+    Writer: ``core.stages.replica``; reader: ``tasks.student.merge_round``. ``skipped``:
+    "merged" (a duplicate delivery after the merge), "regenerate" (this delivery quarantined
+    a corrupt cache) or "missing" (the cache is being regenerated).
+    """
+
+    skipped: SkipReason | None = None
+    stats: ReplicaStats | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.stats is not None:
+            return to_json(self.stats.without_curve())
+        return {"skipped": self.skipped}
+
+    @staticmethod
+    def from_json(raw: dict[str, Any]) -> ReplicaOutcome:
+        if raw.get("skipped"):
+            return ReplicaOutcome(skipped=raw["skipped"])
+        return ReplicaOutcome(stats=from_json(ReplicaStats, raw, "replica result"))
