@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench setup clean demo-teacher
+.PHONY: demo test test-fast lint bench bench-cli setup clean demo-teacher
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
+# The inner loop: unit + integration (real Redis, no worker processes, no whole jobs).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests/unit tests/integration -m "not e2e"
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -33,6 +37,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# How long each command takes to answer, fresh interpreter each time; rewrites bench/CLI.md.
+bench-cli: $(STAMP)
+	$(BIN)/python -m bench.cli_latency
 
 # Rebuild the shipped demo teacher (app/assets/demo-teacher); takes about an hour on 2 cores.
 demo-teacher: $(STAMP)

@@ -6,8 +6,10 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from core.status import JobStatus
+if TYPE_CHECKING:  # only a type here: `distillq --help` must not load the job machinery
+    from core.status import JobStatus
 
 EXIT_FAILED, EXIT_TIMEOUT = 1, 3
 TERMINAL = ("done", "failed", "cancelled")

@@ -1,6 +1,6 @@
 """JSONL records → tokenized samples with a training mask; the deterministic split into shards.
 
-Three record shapes (DESIGN §4: only "next token is a training target" positions get targets):
+Three record shapes (docs/DESIGN.md §5: only "next token is a training target" positions get targets):
 
 - ``{"prompt": ..., "response": ...}``: train on the response tokens (+ EOS).
 - ``{"text": ...}``: train on every token (+ EOS).

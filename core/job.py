@@ -79,7 +79,7 @@ def _check_models(spec: JobSpec) -> tuple[Fingerprints, Any]:
 
     Returns the fingerprints and the tokenizer the teacher stage tokenizes samples with.
     """
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # here, not at the top: `status` loads this module
 
     students: dict[str, StudentFingerprint] = {}
     teacher_fp, vocab_size, first_tok_fp = "", None, ""

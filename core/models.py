@@ -11,6 +11,9 @@ from typing import Any
 from errors import ModelError
 from storage.padding import Padded
 
+# torch, transformers and huggingface_hub are imported inside the functions that use them:
+# `status` and `--help` import this module through core.job and must not pay seconds for them.
+
 
 def device() -> str:
     """``cuda`` when this process sees a GPU, else ``cpu``. Called after fork, never at import."""

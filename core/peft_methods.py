@@ -14,6 +14,9 @@ from typing import Any
 
 from errors import SpecError
 
+# peft (and torch under it) is imported inside the functions that need it, for start-up time:
+# core.job imports this module, and `status` must not load peft.
+
 FULL = "full"
 ALIASES = {
     "lora": "LORA",

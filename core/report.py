@@ -110,7 +110,7 @@ def plot(
     timeline: list[tuple[str, float, float, float]],
 ) -> None:
     """Curves, held-out losses, the stage timeline and the cache size, in one PNG."""
-    import matplotlib
+    import matplotlib  # here: only finalize and `report` draw; the CLI loads this module
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,4 +1,4 @@
-"""Every Redis key distillq uses, in one place. Redis holds live state only (DESIGN §3)."""
+"""Every Redis key distillq uses, in one place. Redis holds live state only (docs/DESIGN.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every path of a job on shared storage, in one place (DESIGN §3).
+"""Every path of a job on shared storage, in one place (docs/DESIGN.md §4).
 
 <storage>/jobs/<job_id>/
   job.yaml, dataset.jsonl            frozen spec + fingerprints, the dataset copied in

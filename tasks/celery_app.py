@@ -37,7 +37,7 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "broker_url": s.broker_url,
         "result_backend": s.backend_url,
         # Two queues, each task routed by name: a worker's -Q picks teacher (GPU) or student
-        # work or both (DESIGN §2); anything unrouted is student work.
+        # work or both (docs/DESIGN.md §7); anything unrouted is student work.
         "task_queues": tuple(Queue(q) for q in QUEUES),
         "task_default_queue": "student",
         "task_routes": {t: {"queue": q} for q, ts in QUEUE_TASKS.items() for t in ts},

@@ -28,7 +28,7 @@ _reaper: Reaper | None = None
 
 
 def default_queues(has_gpu: bool) -> list[str]:
-    """GPU nodes prefer teacher work, CPU nodes student work (DESIGN §2)."""
+    """GPU nodes prefer teacher work, CPU nodes student work (docs/DESIGN.md §7)."""
     return ["teacher", "student"] if has_gpu else ["student", "teacher"]
 
 
@@ -75,7 +75,7 @@ def _child_threads(**_: Any) -> None:
     broker.client.cache_clear()
     broker.quick_client.cache_clear()
     # Each forked child gets its share of the cores: cores / concurrency torch threads.
-    import torch
+    import torch  # here: the worker's main process never needs torch
 
     threads = int(app.conf.get("distillq_worker", {}).get("threads", 0))
     if threads > 0:

@@ -44,7 +44,7 @@ def gpus() -> list[dict[str, Any]]:
 
 
 def node_info(hostname: str, queues: list[str], concurrency: int) -> dict[str, Any]:
-    from importlib.metadata import version
+    from importlib.metadata import version  # once per node start, for its registry entry
 
     return {
         "hostname": hostname,

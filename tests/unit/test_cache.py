@@ -138,7 +138,7 @@ def test_not_a_cache_file_is_refused(tmp_path):
 
 
 def test_demo_teacher_cache_fits_160_bytes_per_position_at_k64(tmp_path):
-    """DESIGN §4's size goal on real output of the shipped demo teacher (vocab 4,096).
+    """docs/DESIGN.md §5's size goal on real output of the shipped demo teacher (vocab 4,096).
 
     A size, not a timing: the bytes are a deterministic function of the teacher's outputs.
     The full benchmark (bench/cache_size.py, 200 records) lands lower, at ~148 B.

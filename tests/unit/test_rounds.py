@@ -14,8 +14,6 @@ from storage import checkpoints
 from storage.cache import CacheReader
 from tests.conftest import job_with_cache
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory, tiny_models, text_records):
@@ -89,3 +87,27 @@ def test_two_rounds_equal_one_sequential_loop(job):
     got = ckpt.params()
     for name, value in expected.items():
         torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_a_replica_is_made_of_restore_step_and_save(job):
+    """The composed steps on their own: restore picks up the latest version and its step count,
+    one step changes the trainable parameters, save writes stats that mark the replica done."""
+    import time
+
+    from storage.cache import CacheReader
+
+    latest = checkpoints.latest(job.paths, "s")
+    t = student.restore(job, "s")
+    assert t.start_version == (latest.version if latest else 0)
+    assert t.step0 == (latest.meta.step if latest else 0)
+    before = {n: p.detach().clone() for n, p in t.params.items()}
+    with CacheReader(job.paths.shard(0)) as r:
+        batch = r.batch(0, 4)
+    loss, parts = student.train_step(t, batch, student.loss_config(job, t.spec), lr=1e-3)
+    assert loss > 0 and set(parts) >= {"ce", "kd"}
+    assert any(not torch.equal(before[n], p) for n, p in t.params.items())
+    loop = student.LoopStats(steps=1, tokens=int(batch.padded.attention_mask.sum()), positions=1)
+    stats = student.save(job, t, 0, 0, loop, started=time.time())
+    assert checkpoints.replica_stats(job.paths, "s", 0, 0) == stats
+    delta, _ = checkpoints.load_replica(job.paths, "s", 0, 0)
+    assert any(d.abs().sum() > 0 for d in delta.values())

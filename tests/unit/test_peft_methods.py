@@ -14,8 +14,6 @@ from errors import SpecError
 from storage import checkpoints
 from tests.conftest import job_with_cache
 
-pytestmark = pytest.mark.integration
-
 METHODS = [
     {"method": "lora", "r": 4, "alpha": 8},
     {"method": "prefix", "num_virtual_tokens": 4},

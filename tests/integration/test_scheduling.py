@@ -1,0 +1,184 @@
+"""The scheduling logic in-process against the test Redis: round order, advance, finalize once,
+merge_if_complete, and the reaper's hand-back. No workers: what the canvas queues is read back
+from the Redis lists kombu writes, and the reaper moves real unacknowledged kombu messages."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+import redis
+
+from core.job import create_job
+from core.spec import load_spec
+from storage import checkpoints, records
+from storage.records import CheckpointMeta, ReplicaStats, RoundMarker, ShardStats
+from tasks import pipeline
+from tasks.celery_app import app, configure
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def job(settings, make_spec):
+    configure(settings)
+    return create_job(settings.storage, load_spec(make_spec(n_records=40, shards=3)))
+
+
+@pytest.fixture
+def r(settings):
+    return redis.Redis.from_url(settings.broker_url)
+
+
+def queued(r, queue: str) -> list[tuple[str, list]]:
+    """(task name, args) of every message waiting in ``queue``, oldest first."""
+    out = []
+    for raw in reversed(r.lrange(queue, 0, -1)):  # kombu LPUSHes and its consumers BRPOP
+        msg = json.loads(raw)
+        args = json.loads(base64.b64decode(msg["body"]))[0]
+        out.append((msg["headers"]["task"], args))
+    return out
+
+
+def finish_shard(job, shard: int, finished_at: float) -> None:
+    fields = dict(samples=1, tokens=1, target_positions=1, seconds=1.0, tokens_per_s=1.0)
+    records.write(
+        job.paths.shard_stats(shard),
+        ShardStats(
+            shard=shard, started_at=0.0, finished_at=finished_at, sha256="", bytes=0, **fields
+        ),
+    )
+
+
+def merge(job, shards: list[int]) -> None:
+    """Publish a version that holds ``shards`` (no tensors: scheduling reads only the meta)."""
+    latest = checkpoints.latest(job.paths, "s")
+    version = (latest.version if latest else 0) + 1
+    meta = CheckpointMeta(track="s", step=version, merged_shards=shards, rounds=[])
+    checkpoints.write_version(job.paths, "s", version, {}, None, meta)
+
+
+def test_rounds_run_one_at_a_time_in_the_order_shards_finished(job, r):
+    assert pipeline.advance(app, job, "s") is None  # nothing finished yet
+    assert queued(r, "student") == []
+    finish_shard(job, 2, finished_at=10.0)
+    finish_shard(job, 0, finished_at=20.0)
+    assert pipeline.advance(app, job, "s") == 2  # the first to finish, not the lowest index
+    assert records.read(RoundMarker, job.paths.round_inflight("s")).shard == 2
+    assert queued(r, "student") == [("distillq.train_replica", [job.id, "s", 2, 0])]
+    # A round in flight: nothing else starts, however often the canvas asks.
+    assert pipeline.advance(app, job, "s") is None
+    assert pipeline.advance(app, job, "s") is None
+    assert len(queued(r, "student")) == 1
+    merge(job, [2])
+    assert pipeline.advance(app, job, "s") == 0
+    merge(job, [2, 0])
+    assert pipeline.advance(app, job, "s") is None  # shard 1 is not done yet
+    assert not job.paths.round_inflight("s").exists()
+    finish_shard(job, 1, finished_at=30.0)
+    assert pipeline.advance(app, job, "s") == 1
+    assert [a[2] for _, a in queued(r, "student")] == [2, 0, 1]
+
+
+def test_a_paused_job_starts_no_round_until_resumed(job, r):
+    from core import control
+
+    finish_shard(job, 0, finished_at=1.0)
+    control.set_state(job, control.PAUSED)
+    assert pipeline.advance(app, job, "s") is None and queued(r, "student") == []
+    control.set_state(job, control.RUNNING)
+    assert pipeline.advance(app, job, "s") == 0
+
+
+def test_finalize_is_queued_exactly_once_when_everything_is_merged(job, r):
+    assert not pipeline.maybe_finalize(app, job)
+    merge(job, [0, 1, 2])
+    assert not pipeline.maybe_finalize(app, job)  # the teacher's eval is still missing
+    records.write(job.paths.teacher_eval, records.EvalResult(loss=1.0, tokens=1))
+    assert pipeline.maybe_finalize(app, job)
+    assert not pipeline.maybe_finalize(app, job)
+    assert queued(r, "student") == [("distillq.finalize", [job.id])]
+
+
+def replica_done(job, shard: int, start_version: int) -> None:
+    stats = ReplicaStats(
+        track="s",
+        shard=shard,
+        replica=0,
+        start_version=start_version,
+        steps=1,
+        tokens=1,
+        target_positions=1,
+        seconds=1.0,
+        tokens_per_s=1.0,
+        started_at=0.0,
+        finished_at=1.0,
+    )
+    d = job.paths.replica_dir("s", shard, 0)
+    d.mkdir(parents=True, exist_ok=True)
+    records.write(d / "stats.json", stats)
+
+
+def test_a_redelivered_replica_queues_the_merge_only_when_the_round_is_complete(job, r):
+    assert not pipeline.merge_if_complete(app, job, "s", 0)  # no replica saved yet
+    merge(job, [1])  # v1
+    replica_done(job, 0, start_version=0)  # trained from a stale version: not this round's
+    assert not pipeline.merge_if_complete(app, job, "s", 0)
+    replica_done(job, 0, start_version=1)
+    assert pipeline.merge_if_complete(app, job, "s", 0)
+    assert queued(r, "student") == [("distillq.merge_round", [[], job.id, "s", 0])]
+    merge(job, [1, 0])
+    assert not pipeline.merge_if_complete(app, job, "s", 0)  # merged already
+
+
+def test_the_reaper_hands_a_dead_nodes_unacked_task_back_once(settings, r):
+    from kombu import Connection
+
+    from storage import keys
+    from workers.reaper import Reaper, record_delivery
+
+    configure(settings)
+    sig = app.signature("distillq.teacher_shard", args=("job-x", 4))
+    sig.apply_async()
+    with Connection(settings.broker_url) as taker:
+        queue = taker.SimpleQueue("teacher")
+        msg = queue.get(timeout=5)  # delivered, never acknowledged: the node then "dies"
+        record_delivery(r, "dead@test", str(msg.delivery_tag))
+        assert queued(r, "teacher") == [] and r.hlen("unacked") == 1
+
+        reaper = Reaper(app, r, "live@test")
+        try:
+            assert reaper.sweep() == 1  # dead@test has no heartbeat
+            assert queued(r, "teacher") == [("distillq.teacher_shard", ["job-x", 4])]
+            assert r.hlen("unacked") == 0 and not r.exists(keys.deliveries("dead@test"))
+            r.delete(keys.reap_claim("dead@test"))
+            assert reaper.sweep() == 0  # nothing left to hand back
+        finally:
+            reaper.close()
+        queue.close()
+
+
+def test_the_reaper_leaves_a_live_nodes_deliveries_alone(settings, r):
+    from kombu import Connection
+
+    from storage import keys
+    from workers.node import Heartbeat
+    from workers.reaper import Reaper, record_delivery
+
+    configure(settings)
+    app.signature("distillq.teacher_shard", args=("job-y", 1)).apply_async()
+    beat = Heartbeat(r, {"hostname": "busy@test", "queues": ["teacher"]}, interval=30)
+    beat.beat()
+    with Connection(settings.broker_url) as taker:
+        queue = taker.SimpleQueue("teacher")
+        msg = queue.get(timeout=5)
+        record_delivery(r, "busy@test", str(msg.delivery_tag))
+        reaper = Reaper(app, r, "live@test")
+        try:
+            assert reaper.sweep() == 0
+            assert r.hlen("unacked") == 1 and r.exists(keys.deliveries("busy@test"))
+        finally:
+            reaper.close()
+        msg.ack()
+        queue.close()
