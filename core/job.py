@@ -28,7 +28,7 @@ from errors import DataError, JobNotFound, ModelError, SpecError
 from storage import records
 from storage.atomic import atomic_path, write_bytes
 from storage.cache import file_sha256
-from storage.layout import JobPaths, job_paths, jobs_root
+from storage.layout import JobPaths, checks_memo, job_paths, jobs_root
 from storage.records import DataNotes, Fingerprints, JobInfo, StudentFingerprint
 
 
@@ -74,7 +74,7 @@ def list_jobs(storage: Path) -> list[str]:
     return sorted(d.name for d in root.iterdir() if (d / "job.yaml").exists())
 
 
-def _check_models(spec: JobSpec) -> tuple[Fingerprints, Any]:
+def _check_models(spec: JobSpec, storage: Path) -> tuple[Fingerprints, Any]:
     """Load every tokenizer (cheap; no weights), compare fingerprints, check top_k. Raises.
 
     Returns the fingerprints and the tokenizer the teacher stage tokenizes samples with.
@@ -95,7 +95,7 @@ def _check_models(spec: JobSpec) -> tuple[Fingerprints, Any]:
             )
         teacher_fp, vocab_size = model_fingerprint(spec.teacher.model), vocab
     for s in spec.students:
-        peft_methods.make_config(s.peft)
+        peft_methods.check(s.peft, checks_memo(storage, "peft"))
         tok = load_tokenizer(s.model, f"student {s.name!r} model")
         fp = tokenizer_fingerprint(tok)
         if teacher_tok_fp is not None and fp != teacher_tok_fp:
@@ -193,7 +193,7 @@ def create_job(
     """
     index = index_dataset(Path(spec.dataset), skip_bad=skip_bad_lines)
     split = plan_split(len(index.rows), spec.shards, spec.eval_fraction)
-    fingerprints, tok = _check_models(spec)
+    fingerprints, tok = _check_models(spec, storage)
     info = JobInfo(
         fingerprints=fingerprints,
         total_steps=_total_steps(spec, split),

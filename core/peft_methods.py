@@ -9,10 +9,15 @@ from identical weights without coordinating.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import json
+from pathlib import Path
 from typing import Any
 
 from errors import SpecError
+from storage.atomic import read_json, write_json
 
 # peft (and torch under it) is imported inside the functions that need it, for start-up time:
 # core.job imports this module, and `status` must not load peft.
@@ -64,8 +69,6 @@ def resolve(method: str) -> str:
 
 def make_config(options: dict[str, Any]) -> Any:
     """A peft config for ``{"method": ..., **options}`` (None for full). Raises SpecError."""
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-
     ptype = resolve(str(options["method"]))
     if ptype == FULL:
         extra = set(options) - {"method"}
@@ -73,6 +76,7 @@ def make_config(options: dict[str, Any]) -> Any:
             raise SpecError(f"peft method full takes no options, got {sorted(extra)}")
         return None
     from peft import PeftType
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
     cls = PEFT_TYPE_TO_CONFIG_MAPPING[PeftType(ptype)]
     kwargs = dict(DEFAULTS.get(ptype, {}))
@@ -91,6 +95,37 @@ def make_config(options: dict[str, Any]) -> Any:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise SpecError(f"peft {ptype} options are invalid: {e}") from None
+
+
+def check(options: dict[str, Any], memo: Path | None = None) -> None:
+    """Raise SpecError unless ``options`` make a valid peft config (by building it).
+
+    ``memo``: a JSON file of option sets already built without error under this peft
+    version. Importing peft costs seconds; an `enqueue` that repeats a checked set skips it.
+    """
+    key = json.dumps(
+        {"peft": _installed("peft"), "options": options, "defaults": DEFAULTS}, sort_keys=True
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+    known: list[str] = []
+    if memo is not None and memo.exists():
+        with contextlib.suppress(OSError, ValueError):
+            known = list(read_json(memo))
+    if digest in known:
+        return
+    make_config(options)
+    if memo is not None:
+        with contextlib.suppress(OSError):  # only a memo: never fail the check over it
+            write_json(memo, sorted({*known, digest})[-1000:])
+
+
+def _installed(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "absent"
 
 
 def wrap(base: Any, options: dict[str, Any], seed: int) -> Any:

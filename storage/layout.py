@@ -127,6 +127,11 @@ def job_paths(storage: Path, job_id: str) -> JobPaths:
     return JobPaths(jobs_root(storage) / check_name("job id", job_id))
 
 
+def checks_memo(storage: Path, what: str) -> Path:
+    """Results of slow enqueue checks that passed (``what``: peft), kept across jobs."""
+    return storage / "cache" / f"{what}-checked.json"
+
+
 def models_root(storage: Path) -> Path:
     """Where ``distillq demo`` puts the models it builds, so every worker can load them."""
     return storage / "models"

@@ -206,3 +206,23 @@ def run_cli(settings: Settings, *args: str, timeout: float = 300) -> subprocess.
         text=True,
         timeout=timeout,
     )
+
+
+def replica_stats(**over: Any):  # -> storage.records.ReplicaStats
+    """A replica's stats record with plausible values; ``over`` replaces fields."""
+    from storage.records import ReplicaStats
+
+    base: dict[str, Any] = dict(
+        track="s",
+        shard=0,
+        replica=0,
+        start_version=0,
+        steps=10,
+        tokens=640,
+        target_positions=300,
+        seconds=1.5,
+        tokens_per_s=426.7,
+        started_at=100.0,
+        finished_at=101.5,
+    )
+    return ReplicaStats(**{**base, **over})

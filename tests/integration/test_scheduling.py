@@ -13,9 +13,10 @@ import redis
 from core.job import create_job
 from core.spec import load_spec
 from storage import checkpoints, records
-from storage.records import CheckpointMeta, ReplicaStats, RoundMarker, ShardStats
+from storage.records import CheckpointMeta, RoundMarker, ShardStats
 from tasks import pipeline
 from tasks.celery_app import app, configure
+from tests.conftest import replica_stats
 
 pytestmark = pytest.mark.integration
 
@@ -102,22 +103,9 @@ def test_finalize_is_queued_exactly_once_when_everything_is_merged(job, r):
 
 
 def replica_done(job, shard: int, start_version: int) -> None:
-    stats = ReplicaStats(
-        track="s",
-        shard=shard,
-        replica=0,
-        start_version=start_version,
-        steps=1,
-        tokens=1,
-        target_positions=1,
-        seconds=1.0,
-        tokens_per_s=1.0,
-        started_at=0.0,
-        finished_at=1.0,
-    )
     d = job.paths.replica_dir("s", shard, 0)
     d.mkdir(parents=True, exist_ok=True)
-    records.write(d / "stats.json", stats)
+    records.write(d / "stats.json", replica_stats(shard=shard, start_version=start_version))
 
 
 def test_a_redelivered_replica_queues_the_merge_only_when_the_round_is_complete(job, r):

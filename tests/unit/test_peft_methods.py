@@ -100,3 +100,27 @@ def test_unknown_method_lists_valid_ones():
 def test_unknown_option_lists_the_method_options():
     with pytest.raises(SpecError, match="not an option of LORA"):
         make_config({"method": "lora", "rank": 4})
+
+
+def test_a_checked_option_set_is_remembered_so_enqueue_skips_importing_peft(tmp_path):
+    import subprocess
+    import sys
+
+    from core.peft_methods import check
+
+    memo = tmp_path / "peft-checked.json"
+    with pytest.raises(SpecError, match="not an option of LORA"):
+        check({"method": "lora", "rank": 4}, memo)
+    assert not memo.exists()  # a failed check is not remembered
+    check({"method": "lora", "r": 4}, memo)
+    probe = (
+        "import sys; from core.peft_methods import check; "
+        f"check({{'method': 'lora', 'r': 4}}, __import__('pathlib').Path({str(memo)!r})); "
+        "print('peft' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    # Another option set is built (and checked) again.
+    probe = probe.replace("'r': 4", "'r': 8")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"

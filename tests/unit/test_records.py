@@ -7,24 +7,20 @@ import pytest
 from errors import RecordError
 from storage import records, taskkeys
 from storage.records import CheckpointMeta, JobInfo, ReplicaOutcome, ReplicaStats, RoundInfo
+from tests.conftest import replica_stats as make_replica_stats
 
 
 def replica_stats(**over):
-    base = dict(
-        track="kd",
-        shard=3,
-        replica=1,
-        start_version=2,
-        steps=10,
-        tokens=640,
-        target_positions=300,
-        seconds=1.5,
-        tokens_per_s=426.7,
-        started_at=100.0,
-        finished_at=101.5,
-        curve=[[11, 3.2, 3.0, 3.4]],
+    return make_replica_stats(
+        **{
+            "track": "kd",
+            "shard": 3,
+            "replica": 1,
+            "start_version": 2,
+            "curve": [[11, 3.2, 3.0, 3.4]],
+            **over,
+        }
     )
-    return ReplicaStats(**{**base, **over})
 
 
 def test_nested_records_round_trip_through_json(tmp_path):
