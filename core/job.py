@@ -74,10 +74,11 @@ def list_jobs(storage: Path) -> list[str]:
     return sorted(d.name for d in root.iterdir() if (d / "job.yaml").exists())
 
 
-def _check_models(spec: JobSpec, storage: Path) -> tuple[Fingerprints, Any]:
+def _check_models(spec: JobSpec, storage: Path) -> tuple[Fingerprints, Any, list[str]]:
     """Load every tokenizer (cheap; no weights), compare fingerprints, check top_k. Raises.
 
-    Returns the fingerprints and the tokenizer the teacher stage tokenizes samples with.
+    Returns the fingerprints, the tokenizer the teacher stage tokenizes samples with, and
+    the peft option sets newly checked (remembered once the job exists).
     """
     from transformers import AutoConfig  # here, not at the top: `status` loads this module
 
@@ -85,6 +86,7 @@ def _check_models(spec: JobSpec, storage: Path) -> tuple[Fingerprints, Any]:
     teacher_fp, vocab_size, first_tok_fp = "", None, ""
     teacher_tok_fp = None
     sample_tok = None
+    checked: list[str] = []
     if spec.teacher:
         tok = sample_tok = load_tokenizer(spec.teacher.model, "teacher model")
         teacher_tok_fp = tokenizer_fingerprint(tok)
@@ -95,7 +97,8 @@ def _check_models(spec: JobSpec, storage: Path) -> tuple[Fingerprints, Any]:
             )
         teacher_fp, vocab_size = model_fingerprint(spec.teacher.model), vocab
     for s in spec.students:
-        peft_methods.check(s.peft, checks_memo(storage, "peft"))
+        if (digest := peft_methods.check(s.peft, checks_memo(storage, "peft"))) is not None:
+            checked.append(digest)
         tok = load_tokenizer(s.model, f"student {s.name!r} model")
         fp = tokenizer_fingerprint(tok)
         if teacher_tok_fp is not None and fp != teacher_tok_fp:
@@ -113,7 +116,7 @@ def _check_models(spec: JobSpec, storage: Path) -> tuple[Fingerprints, Any]:
         teacher=teacher_fp,
         vocab_size=vocab_size,
     )
-    return fps, sample_tok
+    return fps, sample_tok, checked
 
 
 def _check_lengths(spec: JobSpec, index: DatasetIndex, tok: Any) -> DataNotes:
@@ -193,7 +196,7 @@ def create_job(
     """
     index = index_dataset(Path(spec.dataset), skip_bad=skip_bad_lines)
     split = plan_split(len(index.rows), spec.shards, spec.eval_fraction)
-    fingerprints, tok = _check_models(spec, storage)
+    fingerprints, tok, peft_checked = _check_models(spec, storage)
     info = JobInfo(
         fingerprints=fingerprints,
         total_steps=_total_steps(spec, split),
@@ -202,11 +205,13 @@ def create_job(
     paths = job_paths(storage, job_id or new_job_id(spec.name))
     paths.root.mkdir(parents=True, exist_ok=False)
     try:
-        return _write_job(paths, spec, index.rows, split, info)
+        job = _write_job(paths, spec, index.rows, split, info)
     except BaseException:
         # The directory is ours (exist_ok=False): a disk-full or interrupted write leaves no junk.
         shutil.rmtree(paths.root, ignore_errors=True)
         raise
+    peft_methods.remember(checks_memo(storage, "peft"), peft_checked)
+    return job
 
 
 def _write_job(

@@ -97,26 +97,38 @@ def make_config(options: dict[str, Any]) -> Any:
         raise SpecError(f"peft {ptype} options are invalid: {e}") from None
 
 
-def check(options: dict[str, Any], memo: Path | None = None) -> None:
+def check(options: dict[str, Any], memo: Path | None = None) -> str | None:
     """Raise SpecError unless ``options`` make a valid peft config (by building it).
 
     ``memo``: a JSON file of option sets already built without error under this peft
     version. Importing peft costs seconds; an `enqueue` that repeats a checked set skips it.
+    Returns the set's digest when it was newly checked, for ``remember`` once the job exists
+    (a refused enqueue leaves storage as it was).
     """
     key = json.dumps(
         {"peft": _installed("peft"), "options": options, "defaults": DEFAULTS}, sort_keys=True
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-    known: list[str] = []
-    if memo is not None and memo.exists():
-        with contextlib.suppress(OSError, ValueError):
-            known = list(read_json(memo))
-    if digest in known:
-        return
+    if digest in _known(memo):
+        return None
     make_config(options)
-    if memo is not None:
-        with contextlib.suppress(OSError):  # only a memo: never fail the check over it
-            write_json(memo, sorted({*known, digest})[-1000:])
+    return digest
+
+
+def remember(memo: Path, digests: list[str]) -> None:
+    """Add option sets that passed ``check`` to ``memo``."""
+    if digests:
+        with contextlib.suppress(OSError):  # only a memo: never fail a job over it
+            write_json(memo, sorted({*_known(memo), *digests})[-1000:])
+
+
+def _known(memo: Path | None) -> set[str]:
+    if memo is None or not memo.exists():
+        return set()
+    try:
+        return set(read_json(memo))
+    except (OSError, ValueError):
+        return set()
 
 
 def _installed(package: str) -> str:

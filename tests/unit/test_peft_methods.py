@@ -106,13 +106,15 @@ def test_a_checked_option_set_is_remembered_so_enqueue_skips_importing_peft(tmp_
     import subprocess
     import sys
 
-    from core.peft_methods import check
+    from core.peft_methods import check, remember
 
     memo = tmp_path / "peft-checked.json"
     with pytest.raises(SpecError, match="not an option of LORA"):
         check({"method": "lora", "rank": 4}, memo)
-    assert not memo.exists()  # a failed check is not remembered
-    check({"method": "lora", "r": 4}, memo)
+    digest = check({"method": "lora", "r": 4}, memo)
+    assert digest is not None and not memo.exists()  # written once the job exists
+    remember(memo, [digest])
+    assert check({"method": "lora", "r": 4}, memo) is None
     probe = (
         "import sys; from core.peft_methods import check; "
         f"check({{'method': 'lora', 'r': 4}}, __import__('pathlib').Path({str(memo)!r})); "
