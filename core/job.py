@@ -22,7 +22,12 @@ import yaml
 
 from core import peft_methods
 from core.data import DatasetIndex, Split, index_dataset, plan_split, scan_lengths
-from core.models import load_tokenizer, model_fingerprint, tokenizer_fingerprint
+from core.models import (
+    config_vocab_size,
+    load_tokenizer,
+    model_fingerprint,
+    tokenizer_fingerprint,
+)
 from core.spec import JobSpec, spec_from_dict
 from errors import DataError, JobNotFound, ModelError, SpecError
 from storage import records
@@ -80,17 +85,15 @@ def _check_models(spec: JobSpec, storage: Path) -> tuple[Fingerprints, Any, list
     Returns the fingerprints, the tokenizer the teacher stage tokenizes samples with, and
     the peft option sets newly checked (remembered once the job exists).
     """
-    from transformers import AutoConfig  # here, not at the top: `status` loads this module
-
     students: dict[str, StudentFingerprint] = {}
     teacher_fp, vocab_size, first_tok_fp = "", None, ""
     teacher_tok_fp = None
     sample_tok = None
     checked: list[str] = []
     if spec.teacher:
-        tok = sample_tok = load_tokenizer(spec.teacher.model, "teacher model")
+        tok = sample_tok = load_tokenizer(spec.teacher.model, "teacher model", light=True)
         teacher_tok_fp = tokenizer_fingerprint(tok)
-        vocab = int(AutoConfig.from_pretrained(spec.teacher.model).vocab_size)
+        vocab = config_vocab_size(spec.teacher.model)
         if spec.teacher.top_k > vocab:
             raise SpecError(
                 f"teacher.top_k={spec.teacher.top_k} exceeds the teacher's vocabulary of {vocab}; lower it"
@@ -99,7 +102,7 @@ def _check_models(spec: JobSpec, storage: Path) -> tuple[Fingerprints, Any, list
     for s in spec.students:
         if (digest := peft_methods.check(s.peft, checks_memo(storage, "peft"))) is not None:
             checked.append(digest)
-        tok = load_tokenizer(s.model, f"student {s.name!r} model")
+        tok = load_tokenizer(s.model, f"student {s.name!r} model", light=True)
         fp = tokenizer_fingerprint(tok)
         if teacher_tok_fp is not None and fp != teacher_tok_fp:
             raise ModelError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -58,12 +59,69 @@ def _check_exists(ref: str, what: str) -> None:
     )
 
 
-def load_tokenizer(ref: str, what: str = "model") -> Any:
+def _model_file(ref: str, name: str) -> Path | None:
+    """``name`` of model ``ref`` (a local directory or the hub cache), if it is there."""
+    local = Path(ref).expanduser() / name
+    if local.exists():
+        return local
+    if _HUB_ID.match(ref) and not ref.startswith("."):
+        from huggingface_hub import try_to_load_from_cache
+
+        with contextlib.suppress(ValueError):
+            found = try_to_load_from_cache(ref, name)
+            if isinstance(found, str):
+                return Path(found)
+    return None
+
+
+def model_config(ref: str) -> dict[str, Any]:
+    """``config.json`` of ``ref`` as a dict (what enqueue checks needs, without transformers)."""
+    path = _model_file(ref, "config.json")
+    return dict(json.loads(path.read_text())) if path else {}
+
+
+def config_vocab_size(ref: str) -> int:
+    """Rows of the model's LM head, from its config (``text_config`` for multimodal ones)."""
+    raw = model_config(ref)
+    vocab = raw.get("vocab_size") or raw.get("text_config", {}).get("vocab_size")
+    if vocab is None:
+        from transformers import AutoConfig
+
+        vocab = AutoConfig.from_pretrained(ref).vocab_size
+    return int(vocab)
+
+
+def _light_config(ref: str) -> Any:
+    """A plain config carrying ``config.json``'s fields, or None when AutoTokenizer needs the
+    model's own config class to choose a tokenizer.
+
+    AutoTokenizer loads the model's config only to pick a tokenizer class; importing a model
+    config class (LlamaConfig, ...) costs about a second of imports. When the tokenizer names
+    its class in ``tokenizer_config.json`` (and brings no remote code), the choice is made from
+    that name and the config's ``model_type`` alone, which a plain config carries too.
+    """
+    tok_file = _model_file(ref, "tokenizer_config.json")
+    raw = model_config(ref)
+    if tok_file is None or not raw.get("model_type"):
+        return None
+    tok_config = json.loads(tok_file.read_text())
+    if not tok_config.get("tokenizer_class") or "auto_map" in tok_config or "auto_map" in raw:
+        return None
+    from transformers import PreTrainedConfig
+
+    plain = type("PlainConfig", (PreTrainedConfig,), {"model_type": raw["model_type"]})
+    return plain(**{k: v for k, v in raw.items() if k != "model_type"})
+
+
+def load_tokenizer(ref: str, what: str = "model", light: bool = False) -> Any:
+    """The model's tokenizer (pad = eos where it has none). ``light``: skip importing the
+    model's config class where the tokenizer does not need it (see ``_light_config``)."""
     from transformers import AutoTokenizer
 
     _check_exists(ref, what)
     try:
-        tok = AutoTokenizer.from_pretrained(ref)
+        config = _light_config(ref) if light else None
+        tok = AutoTokenizer.from_pretrained(ref, **({"config": config} if config else {}))
     except (OSError, ValueError) as e:
         raise ModelError(
             f"cannot load the tokenizer of {what} {ref!r}: {e}".split("\n")[0]

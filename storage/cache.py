@@ -33,9 +33,8 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import h5py
 import numpy as np
 
 from errors import CacheError
@@ -43,6 +42,12 @@ from storage import records
 from storage.atomic import atomic_path
 from storage.padding import Padded, pad
 from storage.records import ShardStats
+
+if TYPE_CHECKING:
+    import h5py
+
+# h5py is imported where a shard is opened: `status`, `enqueue` and the canvas read only the
+# JSON sidecars through this module, and h5py costs them a few tenths of a second.
 
 FORMAT = "distillq.teacher/2"
 READABLE_FORMATS = ("distillq.teacher/1", FORMAT)
@@ -130,6 +135,8 @@ class CacheWriter:
 
     def __enter__(self) -> CacheWriter:
         self._tmp = self._ctx.__enter__()
+        import h5py
+
         self._f = h5py.File(self._tmp, "w")
         k = self.meta.top_k
         self._input_ids = _Appender(self._f, "input_ids", np.dtype(np.int32), None)
@@ -233,6 +240,8 @@ class CacheReader:
     """Read a shard: small index arrays in memory, teacher targets sliced per batch."""
 
     def __init__(self, path: Path) -> None:
+        import h5py
+
         try:
             self._f = h5py.File(path, "r")
         except (OSError, FileNotFoundError) as e:

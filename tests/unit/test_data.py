@@ -153,3 +153,18 @@ def test_scan_lengths_finds_the_first_overlong_line_and_targetless_records(tmp_p
     assert scan.records == 3 and scan.overlong == 2 and scan.no_target == 1
     assert scan.first_overlong is not None and scan.first_overlong[0] == 2
     assert scan.first_overlong[1] > 16
+
+
+def test_the_light_tokenizer_of_enqueue_is_the_workers_tokenizer(tiny_models):
+    """enqueue loads tokenizers without the model's config class (a second of imports); it
+    must get the same tokenizer the workers load: class, fingerprint, encodings, chat."""
+    from core.models import _light_config, load_tokenizer, tokenizer_fingerprint
+
+    ref = tiny_models["student"]
+    assert _light_config(ref) is not None  # the demo tokenizer names its class
+    light, full = load_tokenizer(ref, light=True), load_tokenizer(ref)
+    assert type(light) is type(full)
+    assert tokenizer_fingerprint(light) == tokenizer_fingerprint(full)
+    text = "def f(x):\n    return x  # héllo"
+    assert light(text)["input_ids"] == full(text)["input_ids"]
+    assert light.pad_token_id == full.pad_token_id and light.eos_token_id == full.eos_token_id
