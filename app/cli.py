@@ -178,15 +178,16 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     broker.ping(s.broker_url)
     nodes = list_nodes(broker.client(s.broker_url))
     if args.json:
-        print(json.dumps(nodes, indent=2))
+        print(json.dumps([n.to_json() for n in nodes], indent=2))
         return 0
     print(
         f"{'node':<36} {'state':<5} {'queues':<16} {'cpus':>4} {'ram':>7} {'gpus':<24} {'beat':>6}"
     )
     for n in nodes:
-        g = ", ".join(f"{x['name']} {x['memory_mb'] // 1024}G" for x in n["gpus"]) or "-"
+        i = n.info
+        g = ", ".join(f"{x.name} {x.memory_mb // 1024}G" for x in i.gpus) or "-"
         print(
-            f"{n['hostname']:<36} {n['state']:<5} {','.join(n['queues']):<16} {n['cpus']:>4} {n['ram_gb']:>6}G {g:<24} {n['age_s']:>5}s"
+            f"{i.hostname:<36} {n.state:<5} {','.join(i.queues):<16} {i.cpus:>4} {i.ram_gb:>6}G {g:<24} {n.age_s:>5}s"
         )
     return 0
 

@@ -155,14 +155,15 @@ def run_demo(settings: Settings, quick: bool = False) -> int:
         if code != 0:
             print(f"demo job did not finish (exit {code}); worker logs: {logs}", file=sys.stderr)
             return code
-        data = report.collect(job)
+        data, _ = report.collect(job)
         print()
         print(report.summary_table(data))
-        kd, ce = data["students"]["kd"]["eval_loss"], data["students"]["ce"]["eval_loss"]
+        kd, ce = data.students["kd"].eval_loss, data.students["ce"].eval_loss
+        assert kd is not None and ce is not None and data.teacher and data.teacher.eval_loss
         verdict = "beats" if kd < ce else "does NOT beat"
         print(
             f"\nKD student {verdict} the CE-only student on held-out loss: {kd:.4f} vs {ce:.4f} "
-            f"(teacher {data['teacher']['eval_loss']:.4f})"
+            f"(teacher {data.teacher.eval_loss:.4f})"
         )
         print(
             f"report: {job.paths.report}\nplot:   {job.paths.report_png}\noutputs: {job.paths.root / 'students'}"

@@ -8,8 +8,16 @@ from typing import Any
 
 from core.job import Job
 from storage import cache, checkpoints, records
-from storage.atomic import atomic_path, write_json
-from storage.records import EvalResult, ShardStats
+from storage.atomic import atomic_path
+from storage.records import (
+    CacheSummary,
+    EvalResult,
+    LossSummary,
+    Report,
+    ShardStats,
+    StudentSummary,
+    TeacherSummary,
+)
 
 
 def _shard_stats(job: Job) -> list[ShardStats]:
@@ -20,38 +28,26 @@ def _shard_stats(job: Job) -> list[ShardStats]:
     ]
 
 
-def collect(job: Job) -> dict[str, Any]:
+Curves = dict[str, list[list[float]]]
+
+
+def collect(job: Job) -> tuple[Report, Curves]:
+    """The report of ``job`` from storage, and each track's training curve (for the plot)."""
     shards = _shard_stats(job)
     positions = sum(s.target_positions for s in shards)
     cache_bytes = sum(s.bytes for s in shards)
     t_tokens = sum(s.tokens for s in shards)
     t_seconds = sum(s.seconds for s in shards)
-    out: dict[str, Any] = {
-        "job_id": job.id,
-        "mode": job.spec.mode,
-        "records": job.split.n_records,
-        "eval_records": len(job.split.eval_ids()),
-        "shards": job.n_shards,
-        "teacher": None,
-        "cache": {
-            "bytes": cache_bytes,
-            "target_positions": positions,
-            "bytes_per_position": round(cache_bytes / positions, 1)
-            if positions and job.spec.has_teacher
-            else None,
-            "k": job.spec.teacher.top_k if job.spec.teacher else 0,
-        },
-        "students": {},
-        "vocab_size": job.info.fingerprints.vocab_size,
-    }
+    teacher = None
     if job.spec.teacher:
         ev = _eval(job.paths.teacher_eval)
-        out["teacher"] = {
-            "model": job.spec.teacher.model,
-            "eval_loss": ev.loss if ev else None,
-            "tokens": t_tokens,
-            "tokens_per_s": round(t_tokens / t_seconds, 1) if t_seconds else None,
-        }
+        teacher = TeacherSummary(
+            model=job.spec.teacher.model,
+            eval_loss=ev.loss if ev else None,
+            tokens=t_tokens,
+            tokens_per_s=round(t_tokens / t_seconds, 1) if t_seconds else None,
+        )
+    students, curves = {}, {}
     starts = [s.started_at for s in shards]
     ends = []
     for spec in job.spec.students:
@@ -64,32 +60,53 @@ def collect(job: Job) -> dict[str, Any]:
         loss = job.spec.loss_for(spec)
         starts += [r.started_at for r in reps]
         ends += [rd.merged_at for rd in rounds]
-        out["students"][spec.name] = {
-            "model": spec.model,
-            "method": spec.method,
-            "replicas": spec.replicas,
-            "loss": {"kind": loss.kind, "alpha": loss.alpha},
-            "eval_loss": sev.loss if sev else None,
-            "version": ckpt.version if ckpt else 0,
-            "steps": ckpt.meta.step if ckpt else 0,
-            "tokens": tokens,
-            "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
-            "first_step_at": min((r.started_at for r in reps), default=None),
-            "outputs": sev.outputs if sev else None,
-            "curve": [p for rd in rounds for p in rd.curve],
-        }
+        students[spec.name] = StudentSummary(
+            model=spec.model,
+            method=spec.method,
+            replicas=spec.replicas,
+            loss=LossSummary(kind=loss.kind, alpha=loss.alpha),
+            eval_loss=sev.loss if sev else None,
+            version=ckpt.version if ckpt else 0,
+            steps=ckpt.meta.step if ckpt else 0,
+            tokens=tokens,
+            tokens_per_s=round(tokens / seconds, 1) if seconds else None,
+            first_step_at=min((r.started_at for r in reps), default=None),
+            outputs=sev.outputs if sev else None,
+        )
+        curves[spec.name] = [p for rd in rounds for p in rd.curve]
+    timing: dict[str, float | None] = {}
     if starts and ends:
-        out["wall_seconds"] = round(max(ends) - min(starts), 1)
-        out["first_shard_done_at"] = min((s.finished_at for s in shards), default=None)
-        out["last_shard_done_at"] = max((s.finished_at for s in shards), default=None)
-    return out
+        timing = {
+            "wall_seconds": round(max(ends) - min(starts), 1),
+            "first_shard_done_at": min((s.finished_at for s in shards), default=None),
+            "last_shard_done_at": max((s.finished_at for s in shards), default=None),
+        }
+    report = Report(
+        job_id=job.id,
+        mode=job.spec.mode,
+        records=job.split.n_records,
+        eval_records=len(job.split.eval_ids()),
+        shards=job.n_shards,
+        teacher=teacher,
+        cache=CacheSummary(
+            bytes=cache_bytes,
+            target_positions=positions,
+            bytes_per_position=round(cache_bytes / positions, 1)
+            if positions and job.spec.has_teacher
+            else None,
+            k=job.spec.teacher.top_k if job.spec.teacher else 0,
+        ),
+        students=students,
+        vocab_size=job.info.fingerprints.vocab_size,
+        **timing,
+    )
+    return report, curves
 
 
-def write(job: Job) -> dict[str, Any]:
-    data = collect(job)
-    curves = {name: s.pop("curve") for name, s in data["students"].items()}
+def write(job: Job) -> Report:
+    data, curves = collect(job)
     plot(job, data, curves, _timeline(job))
-    write_json(job.paths.report, data)  # last: report.json is what marks the job done
+    records.write(job.paths.report, data)  # last: report.json is what marks the job done
     return data
 
 
@@ -105,8 +122,8 @@ def _timeline(job: Job) -> list[tuple[str, float, float, float]]:
 
 def plot(
     job: Job,
-    data: dict[str, Any],
-    curves: dict[str, list[list[float]]],
+    data: Report,
+    curves: Curves,
     timeline: list[tuple[str, float, float, float]],
 ) -> None:
     """Curves, held-out losses, the stage timeline and the cache size, in one PNG."""
@@ -127,7 +144,7 @@ def plot(
     plt.close(fig)
 
 
-def _plot_curves(ax: Any, data: dict[str, Any], curves: dict[str, list[list[float]]]) -> None:
+def _plot_curves(ax: Any, data: Report, curves: Curves) -> None:
     for i, (name, curve) in enumerate(curves.items()):
         if not curve:
             continue
@@ -137,7 +154,7 @@ def _plot_curves(ax: Any, data: dict[str, Any], curves: dict[str, list[list[floa
         kd = [p[3] for p in curve]
         if not all(math.isnan(v) for v in kd):
             ax.plot(steps, _smooth(kd), color=color, ls=":", label=f"{name}: KD term")
-        ev = data["students"][name]["eval_loss"]
+        ev = data.students[name].eval_loss
         if ev is not None:
             ax.scatter(
                 [steps[-1]],
@@ -148,19 +165,19 @@ def _plot_curves(ax: Any, data: dict[str, Any], curves: dict[str, list[list[floa
                 zorder=3,
                 label=f"{name}: held-out",
             )
-    if data["teacher"] and data["teacher"]["eval_loss"] is not None:
-        ax.axhline(data["teacher"]["eval_loss"], color="k", ls="--", label="teacher held-out")
+    if data.teacher and data.teacher.eval_loss is not None:
+        ax.axhline(data.teacher.eval_loss, color="k", ls="--", label="teacher held-out")
     ax.set(xlabel="optimizer step", ylabel="nats / token", title="training curves (smoothed)")
     ax.legend(fontsize=8)
 
 
-def _plot_heldout(ax: Any, data: dict[str, Any]) -> None:
+def _plot_heldout(ax: Any, data: Report) -> None:
     bars_data: list[tuple[str, float, str]] = []
-    if data["teacher"] and data["teacher"]["eval_loss"] is not None:
-        bars_data.append(("teacher", data["teacher"]["eval_loss"], "0.35"))
-    for i, (n, s) in enumerate(data["students"].items()):
-        if s["eval_loss"] is not None:
-            bars_data.append((f"{n}\n(α={s['loss']['alpha']})", s["eval_loss"], f"C{i}"))
+    if data.teacher and data.teacher.eval_loss is not None:
+        bars_data.append(("teacher", data.teacher.eval_loss, "0.35"))
+    for i, (n, s) in enumerate(data.students.items()):
+        if s.eval_loss is not None:
+            bars_data.append((f"{n}\n(α={s.loss.alpha})", s.eval_loss, f"C{i}"))
     names = [b[0] for b in bars_data]
     values = [b[1] for b in bars_data]
     colors = [b[2] for b in bars_data]
@@ -201,24 +218,24 @@ def _plot_timeline(ax: Any, timeline: list[tuple[str, float, float, float]]) -> 
     )
 
 
-def _plot_cache(ax: Any, data: dict[str, Any]) -> None:
-    c = data["cache"]
+def _plot_cache(ax: Any, data: Report) -> None:
+    c = data.cache
     ax.axis("off")
     lines = [
-        f"teacher cache: {c['bytes'] / 1e6:.2f} MB",
-        f"target positions: {c['target_positions']:,}",
+        f"teacher cache: {c.bytes / 1e6:.2f} MB",
+        f"target positions: {c.target_positions:,}",
     ]
-    if c["bytes_per_position"]:
-        vocab = data.get("vocab_size") or 0
-        lines.append(f"bytes / position: {c['bytes_per_position']} (top-{c['k']})")
+    if c.bytes_per_position:
+        vocab = data.vocab_size or 0
+        lines.append(f"bytes / position: {c.bytes_per_position} (top-{c.k})")
         if vocab:
             lines.append(
-                f"full-vocabulary fp16 would be {2 * vocab:,} B / position ({2 * vocab / c['bytes_per_position']:.0f}x)"
+                f"full-vocabulary fp16 would be {2 * vocab:,} B / position ({2 * vocab / c.bytes_per_position:.0f}x)"
             )
-    if data["teacher"]:
-        lines.append(f"teacher throughput: {data['teacher']['tokens_per_s']} tokens/s")
-    for name, st in data["students"].items():
-        lines.append(f"{name}: {st['steps']} steps, {st['tokens_per_s']} tokens/s, {st['method']}")
+    if data.teacher:
+        lines.append(f"teacher throughput: {data.teacher.tokens_per_s} tokens/s")
+    for name, st in data.students.items():
+        lines.append(f"{name}: {st.steps} steps, {st.tokens_per_s} tokens/s, {st.method}")
     ax.text(
         0.02,
         0.95,
@@ -239,32 +256,33 @@ def _smooth(values: list[float], window: int = 9) -> list[float]:
     return out
 
 
-def summary_table(data: dict[str, Any]) -> str:
+def summary_table(data: Report) -> str:
     """A short plain-text table of the report for the terminal."""
-    lines = [f"job {data['job_id']} ({data['mode']}), wall {data.get('wall_seconds', '?')} s"]
-    if data["teacher"]:
-        t = data["teacher"]
+    wall = data.wall_seconds if data.wall_seconds is not None else "?"
+    lines = [f"job {data.job_id} ({data.mode}), wall {wall} s"]
+    if data.teacher:
+        t = data.teacher
         lines.append(
-            f"  teacher  held-out {t['eval_loss']:.4f}  {t['tokens_per_s']} tok/s"
-            if t["eval_loss"] is not None
+            f"  teacher  held-out {t.eval_loss:.4f}  {t.tokens_per_s} tok/s"
+            if t.eval_loss is not None
             else "  teacher"
         )
-    c = data["cache"]
-    if c["bytes_per_position"]:
+    c = data.cache
+    if c.bytes_per_position:
         lines.append(
-            f"  cache    {c['bytes'] / 1e6:.2f} MB, {c['target_positions']} positions, {c['bytes_per_position']} B/position (k={c['k']})"
+            f"  cache    {c.bytes / 1e6:.2f} MB, {c.target_positions} positions, {c.bytes_per_position} B/position (k={c.k})"
         )
-    for name, s in data["students"].items():
-        ev = f"{s['eval_loss']:.4f}" if s["eval_loss"] is not None else "n/a"
+    for name, s in data.students.items():
+        ev = f"{s.eval_loss:.4f}" if s.eval_loss is not None else "n/a"
         lines.append(
-            f"  {name:<8} held-out {ev}  alpha={s['loss']['alpha']}  {s['method']}  "
-            f"{s['steps']} steps  {s['tokens_per_s']} tok/s"
+            f"  {name:<8} held-out {ev}  alpha={s.loss.alpha}  {s.method}  "
+            f"{s.steps} steps  {s.tokens_per_s} tok/s"
         )
     return "\n".join(lines)
 
 
-def dumps(data: dict[str, Any]) -> str:
-    return json.dumps(data, indent=2)
+def dumps(data: Report) -> str:
+    return json.dumps(records.to_json(data), indent=2)
 
 
 def _eval(path: Any) -> EvalResult | None:

@@ -18,7 +18,7 @@ from core.models import load_causal_lm, load_tokenizer, vocab_size
 from core.teacher import write_shard
 from storage import cache, checkpoints, records
 from storage.atomic import clear_stale
-from storage.records import EvalResult, ReplicaOutcome, ShardStats
+from storage.records import EvalResult, ReplicaOutcome, Report, ShardStats
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def teacher_eval(job: Job) -> EvalResult:
     return result
 
 
-def finalize(job: Job) -> dict[str, Any]:
+def finalize(job: Job) -> Report:
     """Export every track, evaluate it on the held-out slice, and write the report."""
     for spec in job.spec.students:
         eval_file = job.paths.student_eval(spec.name)

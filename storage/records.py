@@ -294,3 +294,106 @@ class ReplicaOutcome:
         if raw.get("skipped"):
             return ReplicaOutcome(skipped=raw["skipped"])
         return ReplicaOutcome(stats=from_json(ReplicaStats, raw, "replica result"))
+
+
+# --- the report ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TeacherSummary:
+    model: str
+    eval_loss: float | None
+    tokens: int
+    tokens_per_s: float | None
+
+
+@dataclass(frozen=True)
+class CacheSummary:
+    bytes: int
+    target_positions: int
+    bytes_per_position: float | None
+    k: int
+
+
+@dataclass(frozen=True)
+class LossSummary:
+    kind: str
+    alpha: float
+
+
+@dataclass(frozen=True)
+class StudentSummary:
+    model: str
+    method: str
+    replicas: int
+    loss: LossSummary
+    eval_loss: float | None
+    version: int
+    steps: int
+    tokens: int
+    tokens_per_s: float | None
+    first_step_at: float | None = None
+    outputs: dict[str, str | None] | None = None
+
+
+@dataclass(frozen=True)
+class Report:
+    """``report.json``, written last by finalize: it marks the job done.
+
+    Writer: ``core.report.write``; readers: `distillq report`, the demo, `status` (its path).
+    """
+
+    job_id: str
+    mode: str
+    records: int
+    eval_records: int
+    shards: int
+    cache: CacheSummary
+    students: dict[str, StudentSummary]
+    teacher: TeacherSummary | None = None
+    vocab_size: int | None = None
+    wall_seconds: float | None = None
+    first_shard_done_at: float | None = None
+    last_shard_done_at: float | None = None
+
+
+# --- nodes ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    memory_mb: int
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """``keys.node(hostname)`` in Redis: a worker node's registry entry.
+
+    Writer: ``workers.node.Heartbeat`` (every beat); reader: ``workers.node.list_nodes``.
+    """
+
+    hostname: str
+    host: str
+    pid: int
+    cpus: int
+    ram_gb: float
+    queues: list[str]
+    concurrency: int
+    version: str
+    started_at: float
+    gpus: list[Gpu] = field(default_factory=list)
+    heartbeat_at: float = 0.0
+    interval: float = 10.0
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """A registry entry as `nodes` shows it: ``state`` is up, or gone after missed beats."""
+
+    info: NodeInfo
+    age_s: float
+    state: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {**to_json(self.info), "age_s": self.age_s, "state": self.state}

@@ -71,5 +71,5 @@ def finalize(self: JobTask, job_id: str) -> dict[str, Any]:
         data = stages.finalize(job)
     return {
         "report": str(job.paths.report),
-        "students": {k: v["eval_loss"] for k, v in data["students"].items()},
+        "students": {k: v.eval_loss for k, v in data.students.items()},
     }

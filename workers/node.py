@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -16,12 +17,13 @@ from typing import Any
 
 import psutil
 
-from storage import keys
+from storage import keys, records
+from storage.records import Gpu, NodeInfo, NodeView
 
 log = logging.getLogger(__name__)
 
 
-def gpus() -> list[dict[str, Any]]:
+def gpus() -> list[Gpu]:
     """GPUs via nvidia-smi, so the parent worker never initialises CUDA before forking."""
     smi = shutil.which("nvidia-smi")
     if not smi:
@@ -39,25 +41,25 @@ def gpus() -> list[dict[str, Any]]:
     found = []
     for line in out.strip().splitlines():
         name, mem = (x.strip() for x in line.rsplit(",", 1))
-        found.append({"name": name, "memory_mb": int(float(mem))})
+        found.append(Gpu(name=name, memory_mb=int(float(mem))))
     return found
 
 
-def node_info(hostname: str, queues: list[str], concurrency: int) -> dict[str, Any]:
+def node_info(hostname: str, queues: list[str], concurrency: int) -> NodeInfo:
     from importlib.metadata import version  # once per node start, for its registry entry
 
-    return {
-        "hostname": hostname,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "cpus": psutil.cpu_count() or 1,
-        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "gpus": gpus(),
-        "queues": queues,
-        "concurrency": concurrency,
-        "version": version("distillq"),
-        "started_at": time.time(),
-    }
+    return NodeInfo(
+        hostname=hostname,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        cpus=psutil.cpu_count() or 1,
+        ram_gb=round(psutil.virtual_memory().total / 2**30, 1),
+        gpus=gpus(),
+        queues=queues,
+        concurrency=concurrency,
+        version=version("distillq"),
+        started_at=time.time(),
+    )
 
 
 GONE_AFTER = 3  # missed intervals before a node shows as gone
@@ -74,7 +76,7 @@ class Heartbeat:
     def __init__(
         self,
         redis_client: Any,
-        info: dict[str, Any],
+        info: NodeInfo,
         interval: int,
         on_beat: Callable[[], Any] | None = None,
     ) -> None:
@@ -97,29 +99,31 @@ class Heartbeat:
                     self.on_beat()
             except Exception as e:  # Redis away for a while: keep beating once it is back
                 self.streak = 0
-                log.warning("heartbeat of %s: %s", self.info["hostname"], e)
+                log.warning("heartbeat of %s: %s", self.info.hostname, e)
             self._stop.wait(self.interval)
 
     def beat(self) -> None:
-        info = {**self.info, "heartbeat_at": time.time(), "interval": self.interval}
+        info = dataclasses.replace(self.info, heartbeat_at=time.time(), interval=self.interval)
         self.r.set(
-            keys.node(self.info["hostname"]), json.dumps(info), ex=self.interval * FORGET_AFTER
+            keys.node(info.hostname),
+            json.dumps(records.to_json(info)),
+            ex=self.interval * FORGET_AFTER,
         )
 
     def stop(self) -> None:
         self._stop.set()
         with contextlib.suppress(Exception):
-            self.r.delete(keys.node(self.info["hostname"]))
+            self.r.delete(keys.node(self.info.hostname))
 
 
-def list_nodes(redis_client: Any) -> list[dict[str, Any]]:
+def list_nodes(redis_client: Any) -> list[NodeView]:
     nodes = []
     now = time.time()
     for key in redis_client.scan_iter(match=keys.node_pattern(), count=500):
         raw = redis_client.get(key)
         if raw:
-            n = json.loads(raw)
-            n["age_s"] = round(now - n["heartbeat_at"], 1)
-            n["state"] = "up" if n["age_s"] <= GONE_AFTER * n.get("interval", 10) else "gone"
-            nodes.append(n)
-    return sorted(nodes, key=lambda n: n["hostname"])
+            info = records.from_json(NodeInfo, json.loads(raw), key.decode())
+            age = round(now - info.heartbeat_at, 1)
+            state = "up" if age <= GONE_AFTER * info.interval else "gone"
+            nodes.append(NodeView(info, age, state))
+    return sorted(nodes, key=lambda n: n.info.hostname)

@@ -113,7 +113,7 @@ class Reaper:
     def sweep(self) -> int:
         """One pass: hand back the deliveries of every node that is gone or forgotten."""
         self.check_own()
-        alive = {n["hostname"] for n in list_nodes(self.r) if n["state"] == "up"}
+        alive = {n.info.hostname for n in list_nodes(self.r) if n.state == "up"}
         prefix = keys.deliveries("")
         total = 0
         for raw in self.r.scan_iter(match=keys.deliveries_pattern(), count=500):

@@ -9,8 +9,9 @@ import pytest
 import redis
 
 from core.job import load_job
-from storage import checkpoints
+from storage import checkpoints, records
 from storage.atomic import read_json
+from storage.records import Report
 from tests.conftest import run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -44,6 +45,7 @@ def test_three_shard_job_completes_with_both_workers(settings, make_spec, worker
 
     job = load_job(settings.storage, job_id)
     report = read_json(job.paths.report)
+    assert records.read(Report, job.paths.report).students["s"].version == 3  # reads typed
     assert report["shards"] == 3
     assert report["students"]["s"]["version"] == 3  # one merge per round, no more
     rounds = checkpoints.latest(job.paths, "s").meta.rounds

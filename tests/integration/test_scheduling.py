@@ -151,12 +151,12 @@ def test_the_reaper_leaves_a_live_nodes_deliveries_alone(settings, r):
     from kombu import Connection
 
     from storage import keys
-    from workers.node import Heartbeat
+    from workers.node import Heartbeat, node_info
     from workers.reaper import Reaper, record_delivery
 
     configure(settings)
     app.signature("distillq.teacher_shard", args=("job-y", 1)).apply_async()
-    beat = Heartbeat(r, {"hostname": "busy@test", "queues": ["teacher"]}, interval=30)
+    beat = Heartbeat(r, node_info("busy@test", ["teacher"], 1), interval=30)
     beat.beat()
     with Connection(settings.broker_url) as taker:
         queue = taker.SimpleQueue("teacher")
