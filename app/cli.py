@@ -259,8 +259,16 @@ def cmd_flower(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows each option's default after its help text."""
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default after its help text; an unset or off default goes unsaid
+    (the help says what "unset" means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False
+        if not unset and action.default != argparse.SUPPRESS and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def parser() -> argparse.ArgumentParser:
