@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def train_tokenizer(texts: list[str], out: Path) -> None:
     fast.save_pretrained(out)
 
 
-def llama(shape: TinyLlama, vocab_size: int, eos_id: int, seed: int):  # -> LlamaForCausalLM
+def llama(shape: TinyLlama, vocab_size: int, eos_id: int, seed: int) -> Any:  # LlamaForCausalLM
     """A randomly initialised Llama of ``shape``; deterministic for a given seed."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -155,7 +156,7 @@ def build_student(out: Path, tokenizer_dir: Path = TEACHER_ASSET, seed: int = 12
     return out
 
 
-def _token_stream(texts: list[str], tok) -> list[int]:
+def _token_stream(texts: list[str], tok: Any) -> list[int]:
     ids: list[int] = []
     for t in texts:
         ids.extend(tok(t)["input_ids"])
@@ -227,7 +228,7 @@ def build_teacher(
     log.info("teacher done: %s", info)
 
 
-def _held_out_loss(model, held, seq_len: int) -> float:
+def _held_out_loss(model: Any, held: Any, seq_len: int) -> float:
     import torch
 
     model.eval()

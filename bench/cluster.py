@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ class Cluster:
 
 
 @contextmanager
-def cluster(root: Path):
+def cluster(root: Path) -> Iterator[Cluster]:
     c = Cluster(root)
     try:
         yield c

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ ACCEPTED_SHAPES = (
     '{"text": ...}, {"prompt": ..., "response": ...} or '
     '{"messages": [{"role": ..., "content": ...}, ...]}'
 )
+# (messages, add_generation_prompt) → the chat template's text
+RenderChat = Callable[[list[dict[str, str]], bool], str]
 SKIP_HINT = "; fix or remove the line, or enqueue with --skip-bad-lines"
 
 
@@ -54,7 +56,9 @@ class TokenizeStats:
 # ---------------------------------------------------------------- records
 
 
-def record_segments(record: Any, has_chat_template: bool, render_chat=None) -> list[Segment]:
+def record_segments(
+    record: Any, has_chat_template: bool, render_chat: RenderChat | None = None
+) -> list[Segment]:
     """The text pieces of one record and whether each is trained on. Raises DataError."""
     if not isinstance(record, dict):
         raise DataError(
@@ -96,7 +100,7 @@ def _plain_chat_segments(msgs: list[dict[str, str]]) -> list[Segment]:
     return segs
 
 
-def _chat_segments(msgs: list[dict[str, str]], render_chat) -> list[Segment]:
+def _chat_segments(msgs: list[dict[str, str]], render_chat: RenderChat) -> list[Segment]:
     """Split a rendered chat into the assistant turns (targets) and everything else."""
     segs: list[Segment] = []
     done = ""
@@ -130,7 +134,7 @@ def encode_record(record: Any, tok: Any) -> tuple[list[int], list[bool]]:
     """Token ids and target mask of one record, untruncated, ending with EOS."""
     has_template = bool(getattr(tok, "chat_template", None))
 
-    def render(msgs, add_generation_prompt):
+    def render(msgs: list[dict[str, str]], add_generation_prompt: bool) -> str:
         return tok.apply_chat_template(
             msgs, tokenize=False, add_generation_prompt=add_generation_prompt
         )

@@ -166,7 +166,7 @@ class CacheWriter:
             self._logprobs.append(encode_logprobs(target_logprobs))
         self._offsets.append(base + len(input_ids))
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
             if exc_type is None:
                 offsets = np.asarray(self._offsets, dtype=np.int64)
