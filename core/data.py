@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -28,8 +28,14 @@ ACCEPTED_SHAPES = (
     '{"text": ...}, {"prompt": ..., "response": ...} or '
     '{"messages": [{"role": ..., "content": ...}, ...]}'
 )
-# (messages, add_generation_prompt) → the chat template's text
-RenderChat = Callable[[list[dict[str, str]], bool], str]
+
+
+class RenderChat(Protocol):
+    """Renders messages with the tokenizer's chat template (``apply_chat_template``)."""
+
+    def __call__(self, msgs: list[dict[str, str]], add_generation_prompt: bool) -> str: ...
+
+
 SKIP_HINT = "; fix or remove the line, or enqueue with --skip-bad-lines"
 
 
