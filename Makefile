@@ -40,7 +40,7 @@ bench: $(STAMP)
 
 # How long each command takes to answer, fresh interpreter each time; rewrites bench/CLI.md.
 bench-cli: $(STAMP)
-	$(BIN)/python -m bench.cli_latency
+	$(BIN)/python -m bench.cli_latency $(BENCH_CLI_ARGS)
 
 # Rebuild the shipped demo teacher (app/assets/demo-teacher); takes about an hour on 2 cores.
 demo-teacher: $(STAMP)

@@ -72,7 +72,7 @@ def _time(argv: list[str], env: dict[str, str], repeats: int) -> dict[str, Any]:
     return {"median_s": round(statistics.median(runs), 3), "min_s": round(min(runs), 3), "out": out}
 
 
-def measure(root: Path, repeats: int) -> dict[str, Any]:
+def measure(root: Path, repeats: int, before: Path | None = None) -> dict[str, Any]:
     models = _models(root)
     small, full = _spec(root, models, 10), _spec(root, models, 300)
     with EmbeddedRedis(root / "redis") as redis:
@@ -118,7 +118,12 @@ def write(out: Path, results: dict[str, Any]) -> None:
         "",
         f"`make bench-cli` (`python -m bench.cli_latency --repeats {results['repeats']}`), "
         f"{results['when']}, on {results['machine']}. Fresh interpreter per run; "
-        "median and fastest of the runs. Compare rows, not machines.",
+        "median and fastest of the runs. Compare rows, not machines."
+        + (
+            f" `before:` rows ran the tree at `{results['before']}` in the same run."
+            if results.get("before")
+            else ""
+        ),
         "",
         "| command | median s | fastest s | goal |",
         "|---|---:|---:|---|",
@@ -142,9 +147,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent)
+    ap.add_argument(
+        "--before", type=Path, help="a checkout of an earlier tree, measured in the same run"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="distillq-cli-") as tmp:
-        results = measure(Path(tmp), args.repeats)
+        results = measure(Path(tmp), args.repeats, args.before)
+    results["before"] = str(args.before) if args.before else None
     results["when"] = time.strftime("%Y-%m-%d %H:%M")
     results["machine"] = f"{os.cpu_count()} cores, {sys.platform}"
     write(args.out, results)

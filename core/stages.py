@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
 from typing import Any, Literal
 
 from core import evaluate, faults, report, student
@@ -18,7 +17,7 @@ from core.models import load_causal_lm, load_tokenizer, vocab_size
 from core.teacher import write_shard
 from storage import cache, checkpoints, records
 from storage.atomic import clear_stale
-from storage.records import EvalResult, ReplicaOutcome, Report, ShardStats
+from storage.records import EvalResult, OnProgress, ReplicaOutcome, Report, ShardStats
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +29,7 @@ def _teacher(ref: str) -> tuple[Any, Any]:
 
 
 def teacher_shard(
-    job: Job, shard: int, on_progress: Callable[[dict[str, Any]], None] | None = None
+    job: Job, shard: int, on_progress: OnProgress | None = None
 ) -> tuple[ShardStats, bool]:
     """Write the verified cache of ``shard`` (or tokens only without a teacher); skip if present.
 
@@ -147,7 +146,7 @@ def replica(
     track: str,
     shard: int,
     index: int,
-    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> ReplicaOutcome:
     """Train one replica of a round, unless its work is already on storage.
 

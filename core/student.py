@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,11 +24,10 @@ from core.models import device, load_causal_lm, on_device
 from core.spec import StudentSpec
 from storage import checkpoints
 from storage.cache import Batch, CacheReader
-from storage.records import ReplicaStats
+from storage.records import OnProgress, ReplicaStats
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[dict[str, Any]], None]
 MAX_CURVE_POINTS = 200
 
 
@@ -189,7 +187,7 @@ def train_loop(
     loss: LossConfig,
     total_steps: int,
     rng: np.random.Generator,
-    on_progress: Progress | None = None,
+    on_progress: OnProgress | None = None,
 ) -> LoopStats:
     """``spec.epochs`` passes over ``samples`` in a seeded batch order."""
     spec = t.spec
@@ -246,7 +244,7 @@ def save(
 
 
 def train_replica(
-    job: Job, track: str, shard: int, replica: int, on_progress: Progress | None = None
+    job: Job, track: str, shard: int, replica: int, on_progress: OnProgress | None = None
 ) -> ReplicaStats:
     """Train replica ``replica`` of ``track`` on ``shard``; save its delta. Returns its stats."""
     t = restore(job, track)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypedDict, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from errors import RecordError
 from storage.atomic import read_json, write_json
@@ -201,6 +202,24 @@ class FailureRecord:
     task_id: str = ""
     args: list[Any] = field(default_factory=list)
     traceback: list[str] = field(default_factory=list)
+
+
+class ProgressFields(TypedDict, total=False):
+    """What a stage reports between batches; ``Progress`` adds the task key and the time."""
+
+    tokens_per_s: float
+    samples: int
+    of: int
+    tokens: int
+    step: int
+    steps: int
+    loss: float
+    ce: float
+    kd: float
+
+
+# A stage's progress callback (tasks/base.py publishes it).
+OnProgress = Callable[[ProgressFields], None]
 
 
 @dataclass(frozen=True)

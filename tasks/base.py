@@ -17,7 +17,7 @@ from core import broker, control, live
 from core.job import Job, load_job
 from errors import DistillqError, JobStopped
 from storage import records
-from storage.records import FailureRecord, Progress
+from storage.records import FailureRecord, OnProgress, Progress, ProgressFields
 from storage.taskkeys import TaskKey
 from tasks.celery_app import settings_of
 
@@ -86,21 +86,21 @@ class JobTask(Task):
             live.clear_progress(self.redis(), job.id, key)
         job.paths.failure(key).unlink(missing_ok=True)  # an earlier failure of this work is over
 
-    def progress(self, job: Job, work: TaskKey) -> Callable[[dict[str, Any]], None]:
+    def progress(self, job: Job, work: TaskKey) -> OnProgress:
         """A callback that publishes progress to Redis, the task state and a task event (Flower)."""
 
         key = str(work)
         cancelled = control.CancelWatch(job)
         last = [0.0]
 
-        def report(fields: dict[str, Any]) -> None:
+        def report(fields: ProgressFields) -> None:
             cancelled()  # raises JobStopped between batches once the user cancels the job
             now = time.time()
             if now - last[0] < PROGRESS_EVERY:
                 return
             last[0] = now
-            record = Progress(task=key, at=now, **fields)
             try:
+                record = Progress(task=key, at=now, **fields)
                 live.set_progress(self.redis(), job.id, key, record)
                 if self.request.id:
                     meta = records.to_json(record)
