@@ -46,3 +46,20 @@ def test_every_option_has_help_and_shows_a_real_default():
         assert "(default: None)" not in text and "(default: False)" not in text, name
     assert "(default: 0)" in subcommands()["worker"].format_help()  # a real default is shown
     assert "Flower" in subcommands()["up"].format_help()
+
+
+def test_status_and_the_other_light_commands_import_no_heavy_library():
+    """`status`, `watch`, `nodes`, `jobs` and `--help` answer in well under a second because
+    nothing on their path imports torch, transformers, peft, h5py or matplotlib
+    (bench/CLI.md measures them); this keeps it so."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; import app.cli, app.view, core.status, core.job, core.control, "
+        "core.broker, workers.node, workers.cluster; "
+        "heavy = ('torch', 'transformers', 'peft', 'h5py', 'matplotlib'); "
+        "print([m for m in heavy if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
