@@ -60,11 +60,13 @@ def _spec(root: Path, models: dict[str, str], records: int) -> Path:
     return path
 
 
-def _time(argv: list[str], env: dict[str, str], repeats: int) -> dict[str, Any]:
+def _time(
+    argv: list[str], env: dict[str, str], repeats: int, cwd: Path | None = None
+) -> dict[str, Any]:
     runs, out = [], ""
     for _ in range(repeats):
         t = time.perf_counter()
-        res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
         runs.append(time.perf_counter() - t)
         out = res.stdout
         if res.returncode not in (0, 3):  # 3: watch/wait timed out, as asked
@@ -95,6 +97,16 @@ def measure(root: Path, repeats: int, before: Path | None = None) -> dict[str, A
         rows["nodes"] = _time([*cli, "nodes"], env, repeats)
         rows["status"] = _time([*cli, "status", job], env, repeats)
         rows["watch (first frame)"] = _time([*cli, "watch", job, "--timeout", "0"], env, repeats)
+        if before is not None:
+            # The same commands from another checkout (the tree before a change), same run;
+            # run from inside it, or `python -m` would find this tree's packages first.
+            old = {**env, "PYTHONPATH": str(before)}
+            rows["before: enqueue (10 records)"] = _time(
+                [*cli, "enqueue", str(small)], old, repeats, before
+            )
+            for name in ("--help", "jobs", "nodes"):
+                rows[f"before: {name}"] = _time([*cli, name], old, repeats, before)
+            rows["before: status"] = _time([*cli, "status", job], old, repeats, before)
     for r in rows.values():
         r.pop("out")
     scan = rows["enqueue (300 records)"]["median_s"] - rows["enqueue (10 records)"]["median_s"]
@@ -116,7 +128,9 @@ def write(out: Path, results: dict[str, Any]) -> None:
     lines = [
         "# CLI latency",
         "",
-        f"`make bench-cli` (`python -m bench.cli_latency --repeats {results['repeats']}`), "
+        f"`make bench-cli` (`python -m bench.cli_latency --repeats {results['repeats']}"
+        + (" --before <tree>" if results.get("before") else "")
+        + "`), "
         f"{results['when']}, on {results['machine']}. Fresh interpreter per run; "
         "median and fastest of the runs. Compare rows, not machines."
         + (
