@@ -183,6 +183,9 @@ def test_full_disk_fails_the_job_with_the_path_and_resume_completes_it(
     error = st.failures["teacher-00000"].error
     assert "StorageFull" in error and str(job.paths.shard(0)) in error and "resume" in error
     assert str(job.paths.shard(0)) in res.stderr
+    # `wait` returns at the first failure, while the one worker may already be writing shard 1
+    # (it fails on the same limit): judge the leftovers once both shards have failed.
+    wait_for(lambda: "teacher-00001" in job_status(job).failures, 120, "shard 1 to fail too")
     assert not job.paths.shard(0).exists() and not list(job.paths.root.rglob("*.tmp"))
 
     workers.stop_all()  # "space freed": a worker without the limit
