@@ -40,8 +40,8 @@ def render(status: JobStatus) -> str:
     shards = status.shards
     done = sum(s.state == "done" for s in shards)
     running = [s.progress for s in shards if s.state == "running" and s.progress]
-    partial = sum((p.samples or 0) / max(1, p.of or 1) for p in running)
-    rates = [p.tokens_per_s for p in running]
+    partial = sum(p.get("samples", 0) / max(1, p.get("of", 1)) for p in running)
+    rates = [p.get("tokens_per_s", 0.0) for p in running]
     lines = [f"{status.job_id}  {status.state}"]
     if status.state in STOPPED:
         lines[0] += f"  (`distillq resume {status.job_id}` continues it)"
@@ -54,12 +54,10 @@ def render(status: JobStatus) -> str:
         cur = ""
         frac = 0.0
         for p in t.running.values():
-            frac += (p.step or 0) / max(1, p.steps or 1) / t.replicas
-            loss = p.loss if p.loss is not None else float("nan")
-            parts = (
-                f" (CE {p.ce:.3f}, KD {p.kd:.3f})" if p.ce is not None and p.kd is not None else ""
-            )
-            cur = f"  train loss {loss:.3f}{parts}  {p.tokens_per_s:.0f} tok/s"
+            frac += p.get("step", 0) / max(1, p.get("steps", 1)) / t.replicas
+            parts = f" (CE {p['ce']:.3f}, KD {p['kd']:.3f})" if "ce" in p and "kd" in p else ""
+            loss, rate = p.get("loss", float("nan")), p.get("tokens_per_s", 0.0)
+            cur = f"  train loss {loss:.3f}{parts}  {rate:.0f} tok/s"
         lines.append(
             f"  {name:<8} {_bar(t.rounds_merged + frac, t.rounds)}  {t.rounds_merged}/{t.rounds} rounds{cur}"
             + _eta(status, t.rounds_merged + frac, t.rounds)

@@ -18,8 +18,8 @@ RUNNING, PAUSED, CANCELLED = "running", "paused", "cancelled"
 
 
 def state(job: Job) -> str:
-    f = job.paths.control
-    return records.read(ControlRecord, f).state if f.exists() else RUNNING
+    record = records.read_if_exists(ControlRecord, job.paths.control)
+    return record.state if record is not None else RUNNING
 
 
 def set_state(job: Job, new: str, reason: str = "") -> ControlRecord:

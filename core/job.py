@@ -79,14 +79,14 @@ def list_jobs(storage: Path) -> list[str]:
     return sorted(d.name for d in root.iterdir() if (d / "job.yaml").exists())
 
 
-def _check_models(spec: JobSpec, storage: Path) -> tuple[Fingerprints, Any, list[str]]:
+def _check_models(spec: JobSpec, peft_memo: Path) -> tuple[Fingerprints, Any, list[str]]:
     """Load every tokenizer (cheap; no weights), compare fingerprints, check top_k. Raises.
 
     Returns the fingerprints, the tokenizer the teacher stage tokenizes samples with, and
     the peft option sets newly checked (remembered once the job exists).
     """
     students: dict[str, StudentFingerprint] = {}
-    teacher_fp, vocab_size, first_tok_fp = "", None, ""
+    teacher_fp, vocab_size = "", None
     teacher_tok_fp = None
     sample_tok = None
     checked: list[str] = []
@@ -100,7 +100,7 @@ def _check_models(spec: JobSpec, storage: Path) -> tuple[Fingerprints, Any, list
             )
         teacher_fp, vocab_size = model_fingerprint(spec.teacher.model), vocab
     for s in spec.students:
-        if (digest := peft_methods.check(s.peft, checks_memo(storage, "peft"))) is not None:
+        if (digest := peft_methods.check(s.peft, peft_memo)) is not None:
             checked.append(digest)
         tok = load_tokenizer(s.model, f"student {s.name!r} model", light=True)
         fp = tokenizer_fingerprint(tok)
@@ -111,10 +111,9 @@ def _check_models(spec: JobSpec, storage: Path) -> tuple[Fingerprints, Any, list
                 "pick a student from the teacher's model family"
             )
         students[s.name] = StudentFingerprint(model=model_fingerprint(s.model), tokenizer=fp)
-        first_tok_fp = first_tok_fp or fp
         sample_tok = sample_tok or tok
     fps = Fingerprints(
-        tokenizer=teacher_tok_fp or first_tok_fp,
+        tokenizer=teacher_tok_fp or students[spec.students[0].name].tokenizer,
         students=students,
         teacher=teacher_fp,
         vocab_size=vocab_size,
@@ -199,7 +198,8 @@ def create_job(
     """
     index = index_dataset(Path(spec.dataset), skip_bad=skip_bad_lines)
     split = plan_split(len(index.rows), spec.shards, spec.eval_fraction)
-    fingerprints, tok, peft_checked = _check_models(spec, storage)
+    peft_memo = checks_memo(storage, "peft")
+    fingerprints, tok, peft_checked = _check_models(spec, peft_memo)
     info = JobInfo(
         fingerprints=fingerprints,
         total_steps=_total_steps(spec, split),
@@ -213,7 +213,7 @@ def create_job(
         # The directory is ours (exist_ok=False): a disk-full or interrupted write leaves no junk.
         shutil.rmtree(paths.root, ignore_errors=True)
         raise
-    peft_methods.remember(checks_memo(storage, "peft"), peft_checked)
+    peft_methods.remember(peft_memo, peft_checked)
     return job
 
 

@@ -10,14 +10,14 @@ from typing import Any
 
 import redis
 
-from storage import keys, records
+from storage import keys
 from storage.records import Progress
 
 PROGRESS_TTL = 24 * 3600
 
 
 def set_progress(r: redis.Redis, job_id: str, task: str, record: Progress) -> None:
-    r.set(keys.progress(job_id, task), json.dumps(records.to_json(record)), ex=PROGRESS_TTL)
+    r.set(keys.progress(job_id, task), json.dumps(record), ex=PROGRESS_TTL)
 
 
 def clear_progress(r: redis.Redis, job_id: str, task: str) -> None:
@@ -32,7 +32,7 @@ def progress(r: redis.Redis, job_id: str) -> dict[str, Progress]:
         raw = r.get(key)
         if raw:
             name = key.decode()[len(prefix) :]
-            out[name] = records.from_json(Progress, json.loads(raw), f"progress of {name}")
+            out[name] = json.loads(raw)
     return out
 
 

@@ -84,8 +84,7 @@ def merge_round(job: Job, track: str, shard: int) -> MergeResult:
     )
     new = {n: base[n] + spec.outer_lr * torch.stack([d[n] for d in deltas]).mean(0) for n in base}
     optim = average_optimizer_states([o for o in optims if o is not None]) if all(optims) else None
-    marker_file = job.paths.round_inflight(track)
-    marker = records.read(RoundMarker, marker_file) if marker_file.exists() else None
+    marker = records.read_if_exists(RoundMarker, job.paths.round_inflight(track))
     round_info = RoundInfo(
         shard=shard,
         queued_at=marker.queued_at if marker is not None and marker.shard == shard else None,

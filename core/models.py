@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
@@ -27,17 +26,19 @@ def device() -> str:
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[\w.-]+$")
 
 
-def _in_hub_cache(ref: str) -> bool:
-    """Whether the hub id ``ref`` was downloaded before (``huggingface-cli download``)."""
+def _hub_like(ref: str) -> bool:
+    return bool(_HUB_ID.match(ref)) and not ref.startswith(".")
+
+
+def _in_hub_cache(ref: str, name: str) -> Path | None:
+    """File ``name`` of hub id ``ref`` if it was downloaded before (``huggingface-cli download``)."""
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        return any(
-            isinstance(try_to_load_from_cache(ref, f), str)
-            for f in ("config.json", "tokenizer_config.json")
-        )
+        found = try_to_load_from_cache(ref, name)
     except ValueError:  # not a valid repo id after all
-        return False
+        return None
+    return Path(found) if isinstance(found, str) else None
 
 
 def _check_exists(ref: str, what: str) -> None:
@@ -49,8 +50,8 @@ def _check_exists(ref: str, what: str) -> None:
     """
     if Path(ref).expanduser().exists():
         return
-    hub_like = bool(_HUB_ID.match(ref)) and not ref.startswith(".")
-    if hub_like and _in_hub_cache(ref):
+    hub_like = _hub_like(ref)
+    if hub_like and any(_in_hub_cache(ref, f) for f in ("config.json", "tokenizer_config.json")):
         return
     where = "no such directory" + (", nor in the Hugging Face cache" if hub_like else "")
     raise ModelError(
@@ -64,14 +65,7 @@ def _model_file(ref: str, name: str) -> Path | None:
     local = Path(ref).expanduser() / name
     if local.exists():
         return local
-    if _HUB_ID.match(ref) and not ref.startswith("."):
-        from huggingface_hub import try_to_load_from_cache
-
-        with contextlib.suppress(ValueError):
-            found = try_to_load_from_cache(ref, name)
-            if isinstance(found, str):
-                return Path(found)
-    return None
+    return _in_hub_cache(ref, name) if _hub_like(ref) else None
 
 
 def model_config(ref: str) -> dict[str, Any]:

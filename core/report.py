@@ -40,7 +40,7 @@ def collect(job: Job) -> tuple[Report, Curves]:
     t_seconds = sum(s.seconds for s in shards)
     teacher = None
     if job.spec.teacher:
-        ev = _eval(job.paths.teacher_eval)
+        ev = records.read_if_exists(EvalResult, job.paths.teacher_eval)
         teacher = TeacherSummary(
             model=job.spec.teacher.model,
             eval_loss=ev.loss if ev else None,
@@ -56,7 +56,7 @@ def collect(job: Job) -> tuple[Report, Curves]:
         reps = [r for rd in rounds for r in rd.replicas]
         tokens = sum(r.tokens for r in reps)
         seconds = sum(r.seconds for r in reps)
-        sev = _eval(job.paths.student_eval(spec.name))
+        sev = records.read_if_exists(EvalResult, job.paths.student_eval(spec.name))
         loss = job.spec.loss_for(spec)
         starts += [r.started_at for r in reps]
         ends += [rd.merged_at for rd in rounds]
@@ -283,7 +283,3 @@ def summary_table(data: Report) -> str:
 
 def dumps(data: Report) -> str:
     return json.dumps(records.to_json(data), indent=2)
-
-
-def _eval(path: Any) -> EvalResult | None:
-    return records.read(EvalResult, path) if path.exists() else None

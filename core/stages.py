@@ -153,9 +153,9 @@ def replica(
     A skipped outcome ("merged", "regenerate" or "missing", see ``ReplicaOutcome``) makes the
     merge abandon the round; it is queued again when the shard lands.
     """
-    if shard in checkpoints.merged_shards(job.paths, track):
-        return ReplicaOutcome(skipped="merged")
     latest = checkpoints.latest(job.paths, track)
+    if latest is not None and shard in latest.meta.merged_shards:
+        return ReplicaOutcome(skipped="merged")
     done = checkpoints.replica_stats(job.paths, track, shard, index)
     if done is not None and done.start_version == (latest.version if latest else 0):
         return ReplicaOutcome(stats=done)  # redelivered after it finished
@@ -168,8 +168,8 @@ def replica(
 
 def teacher_eval(job: Job) -> EvalResult:
     """The teacher's held-out loss on the eval slice, saved to ``teacher/eval.json``."""
-    if job.paths.teacher_eval.exists():
-        return records.read(EvalResult, job.paths.teacher_eval)
+    if (done := records.read_if_exists(EvalResult, job.paths.teacher_eval)) is not None:
+        return done
     assert job.spec.teacher is not None
     model, tok = _teacher(job.spec.teacher.model)
     result = evaluate.eval_loss(model, evaluate.eval_samples(job, tok))

@@ -2,12 +2,13 @@
 
 A replica starts from the track's latest global checkpoint (or the seeded initial adapter),
 trains on samples ``[r·n/R, (r+1)·n/R)`` of the shard for ``epochs`` passes, and saves its
-parameter delta and optimizer state. The merge (``app/merge.py``) folds deltas into the
+parameter delta and optimizer state. The merge (``core/merge.py``) folds deltas into the
 global checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -21,7 +22,7 @@ from core import peft_methods
 from core.job import Job
 from core.losses import kd_loss
 from core.models import device, load_causal_lm, on_device
-from core.spec import StudentSpec
+from core.spec import LossSpec, StudentSpec
 from storage import checkpoints
 from storage.cache import Batch, CacheReader
 from storage.records import OnProgress, ReplicaStats
@@ -132,24 +133,20 @@ def restore(job: Job, track: str) -> Trainer:
     )
 
 
-@dataclass(frozen=True)
-class LossConfig:
-    alpha: float
-    temperature: float
-    kind: str
-    beta: float
-
-
-def loss_config(job: Job, spec: StudentSpec) -> LossConfig:
+def training_loss(job: Job, spec: StudentSpec) -> LossSpec:
+    """The track's loss with τ resolved: its own, else the teacher cache's (1 without one)."""
     loss = job.spec.loss_for(spec)
     temperature = loss.temperature or (job.spec.teacher.temperature if job.spec.teacher else 1.0)
-    return LossConfig(loss.alpha, temperature, loss.kind, loss.beta)
+    return dataclasses.replace(loss, temperature=temperature)
 
 
 def train_step(
-    t: Trainer, batch: Batch, loss: LossConfig, lr: float
+    t: Trainer, batch: Batch, loss: LossSpec, lr: float
 ) -> tuple[float, dict[str, float]]:
-    """One optimizer step on ``batch``; returns the mixed loss and its CE / KD parts."""
+    """One optimizer step on ``batch``; returns the mixed loss and its CE / KD parts.
+
+    ``loss`` comes from ``training_loss``, so its temperature is set."""
+    assert loss.temperature is not None
     dev = device()
     ids, mask, rows, cols, labels = on_device(batch.padded, dev)
     logits = target_logits(t.model, ids, mask, rows, cols)
@@ -184,7 +181,7 @@ def train_loop(
     t: Trainer,
     reader: CacheReader,
     samples: range,
-    loss: LossConfig,
+    loss: LossSpec,
     total_steps: int,
     rng: np.random.Generator,
     on_progress: OnProgress | None = None,
@@ -254,7 +251,7 @@ def train_replica(
             t,
             reader,
             replica_samples(len(reader), t.spec.replicas, replica),
-            loss_config(job, t.spec),
+            training_loss(job, t.spec),
             job.info.total_steps[track],
             np.random.default_rng([t.spec.seed, shard, replica]),
             on_progress,

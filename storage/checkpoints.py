@@ -123,8 +123,9 @@ def write_replica(
 
 
 def replica_stats(paths: JobPaths, track: str, shard: int, replica: int) -> ReplicaStats | None:
-    f = paths.replica_dir(track, shard, replica) / "stats.json"
-    return records.read(ReplicaStats, f) if f.exists() else None
+    return records.read_if_exists(
+        ReplicaStats, paths.replica_dir(track, shard, replica) / "stats.json"
+    )
 
 
 def load_replica(

@@ -44,6 +44,10 @@ def from_json(cls: type[R], raw: Any, where: str) -> R:
     return cls(**values)
 
 
+def read_if_exists(cls: type[R], path: Path) -> R | None:
+    return read(cls, path) if path.exists() else None
+
+
 def write(path: Path, record: Any) -> None:
     write_json(path, to_json(record))
 
@@ -222,9 +226,9 @@ class ProgressFields(TypedDict, total=False):
 OnProgress = Callable[[ProgressFields], None]
 
 
-@dataclass(frozen=True)
-class Progress:
-    """Live progress of a running task, in Redis (``keys.progress``).
+class Progress(ProgressFields):
+    """Live progress of a running task, in Redis (``keys.progress``): what the stage reported,
+    with the task key and the time. A TypedDict, so it is the stage's own fields, not a copy.
 
     Writer: ``tasks.base.JobTask.progress``; reader: ``core.status``. Teacher tasks fill
     samples/of/tokens, replicas step/steps/loss (with its CE and KD parts).
@@ -232,15 +236,6 @@ class Progress:
 
     task: str
     at: float
-    tokens_per_s: float = 0.0
-    samples: int | None = None
-    of: int | None = None
-    tokens: int | None = None
-    step: int | None = None
-    steps: int | None = None
-    loss: float | None = None
-    ce: float | None = None
-    kd: float | None = None
 
 
 # --- the job -------------------------------------------------------------------------------

@@ -100,12 +100,11 @@ class JobTask(Task):
                 return
             last[0] = now
             try:
-                record = Progress(task=key, at=now, **fields)
+                record: Progress = {**fields, "task": key, "at": now}
                 live.set_progress(self.redis(), job.id, key, record)
                 if self.request.id:
-                    meta = records.to_json(record)
-                    self.update_state(state="PROGRESS", meta=meta)
-                    self.send_event("task-progress", **meta)
+                    self.update_state(state="PROGRESS", meta=record)
+                    self.send_event("task-progress", **record)
             except Exception as e:  # progress is for eyes only: never fail the work over it
                 log.warning("job %s %s: progress not published (%s)", job.id, key, e)
 

@@ -63,7 +63,8 @@ def advance(app: Celery, job: Job, track: str) -> int | None:
     with live.track_lock(_redis(app), job.id, track):
         merged = checkpoints.merged_shards(job.paths, track)
         marker = job.paths.round_inflight(track)
-        if marker.exists() and records.read(RoundMarker, marker).shard not in merged:
+        inflight = records.read_if_exists(RoundMarker, marker)
+        if inflight is not None and inflight.shard not in merged:
             return None
         ready = [
             (cache.read_stats(job.paths.shard_stats(i)).finished_at, i)
@@ -103,7 +104,8 @@ def abandon_round(app: Celery, job: Job, track: str, shard: int) -> None:
     round is queued again by ``advance`` once the regenerated shard lands."""
     with live.track_lock(_redis(app), job.id, track):
         marker = job.paths.round_inflight(track)
-        if marker.exists() and records.read(RoundMarker, marker).shard == shard:
+        inflight = records.read_if_exists(RoundMarker, marker)
+        if inflight is not None and inflight.shard == shard:
             marker.unlink()
     advance(app, job, track)
 

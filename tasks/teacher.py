@@ -27,15 +27,7 @@ def teacher_shard(self: JobTask, job_id: str, shard: int) -> dict[str, Any]:
     with self.attempt(job, key):
         stats, skipped = stages.teacher_shard(job, shard, self.progress(job, key))
     pipeline.on_shard_ready(self.app, job)
-    return {
-        "shard": stats.shard,
-        "sha256": stats.sha256,
-        "bytes": stats.bytes,
-        "samples": stats.samples,
-        "tokens": stats.tokens,
-        "target_positions": stats.target_positions,
-        "skipped": skipped,
-    }
+    return {**records.to_json(stats), "skipped": skipped}
 
 
 @app.task(name="distillq.teacher_eval", bind=True, base=JobTask, work_key=staticmethod(_eval_key))

@@ -103,7 +103,7 @@ def test_a_replica_is_made_of_restore_step_and_save(job):
     before = {n: p.detach().clone() for n, p in t.params.items()}
     with CacheReader(job.paths.shard(0)) as r:
         batch = r.batch(0, 4)
-    loss, parts = student.train_step(t, batch, student.loss_config(job, t.spec), lr=1e-3)
+    loss, parts = student.train_step(t, batch, student.training_loss(job, t.spec), lr=1e-3)
     assert loss > 0 and set(parts) >= {"ce", "kd"}
     assert any(not torch.equal(before[n], p) for n, p in t.params.items())
     loop = student.LoopStats(steps=1, tokens=int(batch.padded.attention_mask.sum()), positions=1)

@@ -15,7 +15,11 @@ def test_status_bars_show_throughput_and_eta():
         shards=[
             ShardState(0, "done"),
             ShardState(
-                1, "running", progress=Progress("teacher-00001", 1059.0, 900.0, samples=5, of=10)
+                1,
+                "running",
+                progress=Progress(
+                    task="teacher-00001", at=1059.0, tokens_per_s=900.0, samples=5, of=10
+                ),
             ),
             ShardState(2, "pending"),
         ],
@@ -26,7 +30,16 @@ def test_status_bars_show_throughput_and_eta():
                 merged_shards=[0],
                 replicas=1,
                 running={
-                    "r": Progress("r", 1059.0, 1200.0, step=5, steps=10, loss=2.5, ce=3.0, kd=2.444)
+                    "r": Progress(
+                        task="r",
+                        at=1059.0,
+                        tokens_per_s=1200.0,
+                        step=5,
+                        steps=10,
+                        loss=2.5,
+                        ce=3.0,
+                        kd=2.444,
+                    )
                 },
             )
         },
