@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench bench-cli setup clean demo-teacher
+.PHONY: demo test test-fast lint bench bench-cli setup clean demo-teacher llama-cpp
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,10 +17,30 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# llama.cpp itself (llama-cpp-python), the real consumer of the GGUF files the tests write.
+# It compiles llama.cpp from source (about 480 CPU-seconds for the library alone, 1,200 with
+# the tools), so the wheel is built once per machine into $(WHEELS), outside the clone, and
+# every later virtualenv (a CI run's clean clone too) installs it from there in seconds.
+LLAMA_PIN ?= llama-cpp-python==0.3.36
+WHEELS ?= $(HOME)/.cache/distillq/wheels
+LLAMA_STAMP := $(VENV)/.llama-cpp
+LLAMA_CMAKE_ARGS ?= -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF
+
+$(LLAMA_STAMP): $(STAMP)
+	@ls $(WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || { \
+	  echo "building $(LLAMA_PIN) once for this machine into $(WHEELS) (several minutes)"; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	    $(BIN)/pip wheel -q --no-deps "$(LLAMA_PIN)" -w $(WHEELS); }
+	$(BIN)/pip install -q --find-links $(WHEELS) "$(LLAMA_PIN)"
+	$(BIN)/pip install -q -e ".[llama]"
+	touch $(LLAMA_STAMP)
+
+llama-cpp: $(LLAMA_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/distillq demo
 
-test: $(STAMP)
+test: $(STAMP) $(LLAMA_STAMP)
 	$(BIN)/python -m pytest tests
 
 # The inner loop: unit + integration (real Redis, no worker processes, no whole jobs).

@@ -44,3 +44,7 @@ class JobStopped(DistillqError):
 
 class RecordError(DistillqError):
     """A record on storage is missing a field (an older distillq wrote it) or is malformed."""
+
+
+class ExportError(DistillqError):
+    """A trained model cannot be exported to the asked format (architecture, tokenizer)."""

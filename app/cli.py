@@ -211,6 +211,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from app.view import run_hints
+    from core.gguf import QUANTS
+    from core.job import load_job
+    from core.stages import export_finished
+
+    job = load_job(settings_from(args).storage, args.job)
+    quants = tuple(q.strip() for q in (args.quant or ",".join(QUANTS)).split(",") if q.strip())
+    for q in quants:
+        if q not in QUANTS:
+            raise DistillqError(f"--quant {q!r} is not supported: choose from {', '.join(QUANTS)}")
+    tracks = args.track or [s.name for s in job.spec.students]
+    for name in tracks:
+        job.spec.student(name)  # an unknown track fails here, before any work
+    done = export_finished(job, tracks, quants)  # type: ignore[arg-type]
+    failed = False
+    for name, outputs in done.items():
+        print(f"track {name}:")
+        print(run_hints(outputs))
+        failed |= "gguf_skipped" in outputs
+    return EXIT_FAILED if failed else 0
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     from core.job import list_jobs
 
@@ -382,6 +405,19 @@ def parser() -> argparse.ArgumentParser:
     rp = add("report", cmd_report, "rewrite and print a finished job's report")
     job_arg(rp)
     json_flag(rp, "the report")
+    ex = add(
+        "export",
+        cmd_export,
+        "write a finished job's students as GGUF (llama.cpp) with an Ollama Modelfile",
+    )
+    job_arg(ex)
+    ex.add_argument(
+        "--track", action="append", help="a student track to export (repeatable); unset: all"
+    )
+    ex.add_argument(
+        "--gguf", action="store_true", help="GGUF files + Modelfile (the default format)"
+    )
+    ex.add_argument("--quant", help="comma-separated GGUF types; unset: f16,q8_0")
     n = add("nodes", cmd_nodes, "registered worker nodes and their resources")
     json_flag(n, "the nodes")
     add("jobs", cmd_jobs, "list jobs on storage")

@@ -55,9 +55,12 @@ def render(status: JobStatus) -> str:
         frac = 0.0
         for p in t.running.values():
             frac += p.get("step", 0) / max(1, p.get("steps", 1)) / t.replicas
-            parts = f" (CE {p['ce']:.3f}, KD {p['kd']:.3f})" if "ce" in p and "kd" in p else ""
             loss, rate = p.get("loss", float("nan")), p.get("tokens_per_s", 0.0)
-            cur = f"  train loss {loss:.3f}{parts}  {rate:.0f} tok/s"
+            if "ce" in p and "kd" in p and p["kd"] == p["kd"]:  # NaN KD: a CE-only track
+                what = f"mixed loss α·CE+(1−α)·KD {loss:.3f} (CE {p['ce']:.3f}, KD {p['kd']:.3f})"
+            else:
+                what = f"CE loss {loss:.3f}"
+            cur = f"  {what}  {rate:.0f} tok/s"
         lines.append(
             f"  {name:<8} {_bar(t.rounds_merged + frac, t.rounds)}  {t.rounds_merged}/{t.rounds} rounds{cur}"
             + _eta(status, t.rounds_merged + frac, t.rounds)
@@ -91,3 +94,23 @@ def follow(get: Callable[[], JobStatus], interval: float, timeout: float | None 
         if deadline is not None and time.time() > deadline:
             return EXIT_TIMEOUT
         time.sleep(interval)
+
+
+def run_hints(outputs: dict[str, str | None]) -> str:
+    """Where a track's exported files are, and the command that runs each."""
+    lines = [f"  {k:<10} {v}" for k, v in outputs.items() if v and k != "gguf_skipped"]
+    if outputs.get("gguf_skipped"):
+        lines.append(f"  no GGUF: {outputs['gguf_skipped']}")
+    gguf = outputs.get("gguf_q8_0") or outputs.get("gguf_f16")
+    if gguf:
+        lines.append(f"  run with llama.cpp:  llama-cli -m {gguf} -p 'def main():' -n 64")
+        lines.append(
+            f'  from Python:         python -c "from llama_cpp import Llama; '
+            f"print(Llama(model_path='{gguf}')('def main():', max_tokens=64))\""
+        )
+    if outputs.get("modelfile"):
+        lines.append(
+            f"  with Ollama:         ollama create distilled -f {outputs['modelfile']} "
+            "&& ollama run distilled"
+        )
+    return "\n".join(lines)

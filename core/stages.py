@@ -5,16 +5,19 @@ Each is idempotent: it checks storage for its own finished output first and retu
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
 from typing import Any, Literal
 
 from core import evaluate, faults, report, student
-from core.export import export_track
+from core.export import Outputs, export_gguf_outputs, export_track
+from core.gguf import Quant
 from core.job import Job
 from core.models import load_causal_lm, load_tokenizer, vocab_size
 from core.teacher import write_shard
+from errors import DistillqError
 from storage import cache, checkpoints, records
 from storage.atomic import clear_stale
 from storage.records import EvalResult, OnProgress, ReplicaOutcome, Report, ShardStats
@@ -191,8 +194,31 @@ def finalize(job: Job) -> Report:
         samples = evaluate.eval_samples(job, load_tokenizer(spec.model))
         measured = evaluate.eval_loss(model, samples) if samples else EvalResult(float("nan"), 0)
         outputs = export_track(model, spec, job.paths.final_dir(spec.name))
+        outputs |= export_gguf_outputs(outputs["merged"], job.paths.gguf_dir(spec.name), spec.name)
         records.write(
             eval_file,
             EvalResult(measured.loss, measured.tokens, version=ckpt.version, outputs=outputs),
         )
     return report.write(job)
+
+
+def export_finished(job: Job, tracks: list[str], quants: tuple[Quant, ...]) -> dict[str, Outputs]:
+    """(Re)write the GGUF files of finished tracks from their ``final/merged``; update each
+    track's recorded outputs and the report. Returns the outputs per track."""
+    done = {}
+    for name in tracks:
+        spec = job.spec.student(name)
+        ev = records.read_if_exists(EvalResult, job.paths.student_eval(name))
+        if ev is None:
+            raise DistillqError(
+                f"track {name} of job {job.id} has not finished; `distillq wait {job.id}` first"
+            )
+        outputs = {k: v for k, v in (ev.outputs or {}).items() if not k.startswith("gguf")}
+        outputs.pop("modelfile", None)
+        outputs |= export_gguf_outputs(
+            outputs.get("merged"), job.paths.gguf_dir(spec.name), spec.name, quants
+        )
+        records.write(job.paths.student_eval(name), dataclasses.replace(ev, outputs=outputs))
+        done[name] = outputs
+    report.write(job)
+    return done

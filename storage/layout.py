@@ -6,7 +6,7 @@
   teacher/eval.json                  the teacher's held-out loss
   students/<track>/global/v0007/     a track's checkpoint after 7 merged rounds
   students/<track>/rounds/shard-00003/replica-0/   replica deltas until merged
-  students/<track>/final/{adapter,merged}/
+  students/<track>/final/{adapter,merged,gguf}/
   failures/<task>.json               tasks that gave up, with the reason
   report.json, report.png
 """
@@ -90,6 +90,10 @@ class JobPaths:
 
     def final_dir(self, track: str) -> Path:
         return self.track_dir(track) / "final"
+
+    def gguf_dir(self, track: str) -> Path:
+        """``<track>-<quant>.gguf`` files and the Ollama ``Modelfile``."""
+        return self.final_dir(track) / "gguf"
 
     def student_eval(self, track: str) -> Path:
         return self.track_dir(track) / "eval.json"
