@@ -41,6 +41,13 @@ def _in_hub_cache(ref: str, name: str) -> Path | None:
     return Path(found) if isinstance(found, str) else None
 
 
+def in_hub_cache(ref: str) -> bool:
+    """``ref`` is a hub id whose model was downloaded before (config or tokenizer present)."""
+    return _hub_like(ref) and any(
+        _in_hub_cache(ref, f) for f in ("config.json", "tokenizer_config.json")
+    )
+
+
 def _check_exists(ref: str, what: str) -> None:
     """Raise ModelError unless ``ref`` is a local directory or an already-downloaded hub id.
 
@@ -51,7 +58,7 @@ def _check_exists(ref: str, what: str) -> None:
     if Path(ref).expanduser().exists():
         return
     hub_like = _hub_like(ref)
-    if hub_like and any(_in_hub_cache(ref, f) for f in ("config.json", "tokenizer_config.json")):
+    if in_hub_cache(ref):
         return
     where = "no such directory" + (", nor in the Hugging Face cache" if hub_like else "")
     raise ModelError(

@@ -53,6 +53,9 @@ class Settings:
     """Interval of a worker's node heartbeat in Redis; the key lives three intervals."""
 
     def __post_init__(self) -> None:
+        # Absolute from here on: paths written into job records and reports must load from
+        # any directory, and every process of a node must mean the same place.
+        object.__setattr__(self, "storage", Path(self.storage).expanduser().resolve())
         for queue in (None, *QUEUES):
             soft, hard = self.time_limits(queue)
             prefix = f"DISTILLQ_{(queue or 'task').upper()}"
@@ -118,8 +121,6 @@ class Settings:
                 continue
             values[f.name] = _convert(f.name, raw, f.type)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if "storage" in values:
-            values["storage"] = Path(values["storage"])
         return cls(**values)
 
     def with_(self, **changes: Any) -> Settings:

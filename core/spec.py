@@ -220,17 +220,45 @@ def load_spec(path: Path, overrides: list[str] | None = None) -> JobSpec:
         raise SpecError(f"job spec {path} must be a YAML mapping (name:, dataset:, students:, ...)")
     for item in overrides or []:
         apply_override(raw, item)
-    spec = spec_from_dict(raw)
-    if not Path(spec.dataset).is_absolute():
-        # A relative dataset path means relative to the spec file, as users expect.
-        spec = _replace_dataset(spec, str((path.parent / spec.dataset).resolve()))
-    return spec
+    spec_from_dict(raw)  # validate as written, so errors name the user's own values
+    return spec_from_dict(resolve_paths(raw, path.parent.resolve()))
 
 
-def _replace_dataset(spec: JobSpec, dataset: str) -> JobSpec:
-    d = spec.to_dict()
-    d["dataset"] = dataset
-    return spec_from_dict(d)
+def _local_model(ref: str, base: Path) -> str:
+    """A model reference resolved against the spec's directory: an absolute path where one
+    exists there (or the reference is plainly a path), else the hub id as written.
+
+    ``org/name`` reads both as a hub id and as a relative path: the directory wins when it
+    exists, the hub id when it is downloaded; otherwise the resolved path is kept, so the
+    error names the directory it looked for."""
+    p = Path(ref).expanduser()
+    if p.is_absolute():
+        return str(p)
+    local = (base / p).resolve()
+    if local.exists() or ref.startswith(".") or ref.count("/") > 1 or "\\" in ref:
+        return str(local)
+    from core.models import in_hub_cache  # only here: most specs name local directories
+
+    return ref if in_hub_cache(ref) else str(local)
+
+
+def resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Every path in a raw spec, made absolute against ``base`` (the spec file's directory),
+    as the dataset always was: a job means the same thing from whatever directory it is
+    enqueued, and ``job.yaml`` freezes absolute paths."""
+    out = dict(raw)
+    if isinstance(out.get("dataset"), str):
+        out["dataset"] = str((base / Path(out["dataset"]).expanduser()).resolve())
+    if isinstance(out.get("teacher"), dict) and isinstance(out["teacher"].get("model"), str):
+        out["teacher"] = {**out["teacher"], "model": _local_model(out["teacher"]["model"], base)}
+    if isinstance(out.get("students"), list):
+        out["students"] = [
+            {**s, "model": _local_model(s["model"], base)}
+            if isinstance(s, dict) and isinstance(s.get("model"), str)
+            else s
+            for s in out["students"]
+        ]
+    return out
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

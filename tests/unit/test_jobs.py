@@ -84,3 +84,33 @@ def test_yaml_errors_and_relative_dataset(tmp_path):
     assert load_spec(f).dataset == str(tmp_path / "data" / "x.jsonl")
     with pytest.raises(SpecError, match="does not exist"):
         load_spec(tmp_path / "nope.yaml")
+
+
+def test_model_paths_resolve_against_the_spec_file_from_any_directory(
+    tmp_path, monkeypatch, tiny_models
+):
+    import shutil
+
+    from core.models import load_tokenizer
+    from errors import ModelError
+
+    project = tmp_path / "project"
+    shutil.copytree(tiny_models["student"], project / "models" / "student")
+    spec_file = project / "specs" / "job.yaml"
+    spec_file.parent.mkdir()
+    spec_file.write_text(
+        "name: j\ndataset: ../data/x.jsonl\nteacher: {model: ../models/student}\n"
+        "students: [{name: s, model: ../models/student}, {name: t, model: ../models/typo}]\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    spec = load_spec(spec_file)
+    assert spec.teacher.model == str(project / "models" / "student")
+    assert spec.students[0].model == spec.teacher.model
+    load_tokenizer(spec.students[0].model)  # loads, wherever the command runs
+    # a path that is not there: the error names the absolute path that was tried
+    missing = str(project / "models" / "typo")
+    assert spec.students[1].model == missing
+    with pytest.raises(ModelError, match=missing):
+        load_tokenizer(spec.students[1].model)
