@@ -1,4 +1,5 @@
-"""Held-out loss: next-token CE over the training-target tokens of the eval slice."""
+"""Held-out evaluation: next-token CE over the training-target tokens of the eval slice, and
+greedy generations on held-out prompts, so a report shows what a model learned."""
 
 from __future__ import annotations
 
@@ -6,17 +7,26 @@ from typing import Any
 
 import torch
 
+from core import student
 from core.data import Sample, TokenizeStats, padded, read_records, tokenize_record
 from core.job import Job
 from core.models import on_device
-from core.student import target_logits
-from storage.records import EvalResult
+from core.spec import StudentSpec
+from storage.records import EvalResult, Generation
+
+GENERATION_PROMPTS = 3
+"""Held-out prompts every model of a job continues for the report."""
+NEW_TOKENS = 40
+PROMPT_TOKENS = 48
+"""A text record (no prompt of its own) is cut here into a prompt and its reference."""
 
 
-def eval_samples(job: Job, tok: Any) -> list[Sample]:
+def eval_samples(job: Job, tok: Any, limit: int | None = None) -> list[Sample]:
+    """The held-out slice's samples (its first ``limit`` records when given)."""
     stats = TokenizeStats()
     out = []
-    for rid, record in read_records(job.paths.dataset, job.index, job.split.eval_ids()):
+    ids = job.split.eval_ids()[:limit]
+    for rid, record in read_records(job.paths.dataset, job.index, ids):
         s = tokenize_record(record, rid, tok, job.spec.sample_max_length, stats)
         if s is not None:
             out.append(s)
@@ -32,8 +42,61 @@ def eval_loss(model: Any, samples: list[Sample], batch_size: int = 8) -> EvalRes
     total, count = 0.0, 0
     for i in range(0, len(samples), batch_size):
         ids, mask, rows, cols, labels = on_device(padded(samples[i : i + batch_size]), dev)
-        logits = target_logits(model, ids, mask, rows, cols).float()
+        logits = student.target_logits(model, ids, mask, rows, cols).float()
         total += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
         count += len(labels)
     model.train(was_training)
-    return EvalResult(loss=total / max(count, 1), tokens=count)
+    return EvalResult(loss=total / max(count, 1), tokens=count, samples=len(samples))
+
+
+def student_loss(
+    spec: StudentSpec, params: dict[str, torch.Tensor], samples: list[Sample]
+) -> EvalResult:
+    """Held-out loss of track ``spec`` with trainable parameters ``params``."""
+    model = student.build(spec)
+    student.load_params(model, params)
+    return eval_loss(model, samples)
+
+
+def prompts(
+    samples: list[Sample], n: int = GENERATION_PROMPTS
+) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, reference ids) for the first ``n`` held-out samples.
+
+    A sample with a prompt (prompt/response, chat) is cut where its first target starts; a
+    text record, where everything is a target, after ``PROMPT_TOKENS`` tokens (or half of it).
+    """
+    out = []
+    for s in samples[:n]:
+        first = next((t for t in range(1, len(s.input_ids)) if s.target_mask[t]), 1)
+        cut = first if first > 1 else min(PROMPT_TOKENS, len(s.input_ids) // 2)
+        out.append((s.input_ids[:cut], s.input_ids[cut : cut + NEW_TOKENS]))
+    return out
+
+
+@torch.no_grad()
+def generate(model: Any, tok: Any, samples: list[Sample]) -> list[Generation]:
+    """Greedy continuations of the held-out prompts of ``samples`` (``NEW_TOKENS`` each)."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    for prompt, reference in prompts(samples):
+        ids = torch.tensor([prompt], device=dev)
+        seq = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
+        new = seq[0, len(prompt) :]  # generate returns the prompt, then what it added
+        out.append(
+            Generation(
+                prompt=tok.decode(prompt),
+                reference=tok.decode(reference),
+                text=tok.decode(new.tolist()),
+            )
+        )
+    model.train(was_training)
+    return out

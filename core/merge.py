@@ -10,6 +10,7 @@ idempotent: a shard already in ``merged_shards`` of the latest version is not me
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -17,7 +18,11 @@ from typing import Any
 
 import torch
 
+from core import evaluate
+from core.data import Sample
 from core.job import Job
+from core.models import load_tokenizer
+from core.spec import StudentSpec
 from core.student import build, snapshot
 from storage import checkpoints, records
 from storage.records import CheckpointMeta, RoundInfo, RoundMarker
@@ -42,6 +47,14 @@ def average_optimizer_states(states: list[dict[str, Any]]) -> dict[str, Any]:
                 merged[key] = value
         out["state"][idx] = merged
     return out
+
+
+def _curve_samples(job: Job, spec: StudentSpec) -> list[Sample]:
+    """The first ``curve_samples`` held-out samples: a bounded eval after every merge."""
+    if not job.spec.curve_samples:
+        return []
+    tok = load_tokenizer(spec.model)
+    return evaluate.eval_samples(job, tok, limit=job.spec.curve_samples)
 
 
 def initial_params(job: Job, track: str) -> dict[str, torch.Tensor]:
@@ -92,12 +105,21 @@ def merge_round(job: Job, track: str, shard: int) -> MergeResult:
         replicas=[s.without_curve() for s in stats],
         curve=[p for s in stats for p in s.curve],
     )
+    curve = _curve_samples(job, spec)
+    if curve:
+        round_info = dataclasses.replace(
+            round_info, heldout=evaluate.student_loss(spec, new, curve).loss
+        )
+    start = current.meta.heldout_start if current is not None else None
+    if current is None and curve:
+        start = evaluate.student_loss(spec, base, curve).loss
     prev_step = current.meta.step if current is not None else 0
     meta = CheckpointMeta(
         track=track,
         step=prev_step + max(s.steps for s in stats),
         merged_shards=[*(current.meta.merged_shards if current else []), shard],
         rounds=[*(current.meta.rounds if current else []), round_info],
+        heldout_start=start,
     )
     version = (current.version if current is not None else 0) + 1
     ckpt = checkpoints.write_version(job.paths, track, version, new, optim, meta)

@@ -1,4 +1,4 @@
-"""``report.json`` + ``report.png`` for a finished job, assembled from storage alone."""
+"""``report.json``, ``report.png`` and ``report.md`` for a finished job, from storage alone."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import json
 import math
 from typing import Any
 
+from core import report_md
 from core.job import Job
 from storage import cache, checkpoints, records
-from storage.atomic import atomic_path
+from storage.atomic import atomic_path, write_bytes
 from storage.records import (
     CacheSummary,
+    CheckpointMeta,
     EvalResult,
     LossSummary,
     Report,
@@ -46,6 +48,7 @@ def collect(job: Job) -> tuple[Report, Curves]:
             eval_loss=ev.loss if ev else None,
             tokens=t_tokens,
             tokens_per_s=round(t_tokens / t_seconds, 1) if t_seconds else None,
+            generations=ev.generations if ev else [],
         )
     students, curves = {}, {}
     starts = [s.started_at for s in shards]
@@ -72,6 +75,9 @@ def collect(job: Job) -> tuple[Report, Curves]:
             tokens_per_s=round(tokens / seconds, 1) if seconds else None,
             first_step_at=min((r.started_at for r in reps), default=None),
             outputs=sev.outputs if sev else None,
+            baseline_loss=sev.baseline if sev else None,
+            heldout_curve=_heldout_curve(ckpt.meta) if ckpt else [],
+            generations=sev.generations if sev else [],
         )
         curves[spec.name] = [p for rd in rounds for p in rd.curve]
     timing: dict[str, float | None] = {}
@@ -81,6 +87,12 @@ def collect(job: Job) -> tuple[Report, Curves]:
             "first_shard_done_at": min((s.finished_at for s in shards), default=None),
             "last_shard_done_at": max((s.finished_at for s in shards), default=None),
         }
+    evals = [
+        records.read_if_exists(EvalResult, job.paths.student_eval(s.name))
+        for s in job.spec.students
+    ]
+    eval_samples = max((e.samples for e in evals if e is not None), default=0)
+    vocab = job.info.fingerprints.vocab_size
     report = Report(
         job_id=job.id,
         mode=job.spec.mode,
@@ -97,15 +109,63 @@ def collect(job: Job) -> tuple[Report, Curves]:
             k=job.spec.teacher.top_k if job.spec.teacher else 0,
         ),
         students=students,
-        vocab_size=job.info.fingerprints.vocab_size,
+        vocab_size=vocab,
+        eval_samples=eval_samples,
+        warnings=warnings(eval_samples, students, teacher, vocab),
         **timing,
     )
     return report, curves
 
 
+MIN_EVAL_SAMPLES = 50
+LEARNED_LITTLE = 0.05
+"""A track whose held-out loss fell by less than this share of its baseline → teacher gap
+(or of the baseline itself, without a teacher) is flagged as having learned little."""
+
+
+def _heldout_curve(meta: CheckpointMeta) -> list[list[float]]:
+    """(step, held-out loss) from before round 1 to the last merge, where measured."""
+    points = [[0.0, meta.heldout_start]] if meta.heldout_start is not None else []
+    step = 0
+    for rd in meta.rounds:
+        step += max((r.steps for r in rd.replicas), default=0)
+        if rd.heldout is not None:
+            points.append([float(step), rd.heldout])
+    return points
+
+
+def warnings(
+    eval_samples: int,
+    students: dict[str, StudentSummary],
+    teacher: TeacherSummary | None,
+    vocab: int | None,
+) -> list[str]:
+    """What a reader must know before trusting the numbers."""
+    out = []
+    if eval_samples < MIN_EVAL_SAMPLES:
+        out.append(
+            f"held-out set has {eval_samples} samples (fewer than {MIN_EVAL_SAMPLES}): its "
+            "losses are noisy; raise eval_fraction or add records"
+        )
+    for name, st in students.items():
+        if st.baseline_loss is None or st.eval_loss is None:
+            continue
+        target = teacher.eval_loss if teacher and teacher.eval_loss is not None else 0.0
+        gap = st.baseline_loss - min(target, st.baseline_loss)
+        gained = st.baseline_loss - st.eval_loss
+        if gap > 0 and gained < LEARNED_LITTLE * gap:
+            uniform = f", uniform guessing is ln V = {math.log(vocab):.2f}" if vocab else ""
+            out.append(
+                f"track {name} learned little: held-out {st.eval_loss:.4f} vs {st.baseline_loss:.4f} "
+                f"before training{uniform}; train longer, raise lr, or check the data"
+            )
+    return out
+
+
 def write(job: Job) -> Report:
     data, curves = collect(job)
     plot(job, data, curves, _timeline(job))
+    write_bytes(job.paths.report_md, report_md.render(data).encode())
     records.write(job.paths.report, data)  # last: report.json is what marks the job done
     return data
 
@@ -126,25 +186,33 @@ def plot(
     curves: Curves,
     timeline: list[tuple[str, float, float, float]],
 ) -> None:
-    """Curves, held-out losses, the stage timeline and the cache size, in one PNG."""
+    """Training curves, the held-out curve, the stage timeline and a summary, in one PNG.
+
+    Legends sit outside the axes (they never cover a point) and the layout engine places
+    every label, so nothing overlaps whatever the numbers are.
+    """
     import matplotlib  # here: only finalize and `report` draw; the CLI loads this module
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
-    _plot_curves(axes[0][0], data, curves)
+    fig, axes = plt.subplots(2, 2, figsize=(15, 9), layout="constrained")
+    _plot_curves(axes[0][0], curves)
     _plot_heldout(axes[0][1], data)
     _plot_timeline(axes[1][0], timeline)
-    _plot_cache(axes[1][1], data)
+    _plot_summary(axes[1][1], data)
     fig.suptitle(f"distillq — {job.id}", fontsize=12)
-    fig.tight_layout()
     with atomic_path(job.paths.report_png) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
 
 
-def _plot_curves(ax: Any, data: Report, curves: Curves) -> None:
+def _legend_outside(ax: Any) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+
+
+def _plot_curves(ax: Any, curves: Curves) -> None:
     for i, (name, curve) in enumerate(curves.items()):
         if not curve:
             continue
@@ -154,43 +222,41 @@ def _plot_curves(ax: Any, data: Report, curves: Curves) -> None:
         kd = [p[3] for p in curve]
         if not all(math.isnan(v) for v in kd):
             ax.plot(steps, _smooth(kd), color=color, ls=":", label=f"{name}: KD term")
-        ev = data.students[name].eval_loss
-        if ev is not None:
+    ax.set(xlabel="optimizer step", ylabel="nats / token", title="training curves (smoothed)")
+    _legend_outside(ax)
+
+
+def _plot_heldout(ax: Any, data: Report) -> None:
+    for i, (name, st) in enumerate(data.students.items()):
+        color = f"C{i}"
+        if st.heldout_curve:
+            xs, ys = zip(*st.heldout_curve, strict=True)
+            ax.plot(xs, ys, color=color, marker="o", ms=4, label=f"{name}: after each round")
+        if st.eval_loss is not None and st.baseline_loss is not None:
             ax.scatter(
-                [steps[-1]],
-                [ev],
+                [0, st.steps],
+                [st.baseline_loss, st.eval_loss],
                 color=color,
                 marker="*",
                 s=120,
                 zorder=3,
-                label=f"{name}: held-out",
+                label=f"{name}: all held-out, before → after",
             )
     if data.teacher and data.teacher.eval_loss is not None:
-        ax.axhline(data.teacher.eval_loss, color="k", ls="--", label="teacher held-out")
-    ax.set(xlabel="optimizer step", ylabel="nats / token", title="training curves (smoothed)")
-    ax.legend(fontsize=8)
-
-
-def _plot_heldout(ax: Any, data: Report) -> None:
-    bars_data: list[tuple[str, float, str]] = []
-    if data.teacher and data.teacher.eval_loss is not None:
-        bars_data.append(("teacher", data.teacher.eval_loss, "0.35"))
-    for i, (n, s) in enumerate(data.students.items()):
-        if s.eval_loss is not None:
-            bars_data.append((f"{n}\n(α={s.loss.alpha})", s.eval_loss, f"C{i}"))
-    names = [b[0] for b in bars_data]
-    values = [b[1] for b in bars_data]
-    colors = [b[2] for b in bars_data]
-    bars = ax.bar(names, values, color=colors)
-    for b, v in zip(bars, values, strict=True):
-        ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.3f}", ha="center", va="bottom")
-    ax.set(ylabel="held-out CE (nats / token)", title="held-out loss (lower is better)")
+        ax.axhline(data.teacher.eval_loss, color="k", ls="--", label="teacher")
+    ax.set(
+        xlabel="optimizer step",
+        ylabel="held-out CE (nats / token)",
+        title=f"held-out loss, lower is better ({data.eval_samples} samples)",
+    )
+    _legend_outside(ax)
 
 
 def _plot_timeline(ax: Any, timeline: list[tuple[str, float, float, float]]) -> None:
     if not timeline:
         return
     t0 = min(r[1] for r in timeline)
+    span = max(r[2] for r in timeline) - t0
     lanes = list(dict.fromkeys(r[0] for r in timeline))
     for lane, start, end, rate in timeline:
         y = lanes.index(lane)
@@ -202,15 +268,16 @@ def _plot_timeline(ax: Any, timeline: list[tuple[str, float, float, float]]) -> 
             color="0.35" if lane == "teacher" else f"C{y - 1}",
             edgecolor="white",
         )
-        ax.text(
-            start - t0 + (end - start) / 2,
-            y,
-            f"{rate / 1000:.1f}k",
-            ha="center",
-            va="center",
-            color="white",
-            fontsize=7,
-        )
+        if end - start > 0.06 * span:  # a label only where the bar is wide enough to hold it
+            ax.text(
+                start - t0 + (end - start) / 2,
+                y,
+                f"{rate / 1000:.1f}k",
+                ha="center",
+                va="center",
+                color="white",
+                fontsize=7,
+            )
     ax.set_yticks(range(len(lanes)), lanes)
     ax.invert_yaxis()
     ax.set(
@@ -218,34 +285,42 @@ def _plot_timeline(ax: Any, timeline: list[tuple[str, float, float, float]]) -> 
     )
 
 
-def _plot_cache(ax: Any, data: Report) -> None:
-    c = data.cache
+def _plot_summary(ax: Any, data: Report) -> None:
     ax.axis("off")
-    lines = [
-        f"teacher cache: {c.bytes / 1e6:.2f} MB",
-        f"target positions: {c.target_positions:,}",
-    ]
-    if c.bytes_per_position:
-        vocab = data.vocab_size or 0
-        lines.append(f"bytes / position: {c.bytes_per_position} (top-{c.k})")
-        if vocab:
-            lines.append(
-                f"full-vocabulary fp16 would be {2 * vocab:,} B / position ({2 * vocab / c.bytes_per_position:.0f}x)"
-            )
-    if data.teacher:
-        lines.append(f"teacher throughput: {data.teacher.tokens_per_s} tokens/s")
-    for name, st in data.students.items():
-        lines.append(f"{name}: {st.steps} steps, {st.tokens_per_s} tokens/s, {st.method}")
     ax.text(
-        0.02,
-        0.95,
-        "\n".join(lines),
+        0.0,
+        1.0,
+        "\n".join(summary_lines(data)),
         va="top",
         family="monospace",
-        fontsize=10,
+        fontsize=9,
         transform=ax.transAxes,
     )
-    ax.set_title("cache and throughput")
+    ax.set_title("summary")
+
+
+def summary_lines(data: Report) -> list[str]:
+    """Cache, throughput and baseline → final per track, as short lines."""
+    c = data.cache
+    lines = []
+    if c.bytes_per_position:
+        lines.append(f"cache {c.bytes / 1e6:.2f} MB, {c.bytes_per_position} B/position (top-{c.k})")
+        if data.vocab_size:
+            full = 2 * data.vocab_size
+            lines.append(
+                f"  full fp16 rows would be {full:,} B/position ({full / c.bytes_per_position:.0f}x)"
+            )
+    if data.teacher:
+        t = data.teacher
+        ev = f"{t.eval_loss:.4f}" if t.eval_loss is not None else "n/a"
+        lines.append(f"teacher held-out {ev}, {t.tokens_per_s} tokens/s")
+    for name, st in data.students.items():
+        lines.append(f"{name}: {st.method}, {st.steps} steps, {st.tokens_per_s} tokens/s")
+        if st.baseline_loss is not None and st.eval_loss is not None:
+            lines.append(f"  held-out {st.baseline_loss:.4f} → {st.eval_loss:.4f}")
+    lines.append(f"held-out samples: {data.eval_samples}")
+    lines += [f"! {w[:70]}…" if len(w) > 70 else f"! {w}" for w in data.warnings]
+    return lines
 
 
 def _smooth(values: list[float], window: int = 9) -> list[float]:
@@ -259,7 +334,9 @@ def _smooth(values: list[float], window: int = 9) -> list[float]:
 def summary_table(data: Report) -> str:
     """A short plain-text table of the report for the terminal."""
     wall = data.wall_seconds if data.wall_seconds is not None else "?"
-    lines = [f"job {data.job_id} ({data.mode}), wall {wall} s"]
+    lines = [
+        f"job {data.job_id} ({data.mode}), wall {wall} s, {data.eval_samples} held-out samples"
+    ]
     if data.teacher:
         t = data.teacher
         lines.append(
@@ -274,10 +351,12 @@ def summary_table(data: Report) -> str:
         )
     for name, s in data.students.items():
         ev = f"{s.eval_loss:.4f}" if s.eval_loss is not None else "n/a"
+        before = f" (untrained {s.baseline_loss:.4f})" if s.baseline_loss is not None else ""
         lines.append(
-            f"  {name:<8} held-out {ev}  alpha={s.loss.alpha}  {s.method}  "
+            f"  {name:<8} held-out {ev}{before}  alpha={s.loss.alpha}  {s.method}  "
             f"{s.steps} steps  {s.tokens_per_s} tok/s"
         )
+    lines += [f"  warning: {w}" for w in data.warnings]
     return "\n".join(lines)
 
 

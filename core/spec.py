@@ -123,9 +123,14 @@ class JobSpec:
     overlong: Overlong = "truncate"
     """Samples over the token limit: ``truncate`` them (counted at enqueue) or ``refuse`` the job."""
     seed: int = 0
+    curve_samples: int = 32
+    """Held-out samples evaluated after each merged round, for the report's held-out curve
+    (bounded so a merge stays cheap); 0 turns the curve off."""
 
     def __post_init__(self) -> None:
         _safe("job name", self.name)
+        if self.curve_samples < 0:
+            raise SpecError(f"curve_samples={self.curve_samples} must be 0 (off) or more")
         _positive("shards", self.shards)
         if not 0.0 <= self.eval_fraction < 0.5:
             raise SpecError(f"eval_fraction={self.eval_fraction} must lie in [0, 0.5)")

@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any, Literal
 
-from core import evaluate, faults, report, student
+from core import evaluate, faults, merge, report, student
 from core.export import Outputs, export_gguf_outputs, export_track
 from core.gguf import Quant
 from core.job import Job
@@ -175,7 +175,10 @@ def teacher_eval(job: Job) -> EvalResult:
         return done
     assert job.spec.teacher is not None
     model, tok = _teacher(job.spec.teacher.model)
-    result = evaluate.eval_loss(model, evaluate.eval_samples(job, tok))
+    samples = evaluate.eval_samples(job, tok)
+    result = dataclasses.replace(
+        evaluate.eval_loss(model, samples), generations=evaluate.generate(model, tok, samples)
+    )
     records.write(job.paths.teacher_eval, result)
     return result
 
@@ -189,15 +192,29 @@ def finalize(job: Job) -> Report:
         ckpt = checkpoints.latest(job.paths, spec.name)
         if ckpt is None:
             raise RuntimeError(f"job {job.id} track {spec.name}: no merged checkpoint to finalize")
+        tok = load_tokenizer(spec.model)
+        samples = evaluate.eval_samples(job, tok)
+        baseline = (
+            evaluate.student_loss(spec, merge.initial_params(job, spec.name), samples).loss
+            if samples
+            else None
+        )
         model = student.build(spec)
         student.load_params(model, ckpt.params())
-        samples = evaluate.eval_samples(job, load_tokenizer(spec.model))
         measured = evaluate.eval_loss(model, samples) if samples else EvalResult(float("nan"), 0)
+        generations = evaluate.generate(model, tok, samples)
+        # Exported last: merge_and_unload folds the adapter into the model in place.
         outputs = export_track(model, spec, job.paths.final_dir(spec.name))
         outputs |= export_gguf_outputs(outputs["merged"], job.paths.gguf_dir(spec.name), spec.name)
         records.write(
             eval_file,
-            EvalResult(measured.loss, measured.tokens, version=ckpt.version, outputs=outputs),
+            dataclasses.replace(
+                measured,
+                version=ckpt.version,
+                outputs=outputs,
+                baseline=baseline,
+                generations=generations,
+            ),
         )
     return report.write(job)
 

@@ -8,7 +8,7 @@
   students/<track>/rounds/shard-00003/replica-0/   replica deltas until merged
   students/<track>/final/{adapter,merged,gguf}/
   failures/<task>.json               tasks that gave up, with the reason
-  report.json, report.png
+  report.json, report.png, report.md
 """
 
 from __future__ import annotations
@@ -121,6 +121,11 @@ class JobPaths:
     @property
     def report_png(self) -> Path:
         return self.root / "report.png"
+
+    @property
+    def report_md(self) -> Path:
+        """The report to read: baseline → final per track, the held-out curve, generations."""
+        return self.root / "report.md"
 
 
 def jobs_root(storage: Path) -> Path:

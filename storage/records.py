@@ -103,6 +103,15 @@ class ShardStats:
 
 
 @dataclass(frozen=True)
+class Generation:
+    """A model's greedy continuation of one held-out prompt, beside the data's own."""
+
+    prompt: str
+    reference: str
+    text: str
+
+
+@dataclass(frozen=True)
 class EvalResult:
     """Held-out loss of a model: ``teacher/eval.json`` and ``students/<t>/final/eval.json``.
 
@@ -112,7 +121,13 @@ class EvalResult:
     loss: float
     tokens: int
     version: int | None = None  # the student's checkpoint version it was measured on
-    outputs: dict[str, str | None] | None = None  # exported adapter / merged model paths
+    outputs: dict[str, str | None] | None = None  # exported adapter / merged model / GGUF paths
+    baseline: float | None = None
+    """The untrained student's loss on the same samples (students only)."""
+    samples: int = 0
+    """Held-out samples the loss is measured on."""
+    generations: list[Generation] = field(default_factory=list)
+    """Greedy continuations of the first held-out prompts (``core.evaluate.generate``)."""
 
 
 # --- student stage ------------------------------------------------------------------------
@@ -152,6 +167,8 @@ class RoundInfo:
     merged_at: float
     replicas: list[ReplicaStats]
     curve: list[list[float]] = field(default_factory=list)
+    heldout: float | None = None
+    """Loss on the first ``curve_samples`` held-out samples after this merge."""
 
 
 @dataclass(frozen=True)
@@ -166,6 +183,8 @@ class CheckpointMeta:
     merged_shards: list[int]
     rounds: list[RoundInfo]
     version: int = 0
+    heldout_start: float | None = None
+    """Loss of the untrained student on the held-out curve's samples (before round 1)."""
 
 
 @dataclass(frozen=True)
@@ -319,6 +338,7 @@ class TeacherSummary:
     eval_loss: float | None
     tokens: int
     tokens_per_s: float | None
+    generations: list[Generation] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -348,6 +368,11 @@ class StudentSummary:
     tokens_per_s: float | None
     first_step_at: float | None = None
     outputs: dict[str, str | None] | None = None
+    baseline_loss: float | None = None
+    """Held-out loss of the untrained student: what ``eval_loss`` is to be read against."""
+    heldout_curve: list[list[float]] = field(default_factory=list)
+    """(optimizer step, held-out loss on the curve's samples) after each merged round."""
+    generations: list[Generation] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -369,6 +394,11 @@ class Report:
     wall_seconds: float | None = None
     first_shard_done_at: float | None = None
     last_shard_done_at: float | None = None
+    eval_samples: int = 0
+    """Held-out samples the losses are measured on (records with a target left)."""
+    warnings: list[str] = field(default_factory=list)
+    """What makes a number above hard to trust: too few held-out samples, a track that
+    learned nearly nothing."""
 
 
 # --- nodes ---------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ def save_tiny_arch(
     hidden: int = 64,
     layers: int = 2,
     init: float = 0.15,
+    half: bool = True,
 ) -> Path:
     """A GQA model (4 heads, 2 kv heads) saved with the demo tokenizer. ``init``: a wider
     initialisation than the default 0.02 gives peaked next-token distributions, so greedy
@@ -56,8 +57,8 @@ def save_tiny_arch(
             for layer in model.model.layers:
                 for p in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                     p.bias.normal_(0, 0.1)
-    # Stored in float16, as the demo teacher is: the f16 GGUF then holds exactly these weights,
-    # and what the round trip measures is the conversion, not float16 rounding of the weights.
-    model.to(torch.float16).save_pretrained(out)
+    # ``half``: stored in float16, as the demo teacher is: the f16 GGUF then holds exactly these
+    # weights, and the round trip measures the conversion, not float16 rounding of weights.
+    (model.to(torch.float16) if half else model).save_pretrained(out)
     tok.save_pretrained(out)
     return out

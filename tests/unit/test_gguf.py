@@ -113,3 +113,21 @@ def test_bf16_checkpoints_read_exactly(tmp_path: Path) -> None:
     save_file({"w": t}, tmp_path / "model.safetensors")
     ((name, arr),) = list(read_tensors(tmp_path))
     assert name == "w" and np.array_equal(arr, t.float().numpy())
+
+
+def test_a_job_whose_student_llama_cpp_cannot_take_still_finishes(tmp_path: Path) -> None:
+    from core.export import export_gguf_outputs
+
+    model = tmp_path / "phi"
+    shutil.copytree(TEACHER_ASSET, model)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["architectures"] = ["PhiForCausalLM"]
+    (model / "config.json").write_text(json.dumps(cfg))
+    out = export_gguf_outputs(str(model), tmp_path / "gguf", "s")
+    assert out == {
+        "gguf_skipped": "GGUF export does not support architecture PhiForCausalLM: supported are "
+        "LlamaForCausalLM, Qwen2ForCausalLM; the safetensors model is still in final/merged"
+    }
+    assert export_gguf_outputs(None, tmp_path / "gguf", "s")["gguf_skipped"].startswith(
+        "no merged model"
+    )

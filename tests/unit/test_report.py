@@ -1,0 +1,98 @@
+"""The report's picture and text: legends off the data, warnings where numbers mislead."""
+
+from __future__ import annotations
+
+import types
+
+from core import report, report_md
+from storage.layout import JobPaths
+from storage.records import (
+    CacheSummary,
+    Generation,
+    LossSummary,
+    Report,
+    StudentSummary,
+    TeacherSummary,
+)
+
+
+def _student(baseline: float, final: float) -> StudentSummary:
+    return StudentSummary(
+        model="/m",
+        method="lora",
+        replicas=1,
+        loss=LossSummary("forward_kl", 0.5),
+        eval_loss=final,
+        version=4,
+        steps=40,
+        tokens=1000,
+        tokens_per_s=100.0,
+        baseline_loss=baseline,
+        heldout_curve=[[0, baseline], [10, (baseline + final) / 2], [40, final]],
+        generations=[Generation("def f(", "x):", "y):")],
+    )
+
+
+def _report(eval_samples: int, students: dict[str, StudentSummary]) -> Report:
+    teacher = TeacherSummary("/t", 3.0, 10, 1.0, [Generation("def f(", "x):", "teacher says")])
+    return Report(
+        job_id="j",
+        mode="teacher_student",
+        records=100,
+        eval_records=10,
+        shards=4,
+        cache=CacheSummary(1000, 10, 100.0, 64),
+        students=students,
+        teacher=teacher,
+        vocab_size=4096,
+        eval_samples=eval_samples,
+        warnings=report.warnings(eval_samples, students, teacher, 4096),
+    )
+
+
+def test_warnings_flag_a_small_held_out_set_and_a_track_that_learned_nothing():
+    students = {"kd": _student(8.0, 5.0), "lazy": _student(8.25, 8.24)}
+    data = _report(12, students)
+    assert any("12 samples (fewer than 50)" in w for w in data.warnings)
+    assert [w for w in data.warnings if "learned little" in w] == [
+        "track lazy learned little: held-out 8.2400 vs 8.2500 before training, uniform "
+        "guessing is ln V = 8.32; train longer, raise lr, or check the data"
+    ]
+    assert not _report(80, {"kd": _student(8.0, 5.0)}).warnings
+
+
+def test_report_md_shows_baseline_to_final_the_curve_and_generations():
+    md = report_md.render(_report(80, {"kd": _student(8.0, 5.0)}))
+    assert "| kd | lora | 0.5 | 8.0000 | 5.0000 | -3.0000 | 60% |" in md  # 3 of the 5-nat gap
+    assert "| 10 | 6.5000 |" in md
+    assert "teacher says" in md and "**kd**" in md
+
+
+def test_legends_sit_outside_every_plot(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = _report(80, {"kd": _student(8.0, 5.0), "ce": _student(8.0, 6.0)})
+    curves = {n: [[s, 0.0, 8.0 - s / 10, 1.0] for s in range(1, 41)] for n in data.students}
+    job = types.SimpleNamespace(id="j", paths=JobPaths(tmp_path))
+    drawn = []
+    real_close = plt.close
+    plt.close = lambda fig: drawn.append(fig)  # keep the figure to measure it
+    try:
+        report.plot(job, data, curves, [("teacher", 0.0, 1.0, 10.0), ("kd", 1.0, 2.0, 5.0)])
+    finally:
+        plt.close = real_close
+    fig = drawn[0]
+    fig.canvas.draw()
+    legends = 0
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        legends += 1
+        box, area = legend.get_window_extent(), ax.get_window_extent()
+        assert box.x0 >= area.x1 - 1, f"legend of {ax.get_title()!r} overlaps its plot"
+    assert legends == 2
+    assert (tmp_path / "report.png").stat().st_size > 10_000
