@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from core import sources
 from errors import DataError
 from storage.padding import Padded, pad
 
@@ -259,6 +260,42 @@ def index_dataset(path: Path, skip_bad: bool = False) -> DatasetIndex:
         )
     if not rows:
         raise DataError(f'dataset {path} has no records; add JSONL lines like {{"text": ...}}')
+    return DatasetIndex(np.asarray(rows, dtype=np.int64), tuple(skipped))
+
+
+def normalize_dataset(
+    src: Path, columns: dict[str, str], out: Path, skip_bad: bool = False
+) -> DatasetIndex:
+    """Stream any supported dataset (``core.sources``) into JSONL at ``out``, one record per
+    line, and index it. Bad rows are named by file and row; ``skip_bad`` leaves them out
+    (their row numbers are kept) instead of refusing the dataset."""
+    rows: list[tuple[int, int]] = []
+    skipped: list[int] = []
+    first_error = ""
+    with out.open("wb") as f:
+        for n, (where, rec) in enumerate(sources.records(src, columns), start=1):
+            try:
+                if isinstance(rec, DataError):
+                    raise rec
+                record_segments(rec, has_chat_template=False)
+            except DataError as e:
+                msg = f"dataset {where}: {e}"
+                if not skip_bad:
+                    raise DataError(
+                        f"{msg}; fix or remove the row, or enqueue with --skip-bad-lines"
+                    ) from None
+                skipped.append(n)
+                first_error = first_error or msg
+                continue
+            rows.append((len(rows) + 1, f.tell()))
+            f.write((json.dumps(rec, ensure_ascii=False) + "\n").encode())
+    if not rows:
+        why = (
+            f"all {len(skipped)} rows were bad; the first: {first_error}"
+            if skipped
+            else "it is empty"
+        )
+        raise DataError(f"dataset {src} has no valid records: {why}")
     return DatasetIndex(np.asarray(rows, dtype=np.int64), tuple(skipped))
 
 

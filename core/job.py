@@ -20,8 +20,15 @@ from typing import Any
 import numpy as np
 import yaml
 
-from core import peft_methods
-from core.data import DatasetIndex, Split, index_dataset, plan_split, scan_lengths
+from core import peft_methods, sources
+from core.data import (
+    DatasetIndex,
+    Split,
+    index_dataset,
+    normalize_dataset,
+    plan_split,
+    scan_lengths,
+)
 from core.models import (
     config_vocab_size,
     load_tokenizer,
@@ -33,7 +40,7 @@ from errors import DataError, JobNotFound, ModelError, SpecError
 from storage import records
 from storage.atomic import atomic_path, write_bytes
 from storage.cache import file_sha256
-from storage.layout import JobPaths, checks_memo, job_paths, jobs_root
+from storage.layout import JobPaths, checks_memo, job_paths, jobs_root, staging_dataset
 from storage.records import DataNotes, Fingerprints, JobInfo, StudentFingerprint
 
 
@@ -121,14 +128,14 @@ def _check_models(spec: JobSpec, peft_memo: Path) -> tuple[Fingerprints, Any, li
     return fps, sample_tok, checked
 
 
-def _check_lengths(spec: JobSpec, index: DatasetIndex, tok: Any) -> DataNotes:
+def _check_lengths(spec: JobSpec, data: Path, index: DatasetIndex, tok: Any) -> DataNotes:
     """Measure every sample against the token limit; refuse per ``spec.overlong``. Raises.
 
     Done at enqueue, although it tokenizes the dataset once more, because this is where the
     user still reads the output: a worker's truncation count lands in a log nobody opens.
     """
     limit, key = spec.sample_max_length, spec.max_length_key
-    scan = scan_lengths(Path(spec.dataset), index.rows, tok, limit)
+    scan = scan_lengths(data, index.rows, tok, limit)
     if scan.first_overlong and spec.overlong == "refuse":
         line, n = scan.first_overlong
         raise DataError(
@@ -196,32 +203,46 @@ def create_job(
     ``skip_bad_lines``: leave malformed or shapeless dataset lines out (counted in
     ``info.data``) instead of refusing the dataset.
     """
-    index = index_dataset(Path(spec.dataset), skip_bad=skip_bad_lines)
-    split = plan_split(len(index.rows), spec.shards, spec.eval_fraction)
-    peft_memo = checks_memo(storage, "peft")
-    fingerprints, tok, peft_checked = _check_models(spec, peft_memo)
-    info = JobInfo(
-        fingerprints=fingerprints,
-        total_steps=_total_steps(spec, split),
-        data=_check_lengths(spec, index, tok),
-    )
-    paths = job_paths(storage, job_id or new_job_id(spec.name))
-    paths.root.mkdir(parents=True, exist_ok=False)
+    src = Path(spec.dataset)
+    staged = None
+    if sources.kind(src) == "jsonl" and not spec.columns:
+        data, index = src, index_dataset(src, skip_bad=skip_bad_lines)
+    else:
+        # Any other format is streamed into the job's own JSONL once, here: from then on
+        # every stage reads records by byte offset, whatever the user's format was.
+        staged = data = staging_dataset(storage, secrets.token_hex(4))
+        data.parent.mkdir(parents=True, exist_ok=True)
     try:
-        job = _write_job(paths, spec, index.rows, split, info)
-    except BaseException:
-        # The directory is ours (exist_ok=False): a disk-full or interrupted write leaves no junk.
-        shutil.rmtree(paths.root, ignore_errors=True)
-        raise
+        if staged is not None:
+            index = normalize_dataset(src, spec.columns, staged, skip_bad=skip_bad_lines)
+        split = plan_split(len(index.rows), spec.shards, spec.eval_fraction)
+        peft_memo = checks_memo(storage, "peft")
+        fingerprints, tok, peft_checked = _check_models(spec, peft_memo)
+        info = JobInfo(
+            fingerprints=fingerprints,
+            total_steps=_total_steps(spec, split),
+            data=_check_lengths(spec, data, index, tok),
+        )
+        paths = job_paths(storage, job_id or new_job_id(spec.name))
+        paths.root.mkdir(parents=True, exist_ok=False)
+        try:
+            job = _write_job(paths, spec, data, index.rows, split, info)
+        except BaseException:
+            # The directory is ours (exist_ok=False): a disk-full or interrupted write leaves no junk.
+            shutil.rmtree(paths.root, ignore_errors=True)
+            raise
+    finally:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
     peft_methods.remember(peft_memo, peft_checked)
     return job
 
 
 def _write_job(
-    paths: JobPaths, spec: JobSpec, index: np.ndarray, split: Split, info: JobInfo
+    paths: JobPaths, spec: JobSpec, data: Path, index: np.ndarray, split: Split, info: JobInfo
 ) -> Job:
     with atomic_path(paths.dataset) as tmp:
-        shutil.copyfile(spec.dataset, tmp)
+        shutil.copyfile(data, tmp)
     info = dataclasses.replace(
         info,
         fingerprints=dataclasses.replace(

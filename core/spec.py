@@ -13,6 +13,7 @@ The YAML shape is the user-facing contract (issue 2); fields can be added, never
          lr: 1.0e-3, epochs: 1, batch_size: 4}
     loss: {kind: forward_kl, alpha: 0.5, temperature: 1.0}
     overlong: truncate               # truncate | refuse samples over the token limit
+    columns: {prompt: instruction, response: output}   # the dataset's own column names
 """
 
 from __future__ import annotations
@@ -123,12 +124,21 @@ class JobSpec:
     overlong: Overlong = "truncate"
     """Samples over the token limit: ``truncate`` them (counted at enqueue) or ``refuse`` the job."""
     seed: int = 0
+    columns: dict[str, str] = field(default_factory=dict)
+    """The dataset's own column names for our fields, e.g. ``{prompt: instruction, response:
+    output}`` (Alpaca); fields: text, prompt, response, messages."""
     curve_samples: int = 32
     """Held-out samples evaluated after each merged round, for the report's held-out curve
     (bounded so a merge stays cheap); 0 turns the curve off."""
 
     def __post_init__(self) -> None:
         _safe("job name", self.name)
+        unknown = set(self.columns) - {"text", "prompt", "response", "messages"}
+        if unknown:
+            raise SpecError(
+                f"columns maps unknown fields {sorted(unknown)}: map text, prompt, response "
+                "or messages to your column names, e.g. columns: {prompt: instruction}"
+            )
         if self.curve_samples < 0:
             raise SpecError(f"curve_samples={self.curve_samples} must be 0 (off) or more")
         _positive("shards", self.shards)

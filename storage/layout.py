@@ -141,6 +141,11 @@ def checks_memo(storage: Path, what: str) -> Path:
     return storage / "cache" / f"{what}-checked.json"
 
 
+def staging_dataset(storage: Path, token: str) -> Path:
+    """Where enqueue streams a non-JSONL dataset into JSONL before its job directory exists."""
+    return storage / "staging" / f"dataset-{token}.jsonl"
+
+
 def models_root(storage: Path) -> Path:
     """Where ``distillq demo`` puts the models it builds, so every worker can load them."""
     return storage / "models"
