@@ -102,7 +102,7 @@ def _wait_for_nodes(redis_client: Any, n: int, procs: list[Any], timeout: float 
 def run_demo(settings: Settings, quick: bool = False) -> int:
     # Imported here, not at the top: `distillq --help` and every other command load this
     # module's parent CLI without paying for torch, Celery and the worker launcher.
-    from app.view import follow
+    from app.view import follow, run_hints
     from core import broker, report
     from core.job import create_job
     from core.spec import spec_from_dict
@@ -166,7 +166,9 @@ def run_demo(settings: Settings, quick: bool = False) -> int:
             f"(teacher {data.teacher.eval_loss:.4f})"
         )
         print(
-            f"report: {job.paths.report}\nplot:   {job.paths.report_png}\noutputs: {job.paths.root / 'students'}"
+            f"report: {job.paths.report_md}\nplot:   {job.paths.report_png}\noutputs: {job.paths.root / 'students'}"
         )
+        print("\nthe distilled student (kd), for llama.cpp and Ollama:")
+        print(run_hints(data.students["kd"].outputs or {}))
         print(f"demo wall time: {time.time() - t0:.0f} s")
     return 0

@@ -21,6 +21,7 @@ def subcommands() -> dict[str, argparse.ArgumentParser]:
         ["report", "j", "--timeout", "5"],
         ["status", "j", "--timeout", "5"],
         ["jobs", "--json"],
+        ["export", "j", "--json"],
     ],
 )
 def test_flags_a_command_would_ignore_are_refused(argv, capsys):
@@ -35,6 +36,8 @@ def test_the_flags_each_command_uses_are_accepted():
     assert p.parse_args(["wait", "j", "--timeout", "5", "--interval", "0.5"]).interval == 0.5
     assert p.parse_args(["watch", "j", "--timeout", "0"]).timeout == 0
     assert p.parse_args(["report", "j", "--json"]).json
+    ex = p.parse_args(["export", "j", "--track", "a", "--track", "b", "--gguf", "--quant", "q8_0"])
+    assert ex.track == ["a", "b"] and ex.gguf and ex.quant == "q8_0"
 
 
 def test_every_option_has_help_and_shows_a_real_default():
