@@ -30,6 +30,11 @@ def celery_config(s: Settings) -> dict[str, Any]:
     # task twice at once (Settings.__post_init__ enforces the order, per queue).
     transport = {"visibility_timeout": s.visibility_timeout}
     soft, hard = s.time_limits()
+    # A worker drains its queues in the order -Q names them: kombu's Redis transport polls
+    # them round-robin by default, so a GPU node on `-Q teacher,student` took student work
+    # while teacher shards (the bottleneck) waited. "priority" hands BRPOP the queues in the
+    # worker's own order, and BRPOP pops from the first non-empty one.
+    consume = {**transport, "queue_order_strategy": "priority"}
     return {
         # TLS (rediss://) options and credentials ride in the URLs themselves (Settings puts
         # DISTILLQ_REDIS_TLS_* there), so the broker, the result backend and broker.client()
@@ -50,7 +55,7 @@ def celery_config(s: Settings) -> dict[str, Any]:
         # Take one task at a time: a worker holding a reserved second task would hide it from
         # idle workers for the whole length of the first (shards run for minutes).
         "worker_prefetch_multiplier": 1,
-        "broker_transport_options": transport,
+        "broker_transport_options": consume,
         # Ride out a Redis restart (about a minute) when storing results and chord counts...
         "result_backend_transport_options": {**transport, "retry_policy": RIDE_OUT},
         # ...and when sending the next tasks, instead of failing the task that sends them.

@@ -3,6 +3,7 @@ each student learned (baseline → final, held-out curve, generations)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,11 @@ def test_a_finished_job_runs_in_llama_cpp_and_reports_what_it_learned(
         assert st.heldout_curve[0][0] == 0 and len(st.heldout_curve) == 1 + job.n_shards
         assert len(st.generations) == 3 and all(g.prompt for g in st.generations)
     assert report.teacher is not None and len(report.teacher.generations) == 3
+    # the adapter loads from any directory: its base model path is absolute
+    adapter = json.loads(
+        (job.paths.final_dir("llama") / "adapter" / "adapter_config.json").read_text()
+    )
+    assert adapter["base_model_name_or_path"] == str(llama_dir.resolve())
     assert report.eval_samples == 6
     assert any("fewer than 50" in w for w in report.warnings)
     # full fine-tuning learns on this data; LoRA on a random base barely moves, and says so

@@ -131,3 +131,19 @@ def test_a_job_whose_student_llama_cpp_cannot_take_still_finishes(tmp_path: Path
     assert export_gguf_outputs(None, tmp_path / "gguf", "s")["gguf_skipped"].startswith(
         "no merged model"
     )
+
+
+def test_conversion_imports_no_torch(tmp_path: Path) -> None:
+    """A node that only converts (or a user's `distillq export`) needs numpy and gguf, not torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; from core.gguf import export_gguf; "
+        f"export_gguf(Path({str(TEACHER_ASSET)!r}), Path({str(tmp_path)!r}), 't'); "
+        "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "t-q8_0.gguf").exists()
