@@ -181,13 +181,18 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         print(json.dumps([n.to_json() for n in nodes], indent=2))
         return 0
     print(
-        f"{'node':<36} {'state':<5} {'queues':<16} {'cpus':>4} {'ram':>7} {'gpus':<24} {'beat':>6}"
+        f"{'node':<36} {'state':<5} {'queues':<16} {'cpus':>4} {'ram':>7} {'gpus':<24} "
+        f"{'cpu now':>8} {'rss':>8} {'gpu mem':<12} {'beat':>6}"
     )
     for n in nodes:
-        i = n.info
+        i, load = n.info, n.info.load
         g = ", ".join(f"{x.name} {x.memory_mb // 1024}G" for x in i.gpus) or "-"
+        cpu = f"{load.cpu_percent:.0f}%" if load else "-"
+        rss = f"{load.rss_mb / 1024:.2f}G" if load else "-"
+        used = ", ".join(f"{m / 1024:.1f}G" for m in load.gpu_used_mb) if load else ""
         print(
-            f"{i.hostname:<36} {n.state:<5} {','.join(i.queues):<16} {i.cpus:>4} {i.ram_gb:>6}G {g:<24} {n.age_s:>5}s"
+            f"{i.hostname:<36} {n.state:<5} {','.join(i.queues):<16} {i.cpus:>4} {i.ram_gb:>6}G {g:<24} "
+            f"{cpu:>8} {rss:>8} {used or '-':<12} {n.age_s:>5}s"
         )
     return 0
 

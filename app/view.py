@@ -48,6 +48,11 @@ def render(status: JobStatus) -> str:
     lines.append(
         f"  teacher  {_bar(done + partial, len(shards))}  {done}/{len(shards)} shards"
         + (f"  {rates[0]:.0f} tok/s" if rates else "")
+        + (
+            f"  on {', '.join(sorted({p['node'] for p in running if p.get('node')}))}"
+            if any(p.get("node") for p in running)
+            else ""
+        )
         + _eta(status, done + partial, len(shards))
     )
     for name, t in status.tracks.items():
@@ -60,7 +65,8 @@ def render(status: JobStatus) -> str:
                 what = f"mixed loss α·CE+(1−α)·KD {loss:.3f} (CE {p['ce']:.3f}, KD {p['kd']:.3f})"
             else:
                 what = f"CE loss {loss:.3f}"
-            cur = f"  {what}  {rate:.0f} tok/s"
+            on = f"  on {p['node']}" if p.get("node") else ""
+            cur = f"  {what}  {rate:.0f} tok/s{on}"
         lines.append(
             f"  {name:<8} {_bar(t.rounds_merged + frac, t.rounds)}  {t.rounds_merged}/{t.rounds} rounds{cur}"
             + _eta(status, t.rounds_merged + frac, t.rounds)

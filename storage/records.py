@@ -255,6 +255,8 @@ class Progress(ProgressFields):
 
     task: str
     at: float
+    node: str
+    """The worker node running it (its -n hostname)."""
 
 
 # --- the job -------------------------------------------------------------------------------
@@ -411,6 +413,17 @@ class Gpu:
 
 
 @dataclass(frozen=True)
+class NodeLoad:
+    """What a node is using now, measured at each heartbeat."""
+
+    cpu_percent: float
+    """The whole machine's CPU use since the last beat (all cores: 100% each)."""
+    rss_mb: float
+    """Resident memory of the worker and its pool processes."""
+    gpu_used_mb: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class NodeInfo:
     """``keys.node(hostname)`` in Redis: a worker node's registry entry.
 
@@ -429,6 +442,7 @@ class NodeInfo:
     gpus: list[Gpu] = field(default_factory=list)
     heartbeat_at: float = 0.0
     interval: float = 10.0
+    load: NodeLoad | None = None
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,8 @@ class JobTask(Task):
                 return
             last[0] = now
             try:
-                record: Progress = {**fields, "task": key, "at": now}
+                node = str(self.request.hostname or "")
+                record: Progress = {**fields, "task": key, "at": now, "node": node}
                 live.set_progress(self.redis(), job.id, key, record)
                 if self.request.id:
                     self.update_state(state="PROGRESS", meta=record)

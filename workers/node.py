@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 
 from storage import keys, records
-from storage.records import Gpu, NodeInfo, NodeView
+from storage.records import Gpu, NodeInfo, NodeLoad, NodeView
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,40 @@ def gpus() -> list[Gpu]:
         name, mem = (x.strip() for x in line.rsplit(",", 1))
         found.append(Gpu(name=name, memory_mb=int(float(mem))))
     return found
+
+
+def _gpu_used_mb() -> list[int]:
+    """Memory in use per GPU, via nvidia-smi: the worker's main process never touches CUDA
+    (its pool children are forked from it), so torch.cuda is not asked here."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [int(float(x)) for x in out.split()]
+
+
+def node_load(pid: int) -> NodeLoad:
+    """CPU of the machine since the last call, RSS of the worker ``pid`` and its children."""
+    rss = 0
+    with contextlib.suppress(psutil.Error):
+        proc = psutil.Process(pid)
+        for p in [proc, *proc.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                rss += p.memory_info().rss
+    return NodeLoad(
+        cpu_percent=round(psutil.cpu_percent(interval=None) * (psutil.cpu_count() or 1), 1),
+        rss_mb=round(rss / 2**20, 1),
+        gpu_used_mb=_gpu_used_mb(),
+    )
 
 
 def node_info(hostname: str, queues: list[str], concurrency: int) -> NodeInfo:
@@ -103,7 +137,12 @@ class Heartbeat:
             self._stop.wait(self.interval)
 
     def beat(self) -> None:
-        info = dataclasses.replace(self.info, heartbeat_at=time.time(), interval=self.interval)
+        info = dataclasses.replace(
+            self.info,
+            heartbeat_at=time.time(),
+            interval=self.interval,
+            load=node_load(self.info.pid),
+        )
         self.r.set(
             keys.node(info.hostname),
             json.dumps(records.to_json(info)),

@@ -91,6 +91,12 @@ def test_nodes_lists_each_worker_with_its_resources(settings, workers):
     nodes = {n["hostname"]: n for n in json.loads(res.stdout)}
     assert nodes["tw@test"]["queues"] == ["teacher"] and nodes["sw@test"]["queues"] == ["student"]
     assert nodes["tw@test"]["cpus"] >= 1 and nodes["tw@test"]["ram_gb"] > 0
+    # what each node uses now, from its heartbeat: the worker and its pool child hold a
+    # Python with Celery loaded, so well over 50 MB each
+    load = nodes["tw@test"]["load"]
+    assert load["rss_mb"] > 100 and load["cpu_percent"] >= 0 and load["gpu_used_mb"] == []
+    table = run_cli(settings, "nodes").stdout
+    assert "cpu now" in table and "rss" in table
 
 
 def test_resume_finishes_a_job_from_storage_after_redis_is_wiped(settings, make_spec, workers):

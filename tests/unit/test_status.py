@@ -39,6 +39,7 @@ def test_status_bars_show_throughput_and_eta():
                         loss=2.5,
                         ce=3.0,
                         kd=2.444,
+                        node="cpu-box-1",
                     )
                 },
             )
@@ -47,4 +48,7 @@ def test_status_bars_show_throughput_and_eta():
     text = render(st)
     # 1.5 of 3 shards in 60 s: 60 s left; 1.5 of 3 rounds likewise.
     assert "900 tok/s  ETA 1:00" in text
-    assert "mixed loss α·CE+(1−α)·KD 2.500 (CE 3.000, KD 2.444)  1200 tok/s  ETA 1:00" in text
+    assert (
+        "mixed loss α·CE+(1−α)·KD 2.500 (CE 3.000, KD 2.444)  1200 tok/s  on cpu-box-1  ETA 1:00"
+        in text
+    )
