@@ -172,7 +172,7 @@ def _stop(args: argparse.Namespace, new: str, what: str) -> int:
 
 def cmd_nodes(args: argparse.Namespace) -> int:
     from core import broker
-    from workers.node import list_nodes
+    from core.registry import list_nodes
 
     s = settings_from(args)
     broker.ping(s.broker_url)

@@ -90,7 +90,7 @@ def enqueue_demo(settings: Settings, quick: bool = False) -> str:
 
 
 def _wait_for_nodes(redis_client: Any, n: int, procs: list[Any], timeout: float = 120) -> None:
-    from workers.node import list_nodes
+    from core.registry import list_nodes
 
     deadline = time.time() + timeout
     while len(list_nodes(redis_client)) < n:

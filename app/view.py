@@ -71,6 +71,7 @@ def render(status: JobStatus) -> str:
             f"  {name:<8} {_bar(t.rounds_merged + frac, t.rounds)}  {t.rounds_merged}/{t.rounds} rounds{cur}"
             + _eta(status, t.rounds_merged + frac, t.rounds)
         )
+    lines += [f"  waiting: {w}" for w in status.waiting]
     for key, f in status.failures.items():
         lines.append(f"  FAILED {key}: {f.error}")
     return "\n".join(lines)

@@ -57,3 +57,24 @@ def next_attempt(r: redis.Redis, job_id: str, task: str, ttl: int) -> int:
     n = int(r.incr(key))
     r.expire(key, ttl)
     return n
+
+
+def mark_unable(r: redis.Redis, job_id: str, node: str, ref: str, reason: str) -> None:
+    r.hset(keys.unable(job_id), f"{node}\t{ref}", reason)
+    r.expire(keys.unable(job_id), PROGRESS_TTL)
+
+
+def unable_nodes(r: redis.Redis, job_id: str) -> dict[str, set[str]]:
+    """Model reference → the nodes that said they cannot load it."""
+    out: dict[str, set[str]] = {}
+    for field in r.hkeys(keys.unable(job_id)):
+        node, _, ref = field.decode().partition("\t")
+        out.setdefault(ref, set()).add(node)
+    return out
+
+
+def count_handback(r: redis.Redis, job_id: str, task: str, ttl: int) -> int:
+    key = keys.handbacks(job_id, task)
+    n = int(r.incr(key))
+    r.expire(key, ttl)
+    return n

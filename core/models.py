@@ -67,6 +67,21 @@ def _check_exists(ref: str, what: str) -> None:
     )
 
 
+def check_loadable(ref: str, what: str) -> None:
+    """Raise ModelError unless this node sees ``ref`` with a config and weights: what a worker
+    checks before it takes a task for that model (enqueue checked it on another node)."""
+    _check_exists(ref, what)
+    local = Path(ref).expanduser()
+    if not local.is_dir():
+        return  # a hub id in the local cache: its files were checked by _check_exists
+    weights = [*local.glob("*.safetensors"), *local.glob("*.bin"), *local.glob("*.index.json")]
+    if not (local / "config.json").exists() or not weights:
+        raise ModelError(
+            f"{what} {ref!r} on this node has no config.json or no weight files; "
+            "mount or copy the whole model directory here"
+        )
+
+
 def _model_file(ref: str, name: str) -> Path | None:
     """``name`` of model ``ref`` (a local directory or the hub cache), if it is there."""
     local = Path(ref).expanduser() / name

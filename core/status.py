@@ -55,6 +55,8 @@ class JobStatus:
     failures: dict[str, FailureSummary] = field(default_factory=dict)
     data: DataNotes = field(default_factory=DataNotes)
     report: str | None = None
+    waiting: list[str] = field(default_factory=list)
+    """Work that waits for a node able to load its model (``core.placement``)."""
 
     def to_json(self) -> dict[str, Any]:
         return records.to_json(self)
@@ -117,6 +119,7 @@ def job_status(job: Job, redis_client: Any | None = None) -> JobStatus:
         if running or any(s.state == "done" for s in shards)
         else "queued"
     )
+    waiting = _waiting(job, redis_client, shards, tracks) if state not in ("done", "failed") else []
     created = dt.datetime.fromisoformat(job.info.created).timestamp() if job.info.created else None
     return JobStatus(
         job_id=job.id,
@@ -130,4 +133,29 @@ def job_status(job: Job, redis_client: Any | None = None) -> JobStatus:
         data=job.info.data,  # skipped lines and truncated records, from enqueue
         report=str(job.paths.report) if done else None,
         at=time.time(),
+        waiting=waiting,
     )
+
+
+def _waiting(
+    job: Job, r: Any | None, shards: list[ShardState], tracks: dict[str, TrackState]
+) -> list[str]:
+    """ "shard 3 waits for a node that can load teacher X (2 nodes cannot)", per model."""
+    unable = live.unable_nodes(r, job.id) if r is not None else {}
+    if not unable:
+        return []
+    out = []
+    pending = [s.shard for s in shards if s.state == "pending"]
+    if job.spec.teacher and pending and (n := len(unable.get(job.spec.teacher.model, ()))):
+        out.append(
+            f"shard {pending[0]} waits for a node that can load teacher "
+            f"{job.spec.teacher.model} ({n} node(s) cannot)"
+        )
+    for spec in job.spec.students:
+        t = tracks[spec.name]
+        if t.rounds_merged < t.rounds and not t.running and (n := len(unable.get(spec.model, ()))):
+            out.append(
+                f"track {spec.name} waits for a node that can load student {spec.model} "
+                f"({n} node(s) cannot)"
+            )
+    return out

@@ -49,3 +49,13 @@ def deliveries_pattern() -> str:
 def reap_claim(hostname: str) -> str:
     """Short-lived claim: one live node hands a dead node's deliveries back, not all of them."""
     return f"{PREFIX}:reap:{hostname}"
+
+
+def unable(job_id: str) -> str:
+    """Hash of the nodes that cannot load one of the job's models: "<node>\\t<model>" → why."""
+    return f"{PREFIX}:job:{job_id}:unable"
+
+
+def handbacks(job_id: str, task: str) -> str:
+    """How often a task was handed back by nodes that cannot load its model."""
+    return f"{PREFIX}:job:{job_id}:handbacks:{task}"

@@ -11,15 +11,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 
-from core import broker, control, live
+from core import broker, control, live, placement, registry
 from core.job import Job, load_job
 from errors import DistillqError, JobStopped
 from storage import records
 from storage.records import FailureRecord, OnProgress, Progress, ProgressFields
 from storage.taskkeys import TaskKey
-from tasks.celery_app import settings_of
+from tasks.celery_app import QUEUE_TASKS, settings_of
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,10 @@ PROGRESS_EVERY = 0.5
 
 class GaveUp(DistillqError):
     """A task was delivered more times than the attempt cap allows."""
+
+
+class NoCapableNode(DistillqError):
+    """No live node on the task's queue can load the model the task needs."""
 
 
 class JobTask(Task):
@@ -50,12 +54,44 @@ class JobTask(Task):
     def redis(self) -> Any:
         return broker.client(settings_of(self.app).broker_url)
 
+    def place(self, job: Job, key: str, needs: list[placement.Need]) -> None:
+        """Hand the task back (Reject, requeued: no attempt counted) if this node cannot load
+        one of ``needs``; fail it if no live node on its queue can (core/placement.py)."""
+        r = self.redis()
+        for what, ref in needs:
+            reason = placement.cannot_load(what, ref)
+            if reason is None:
+                continue
+            node = str(self.request.hostname or "this node")
+            live.mark_unable(r, job.id, node, ref, reason)
+            queue = next((q for q, ts in QUEUE_TASKS.items() if self.name in ts), "student")
+            unable = live.unable_nodes(r, job.id).get(ref, set())
+            n = live.count_handback(r, job.id, key, settings_of(self.app).result_expires)
+            if not registry.up_on(r, queue) - unable or n > placement.MAX_HANDBACKS:
+                why = "" if n <= placement.MAX_HANDBACKS else f", handed back {n - 1} times"
+                raise NoCapableNode(
+                    f"no registered node can load {what} {ref} ({len(unable)} node(s) cannot{why}): "
+                    f"{reason}"
+                )
+            log.warning(
+                "job %s %s: this node cannot load %s %s; handing it back", job.id, key, what, ref
+            )
+            time.sleep(placement.backoff(n))
+            raise Reject(reason, requeue=True)
+
     @contextlib.contextmanager
-    def attempt(self, job: Job, work: TaskKey, *, pausable: bool = True) -> Iterator[int]:
+    def attempt(
+        self,
+        job: Job,
+        work: TaskKey,
+        *,
+        pausable: bool = True,
+        needs: list[placement.Need] | None = None,
+    ) -> Iterator[int]:
         """Run one delivery of ``key``: parked if the job is paused (``pausable``) or cancelled;
-        refused past ``max_attempts``; retried with backoff on an unexpected error; failed at
-        once on a DistillqError (bad data, full disk: another try would fail the same way).
-        Yields the attempt number."""
+        handed back if this node cannot load ``needs``; refused past ``max_attempts``; retried
+        with backoff on an unexpected error; failed at once on a DistillqError (bad data, full
+        disk: another try would fail the same way). Yields the attempt number."""
         s = settings_of(self.app)
         key = str(work)
         if control.state(job) == control.CANCELLED or (
@@ -63,6 +99,7 @@ class JobTask(Task):
         ):
             log.info("job %s %s: job is %s, not started", job.id, key, control.state(job))
             raise Ignore()
+        self.place(job, key, needs or [])
         n = live.next_attempt(self.redis(), job.id, key, s.result_expires)
         if n > s.max_attempts:
             # A task that kills its worker every time is re-queued by task_reject_on_worker_lost

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core import live, merge, stages
+from core import live, merge, placement, stages
 from storage import records, taskkeys
 from storage.records import ReplicaOutcome
 from storage.taskkeys import TaskKey
@@ -33,7 +33,7 @@ def train_replica(
 ) -> dict[str, Any]:
     job = self.job(job_id)
     key = _replica_key(job_id, track, shard, replica)
-    with self.attempt(job, key) as n:
+    with self.attempt(job, key, needs=placement.student_needs(job, track)) as n:
         outcome = stages.replica(job, track, shard, replica, self.progress(job, key))
     if outcome.skipped == "regenerate":
         pipeline.regenerate_shard(self.app, job, shard)
@@ -55,7 +55,12 @@ def merge_round(
         return {"merged": False, "abandoned": True}
     # Not pausable: its replicas ran already, and merging them is how that work is kept.
     with (
-        self.attempt(job, _merge_key(replicas, job_id, track, shard), pausable=False),
+        self.attempt(
+            job,
+            _merge_key(replicas, job_id, track, shard),
+            pausable=False,
+            needs=placement.student_needs(job, track),
+        ),
         live.track_lock(self.redis(), job_id, track),
     ):
         result = merge.merge_round(job, track, shard)
@@ -67,7 +72,7 @@ def merge_round(
 @app.task(name="distillq.finalize", bind=True, base=JobTask, work_key=staticmethod(_finalize_key))
 def finalize(self: JobTask, job_id: str) -> dict[str, Any]:
     job = self.job(job_id)
-    with self.attempt(job, _finalize_key(job_id)):
+    with self.attempt(job, _finalize_key(job_id), needs=placement.student_needs(job)):
         data = stages.finalize(job)
     return {
         "report": str(job.paths.report),

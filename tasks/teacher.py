@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core import stages
+from core import placement, stages
 from storage import records, taskkeys
 from storage.taskkeys import TaskKey
 from tasks import pipeline
@@ -24,7 +24,7 @@ def _eval_key(job_id: str) -> TaskKey:
 def teacher_shard(self: JobTask, job_id: str, shard: int) -> dict[str, Any]:
     job = self.job(job_id)
     key = _shard_key(job_id, shard)
-    with self.attempt(job, key):
+    with self.attempt(job, key, needs=placement.teacher_needs(job)):
         stats, skipped = stages.teacher_shard(job, shard, self.progress(job, key))
     pipeline.on_shard_ready(self.app, job)
     return {**records.to_json(stats), "skipped": skipped}
@@ -33,7 +33,7 @@ def teacher_shard(self: JobTask, job_id: str, shard: int) -> dict[str, Any]:
 @app.task(name="distillq.teacher_eval", bind=True, base=JobTask, work_key=staticmethod(_eval_key))
 def teacher_eval(self: JobTask, job_id: str) -> dict[str, Any]:
     job = self.job(job_id)
-    with self.attempt(job, _eval_key(job_id)):
+    with self.attempt(job, _eval_key(job_id), needs=placement.teacher_needs(job)):
         result = stages.teacher_eval(job)
     pipeline.maybe_finalize(self.app, job)
     return records.to_json(result)

@@ -17,8 +17,9 @@ from typing import Any
 
 import psutil
 
+from core.registry import FORGET_AFTER, GONE_AFTER
 from storage import keys, records
-from storage.records import Gpu, NodeInfo, NodeLoad, NodeView
+from storage.records import Gpu, NodeInfo, NodeLoad
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +97,6 @@ def node_info(hostname: str, queues: list[str], concurrency: int) -> NodeInfo:
     )
 
 
-GONE_AFTER = 3  # missed intervals before a node shows as gone
-FORGET_AFTER = 10  # missed intervals before its entry expires from Redis
-
-
 class Heartbeat:
     """Refresh this node's registry entry every ``interval`` s.
 
@@ -153,16 +150,3 @@ class Heartbeat:
         self._stop.set()
         with contextlib.suppress(Exception):
             self.r.delete(keys.node(self.info.hostname))
-
-
-def list_nodes(redis_client: Any) -> list[NodeView]:
-    nodes = []
-    now = time.time()
-    for key in redis_client.scan_iter(match=keys.node_pattern(), count=500):
-        raw = redis_client.get(key)
-        if raw:
-            info = records.from_json(NodeInfo, json.loads(raw), key.decode())
-            age = round(now - info.heartbeat_at, 1)
-            state = "up" if age <= GONE_AFTER * info.interval else "gone"
-            nodes.append(NodeView(info, age, state))
-    return sorted(nodes, key=lambda n: n.info.hostname)

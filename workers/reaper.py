@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from core.registry import list_nodes
 from storage import keys
-from workers.node import list_nodes
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ import time
 import pytest
 import redis
 
+from core.registry import list_nodes
 from tests.e2e.test_cluster import flower_get
 from tests.unit.test_compose import ENV, load_compose
 from workers.launch import stop_process_group
-from workers.node import list_nodes
 from workers.redis_server import EmbeddedRedis, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]

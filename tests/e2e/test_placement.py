@@ -4,13 +4,14 @@ only to nodes that can load its models."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 
 from core import broker
 from core.job import load_job
-from storage import cache, checkpoints
+from storage import cache, checkpoints, keys
 from tests.conftest import run_cli
 from tests.e2e.test_pipeline import enqueue
 
@@ -69,3 +70,69 @@ def test_a_worker_drains_its_queues_in_its_own_order(order, settings, make_spec,
         assert max(shard_starts) < min(replica_starts)  # every teacher task before any student task
     else:
         assert max(replica_starts) < min(shard_starts)  # the queued student work first
+
+
+def _hidden(path: str):
+    """A preexec_fn that gives the child a mount namespace where ``path`` is an empty tmpfs:
+    a node on which the model directory is not mounted."""
+    import ctypes
+
+    def pre() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        clone_newns, ms_rec, ms_private = 0x00020000, 16384, 1 << 18
+        if libc.unshare(clone_newns) != 0:
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+        if libc.mount(b"none", b"/", None, ms_rec | ms_private, None) != 0:
+            raise OSError(ctypes.get_errno(), "make / private")
+        if libc.mount(b"tmpfs", path.encode(), b"tmpfs", 0, None) != 0:
+            raise OSError(ctypes.get_errno(), f"mount tmpfs on {path}")
+
+    return pre
+
+
+def _can_hide(tmp_path) -> bool:
+    import subprocess
+
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "x").write_text("x")
+    res = subprocess.run(["ls", str(probe)], preexec_fn=_hidden(str(probe)), capture_output=True)
+    return res.returncode == 0 and not res.stdout.strip()
+
+
+def test_tasks_go_only_to_nodes_that_can_load_their_models(
+    settings, make_spec, workers, tiny_models, tmp_path
+):
+    if not _can_hide(tmp_path):
+        pytest.skip("this machine refuses mount namespaces (unshare CLONE_NEWNS)")
+    models_root = str(Path(tiny_models["teacher"]).parent)
+    blind = workers.start("teacher,student", "blind", preexec_fn=_hidden(models_root))
+    # Alone, the blind node fails the job with the sentence that says why, without attempts.
+    job_id = enqueue(settings, make_spec())
+    res = run_cli(settings, "wait", job_id, "--timeout", "300")
+    assert res.returncode == 1
+    status = run_cli(settings, "status", job_id, "--json").stdout
+    assert (
+        f"no registered node can load teacher {tiny_models['teacher']} (1 node(s) cannot)" in status
+    )
+
+    # With a node that can: every task lands there and the job completes.
+    workers.start("teacher,student", "able")
+    job_id = enqueue(settings, make_spec())
+    res = run_cli(settings, "wait", job_id, "--timeout", "600")
+    assert res.returncode == 0, res.stderr + workers.log("blind") + workers.log("able")
+    assert blind.poll() is None
+    job = load_job(settings.storage, job_id)
+    assert not list(job.paths.failures_dir.glob("*.json"))
+    able_log = (workers.logs / "able.log").read_text()
+    blind_log = (workers.logs / "blind.log").read_text()
+    for task in ("teacher_shard", "teacher_eval", "train_replica", "merge_round", "finalize"):
+        assert f"distillq.{task}[" in able_log and "succeeded" in able_log
+    assert " succeeded in " not in blind_log  # it ran nothing
+    assert "cannot load" in blind_log and "handing it back" in blind_log
+    # hand-backs cost no attempt: each handed-back task ran once, on the able node
+    r = broker.client(settings.broker_url)
+    handed = [k.decode().rsplit(":", 1)[1] for k in r.scan_iter(keys.handbacks(job_id, "*"))]
+    assert handed  # the blind node was waiting first, so it was offered work first
+    for task in handed:
+        assert int(r.get(keys.attempts(job_id, task)) or 0) == 1, task

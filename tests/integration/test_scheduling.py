@@ -170,3 +170,21 @@ def test_the_reaper_leaves_a_live_nodes_deliveries_alone(settings, r):
             reaper.close()
         msg.ack()
         queue.close()
+
+
+def test_status_names_work_that_waits_for_a_node_able_to_load_its_model(job, r):
+    from app.view import render
+    from core import live, placement
+    from core.status import job_status
+
+    teacher = job.spec.teacher.model
+    assert job_status(job, r).waiting == []
+    # what a node that lacks the model records before it hands a task back
+    assert placement.cannot_load("teacher", "/nowhere/teacher") is not None
+    live.mark_unable(r, job.id, "gpu-box", teacher, "not mounted")
+    live.mark_unable(r, job.id, "cpu-box", teacher, "not mounted")
+    st = job_status(job, r)
+    assert st.waiting == [
+        f"shard 0 waits for a node that can load teacher {teacher} (2 node(s) cannot)"
+    ]
+    assert f"waiting: shard 0 waits for a node that can load teacher {teacher}" in render(st)
