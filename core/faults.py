@@ -6,6 +6,9 @@ normal case) a failpoint costs one environment lookup. Actions:
 - ``crash``: SIGKILL this process, as the OOM killer or a power cut would;
 - ``raise``: a RuntimeError, an ordinary bug;
 - ``sleep:<s>``: hold the task, to kill or pause the worker at a known point.
+
+With ``DISTILLQ_FAILPOINTS_ONCE`` set to a directory, each failpoint fires once: it leaves a
+marker file there, so a redelivered task passes the same point (a crash drill that must end).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import signal
 import time
 
 ENV = "DISTILLQ_FAILPOINTS"
+ONCE_ENV = "DISTILLQ_FAILPOINTS_ONCE"
 
 
 def armed() -> dict[str, str]:
@@ -27,6 +31,13 @@ def hit(name: str) -> None:
     action = armed().get(name) if ENV in os.environ else None
     if action is None:
         return
+    if once_dir := os.environ.get(ONCE_ENV):
+        try:
+            os.close(
+                os.open(os.path.join(once_dir, name.replace("/", "_")), os.O_CREAT | os.O_EXCL)
+            )
+        except FileExistsError:
+            return  # fired before
     if action == "crash":
         os.kill(os.getpid(), signal.SIGKILL)
     elif action.startswith("sleep:"):

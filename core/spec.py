@@ -93,6 +93,11 @@ class StudentSpec:
     seed: int = 0
     loss: LossSpec | None = None
     """Overrides the job's loss for this track (e.g. alpha: 1.0 for a CE-only baseline)."""
+    checkpoint_every: float = 300.0
+    """Seconds of training between a replica's in-round checkpoints: a killed or cancelled
+    replica redoes at most this much when it is delivered again."""
+    checkpoint_every_steps: int = 0
+    """Optimizer steps between in-round checkpoints instead of seconds (0: use seconds)."""
 
     def __post_init__(self) -> None:
         _safe("track name", self.name)
@@ -103,6 +108,12 @@ class StudentSpec:
         _positive(f"students[{self.name}].batch_size", self.batch_size)
         _positive(f"students[{self.name}].lr", self.lr)
         _positive(f"students[{self.name}].outer_lr", self.outer_lr)
+        _positive(f"students[{self.name}].checkpoint_every", self.checkpoint_every)
+        if self.checkpoint_every_steps < 0:
+            raise SpecError(
+                f"students[{self.name}].checkpoint_every_steps={self.checkpoint_every_steps} "
+                "must be 0 (use seconds) or more"
+            )
 
     @property
     def method(self) -> str:

@@ -2,7 +2,8 @@
 
 A replica starts from the track's latest global checkpoint (or the seeded initial adapter),
 trains on samples ``[r·n/R, (r+1)·n/R)`` of the shard for ``epochs`` passes, and saves its
-parameter delta and optimizer state. The merge (``core/merge.py``) folds deltas into the
+parameter delta and optimizer state. Every ``checkpoint_every`` seconds it also saves where
+it stands (weights, optimizer, RNG, data position), so a killed replica resumes there. The merge (``core/merge.py``) folds deltas into the
 global checkpoint.
 """
 
@@ -12,20 +13,21 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from core import peft_methods
+from core import faults, peft_methods
 from core.job import Job
 from core.losses import kd_loss
 from core.models import device, load_causal_lm, on_device
 from core.spec import LossSpec, StudentSpec
 from storage import checkpoints
 from storage.cache import Batch, CacheReader
-from storage.records import OnProgress, ReplicaStats
+from storage.records import OnProgress, ReplicaProgress, ReplicaStats
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +177,11 @@ class LoopStats:
     tokens: int = 0
     positions: int = 0
     curve: list[tuple[int, float, float, float]] = field(default_factory=list)
+    resumed_from: int = 0
+
+
+Checkpoint = Callable[[LoopStats, int, int], None]
+"""Save an in-round checkpoint: (stats so far, epoch, batches of that epoch done)."""
 
 
 def train_loop(
@@ -185,14 +192,34 @@ def train_loop(
     total_steps: int,
     rng: np.random.Generator,
     on_progress: OnProgress | None = None,
+    resume: ReplicaProgress | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> LoopStats:
-    """``spec.epochs`` passes over ``samples`` in a seeded batch order."""
+    """``spec.epochs`` passes over ``samples`` in a seeded batch order.
+
+    ``resume``: continue after the batches an interrupted delivery checkpointed (the batch
+    order is drawn from the same seeded generator, so the rest of the run is the one the
+    interrupted delivery would have made). ``checkpoint`` is called every
+    ``checkpoint_every`` seconds (or ``checkpoint_every_steps`` steps)."""
     spec = t.spec
     n_batches = math.ceil(len(samples) / spec.batch_size)
     out = LoopStats()
-    t0 = time.time()
-    for _ in range(spec.epochs):
-        for b in reader.batches(samples, spec.batch_size, rng.permutation(n_batches)):
+    if resume is not None:
+        out = LoopStats(
+            steps=resume.steps,
+            tokens=resume.tokens,
+            positions=resume.positions,
+            curve=[(int(c[0]), c[1], c[2], c[3]) for c in resume.curve],
+            resumed_from=resume.steps,
+        )
+    t0 = last_save = time.time()
+    for epoch in range(spec.epochs):
+        order = rng.permutation(n_batches)  # drawn every epoch, resumed or not: same stream
+        if resume is not None and epoch < resume.epoch:
+            continue
+        done = resume.batch if resume is not None and epoch == resume.epoch else 0
+        for i, b in enumerate(reader.batches(samples, spec.batch_size, order[done:]), start=done):
+            faults.hit(f"replica_step:{spec.name}:{out.steps}")
             lr = lr_at(t.step0 + out.steps, spec, total_steps)
             value, parts = train_step(t, b, loss, lr)
             out.steps += 1
@@ -207,9 +234,22 @@ def train_loop(
                         "loss": round(value, 4),
                         "ce": round(parts["ce"], 4),
                         "kd": round(parts["kd"], 4),
-                        "tokens_per_s": round(out.tokens / max(1e-9, time.time() - t0), 1),
+                        "tokens_per_s": round(
+                            (out.tokens - (resume.tokens if resume else 0))
+                            / max(1e-9, time.time() - t0),
+                            1,
+                        ),
                     }
                 )
+            due = (
+                out.steps % spec.checkpoint_every_steps == 0
+                if spec.checkpoint_every_steps
+                else time.time() - last_save >= spec.checkpoint_every
+            )
+            last_step = epoch == spec.epochs - 1 and i == n_batches - 1
+            if checkpoint is not None and due and not last_step:
+                checkpoint(out, epoch, i + 1)
+                last_save = time.time()
     return out
 
 
@@ -233,19 +273,67 @@ def save(
         started_at=started,
         finished_at=time.time(),
         curve=_thin(loop.curve),
+        resumed_from=loop.resumed_from,
     )
     checkpoints.write_replica(
         job.paths, t.spec.name, shard, replica, delta, t.opt.state_dict(), stats
     )
+    checkpoints.drop_progress(job.paths, t.spec.name, shard, replica)
     return stats
+
+
+def _resume_point(job: Job, t: Trainer, shard: int, replica: int) -> ReplicaProgress | None:
+    """Load an in-round checkpoint of this replica into ``t``, if one from the same start
+    version exists (one from an older version belongs to a round that was redone)."""
+    found = checkpoints.read_progress(job.paths, t.spec.name, shard, replica)
+    if found is None:
+        return None
+    meta, params, state = found
+    if meta.start_version != t.start_version:
+        checkpoints.drop_progress(job.paths, t.spec.name, shard, replica)
+        return None
+    load_params(t.model, params)
+    t.opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    log.info(
+        "job %s track %s shard %d replica %d: resuming after step %d",
+        job.id,
+        t.spec.name,
+        shard,
+        replica,
+        meta.steps,
+    )
+    return meta
+
+
+def _checkpointer(job: Job, t: Trainer, shard: int, replica: int) -> Checkpoint:
+    def save_progress(loop: LoopStats, epoch: int, batch: int) -> None:
+        meta = ReplicaProgress(
+            start_version=t.start_version,
+            steps=loop.steps,
+            epoch=epoch,
+            batch=batch,
+            tokens=loop.tokens,
+            positions=loop.positions,
+            curve=[list(c) for c in loop.curve],
+        )
+        state = {"optimizer": t.opt.state_dict(), "torch_rng": torch.get_rng_state()}
+        checkpoints.write_progress(
+            job.paths, t.spec.name, shard, replica, snapshot(t.model), state, meta
+        )
+
+    return save_progress
 
 
 def train_replica(
     job: Job, track: str, shard: int, replica: int, on_progress: OnProgress | None = None
 ) -> ReplicaStats:
-    """Train replica ``replica`` of ``track`` on ``shard``; save its delta. Returns its stats."""
+    """Train replica ``replica`` of ``track`` on ``shard``; save its delta. Returns its stats.
+
+    Continues from the replica's in-round checkpoint where an interrupted delivery left one."""
     t = restore(job, track)
     started = time.time()
+    resume = _resume_point(job, t, shard, replica)
     with CacheReader(job.paths.shard(shard)) as reader:
         loop = train_loop(
             t,
@@ -255,15 +343,18 @@ def train_replica(
             job.info.total_steps[track],
             np.random.default_rng([t.spec.seed, shard, replica]),
             on_progress,
+            resume=resume,
+            checkpoint=_checkpointer(job, t, shard, replica),
         )
     stats = save(job, t, shard, replica, loop, started)
     log.info(
-        "job %s track %s shard %d replica %d: %d steps, %.0f tok/s",
+        "job %s track %s shard %d replica %d: %d steps (%d resumed), %.0f tok/s",
         job.id,
         track,
         shard,
         replica,
         stats.steps,
+        stats.resumed_from,
         stats.tokens_per_s,
     )
     return stats

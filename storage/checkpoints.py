@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from storage import records
 from storage.atomic import atomic_dir, atomic_path
 from storage.layout import JobPaths
-from storage.records import CheckpointMeta, ReplicaStats
+from storage.records import CheckpointMeta, ReplicaProgress, ReplicaStats
 
 if TYPE_CHECKING:
     import torch
@@ -140,3 +140,56 @@ def load_replica(
 def drop_round(paths: JobPaths, track: str, shard: int) -> None:
     """Delete a merged round's replica files (the merge is recorded in the global meta)."""
     shutil.rmtree(paths.round_dir(track, shard), ignore_errors=True)
+
+
+def write_progress(
+    paths: JobPaths,
+    track: str,
+    shard: int,
+    replica: int,
+    params: dict[str, torch.Tensor],
+    state: dict[str, Any],
+    meta: ReplicaProgress,
+) -> None:
+    """Publish an in-round checkpoint (whole or not at all), then drop the older ones."""
+    import torch
+    from safetensors.torch import save_file
+
+    root = paths.replica_progress(track, shard, replica)
+    final = root / f"step-{meta.steps:06d}"
+    if final.exists():
+        return
+    with atomic_dir(final) as tmp:
+        save_file({k: v.contiguous() for k, v in params.items()}, tmp / "params.safetensors")
+        torch.save(state, tmp / "state.pt")
+        records.write(tmp / "meta.json", meta)
+    for old in root.iterdir():
+        if old.name.startswith("step-") and old != final:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def read_progress(
+    paths: JobPaths, track: str, shard: int, replica: int
+) -> tuple[ReplicaProgress, dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The newest complete in-round checkpoint of a replica, if any."""
+    root = paths.replica_progress(track, shard, replica)
+    steps = (
+        sorted(d for d in root.glob("step-*") if (d / "meta.json").exists())
+        if root.exists()
+        else []
+    )
+    if not steps:
+        return None
+    from safetensors.torch import load_file
+
+    d = steps[-1]
+    state = _load_optimizer(d / "state.pt") or {}
+    return (
+        records.read(ReplicaProgress, d / "meta.json"),
+        load_file(d / "params.safetensors"),
+        state,
+    )
+
+
+def drop_progress(paths: JobPaths, track: str, shard: int, replica: int) -> None:
+    shutil.rmtree(paths.replica_progress(track, shard, replica), ignore_errors=True)

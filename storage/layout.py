@@ -88,6 +88,10 @@ class JobPaths:
     def replica_dir(self, track: str, shard: int, replica: int) -> Path:
         return self.round_dir(track, shard) / f"replica-{replica}"
 
+    def replica_progress(self, track: str, shard: int, replica: int) -> Path:
+        """In-round checkpoints of a replica (``step-NNNNNN/``); gone once the replica is saved."""
+        return self.replica_dir(track, shard, replica) / "progress"
+
     def final_dir(self, track: str) -> Path:
         return self.track_dir(track) / "final"
 

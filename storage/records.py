@@ -153,9 +153,30 @@ class ReplicaStats:
     started_at: float
     finished_at: float
     curve: list[list[float]] = field(default_factory=list)
+    resumed_from: int = 0
+    """Steps taken from an in-round checkpoint of an earlier, interrupted delivery."""
 
     def without_curve(self) -> ReplicaStats:
         return dataclasses.replace(self, curve=[])
+
+
+@dataclass(frozen=True)
+class ReplicaProgress:
+    """``rounds/shard-NNNNN/replica-R/progress/step-NNNNNN/meta.json``: where a replica's
+    in-round checkpoint stands, so a redelivered replica continues instead of starting over.
+
+    Writer: ``core.student`` (via ``checkpoints.write_progress``); reader: ``core.student``.
+    """
+
+    start_version: int
+    steps: int
+    """Optimizer steps this replica had taken."""
+    epoch: int
+    batch: int
+    """Batches of ``epoch`` done (the next one to train is ``batch`` in that epoch's order)."""
+    tokens: int
+    positions: int
+    curve: list[list[float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

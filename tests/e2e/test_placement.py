@@ -136,3 +136,50 @@ def test_tasks_go_only_to_nodes_that_can_load_their_models(
     assert handed  # the blind node was waiting first, so it was offered work first
     for task in handed:
         assert int(r.get(keys.attempts(job_id, task)) or 0) == 1, task
+
+
+def test_a_replica_killed_mid_round_resumes_from_its_checkpoint(
+    settings, make_spec, workers, tmp_path
+):
+    """SIGKILL of the pool process mid-replica: the redelivered replica continues from its last
+    in-round checkpoint (at most checkpoint_every_steps redone) and the job's final weights
+    equal those of the same job run without a kill."""
+    every, kill_at = 2, 5
+    track = {
+        "name": "s",
+        "peft": {"method": "lora", "r": 4},
+        "batch_size": 4,
+        "epochs": 2,
+        "checkpoint_every_steps": every,
+    }
+    model = yaml.safe_load(make_spec().read_text())["students"][0]["model"]
+    spec = make_spec(n_records=40, shards=1, students=[{**track, "model": model}])
+    once = tmp_path / "fired"
+    once.mkdir()
+    workers.start("teacher,student", "w")
+    plain = load_job(settings.storage, enqueue(settings, spec))
+    assert run_cli(settings, "wait", plain.id, "--timeout", "600").returncode == 0
+    workers.stop_all()
+
+    workers.start(
+        "teacher,student",
+        "killed",
+        extra_env={
+            "DISTILLQ_FAILPOINTS": f"replica_step:s:{kill_at}=crash",
+            "DISTILLQ_FAILPOINTS_ONCE": str(once),
+        },
+    )
+    killed = load_job(settings.storage, enqueue(settings, spec))
+    res = run_cli(settings, "wait", killed.id, "--timeout", "600")
+    assert res.returncode == 0, res.stderr + workers.log("killed")
+    assert (once / f"replica_step:s:{kill_at}").exists()  # the kill happened
+    rep = checkpoints.latest(killed.paths, "s").meta.rounds[0].replicas[0]
+    assert rep.resumed_from == kill_at // every * every  # continued from its checkpoint
+    assert kill_at - rep.resumed_from <= every
+    want = checkpoints.latest(plain.paths, "s").params()
+    got = checkpoints.latest(killed.paths, "s").params()
+    import torch
+
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7)
+    assert not killed.paths.round_dir("s", 0).exists()  # merged: its checkpoints are gone
