@@ -67,6 +67,8 @@ def render(status: JobStatus) -> str:
                 what = f"CE loss {loss:.3f}"
             on = f"  on {p['node']}" if p.get("node") else ""
             cur = f"  {what}  {rate:.0f} tok/s{on}"
+        if t.merging and not cur:
+            cur = "  merging"
         lines.append(
             f"  {name:<8} {_bar(t.rounds_merged + frac, t.rounds)}  {t.rounds_merged}/{t.rounds} rounds{cur}"
             + _eta(status, t.rounds_merged + frac, t.rounds)

@@ -26,7 +26,7 @@ def device() -> str:
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[\w.-]+$")
 
 
-def _hub_like(ref: str) -> bool:
+def hub_like(ref: str) -> bool:
     return bool(_HUB_ID.match(ref)) and not ref.startswith(".")
 
 
@@ -43,7 +43,7 @@ def _in_hub_cache(ref: str, name: str) -> Path | None:
 
 def in_hub_cache(ref: str) -> bool:
     """``ref`` is a hub id whose model was downloaded before (config or tokenizer present)."""
-    return _hub_like(ref) and any(
+    return hub_like(ref) and any(
         _in_hub_cache(ref, f) for f in ("config.json", "tokenizer_config.json")
     )
 
@@ -57,10 +57,10 @@ def _check_exists(ref: str, what: str) -> None:
     """
     if Path(ref).expanduser().exists():
         return
-    hub_like = _hub_like(ref)
+    looks_hub = hub_like(ref)
     if in_hub_cache(ref):
         return
-    where = "no such directory" + (", nor in the Hugging Face cache" if hub_like else "")
+    where = "no such directory" + (", nor in the Hugging Face cache" if looks_hub else "")
     raise ModelError(
         f"{what} {ref!r} does not exist: not found locally ({where}); "
         "distillq does not download models: pass a local directory"
@@ -87,7 +87,7 @@ def _model_file(ref: str, name: str) -> Path | None:
     local = Path(ref).expanduser() / name
     if local.exists():
         return local
-    return _in_hub_cache(ref, name) if _hub_like(ref) else None
+    return _in_hub_cache(ref, name) if hub_like(ref) else None
 
 
 def model_config(ref: str) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from errors import DistillqError, SpecError
+from errors import DistillqError, ModelError, SpecError
 from storage.layout import check_name
 
 Mode = Literal["teacher_student", "data_parallel", "hybrid"]
@@ -250,22 +250,26 @@ def load_spec(path: Path, overrides: list[str] | None = None) -> JobSpec:
     return spec_from_dict(resolve_paths(raw, path.parent.resolve()))
 
 
-def _local_model(ref: str, base: Path) -> str:
-    """A model reference resolved against the spec's directory: an absolute path where one
-    exists there (or the reference is plainly a path), else the hub id as written.
-
-    ``org/name`` reads both as a hub id and as a relative path: the directory wins when it
-    exists, the hub id when it is downloaded; otherwise the resolved path is kept, so the
-    error names the directory it looked for."""
+def _local_model(ref: str, base: Path, what: str) -> str:
+    """A model reference resolved against the spec's directory: the absolute path where the
+    directory exists there, else the hub id as written when it is in the local Hugging Face
+    cache. ``org/name`` reads both ways: the directory wins. Raises ModelError naming the
+    resolved path when it is neither."""
     p = Path(ref).expanduser()
-    if p.is_absolute():
-        return str(p)
-    local = (base / p).resolve()
-    if local.exists() or ref.startswith(".") or ref.count("/") > 1 or "\\" in ref:
+    local = p if p.is_absolute() else (base / p).resolve()
+    if local.exists():
         return str(local)
-    from core.models import in_hub_cache  # only here: most specs name local directories
+    from core.models import hub_like, in_hub_cache  # only here: most specs name local dirs
 
-    return ref if in_hub_cache(ref) else str(local)
+    looks_like_hub = not p.is_absolute() and hub_like(ref)
+    if looks_like_hub and in_hub_cache(ref):
+        return ref
+    hub = ", nor in the Hugging Face cache" if looks_like_hub else ""
+    raise ModelError(
+        f"{what} {ref!r} does not exist: not found locally (no directory {local}; model "
+        f"paths are relative to the job spec){hub}; distillq does not download models: "
+        "pass a local directory"
+    )
 
 
 def resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -276,10 +280,11 @@ def resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     if isinstance(out.get("dataset"), str):
         out["dataset"] = str((base / Path(out["dataset"]).expanduser()).resolve())
     if isinstance(out.get("teacher"), dict) and isinstance(out["teacher"].get("model"), str):
-        out["teacher"] = {**out["teacher"], "model": _local_model(out["teacher"]["model"], base)}
+        t = out["teacher"]
+        out["teacher"] = {**t, "model": _local_model(t["model"], base, "teacher model")}
     if isinstance(out.get("students"), list):
         out["students"] = [
-            {**s, "model": _local_model(s["model"], base)}
+            {**s, "model": _local_model(s["model"], base, f"student {s.get('name')!r} model")}
             if isinstance(s, dict) and isinstance(s.get("model"), str)
             else s
             for s in out["students"]

@@ -38,6 +38,8 @@ class TrackState:
     merged_shards: list[int]
     running: dict[str, Progress]
     replicas: int
+    merging: bool = False
+    """A merge of this track is running (it publishes progress while it folds deltas in)."""
 
 
 @dataclass(frozen=True)
@@ -99,12 +101,17 @@ def job_status(job: Job, redis_client: Any | None = None) -> JobStatus:
             and tk.kind == "replica"
             and tk.track == spec.name
         }
+        merging = any(
+            (tk := taskkeys.parse(k)) is not None and tk.kind == "merge" and tk.track == spec.name
+            for k in running
+        )
         tracks[spec.name] = TrackState(
             rounds_merged=len(merged),
             rounds=job.n_shards,
             merged_shards=merged,
             running=live_replicas,
             replicas=spec.replicas,
+            merging=merging,
         )
     done = job.paths.report.exists()
     stopped = control.state(job)

@@ -63,6 +63,9 @@ def merge_round(
         ),
         live.track_lock(self.redis(), job_id, track),
     ):
+        # Seen by `status` as running work until the attempt ends (it clears the entry):
+        # a merge, with its held-out eval, takes seconds.
+        self.progress(job, _merge_key(replicas, job_id, track, shard))({"step": 0, "steps": 1})
         result = merge.merge_round(job, track, shard)
     pipeline.advance(self.app, job, track)
     pipeline.maybe_finalize(self.app, job)

@@ -19,7 +19,7 @@ from core import broker
 from core.settings import Settings
 from tasks.celery_app import app, configure, settings_of
 from workers.node import Heartbeat, node_info
-from workers.reaper import Reaper, record_delivery
+from workers.reaper import Reaper
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,12 @@ def _record_delivery(request: Any = None, **_: Any) -> None:
     if _reaper is not None and request is not None:
         tag = getattr(request.message, "delivery_tag", None)
         if tag:
-            record_delivery(_reaper.r, _reaper.hostname, tag)
+            try:
+                _reaper.record(str(tag))
+            except Exception as e:  # Redis away: the next sweep records it (Reaper.flush)
+                log.warning(
+                    "delivery %s not recorded yet (%s); recorded when Redis is back", tag, e
+                )
 
 
 @signals.worker_shutdown.connect

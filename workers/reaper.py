@@ -46,6 +46,20 @@ class Reaper:
         self.app, self.r, self.hostname = celery_app, r, hostname
         self._conn: Any = None
         self._suspects: set[str] = set()
+        self._unrecorded: set[str] = set()
+
+    def record(self, tag: str) -> None:
+        """Note that this node holds ``tag``. With Redis away (a message taken just before it
+        went), keep the tag here and record it on the next sweep: a delivery must never be
+        known to no recovery path."""
+        self._unrecorded.add(tag)
+        self.flush()
+
+    def flush(self) -> None:
+        while self._unrecorded:
+            tag = next(iter(self._unrecorded))
+            record_delivery(self.r, self.hostname, tag)  # raises while Redis is away
+            self._unrecorded.discard(tag)
 
     def _channel(self) -> Any:
         # kombu's own channel: it knows the unacked key names, prefixes and queue bindings.
@@ -112,6 +126,7 @@ class Reaper:
 
     def sweep(self) -> int:
         """One pass: hand back the deliveries of every node that is gone or forgotten."""
+        self.flush()
         self.check_own()
         alive = {n.info.hostname for n in list_nodes(self.r) if n.state == "up"}
         prefix = keys.deliveries("")

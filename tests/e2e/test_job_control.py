@@ -30,7 +30,8 @@ def snapshot(job) -> dict:
 
 def idle(job, r) -> bool:
     st = job_status(job, r)
-    return not any(s.state == "running" for s in st.shards) and not st.tracks["s"].running
+    track = st.tracks["s"]
+    return not any(s.state == "running" for s in st.shards) and not (track.running or track.merging)
 
 
 def settled(job, r, quiet: float = 4.0, timeout: float = 120) -> dict:

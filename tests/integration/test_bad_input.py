@@ -177,9 +177,13 @@ def test_bad_spec_values(settings, make_spec, before, override, needles):
 @pytest.mark.parametrize(
     "model,needles",
     [
-        ("models/x", ["teacher model 'models/x' does not exist", "Hugging Face cache"]),
-        ("./models/x", ["'./models/x' does not exist: not found locally (no such directory)"]),
-        ("no-org/no-model-here", ["nor in the Hugging Face cache"]),
+        # the error names what the spec says and the directory it resolved to (beside the spec)
+        (
+            "models/x",
+            ["teacher model 'models/x' does not exist", "/models/x;", "Hugging Face cache"],
+        ),
+        ("./models/x", ["'./models/x' does not exist: not found locally (no directory /"]),
+        ("no-org/no-model-here", ["/no-org/no-model-here;", "nor in the Hugging Face cache"]),
     ],
 )
 def test_missing_model_paths_are_reported_without_trying_the_hub(
