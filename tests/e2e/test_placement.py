@@ -56,12 +56,25 @@ def test_a_worker_drains_its_queues_in_its_own_order(order, settings, make_spec,
     assert r.llen("teacher") == second.n_shards + 1  # its shards and its teacher eval
 
     workers.start(order, "both")
-    for job in (first, second):
-        res = run_cli(settings, "wait", job.id, "--timeout", "900")
-        assert res.returncode == 0, res.stderr + workers.log("both")
 
+    def merged_first_rounds() -> int:
+        return sum(checkpoints.latest(first.paths, t) is not None for t in ("a", "b"))
+
+    def shards_done() -> int:
+        return sum(second.paths.shard_stats(i).exists() for i in range(second.n_shards))
+
+    # Only the start of each job's work is compared: stop once it is known, not at the end.
+    need = second.n_shards if order == "teacher,student" else 1
+    _until(
+        "job 2's shards and job 1's first rounds",
+        lambda: shards_done() >= need and merged_first_rounds() == 2,
+        lambda: (shards_done(), merged_first_rounds(), *checkpoints.versions(first.paths, "a")),
+        stall=300,
+    )
     shard_starts = [
-        cache.read_stats(second.paths.shard_stats(i)).started_at for i in range(second.n_shards)
+        cache.read_stats(second.paths.shard_stats(i)).started_at
+        for i in range(second.n_shards)
+        if second.paths.shard_stats(i).exists()
     ]
     first_round = [checkpoints.latest(first.paths, t).meta.rounds[0].replicas for t in ("a", "b")]
     replica_starts = [rep.started_at for reps in first_round for rep in reps]
