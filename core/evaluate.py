@@ -49,13 +49,16 @@ def eval_loss(model: Any, samples: list[Sample], batch_size: int = 8) -> EvalRes
     return EvalResult(loss=total / max(count, 1), tokens=count, samples=len(samples))
 
 
-def student_loss(
-    spec: StudentSpec, params: dict[str, torch.Tensor], samples: list[Sample]
-) -> EvalResult:
-    """Held-out loss of track ``spec`` with trainable parameters ``params``."""
+def student_losses(
+    spec: StudentSpec, params: list[dict[str, torch.Tensor]], samples: list[Sample]
+) -> list[float]:
+    """Held-out loss of track ``spec`` under each set of trainable parameters, on one model."""
     model = student.build(spec)
-    student.load_params(model, params)
-    return eval_loss(model, samples)
+    out = []
+    for p in params:
+        student.load_params(model, p)
+        out.append(eval_loss(model, samples).loss)
+    return out
 
 
 def prompts(

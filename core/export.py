@@ -27,6 +27,11 @@ Outputs = dict[str, str | None]
 """Output name (adapter, merged, gguf_f16, gguf_q8_0, modelfile, gguf_skipped) → path or note."""
 
 
+def without_gguf(outputs: Outputs) -> Outputs:
+    """``outputs`` less what ``export_gguf_outputs`` wrote, before it writes them again."""
+    return {k: v for k, v in outputs.items() if not k.startswith("gguf") and k != "modelfile"}
+
+
 def _publish(final: Path, save: Any) -> Path:
     if final.exists():
         shutil.rmtree(final)

@@ -106,13 +106,12 @@ def merge_round(job: Job, track: str, shard: int) -> MergeResult:
         curve=[p for s in stats for p in s.curve],
     )
     curve = _curve_samples(job, spec)
-    if curve:
-        round_info = dataclasses.replace(
-            round_info, heldout=evaluate.student_loss(spec, new, curve).loss
-        )
     start = current.meta.heldout_start if current is not None else None
-    if current is None and curve:
-        start = evaluate.student_loss(spec, base, curve).loss
+    if curve:
+        # The first merge also measures the untrained start: one model, both parameter sets.
+        losses = evaluate.student_losses(spec, [new] if current else [base, new], curve)
+        round_info = dataclasses.replace(round_info, heldout=losses[-1])
+        start = start if current else losses[0]
     prev_step = current.meta.step if current is not None else 0
     meta = CheckpointMeta(
         track=track,

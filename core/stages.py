@@ -11,8 +11,8 @@ import logging
 import time
 from typing import Any, Literal
 
-from core import evaluate, faults, merge, report, student
-from core.export import Outputs, export_gguf_outputs, export_track
+from core import evaluate, faults, report, student
+from core.export import Outputs, export_gguf_outputs, export_track, without_gguf
 from core.gguf import Quant
 from core.job import Job
 from core.models import load_causal_lm, load_tokenizer, vocab_size
@@ -194,12 +194,8 @@ def finalize(job: Job) -> Report:
             raise RuntimeError(f"job {job.id} track {spec.name}: no merged checkpoint to finalize")
         tok = load_tokenizer(spec.model)
         samples = evaluate.eval_samples(job, tok)
-        baseline = (
-            evaluate.student_loss(spec, merge.initial_params(job, spec.name), samples).loss
-            if samples
-            else None
-        )
-        model = student.build(spec)
+        model = student.build(spec)  # as built, it is the seeded start every replica began from
+        baseline = evaluate.eval_loss(model, samples).loss if samples else None
         student.load_params(model, ckpt.params())
         measured = evaluate.eval_loss(model, samples) if samples else EvalResult(float("nan"), 0)
         generations = evaluate.generate(model, tok, samples)
@@ -230,8 +226,7 @@ def export_finished(job: Job, tracks: list[str], quants: tuple[Quant, ...]) -> d
             raise DistillqError(
                 f"track {name} of job {job.id} has not finished; `distillq wait {job.id}` first"
             )
-        outputs = {k: v for k, v in (ev.outputs or {}).items() if not k.startswith("gguf")}
-        outputs.pop("modelfile", None)
+        outputs = without_gguf(ev.outputs or {})
         outputs |= export_gguf_outputs(
             outputs.get("merged"), job.paths.gguf_dir(spec.name), spec.name, quants
         )

@@ -52,6 +52,21 @@ def _load_optimizer(path: Path) -> dict[str, Any] | None:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _publish_dir(
+    final: Path, params: dict[str, torch.Tensor], extra: tuple[str, Any], meta: Any
+) -> None:
+    """``params.safetensors``, the ``torch.save``d ``extra`` (if not None) and ``meta.json``,
+    appearing together at ``final`` (atomic rename) or not at all."""
+    import torch
+    from safetensors.torch import save_file
+
+    with atomic_dir(final) as tmp:
+        save_file({k: v.contiguous() for k, v in params.items()}, tmp / "params.safetensors")
+        if extra[1] is not None:
+            torch.save(extra[1], tmp / extra[0])
+        records.write(tmp / "meta.json", meta)
+
+
 def versions(paths: JobPaths, track: str) -> list[int]:
     root = paths.global_dir(track)
     if not root.exists():
@@ -86,16 +101,10 @@ def write_version(
     meta: CheckpointMeta,
 ) -> Checkpoint:
     """Publish ``v{version}``; FileExistsError if another writer published it first."""
-    import torch
-    from safetensors.torch import save_file
 
     final = paths.global_version(track, version)
     meta = dataclasses.replace(meta, version=version)
-    with atomic_dir(final) as tmp:
-        save_file({k: v.contiguous() for k, v in params.items()}, tmp / "params.safetensors")
-        if optimizer is not None:
-            torch.save(optimizer, tmp / "optimizer.pt")
-        records.write(tmp / "meta.json", meta)
+    _publish_dir(final, params, ("optimizer.pt", optimizer), meta)
     for old in versions(paths, track)[:-KEEP_VERSIONS]:
         shutil.rmtree(paths.global_version(track, old), ignore_errors=True)
     return Checkpoint(version, final, meta)
@@ -152,17 +161,12 @@ def write_progress(
     meta: ReplicaProgress,
 ) -> None:
     """Publish an in-round checkpoint (whole or not at all), then drop the older ones."""
-    import torch
-    from safetensors.torch import save_file
 
     root = paths.replica_progress(track, shard, replica)
     final = root / f"step-{meta.steps:06d}"
     if final.exists():
         return
-    with atomic_dir(final) as tmp:
-        save_file({k: v.contiguous() for k, v in params.items()}, tmp / "params.safetensors")
-        torch.save(state, tmp / "state.pt")
-        records.write(tmp / "meta.json", meta)
+    _publish_dir(final, params, ("state.pt", state), meta)
     for old in root.iterdir():
         if old.name.startswith("step-") and old != final:
             shutil.rmtree(old, ignore_errors=True)

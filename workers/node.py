@@ -24,14 +24,15 @@ from storage.records import Gpu, NodeInfo, NodeLoad
 log = logging.getLogger(__name__)
 
 
-def gpus() -> list[Gpu]:
-    """GPUs via nvidia-smi, so the parent worker never initialises CUDA before forking."""
+def _nvidia_smi(query: str) -> list[list[str]]:
+    """Rows of ``nvidia-smi --query-gpu=<query>`` (empty without a GPU). nvidia-smi, not
+    torch.cuda: the worker's main process must not initialise CUDA before it forks."""
     smi = shutil.which("nvidia-smi")
     if not smi:
         return []
     try:
         out = subprocess.run(
-            [smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+            [smi, f"--query-gpu={query}", "--format=csv,noheader,nounits"],
             capture_output=True,
             text=True,
             timeout=10,
@@ -39,30 +40,19 @@ def gpus() -> list[Gpu]:
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
-    found = []
-    for line in out.strip().splitlines():
-        name, mem = (x.strip() for x in line.rsplit(",", 1))
-        found.append(Gpu(name=name, memory_mb=int(float(mem))))
-    return found
+    return [
+        [x.strip() for x in line.rsplit(",", query.count(","))] for line in out.strip().splitlines()
+    ]
+
+
+def gpus() -> list[Gpu]:
+    return [
+        Gpu(name=name, memory_mb=int(float(mem))) for name, mem in _nvidia_smi("name,memory.total")
+    ]
 
 
 def _gpu_used_mb() -> list[int]:
-    """Memory in use per GPU, via nvidia-smi: the worker's main process never touches CUDA
-    (its pool children are forked from it), so torch.cuda is not asked here."""
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return []
-    try:
-        out = subprocess.run(
-            [smi, "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [int(float(x)) for x in out.split()]
+    return [int(float(used)) for (used,) in _nvidia_smi("memory.used")]
 
 
 def node_load(pid: int) -> NodeLoad:

@@ -10,14 +10,11 @@ an Ollama ``Modelfile``, with numpy and the ``gguf`` package only (no torch at c
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.gguf.arch import HParams
 from core.gguf.modelfile import write_modelfile
-from core.gguf.vocab import read_vocab
-from core.gguf.write import QUANTS, Quant, write_gguf
+from core.gguf.write import QUANTS, Quant, Source, write_gguf
 
 __all__ = ["QUANTS", "GgufFiles", "Quant", "export_gguf", "write_gguf"]
 
@@ -34,11 +31,10 @@ def export_gguf(
 ) -> GgufFiles:
     """``out_dir/<stem>-<quant>.gguf`` for each quant, and ``out_dir/Modelfile`` pointing at
     the first of them. Raises ExportError (one line) for what cannot be converted."""
+    src = Source.read(merged)
     files: dict[str, str] = {
-        q: str(write_gguf(merged, out_dir / f"{stem}-{q}.gguf", q, name=stem)) for q in quants
+        q: str(write_gguf(src, out_dir / f"{stem}-{q}.gguf", q, name=stem)) for q in quants
     }
-    hp = HParams.from_config(json.loads((merged / "config.json").read_text()))
-    vocab = read_vocab(merged, hp.vocab_size)
     first = Path(files[quants[0]]).name
-    modelfile = write_modelfile(out_dir / "Modelfile", first, vocab, hp.context)
+    modelfile = write_modelfile(out_dir / "Modelfile", first, src.vocab, src.hp.context)
     return GgufFiles(files=files, modelfile=str(modelfile))

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from core.gguf.arch import HParams, arch_of, permute_rows
+from core.gguf.arch import Arch, HParams, arch_of, permute_rows
 from core.gguf.tensors import read_tensors
 from core.gguf.vocab import Vocab, read_vocab
 from errors import ExportError
@@ -57,17 +58,32 @@ def _add_vocab(w: object, v: Vocab) -> None:
         w.add_chat_template(v.chat_template)  # type: ignore[attr-defined]
 
 
-def write_gguf(model_dir: Path, out: Path, quant: Quant = "f16", name: str = "") -> Path:
+@dataclass(frozen=True)
+class Source:
+    """What a conversion reads from a checkpoint besides its tensors, read once per export."""
+
+    model_dir: Path
+    arch: Arch
+    hp: HParams
+    vocab: Vocab
+
+    @staticmethod
+    def read(model_dir: Path) -> Source:
+        """Raises ExportError naming what is unsupported (architecture, rope, tokenizer)."""
+        config = json.loads((model_dir / "config.json").read_text())
+        hp = HParams.from_config(config)
+        return Source(model_dir, arch_of(config), hp, read_vocab(model_dir, hp.vocab_size))
+
+
+def write_gguf(model_dir: Path | Source, out: Path, quant: Quant = "f16", name: str = "") -> Path:
     """Convert the checkpoint in ``model_dir`` to ``out`` (written atomically). Raises
     ExportError naming what is unsupported (architecture, rope, tokenizer)."""
     import gguf
 
     if quant not in QUANTS:
         raise ExportError(f"quant {quant!r} is not supported: choose one of {', '.join(QUANTS)}")
-    config = json.loads((model_dir / "config.json").read_text())
-    arch = arch_of(config)
-    hp = HParams.from_config(config)
-    vocab = read_vocab(model_dir, hp.vocab_size)
+    src = model_dir if isinstance(model_dir, Source) else Source.read(model_dir)
+    model_dir, arch, hp, vocab = src.model_dir, src.arch, src.hp, src.vocab
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.gguf_name.upper()], hp.layers)
 
     with atomic_path(out) as tmp:
