@@ -31,7 +31,7 @@ $(LLAMA_STAMP): $(STAMP)
 	  echo "building $(LLAMA_PIN) once for this machine into $(WHEELS) (several minutes)"; \
 	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
 	    $(BIN)/pip wheel -q --no-deps "$(LLAMA_PIN)" -w $(WHEELS); }
-	$(BIN)/pip install -q --find-links $(WHEELS) "$(LLAMA_PIN)"
+	$(BIN)/pip install -q --find-links $(WHEELS) "llama-cpp-python[server]$(patsubst llama-cpp-python%,%,$(LLAMA_PIN))"
 	$(BIN)/pip install -q -e ".[llama]"
 	touch $(LLAMA_STAMP)
 

@@ -48,3 +48,11 @@ class RecordError(DistillqError):
 
 class ExportError(DistillqError):
     """A trained model cannot be exported to the asked format (architecture, tokenizer)."""
+
+
+class EndpointError(DistillqError):
+    """A teacher endpoint (vLLM, llama.cpp, an OpenAI-compatible API) refused or failed."""
+
+
+class EndpointDown(EndpointError):
+    """Every endpoint of a teacher stayed unreachable through the retry budget."""

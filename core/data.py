@@ -72,6 +72,11 @@ def record_segments(
             f"record is a JSON {type(record).__name__}, not an object; accepted shapes: {ACCEPTED_SHAPES}"
         )
     if "prompt" in record or "response" in record:
+        if isinstance(record.get("prompt"), str) and "response" not in record:
+            raise DataError(
+                "record has a prompt and no response: add teacher.generate to the job spec "
+                "so the teacher writes the responses, or add a 'response'"
+            )
         if not isinstance(record.get("prompt"), str) or not isinstance(record.get("response"), str):
             raise DataError("a prompt/response record needs both 'prompt' and 'response' strings")
         return [(record["prompt"], False), (record["response"], True)]
@@ -134,6 +139,50 @@ def parse_line(line: str, lineno: int) -> Any:
         ) from None
 
 
+def is_prompt_only(record: Any) -> bool:
+    """A record the teacher must answer: ``{"prompt"}`` alone, or messages ending in a user turn."""
+    if not isinstance(record, dict):
+        return False
+    if isinstance(record.get("prompt"), str) and "response" not in record:
+        return True
+    msgs = record.get("messages")
+    return (
+        "prompt" not in record
+        and isinstance(msgs, list)
+        and bool(msgs)
+        and isinstance(msgs[-1], dict)
+        and msgs[-1].get("role") != "assistant"
+    )
+
+
+@dataclass
+class Prompt:
+    """A prompt-only record, tokenized up to where the teacher's response begins."""
+
+    record_id: int
+    input_ids: list[int]
+
+
+def encode_prompt(record: Any, tok: Any) -> list[int]:
+    """Token ids of a prompt-only record: the prompt, or the chat up to the assistant's turn."""
+    if "messages" in record:
+        msgs = record["messages"]
+        if getattr(tok, "chat_template", None):
+            text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        else:
+            text = "".join(a for a, _ in _plain_chat_segments(msgs)) + "<|assistant|>\n"
+    else:
+        text = record["prompt"]
+    return list(tok(text, add_special_tokens=True)["input_ids"])
+
+
+def with_response(record: Any, text: str) -> dict[str, Any]:
+    """The record with the teacher's response filled in (how a generated sample reads)."""
+    if "messages" in record:
+        return {"messages": [*record["messages"], {"role": "assistant", "content": text}]}
+    return {"prompt": record["prompt"], "response": text}
+
+
 # ---------------------------------------------------------------- tokenizing
 
 
@@ -188,10 +237,24 @@ class LengthScan:
     """Records with no training target left within ``max_length`` (dropped by the teacher)."""
 
 
-def scan_lengths(path: Path, index: np.ndarray, tok: Any, max_length: int) -> LengthScan:
-    """Tokenize every record as the teacher will and measure it against ``max_length``."""
+def scan_lengths(
+    path: Path, index: np.ndarray, tok: Any, max_length: int, generating: bool = False
+) -> LengthScan:
+    """Tokenize every record as the teacher will and measure it against ``max_length``.
+
+    ``generating``: prompt-only records are the teacher's to answer; they are measured by
+    their prompt, which must leave room for a response."""
     scan = LengthScan()
     for rid, record in read_records(path, index, np.arange(len(index))):
+        if generating and is_prompt_only(record):
+            ids = encode_prompt(record, tok)
+            scan.records += 1
+            if len(ids) >= max_length:
+                scan.overlong += 1
+                scan.no_target += 1
+                if scan.first_overlong is None:
+                    scan.first_overlong = (int(index[rid, 0]), len(ids))
+            continue
         ids, mask = encode_record(record, tok)
         scan.records += 1
         if len(ids) > max_length:

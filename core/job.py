@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import math
 import secrets
 import shutil
@@ -36,7 +37,7 @@ from core.models import (
     tokenizer_fingerprint,
 )
 from core.spec import JobSpec, spec_from_dict
-from errors import DataError, JobNotFound, ModelError, SpecError
+from errors import DataError, DistillqError, JobNotFound, ModelError, SpecError
 from storage import records
 from storage.atomic import atomic_path, write_bytes
 from storage.cache import file_sha256
@@ -97,7 +98,15 @@ def _check_models(spec: JobSpec, peft_memo: Path) -> tuple[Fingerprints, Any, li
     teacher_tok_fp = None
     sample_tok = None
     checked: list[str] = []
-    if spec.teacher:
+    if spec.teacher and spec.teacher.is_endpoint:
+        t = spec.teacher
+        ref = t.tokenizer or spec.students[0].model
+        tok = sample_tok = load_tokenizer(ref, "teacher tokenizer", light=True)
+        teacher_tok_fp = tokenizer_fingerprint(tok)
+        vocab_size = _vocab_of(ref, tok)
+        # A served model is named, not hashed: its identity is the name on its servers.
+        teacher_fp = hashlib.sha256(f"endpoint:{t.model}".encode()).hexdigest()[:16]
+    elif spec.teacher:
         tok = sample_tok = load_tokenizer(spec.teacher.model, "teacher model", light=True)
         teacher_tok_fp = tokenizer_fingerprint(tok)
         vocab = config_vocab_size(spec.teacher.model)
@@ -128,6 +137,13 @@ def _check_models(spec: JobSpec, peft_memo: Path) -> tuple[Fingerprints, Any, li
     return fps, sample_tok, checked
 
 
+def _vocab_of(ref: str, tok: Any) -> int:
+    try:
+        return config_vocab_size(ref)
+    except DistillqError:
+        return len(tok)  # a tokenizer-only directory: its own size
+
+
 def _check_lengths(spec: JobSpec, data: Path, index: DatasetIndex, tok: Any) -> DataNotes:
     """Measure every sample against the token limit; refuse per ``spec.overlong``. Raises.
 
@@ -135,7 +151,8 @@ def _check_lengths(spec: JobSpec, data: Path, index: DatasetIndex, tok: Any) -> 
     user still reads the output: a worker's truncation count lands in a log nobody opens.
     """
     limit, key = spec.sample_max_length, spec.max_length_key
-    scan = scan_lengths(data, index.rows, tok, limit)
+    generating = bool(spec.teacher and spec.teacher.generate)
+    scan = scan_lengths(data, index.rows, tok, limit, generating)
     if scan.first_overlong and spec.overlong == "refuse":
         line, n = scan.first_overlong
         raise DataError(
@@ -223,6 +240,10 @@ def create_job(
             total_steps=_total_steps(spec, split),
             data=_check_lengths(spec, data, index, tok),
         )
+        if spec.teacher and spec.teacher.is_endpoint:
+            from core import served  # only here: it pulls in the HTTP client
+
+            info = dataclasses.replace(info, teacher_dialect=served.probe(spec.teacher, tok))
         paths = job_paths(storage, job_id or new_job_id(spec.name))
         paths.root.mkdir(parents=True, exist_ok=False)
         try:

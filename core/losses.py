@@ -7,6 +7,11 @@ the teacher, the student's own mass outside those k tokens for the student). Any
 is then taken between two proper distributions. This is the exact divergence of the
 coarse-grained distributions, a lower bound on the full one (data processing inequality),
 and equal to the dense loss when k = V.
+
+A teacher log-prob of −inf marks a slot that holds no teacher entry (a server returned fewer
+than k tokens, or none at a position): that token is not listed, so its mass stays in the
+tail bucket of both distributions. A row whose only entry is the true token at log-prob 0 is
+a one-hot teacher, for which the KD term equals CE on that token.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import torch
 import torch.nn.functional as F
 
 TAIL_FLOOR = 1e-8
+UNLISTED = -1e4
+"""Log-prob given to unlisted slots: exp() is exactly 0 in float32, and unlike −inf it keeps
+logsumexp and the divergences' gradients finite."""
 
 
 def bucket_logprobs(
@@ -44,6 +52,10 @@ def bucket_logprobs(
         log_z = torch.logsumexp(z, dim=-1, keepdim=True)  # [P, 1]: the only pass over V
     s_top = z.gather(-1, target_ids) - log_z  # [P, k]
     t_top = teacher_logprobs.float()
+    listed = torch.isfinite(t_top)
+    if not bool(listed.all()):
+        t_top = torch.where(listed, t_top, UNLISTED)
+        s_top = torch.where(listed, s_top, UNLISTED)
     t_mass = torch.logsumexp(t_top, dim=-1, keepdim=True)
     if target_ids.shape[-1] >= z.shape[-1]:
         # Every token is listed: there is no tail; fp16 rounding error is renormalised away.

@@ -31,7 +31,9 @@ _seen: dict[str, tuple[float, str | None]] = {}
 
 
 def teacher_needs(job: Job) -> list[Need]:
-    return [("teacher", job.spec.teacher.model)] if job.spec.teacher else []
+    t = job.spec.teacher
+    # A served teacher needs no model on the node: any teacher node can ask the server.
+    return [("teacher", t.model)] if t and not t.is_endpoint else []
 
 
 def student_needs(job: Job, track: str | None = None) -> list[Need]:

@@ -8,6 +8,9 @@ The YAML shape is the user-facing contract (issue 2); fields can be added, never
     mode: teacher_student            # teacher_student | data_parallel | hybrid
     eval_fraction: 0.05
     teacher: {model: path/or/hub-id, top_k: 64, temperature: 1.0, batch_size: 4, max_length: 512}
+    # or a served teacher: {endpoint: http://gpu-box:8000/v1, model: served-name, top_k: 20,
+    #   api_key_env: VAR, max_concurrent: 8, dialect: auto}   (docs/DESIGN.md §4b)
+    # and for prompt-only data: teacher.generate: {max_new_tokens: 128, temperature: 0.7, seed: 0}
     students:
       - {name: small, model: path/or/hub-id, peft: {method: lora, r: 8, alpha: 16}, replicas: 1,
          lr: 1.0e-3, epochs: 1, batch_size: 4}
@@ -32,12 +35,39 @@ from storage.layout import check_name
 Mode = Literal["teacher_student", "data_parallel", "hybrid"]
 LossKind = Literal["forward_kl", "reverse_kl", "jsd"]
 Overlong = Literal["truncate", "refuse"]
+Dialect = Literal["auto", "vllm", "llama_cpp", "openai", "text"]
+
+
+@dataclass(frozen=True)
+class GenerateSpec:
+    """The teacher writes the responses: for records with a prompt and no response."""
+
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    """Sampling temperature of the generation (0: greedy). The stored targets are the teacher's
+    raw distribution at ``teacher.temperature``, never the sampling-processed one."""
+    top_p: float = 1.0
+    seed: int = 0
+    """Seeds every draw: a retried shard generates the same text."""
+    n: int = 1
+    """Responses per prompt (each becomes a sample of its own)."""
+
+    def __post_init__(self) -> None:
+        _positive("teacher.generate.max_new_tokens", self.max_new_tokens)
+        _positive("teacher.generate.n", self.n)
+        if self.temperature < 0:
+            raise SpecError(
+                f"teacher.generate.temperature={self.temperature} must be 0 (greedy) or more"
+            )
+        if not 0.0 < self.top_p <= 1.0:
+            raise SpecError(f"teacher.generate.top_p={self.top_p} must lie in (0, 1]")
 
 
 @dataclass(frozen=True)
 class TeacherSpec:
     model: str
-    """Local directory of a causal LM (or a hub id already in the Hugging Face cache)."""
+    """Local directory of a causal LM (or a hub id already in the Hugging Face cache); with
+    ``endpoint``, the model's name on the server."""
     top_k: int = 64
     """Teacher tokens kept per target position."""
     temperature: float = 1.0
@@ -45,12 +75,59 @@ class TeacherSpec:
     batch_size: int = 4
     max_length: int = 512
     """Samples longer than this (in tokens) are truncated."""
+    endpoint: tuple[str, ...] = ()
+    """Base URL(s) of a server that already serves the teacher (``http://host:8000/v1``);
+    several replicas of one model share the requests."""
+    api_key_env: str | None = None
+    """The environment variable that holds the endpoint's API key (never the key itself)."""
+    max_concurrent: int = 8
+    """Requests in flight per endpoint, per teacher task."""
+    timeout_s: float = 120.0
+    retries: int = 8
+    """Attempts per request on connection errors, timeouts, 429 and 5xx (exponential backoff)."""
+    retry_budget_s: float = 300.0
+    """Longest a request keeps retrying before the shard task fails into the task retry path."""
+    dialect: Dialect = "auto"
+    """How the server returns log-probs: vllm (prompt_logprobs), llama_cpp (llama-cpp-python's
+    echo + logprobs), openai (legacy completions, echo), text (no log-probs: generation only,
+    sequence-level KD); auto asks the server."""
+    tokenizer: str | None = None
+    """Local tokenizer of an endpoint teacher (default: the first student's model)."""
+    generate: GenerateSpec | None = None
+
+    @property
+    def is_endpoint(self) -> bool:
+        return bool(self.endpoint)
 
     def __post_init__(self) -> None:
         _positive("teacher.top_k", self.top_k)
         _positive("teacher.batch_size", self.batch_size)
         _positive("teacher.max_length", self.max_length)
         _positive("teacher.temperature", self.temperature)
+        _positive("teacher.max_concurrent", self.max_concurrent)
+        _positive("teacher.timeout_s", self.timeout_s)
+        _positive("teacher.retries", self.retries)
+        for url in self.endpoint:
+            if not url.startswith(("http://", "https://")):
+                raise SpecError(
+                    f"teacher.endpoint {url!r} must be an http(s) URL such as http://host:8000/v1"
+                )
+        if self.is_endpoint and self.temperature != 1.0:
+            raise SpecError(
+                f"teacher.temperature={self.temperature} with an endpoint: servers return "
+                "log-probs at τ = 1 and only their top-k, which cannot be renormalised at "
+                "another τ; set teacher.temperature: 1.0"
+            )
+        if not self.is_endpoint and self.dialect != "auto":
+            raise SpecError(
+                f"teacher.dialect={self.dialect} applies to an endpoint teacher: add "
+                "teacher.endpoint, or remove teacher.dialect"
+            )
+        if self.dialect == "text" and self.generate is None:
+            raise SpecError(
+                "teacher.dialect: text gives no log-probs, so it cannot score responses: add "
+                "teacher.generate (the teacher writes responses, the student learns its text)"
+            )
 
 
 @dataclass(frozen=True)
@@ -210,6 +287,8 @@ class JobSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["students"] = [asdict(s) for s in self.students]
+        if d.get("teacher"):
+            d["teacher"]["endpoint"] = list(d["teacher"]["endpoint"])  # YAML has no tuples
         return d
 
 
@@ -279,8 +358,15 @@ def resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     out = dict(raw)
     if isinstance(out.get("dataset"), str):
         out["dataset"] = str((base / Path(out["dataset"]).expanduser()).resolve())
-    if isinstance(out.get("teacher"), dict) and isinstance(out["teacher"].get("model"), str):
-        t = out["teacher"]
+    t = out.get("teacher")
+    if isinstance(t, dict) and t.get("endpoint"):
+        # A served teacher's model is a name on the server; only its tokenizer is local.
+        if isinstance(t.get("tokenizer"), str):
+            out["teacher"] = {
+                **t,
+                "tokenizer": _local_model(t["tokenizer"], base, "teacher tokenizer"),
+            }
+    elif isinstance(t, dict) and isinstance(t.get("model"), str):
         out["teacher"] = {**t, "model": _local_model(t["model"], base, "teacher model")}
     if isinstance(out.get("students"), list):
         out["students"] = [
@@ -356,6 +442,8 @@ def _convert(typ: Any, value: Any, where: str) -> Any:
             raise SpecError(f"{where}={value!r} is not one of {choices}{hint}")
         return value
     if origin is tuple:
+        if isinstance(value, str) and get_args(typ)[0] is str:
+            value = [value]  # `endpoint: http://...` means a list of one
         if not isinstance(value, list):
             raise SpecError(f"{where} must be a list")
         (item,) = get_args(typ)[:1]

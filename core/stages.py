@@ -5,22 +5,32 @@ Each is idempotent: it checks storage for its own finished output first and retu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
-from core import evaluate, faults, report, student
+from core import evaluate, faults, report, served, student
 from core.export import Outputs, export_gguf_outputs, export_track, without_gguf
 from core.gguf import Quant
 from core.job import Job
-from core.models import load_causal_lm, load_tokenizer, vocab_size
-from core.teacher import write_shard
+from core.models import load_causal_lm, load_tokenizer
+from core.served import EndpointTeacher
+from core.teacher import LocalTeacher, Teacher, write_shard
 from errors import DistillqError
 from storage import cache, checkpoints, records
 from storage.atomic import clear_stale
-from storage.records import EvalResult, OnProgress, ReplicaOutcome, Report, ShardStats
+from storage.records import (
+    EvalResult,
+    OnProgress,
+    ProgressFields,
+    ReplicaOutcome,
+    Report,
+    ShardStats,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +39,32 @@ log = logging.getLogger(__name__)
 def _teacher(ref: str) -> tuple[Any, Any]:
     """The teacher model and tokenizer, loaded once per worker process."""
     return load_causal_lm(ref, "teacher model"), load_tokenizer(ref, "teacher model")
+
+
+def _make_teacher(
+    job: Job, stack: contextlib.ExitStack, on_error: Callable[[str], None] | None = None
+) -> tuple[Teacher | None, Any]:
+    """The job's teacher (local model, or a pool on its endpoints) and the tokenizer samples
+    are tokenized with. None without a teacher (data_parallel)."""
+    t = job.spec.teacher
+    if t is None:
+        return None, load_tokenizer(job.spec.students[0].model)
+    if t.is_endpoint:
+        tok = load_tokenizer(t.tokenizer or job.spec.students[0].model)
+        http = stack.enter_context(served.pool(t, on_error))
+        dialect = job.info.teacher_dialect or t.dialect
+        return EndpointTeacher(t, tok, http, dialect, max_length=job.spec.sample_max_length), tok
+    model, tok = _teacher(t.model)
+    local = LocalTeacher(
+        model,
+        tok,
+        top_k=t.top_k,
+        temperature=t.temperature,
+        batch_size=t.batch_size,
+        max_length=job.spec.sample_max_length,
+        generate=t.generate,
+    )
+    return local, tok
 
 
 def teacher_shard(
@@ -48,49 +84,56 @@ def teacher_shard(
             "job %s shard %d: removed a partial file left by a killed writer", job.id, shard
         )
     t = job.spec.teacher
-    if t is not None:
-        model, tok = _teacher(t.model)
-        vocab, top_k, temperature = vocab_size(model), t.top_k, t.temperature
-    else:
-        model, tok = None, load_tokenizer(job.spec.students[0].model)
-        vocab, top_k, temperature = len(tok), 0, 1.0
     fp = job.info.fingerprints
     ids = job.split.shard_ids(shard)
-    meta = cache.ShardMeta(
-        shard=shard,
-        vocab_size=vocab,
-        top_k=top_k,
-        temperature=temperature,
-        teacher_fingerprint=fp.teacher,
-        tokenizer_fingerprint=fp.tokenizer,
-        record_range=(int(ids[0]), int(ids[-1]) + 1),
-    )
     started = time.time()
+    last_error = ""
 
     def progress(samples: int, tokens: int) -> None:
         if on_progress:
             rate = tokens / max(1e-9, time.time() - started)
-            on_progress(
-                {
-                    "samples": samples,
-                    "of": len(ids),
-                    "tokens": tokens,
-                    "tokens_per_s": round(rate, 1),
-                }
-            )
+            fields: ProgressFields = {
+                "samples": samples,
+                "of": len(ids),
+                "tokens": tokens,
+                "tokens_per_s": round(rate, 1),
+            }
+            if t is not None and t.is_endpoint:
+                fields["endpoint"] = ",".join(t.endpoint)
+                if last_error:
+                    fields["last_error"] = last_error
+            on_progress(fields)
 
-    counts, tstats = write_shard(
-        model=model,
-        tok=tok,
-        dataset=job.paths.dataset,
-        index=job.index,
-        record_ids=ids,
-        out=out,
-        meta=meta,
-        batch_size=t.batch_size if t else 16,
-        max_length=job.spec.sample_max_length,
-        on_progress=progress,
-    )
+    def on_error(what: str) -> None:
+        nonlocal last_error
+        last_error = what
+        log.warning("job %s shard %d: teacher endpoint: %s (retrying)", job.id, shard, what)
+
+    with contextlib.ExitStack() as stack:
+        teacher, tok = _make_teacher(job, stack, on_error)
+        meta = cache.ShardMeta(
+            shard=shard,
+            vocab_size=fp.vocab_size or len(tok),
+            top_k=t.top_k if t else 0,
+            temperature=t.temperature if t else 1.0,
+            teacher_fingerprint=fp.teacher,
+            tokenizer_fingerprint=fp.tokenizer,
+            record_range=(int(ids[0]), int(ids[-1]) + 1),
+            source=teacher.source if teacher else "none",
+        )
+        counts, tstats, made = write_shard(
+            teacher=teacher,
+            tok=tok,
+            dataset=job.paths.dataset,
+            index=job.index,
+            record_ids=ids,
+            out=out,
+            meta=meta,
+            max_length=job.spec.sample_max_length,
+            generating=bool(t and t.generate),
+            on_progress=progress,
+        )
+        http = teacher.http.stats if isinstance(teacher, EndpointTeacher) else None
     seconds = time.time() - started
     record = cache.write_stats(
         stats_file,
@@ -103,7 +146,15 @@ def teacher_shard(
         tokens_per_s=round(counts["tokens"] / max(seconds, 1e-9), 1),
         started_at=started,
         finished_at=time.time(),
-        k=top_k,
+        k=meta.top_k,
+        source=meta.source,
+        targets={k: v for k, v in made.kinds.items() if v},
+        k_obtained=round(made.obtained / made.positions, 2)
+        if teacher is not None and teacher.source != "local" and made.positions
+        else None,
+        fallback_positions=made.fallback_positions,
+        dropped_entries=made.dropped_entries,
+        endpoint=dataclasses.asdict(http) if http else {},
     )
     log.info(
         "job %s shard %d: %d samples, %d tokens, %.0f tok/s, %d bytes",

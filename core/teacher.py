@@ -1,18 +1,35 @@
-"""Score tokenized samples with the teacher: top-k log-probs at τ at the target positions."""
+"""The teacher stage's plain functions: score samples, or write responses for prompt-only ones,
+and stream them with their sparse targets into a cache shard.
+
+A teacher is anything with ``run(items) -> Iterator[list[Target]]``: for every item in order,
+the samples it becomes with their targets. ``LocalTeacher`` runs a transformers model here;
+``core.served.EndpointTeacher`` asks a server. The shard writer does not know which.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from core.data import Sample, TokenizeStats, padded, read_records, tokenize_record
+from core.data import (
+    Prompt,
+    Sample,
+    TokenizeStats,
+    encode_prompt,
+    is_prompt_only,
+    padded,
+    read_records,
+    tokenize_record,
+)
+from core.dialects import Alignment
 from core.models import on_device
+from core.spec import GenerateSpec
 from storage.cache import CacheWriter, ShardMeta
 
 log = logging.getLogger(__name__)
@@ -22,6 +39,35 @@ log = logging.getLogger(__name__)
 class SparseTargets:
     ids: np.ndarray  # [P_j, k] int64
     logprobs: np.ndarray  # [P_j, k] float16
+
+
+Kind = str
+"""What a sample's targets are: "scored" (the teacher's distribution over given text),
+"generated" (its distribution over its own response) or "generated_text" (its text only: the
+source gave no log-probs; the student learns the text with CE)."""
+KINDS: tuple[Kind, ...] = ("scored", "generated", "generated_text")
+
+
+@dataclass
+class Target:
+    """One sample as the teacher made it, ready for the cache."""
+
+    sample: Sample
+    targets: SparseTargets | None
+    kind: Kind = "scored"
+    text: str = ""
+    """The response the teacher wrote ("" when it scored given text)."""
+    alignment: Alignment = field(default_factory=Alignment)
+
+
+Item = Sample | Prompt
+
+
+class Teacher(Protocol):
+    source: str
+    """Where targets come from, for the shard's stats ("local", "endpoint llama_cpp URL")."""
+
+    def run(self, items: Iterable[Item]) -> Iterator[list[Target]]: ...
 
 
 @torch.no_grad()
@@ -60,50 +106,155 @@ def score_batch(
     return out
 
 
+def generated_sample(prompt: Prompt, new_ids: list[int], stopped: bool, eos: int | None) -> Sample:
+    """The prompt + the teacher's response as a training sample: the response is the target,
+    ending in EOS when the teacher stopped by itself."""
+    ids = list(prompt.input_ids) + list(new_ids)
+    if stopped and eos is not None and ids[-1:] != [eos]:
+        ids.append(eos)
+    mask = [False] * len(prompt.input_ids) + [True] * (len(ids) - len(prompt.input_ids))
+    return Sample(prompt.record_id, ids, mask)
+
+
+def draw_seed(base: int, record_id: int, copy: int) -> int:
+    """The seed of one response: the same record always draws the same text (retries too)."""
+    return (base * 1_000_003 + record_id * 7_919 + copy) % (2**31 - 1)
+
+
+class LocalTeacher:
+    """A transformers model in this process: batches consecutive items of one kind."""
+
+    source = "local"
+
+    def __init__(
+        self,
+        model: Any,
+        tok: Any,
+        *,
+        top_k: int,
+        temperature: float,
+        batch_size: int,
+        max_length: int,
+        generate: GenerateSpec | None,
+    ) -> None:
+        self.model, self.tok = model, tok
+        self.top_k, self.temperature = top_k, temperature
+        self.batch_size, self.max_length = batch_size, max_length
+        self.gen = generate
+
+    def run(self, items: Iterable[Item]) -> Iterator[list[Target]]:
+        pending: list[Item] = []
+        for item in items:
+            if pending and type(pending[0]) is not type(item):
+                yield from self._flush(pending)
+            pending.append(item)
+            if len(pending) >= self.batch_size:
+                yield from self._flush(pending)
+        if pending:
+            yield from self._flush(pending)
+
+    def _flush(self, pending: list[Item]) -> Iterator[list[Target]]:
+        batch, pending[:] = list(pending), []
+        if isinstance(batch[0], Sample):
+            samples = [s for s in batch if isinstance(s, Sample)]
+            for s, t in zip(
+                samples, score_batch(self.model, samples, self.top_k, self.temperature), strict=True
+            ):
+                yield [Target(s, t)]
+            return
+        from core.generation import generate_batch  # the scoring-only path never imports it
+
+        prompts = [p for p in batch if isinstance(p, Prompt)]
+        assert self.gen is not None
+        yield from generate_batch(
+            self.model, self.tok, prompts, self.gen, self.top_k, self.temperature, self.max_length
+        )
+
+
+class TeacherStats:
+    """What a shard's targets are made of, summed while it is written."""
+
+    def __init__(self) -> None:
+        self.kinds = dict.fromkeys(KINDS, 0)
+        self.fallback_positions = 0
+        self.dropped_entries = 0
+        self.obtained = 0
+        self.positions = 0
+
+    def add(self, t: Target) -> None:
+        self.kinds[t.kind] += 1
+        self.fallback_positions += t.alignment.fallback_positions
+        self.dropped_entries += t.alignment.dropped_entries
+        self.obtained += t.alignment.obtained
+        self.positions += len(t.sample.target_positions())
+
+
+def shard_items(
+    dataset: Path,
+    index: np.ndarray,
+    record_ids: np.ndarray,
+    tok: Any,
+    max_length: int,
+    stats: TokenizeStats,
+    generating: bool,
+) -> Iterator[Item]:
+    """The shard's records in dataset order: samples to score, prompts to answer."""
+    for rid, record in read_records(dataset, index, record_ids):
+        if generating and is_prompt_only(record):
+            ids = encode_prompt(record, tok)
+            if len(ids) >= max_length:
+                stats.dropped_no_target += 1
+                continue
+            yield Prompt(rid, ids)
+            continue
+        sample = tokenize_record(record, rid, tok, max_length, stats)
+        if sample is not None:
+            yield sample
+
+
 def write_shard(
     *,
-    model: Any | None,
+    teacher: Teacher | None,
     tok: Any,
     dataset: Path,
     index: np.ndarray,
     record_ids: np.ndarray,
     out: Path,
     meta: ShardMeta,
-    batch_size: int,
     max_length: int,
+    generating: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
-) -> tuple[dict[str, int], TokenizeStats]:
-    """Tokenize the shard's records, score them (unless ``model`` is None: data_parallel), stream to ``out``."""
+    progress_every: int = 4,
+) -> tuple[dict[str, int], TokenizeStats, TeacherStats]:
+    """Tokenize the shard's records, have ``teacher`` make their targets (none when it is
+    None: data_parallel), and stream them to ``out`` in record order."""
     stats = TokenizeStats()
+    tstats = TeacherStats()
+    items = shard_items(dataset, index, record_ids, tok, max_length, stats, generating)
     with CacheWriter(out, meta) as writer:
-        pending: list[Sample] = []
-
-        def flush() -> None:
-            targets = (
-                score_batch(model, pending, meta.top_k, meta.temperature)
-                if model is not None
-                else [None] * len(pending)
-            )
-            for s, t in zip(pending, targets, strict=True):
+        made = (
+            teacher.run(items)
+            if teacher is not None
+            else ([Target(s, None)] for s in items if isinstance(s, Sample))
+        )
+        for n, targets in enumerate(made, 1):
+            for t in targets:
+                if teacher is not None and t.kind != "scored":
+                    stats.samples += 1
+                    stats.tokens += len(t.sample.input_ids)
                 writer.add(
-                    s.record_id,
-                    np.asarray(s.input_ids),
-                    np.asarray(s.target_positions()),
-                    t.ids if t else None,
-                    t.logprobs if t else None,
+                    t.sample.record_id,
+                    np.asarray(t.sample.input_ids),
+                    np.asarray(t.sample.target_positions()),
+                    t.targets.ids if t.targets else None,
+                    t.targets.logprobs if t.targets else None,
+                    text=t.text,
+                    kind=KINDS.index(t.kind),
                 )
-            pending.clear()
-            if on_progress:
+                tstats.add(t)
+            if on_progress and n % progress_every == 0:
                 on_progress(writer.counts["samples"], writer.counts["tokens"])
-
-        # Sort-free streaming: batches keep dataset order so record_ids stay ascending.
-        for rid, record in read_records(dataset, index, record_ids):
-            sample = tokenize_record(record, rid, tok, max_length, stats)
-            if sample is not None:
-                pending.append(sample)
-            if len(pending) >= batch_size:
-                flush()
-        if pending:
-            flush()
+        if on_progress:
+            on_progress(writer.counts["samples"], writer.counts["tokens"])
         counts = writer.counts
-    return counts, stats
+    return counts, stats, tstats

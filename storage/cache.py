@@ -10,6 +10,18 @@
 | target_logprobs_delta | uint16        | [P, k] | teacher log-probs at τ (full-vocab            |
 |                       |               |        | normalised), float16, delta-coded per row     |
 
+Optional, where the teacher wrote responses (``teacher.generate``):
+
+| dataset        | dtype  | shape | meaning                                                  |
+|----------------|--------|-------|----------------------------------------------------------|
+| sample_kind    | uint8  | [n]   | 0 scored given text, 1 generated with the teacher's      |
+|                |        |       | top-k, 2 generated text only (CE on the teacher's text)  |
+| generated_text | str    | [n]   | the response the teacher wrote ("" where it scored)      |
+
+Slots a server could not fill hold log-prob −inf (the loss leaves them in the tail); a
+position with no teacher distribution at all holds its own next token at log-prob 0 (KD on
+a one-hot teacher is CE). The attribute ``target_source`` says where targets came from.
+
 ``target_logprobs_delta`` holds each row's float16 bit patterns as differences (mod 2**16)
 from the previous column: ``np.cumsum(d, axis=1, dtype=np.uint16).view(np.float16)`` gives
 the log-probs back bit for bit, in the order they were written. Top-k rows come sorted
@@ -120,6 +132,7 @@ class ShardMeta:
     tokenizer_fingerprint: str
     record_range: tuple[int, int]
     method: str = "topk"
+    source: str = "local"
 
 
 class CacheWriter:
@@ -145,6 +158,8 @@ class CacheWriter:
         self._ids = _Appender(self._f, "target_ids", id_dtype(self.meta.vocab_size), k)
         self._logprobs = _Appender(self._f, "target_logprobs_delta", np.dtype(np.uint16), k)
         self._offsets = [0]
+        self._texts: list[str] = []
+        self._kinds: list[int] = []
         return self
 
     def add(
@@ -154,8 +169,13 @@ class CacheWriter:
         positions: np.ndarray,
         target_ids: np.ndarray | None,
         target_logprobs: np.ndarray | None,
+        text: str = "",
+        kind: int = 0,
     ) -> None:
-        """Append one sample: ids [L], positions [P_j] (within the sample), targets [P_j, k]."""
+        """Append one sample: ids [L], positions [P_j] (within the sample), targets [P_j, k];
+        ``text``/``kind``: the response the teacher wrote and what its targets are."""
+        self._texts.append(text)
+        self._kinds.append(kind)
         base = self._offsets[-1]
         self._input_ids.append(input_ids)
         self._record_ids.append(np.asarray([record_id]))
@@ -171,6 +191,17 @@ class CacheWriter:
             if exc_type is None:
                 offsets = np.asarray(self._offsets, dtype=np.int64)
                 self._f.create_dataset("sample_offsets", data=offsets, **_COMPRESSION)
+                if any(self._kinds):
+                    import h5py
+
+                    kinds = np.asarray(self._kinds, dtype=np.uint8)
+                    self._f.create_dataset("sample_kind", data=kinds, **_COMPRESSION)
+                    self._f.create_dataset(
+                        "generated_text",
+                        data=np.asarray(self._texts, dtype=object),
+                        dtype=h5py.string_dtype(),
+                        **_COMPRESSION,
+                    )
                 m = self.meta
                 attrs = {
                     "format": FORMAT,
@@ -179,6 +210,7 @@ class CacheWriter:
                     "k": m.top_k,
                     "temperature": m.temperature,
                     "target_method": m.method,
+                    "target_source": m.source,
                     "teacher_fingerprint": m.teacher_fingerprint,
                     "tokenizer_fingerprint": m.tokenizer_fingerprint,
                     "record_range": list(m.record_range),
@@ -268,6 +300,18 @@ class CacheReader:
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
+
+    def generated(self, j: int) -> tuple[int, str]:
+        """(kind, text) of sample j: what ``CacheWriter.add`` was given (0, "" when scored)."""
+        if "sample_kind" not in self._f:
+            return 0, ""
+        text = self._f["generated_text"][j]
+        return int(self._f["sample_kind"][j]), text.decode() if isinstance(text, bytes) else str(
+            text
+        )
+
+    def record_id(self, j: int) -> int:
+        return int(self._f["record_ids"][j])
 
     def sample_ids(self, j: int) -> np.ndarray:
         return self.input_ids[self.offsets[j] : self.offsets[j + 1]]

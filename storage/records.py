@@ -100,6 +100,19 @@ class ShardStats:
     k: int = 0
     truncated: int = 0
     dropped_no_target: int = 0
+    source: str = "local"
+    """Where the targets came from: "local", or "endpoint <dialect> <url,...>"."""
+    targets: dict[str, int] = field(default_factory=dict)
+    """Samples by kind of target: scored, generated (with the teacher's top-k), generated_text
+    (the teacher's text only: sequence-level KD)."""
+    k_obtained: float | None = None
+    """Mean teacher entries per target position actually obtained (a server may give < k)."""
+    fallback_positions: int = 0
+    """Target positions with no teacher distribution, trained with CE on the token."""
+    dropped_entries: int = 0
+    """Server top-k entries whose token text names no single id (left in the tail)."""
+    endpoint: dict[str, Any] = field(default_factory=dict)
+    """An endpoint teacher's requests, retries by kind and last error."""
 
 
 @dataclass(frozen=True)
@@ -260,6 +273,10 @@ class ProgressFields(TypedDict, total=False):
     loss: float
     ce: float
     kd: float
+    endpoint: str
+    """An endpoint teacher's URL(s)."""
+    last_error: str
+    """The last failure the endpoint pool retried (``<url>: HTTP 503``)."""
 
 
 # A stage's progress callback (tasks/base.py publishes it).
@@ -321,6 +338,8 @@ class JobInfo:
     total_steps: dict[str, int]
     data: DataNotes = field(default_factory=DataNotes)
     created: str = ""
+    teacher_dialect: str = ""
+    """An endpoint teacher's dialect, as the enqueue probe resolved ``auto``."""
 
 
 # --- task results (JSON over the result backend) --------------------------------------------
