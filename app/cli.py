@@ -239,6 +239,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else 0
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    from core.inspect import show
+    from core.job import load_job
+    from core.models import load_tokenizer
+
+    job = load_job(settings_from(args).storage, args.job)
+    t = job.spec.teacher
+    ref = (t.tokenizer if t and t.tokenizer else None) or (
+        t.model if t and not t.is_endpoint else job.spec.students[0].model
+    )
+    for s in show(job, args.shard, args.record, load_tokenizer(ref)):
+        print(f"record {s.record_id} ({s.kind})")
+        print("--- prompt\n" + s.prompt)
+        print("--- response\n" + s.response)
+        print("--- first targets: token  [teacher's top entries]")
+        for token, entries in s.targets:
+            tops = ", ".join(f"{t!r} {p:.2f}" for t, p in entries)
+            print(f"  {token!r:<16} [{tops}]")
+    return 0
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     from core.job import list_jobs
 
@@ -407,6 +428,14 @@ def parser() -> argparse.ArgumentParser:
         ("cancel", cmd_cancel, "stop the job: running tasks stop at their next batch"),
     ]:
         job_arg(add(name, fn, help))
+    sh = add(
+        "show",
+        cmd_show,
+        "print one record of a teacher cache shard: prompt, response, the teacher's targets",
+    )
+    job_arg(sh)
+    sh.add_argument("--shard", type=int, required=True, help="shard number (-1: held-out slice)")
+    sh.add_argument("--record", type=int, required=True, help="dataset record id (0-based)")
     rp = add("report", cmd_report, "rewrite and print a finished job's report")
     job_arg(rp)
     json_flag(rp, "the report")

@@ -55,6 +55,11 @@ def render(status: JobStatus) -> str:
         )
         + _eta(status, done + partial, len(shards))
     )
+    for p in running:
+        if p.get("endpoint"):
+            err = f"  last error: {p['last_error']}" if p.get("last_error") else ""
+            lines.append(f"  teacher endpoint {p['endpoint']}{err}")
+            break
     for name, t in status.tracks.items():
         cur = ""
         frac = 0.0

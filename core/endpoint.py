@@ -61,6 +61,7 @@ class Pool:
         urls: Iterable[str],
         *,
         api_key: str | None = None,
+        key_name: str | None = None,
         max_concurrent: int = 8,
         timeout_s: float = 120.0,
         retries: int = 8,
@@ -74,6 +75,11 @@ class Pool:
         self.retries = retries
         self.retry_budget_s = retry_budget_s
         self.stats = PoolStats()
+        self._key_hint = (
+            f"set {key_name} to a valid key"
+            if key_name
+            else "set teacher.api_key_env to the variable that holds a valid key"
+        )
         self._on_error = on_error
         self._lock = threading.Lock()
         self._pick = threading.Condition(self._lock)
@@ -152,7 +158,7 @@ class Pool:
         if resp.status_code in (401, 403):
             raise EndpointError(
                 f"teacher endpoint {rep.url} refused the API key (HTTP {resp.status_code}); "
-                "set the variable named by teacher.api_key_env to a valid key"
+                f"{self._key_hint}"
             )
         if resp.status_code >= 400:
             raise EndpointError(
@@ -207,21 +213,37 @@ class Pool:
 
     # ------------------------------------------------------------ many requests
 
-    def map_ordered(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    def map_ordered(
+        self,
+        fn: Callable[[T], R],
+        items: Iterable[T],
+        on_wait: Callable[[], None] | None = None,
+    ) -> Iterator[R]:
         """``fn`` over ``items`` with ``width`` calls in flight, results in input order.
 
         The window slides over the whole input, across the caller's batch boundaries: the
         next requests are already in flight while earlier results are being written.
+        ``on_wait`` runs in the caller's thread about once a second while it waits (to publish
+        progress during a stall, or to notice a cancel).
         """
+
+        def result(f: Future[R]) -> R:
+            while True:
+                try:
+                    return f.result(timeout=1.0)
+                except TimeoutError:
+                    if on_wait:
+                        on_wait()
+
         window: deque[Future[R]] = deque()
         with ThreadPoolExecutor(max_workers=self.width, thread_name_prefix="teacher-http") as ex:
             try:
                 for item in items:
                     window.append(ex.submit(fn, item))
                     if len(window) >= self.width * 2:
-                        yield window.popleft().result()
+                        yield result(window.popleft())
                 while window:
-                    yield window.popleft().result()
+                    yield result(window.popleft())
             finally:
                 for f in window:
                     f.cancel()

@@ -3,8 +3,10 @@ greedy generations on held-out prompts, so a report shows what a model learned."
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from core import student
@@ -12,6 +14,7 @@ from core.data import Sample, TokenizeStats, padded, read_records, tokenize_reco
 from core.job import Job
 from core.models import on_device
 from core.spec import StudentSpec
+from storage.cache import CacheReader
 from storage.records import EvalResult, Generation
 
 GENERATION_PROMPTS = 3
@@ -22,7 +25,13 @@ PROMPT_TOKENS = 48
 
 
 def eval_samples(job: Job, tok: Any, limit: int | None = None) -> list[Sample]:
-    """The held-out slice's samples (its first ``limit`` records when given)."""
+    """The held-out slice's samples (its first ``limit`` records when given).
+
+    Where the teacher writes the responses, the held-out samples are the ones it wrote
+    (``teacher/eval.h5``); none until the teacher eval has written them."""
+    t = job.spec.teacher
+    if t is not None and t.generate is not None:
+        return cached_samples(job.paths.teacher_eval_cache, limit)
     stats = TokenizeStats()
     out = []
     ids = job.split.eval_ids()[:limit]
@@ -31,6 +40,43 @@ def eval_samples(job: Job, tok: Any, limit: int | None = None) -> list[Sample]:
         if s is not None:
             out.append(s)
     return out
+
+
+def cached_samples(path: Path, limit: int | None = None) -> list[Sample]:
+    """Samples of a cache file, rebuilt from its ids and target positions."""
+    if not path.exists():
+        return []
+    with CacheReader(path) as r:
+        out = []
+        for j in range(len(r) if limit is None else min(limit, len(r))):
+            lo, hi = r.offsets[j], r.offsets[j + 1]
+            ids = r.sample_ids(j).tolist()
+            mask = [False] * len(ids)
+            for p in r.positions[(r.positions >= lo) & (r.positions < hi)] - lo:
+                mask[int(p) + 1] = True
+            out.append(Sample(r.record_id(j), ids, mask))
+    return out
+
+
+def cached_teacher_loss(path: Path) -> EvalResult:
+    """A served teacher's held-out CE, from its cached log-probs: −log p(true token) where the
+    server listed the true token (positions where it did not are left out and counted)."""
+    with CacheReader(path) as r:
+        batch = r.batch(0, len(r))
+        labels = batch.padded.labels
+        assert batch.target_ids is not None and batch.target_logprobs is not None
+        lps = batch.target_logprobs
+        finite = np.isfinite(lps)
+        # A CE-fallback row (the true token alone at log-prob 0) is no teacher measurement.
+        fallback = (finite.sum(axis=1) == 1) & (lps[:, 0] == 0.0)
+        listed = (batch.target_ids == labels[:, None]) & finite
+        found = listed.any(axis=1) & ~fallback
+        nll = -np.where(listed, batch.target_logprobs, 0.0).sum(axis=1)
+        return EvalResult(
+            loss=float(nll[found].mean()) if found.any() else float("nan"),
+            tokens=int(found.sum()),
+            samples=len(r),
+        )
 
 
 @torch.no_grad()

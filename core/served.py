@@ -23,6 +23,7 @@ from core.endpoint import Pool
 from core.spec import TeacherSpec
 from core.teacher import Item, SparseTargets, Target, draw_seed, generated_sample
 from errors import EndpointError, SpecError
+from storage.records import Generation
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ def pool(spec: TeacherSpec, on_error: Callable[[str], None] | None = None) -> Po
     return Pool(
         spec.endpoint,
         api_key=api_key(spec),
+        key_name=spec.api_key_env,
         max_concurrent=spec.max_concurrent,
         timeout_s=spec.timeout_s,
         retries=spec.retries,
@@ -73,14 +75,16 @@ class EndpointTeacher:
         dialect: str,
         *,
         max_length: int,
+        on_wait: Callable[[], None] | None = None,
     ) -> None:
         self.spec, self.tok, self.http, self.dialect = spec, tok, http, dialect
+        self.on_wait = on_wait
         self.table = TokenTable(tok)
         self.max_length = max_length
         self.source = f"endpoint {dialect} {','.join(spec.endpoint)}"
 
     def run(self, items: Iterable[Item]) -> Iterator[list[Target]]:
-        return self.http.map_ordered(self._one, items)
+        return self.http.map_ordered(self._one, items, self.on_wait)
 
     def _one(self, item: Item) -> list[Target]:
         if isinstance(item, Sample):
@@ -154,6 +158,40 @@ class EndpointTeacher:
             sample, SparseTargets(t_ids, t_lps.astype(np.float16)), kind, got.text, got.alignment
         )
 
+    def continuations(self, samples: list[Sample]) -> list[Generation]:
+        """Greedy continuations of the held-out prompts, for the report (as local models do)."""
+        from core.evaluate import NEW_TOKENS, prompts
+
+        out = []
+        for prompt, reference in prompts(samples):
+            body = dialects.generate_body(
+                self.dialect,
+                self.spec.model,
+                prompt,
+                dialects.sent_text(self.tok, prompt),
+                1,
+                max_tokens=NEW_TOKENS,
+                temperature=0.0,
+                top_p=1.0,
+                seed=0,
+            )
+            text = str(_choice_text(self.http.post("/completions", body)))
+            out.append(
+                Generation(
+                    prompt=self.tok.decode(prompt),
+                    reference=self.tok.decode(reference),
+                    text=text,
+                )
+            )
+        return out
+
+
+def _choice_text(resp: Any) -> str:
+    try:
+        return str(resp["choices"][0].get("text") or "")
+    except (KeyError, IndexError, TypeError):
+        return ""
+
 
 # ---------------------------------------------------------------- the enqueue probe
 
@@ -165,6 +203,7 @@ def probe(spec: TeacherSpec, tok: Any) -> str:
     with Pool(
         spec.endpoint,
         api_key=key,
+        key_name=spec.api_key_env,
         max_concurrent=1,
         timeout_s=min(spec.timeout_s, 30.0),
         retries=2,

@@ -42,7 +42,10 @@ def _teacher(ref: str) -> tuple[Any, Any]:
 
 
 def _make_teacher(
-    job: Job, stack: contextlib.ExitStack, on_error: Callable[[str], None] | None = None
+    job: Job,
+    stack: contextlib.ExitStack,
+    on_error: Callable[[str], None] | None = None,
+    on_wait: Callable[[], None] | None = None,
 ) -> tuple[Teacher | None, Any]:
     """The job's teacher (local model, or a pool on its endpoints) and the tokenizer samples
     are tokenized with. None without a teacher (data_parallel)."""
@@ -53,7 +56,10 @@ def _make_teacher(
         tok = load_tokenizer(t.tokenizer or job.spec.students[0].model)
         http = stack.enter_context(served.pool(t, on_error))
         dialect = job.info.teacher_dialect or t.dialect
-        return EndpointTeacher(t, tok, http, dialect, max_length=job.spec.sample_max_length), tok
+        served_teacher = EndpointTeacher(
+            t, tok, http, dialect, max_length=job.spec.sample_max_length, on_wait=on_wait
+        )
+        return served_teacher, tok
     model, tok = _teacher(t.model)
     local = LocalTeacher(
         model,
@@ -88,8 +94,11 @@ def teacher_shard(
     ids = job.split.shard_ids(shard)
     started = time.time()
     last_error = ""
+    counts_now = (0, 0)
 
     def progress(samples: int, tokens: int) -> None:
+        nonlocal counts_now
+        counts_now = (samples, tokens)
         if on_progress:
             rate = tokens / max(1e-9, time.time() - started)
             fields: ProgressFields = {
@@ -106,11 +115,11 @@ def teacher_shard(
 
     def on_error(what: str) -> None:
         nonlocal last_error
-        last_error = what
+        last_error = what  # published by the task's thread, in on_wait
         log.warning("job %s shard %d: teacher endpoint: %s (retrying)", job.id, shard, what)
 
     with contextlib.ExitStack() as stack:
-        teacher, tok = _make_teacher(job, stack, on_error)
+        teacher, tok = _make_teacher(job, stack, on_error, lambda: progress(*counts_now))
         meta = cache.ShardMeta(
             shard=shard,
             vocab_size=fp.vocab_size or len(tok),
@@ -221,17 +230,67 @@ def replica(
 
 
 def teacher_eval(job: Job) -> EvalResult:
-    """The teacher's held-out loss on the eval slice, saved to ``teacher/eval.json``."""
+    """The teacher's held-out loss on the eval slice, saved to ``teacher/eval.json``.
+
+    A served or generating teacher first writes the held-out slice as it makes shards
+    (``teacher/eval.h5``): the students' held-out eval reads the responses it wrote there,
+    and a served teacher's loss comes from the log-probs it returned."""
     if (done := records.read_if_exists(EvalResult, job.paths.teacher_eval)) is not None:
         return done
-    assert job.spec.teacher is not None
-    model, tok = _teacher(job.spec.teacher.model)
-    samples = evaluate.eval_samples(job, tok)
-    result = dataclasses.replace(
-        evaluate.eval_loss(model, samples), generations=evaluate.generate(model, tok, samples)
-    )
+    t = job.spec.teacher
+    assert t is not None
+    if t.is_endpoint or t.generate is not None:
+        _write_eval_cache(job)
+    if t.is_endpoint:
+        result = evaluate.cached_teacher_loss(job.paths.teacher_eval_cache)
+        with contextlib.ExitStack() as stack:
+            teacher, tok = _make_teacher(job, stack)
+            assert isinstance(teacher, EndpointTeacher)
+            samples = evaluate.eval_samples(job, tok)
+            result = dataclasses.replace(result, generations=teacher.continuations(samples))
+    else:
+        model, tok = _teacher(t.model)
+        samples = evaluate.eval_samples(job, tok)
+        result = dataclasses.replace(
+            evaluate.eval_loss(model, samples), generations=evaluate.generate(model, tok, samples)
+        )
     records.write(job.paths.teacher_eval, result)
     return result
+
+
+def _write_eval_cache(job: Job) -> None:
+    out = job.paths.teacher_eval_cache
+    if out.exists():
+        return
+    t = job.spec.teacher
+    assert t is not None
+    ids = job.split.eval_ids()
+    if len(ids) == 0:
+        return
+    fp = job.info.fingerprints
+    with contextlib.ExitStack() as stack:
+        teacher, tok = _make_teacher(job, stack)
+        meta = cache.ShardMeta(
+            shard=-1,
+            vocab_size=fp.vocab_size or len(tok),
+            top_k=t.top_k,
+            temperature=t.temperature,
+            teacher_fingerprint=fp.teacher,
+            tokenizer_fingerprint=fp.tokenizer,
+            record_range=(int(ids[0]), int(ids[-1]) + 1),
+            source=teacher.source if teacher else "none",
+        )
+        write_shard(
+            teacher=teacher,
+            tok=tok,
+            dataset=job.paths.dataset,
+            index=job.index,
+            record_ids=ids,
+            out=out,
+            meta=meta,
+            max_length=job.spec.sample_max_length,
+            generating=t.generate is not None,
+        )
 
 
 def finalize(job: Job) -> Report:

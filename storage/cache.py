@@ -313,6 +313,9 @@ class CacheReader:
     def record_id(self, j: int) -> int:
         return int(self._f["record_ids"][j])
 
+    def record_ids(self) -> np.ndarray:
+        return np.asarray(self._f["record_ids"][:])
+
     def sample_ids(self, j: int) -> np.ndarray:
         return self.input_ids[self.offsets[j] : self.offsets[j + 1]]
 

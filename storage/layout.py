@@ -4,6 +4,7 @@
   job.yaml, dataset.jsonl            frozen spec + fingerprints, the dataset copied in
   teacher/shard-00003.h5 (+ .json)   verified cache shards (+ their stats)
   teacher/eval.json                  the teacher's held-out loss
+  teacher/eval.h5                    held-out samples as a served or generating teacher made them
   students/<track>/global/v0007/     a track's checkpoint after 7 merged rounds
   students/<track>/rounds/shard-00003/replica-0/   replica deltas until merged
   students/<track>/final/{adapter,merged,gguf}/
@@ -68,6 +69,12 @@ class JobPaths:
     @property
     def teacher_eval(self) -> Path:
         return self.teacher_dir / "eval.json"
+
+    @property
+    def teacher_eval_cache(self) -> Path:
+        """The held-out slice as the teacher made it (responses it wrote, or a served
+        teacher's scores): written where the held-out eval cannot use the dataset alone."""
+        return self.teacher_dir / "eval.h5"
 
     def track_dir(self, track: str) -> Path:
         return self.root / "students" / check_name("track name", track)

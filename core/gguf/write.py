@@ -24,15 +24,18 @@ from storage.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
-Quant = Literal["f16", "q8_0"]
+Quant = Literal["f16", "q8_0", "f32"]
 QUANTS: tuple[Quant, ...] = ("f16", "q8_0")
+"""What export writes by default; ``f32`` (no rounding at all) is there for exact
+comparisons, such as a served teacher checked against the same model in transformers."""
+WRITABLE: tuple[Quant, ...] = (*QUANTS, "f32")
 
 
 def _tensor_data(arr: np.ndarray, quant: Quant) -> tuple[np.ndarray, object | None]:
     """(data, raw GGML type or None) of one tensor in the file's type."""
     import gguf
 
-    if arr.ndim == 1:
+    if arr.ndim == 1 or quant == "f32":
         return np.ascontiguousarray(arr, dtype=np.float32), None
     if quant == "q8_0" and arr.shape[-1] % 32 == 0:
         qtype = gguf.GGMLQuantizationType.Q8_0
@@ -80,8 +83,8 @@ def write_gguf(model_dir: Path | Source, out: Path, quant: Quant = "f16", name: 
     ExportError naming what is unsupported (architecture, rope, tokenizer)."""
     import gguf
 
-    if quant not in QUANTS:
-        raise ExportError(f"quant {quant!r} is not supported: choose one of {', '.join(QUANTS)}")
+    if quant not in WRITABLE:
+        raise ExportError(f"quant {quant!r} is not supported: choose one of {', '.join(WRITABLE)}")
     src = model_dir if isinstance(model_dir, Source) else Source.read(model_dir)
     model_dir, arch, hp, vocab = src.model_dir, src.arch, src.hp, src.vocab
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.gguf_name.upper()], hp.layers)
@@ -102,7 +105,10 @@ def write_gguf(model_dir: Path | Source, out: Path, quant: Quant = "f16", name: 
         w.add_rope_freq_base(hp.rope_theta)
         w.add_layer_norm_rms_eps(hp.rms_eps)
         w.add_file_type(
-            gguf.LlamaFileType.MOSTLY_Q8_0 if quant == "q8_0" else gguf.LlamaFileType.MOSTLY_F16
+            {
+                "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+                "f32": gguf.LlamaFileType.ALL_F32,
+            }.get(quant, gguf.LlamaFileType.MOSTLY_F16)
         )
         _add_vocab(w, vocab)
         seen = set()
