@@ -246,6 +246,12 @@ def scan_lengths(
     their prompt, which must leave room for a response."""
     scan = LengthScan()
     for rid, record in read_records(path, index, np.arange(len(index))):
+        if not generating and is_prompt_only(record) and "messages" not in record:
+            raise DataError(
+                f"dataset line {int(index[rid, 0])}: record has a prompt and no response: add "
+                "teacher.generate to the job spec so the teacher writes the responses, or add "
+                "a 'response'"
+            )
         if generating and is_prompt_only(record):
             ids = encode_prompt(record, tok)
             scan.records += 1
@@ -277,6 +283,14 @@ class DatasetIndex:
     """Line numbers of bad lines skipped (``skip_bad``)."""
 
 
+def check_shape(record: Any) -> None:
+    """Raise DataError unless ``record`` has an accepted shape. A prompt-only record passes:
+    whether the job can use it (``teacher.generate``) is the length scan's to say."""
+    if is_prompt_only(record) and "messages" not in record:
+        return
+    record_segments(record, has_chat_template=False)
+
+
 def check_line(raw: bytes, lineno: int) -> None:
     """Raise DataError naming ``lineno`` unless ``raw`` is one record of an accepted shape."""
     try:
@@ -285,7 +299,7 @@ def check_line(raw: bytes, lineno: int) -> None:
         raise DataError(f"dataset line {lineno} is not UTF-8; re-encode the file") from None
     record = parse_line(text, lineno)
     try:
-        record_segments(record, has_chat_template=False)
+        check_shape(record)
     except DataError as e:
         raise DataError(f"dataset line {lineno}: {e}") from None
 
@@ -340,7 +354,7 @@ def normalize_dataset(
             try:
                 if isinstance(rec, DataError):
                     raise rec
-                record_segments(rec, has_chat_template=False)
+                check_shape(rec)
             except DataError as e:
                 msg = f"dataset {where}: {e}"
                 if not skip_bad:

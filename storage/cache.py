@@ -16,7 +16,8 @@ Optional, where the teacher wrote responses (``teacher.generate``):
 |----------------|--------|-------|----------------------------------------------------------|
 | sample_kind    | uint8  | [n]   | 0 scored given text, 1 generated with the teacher's      |
 |                |        |       | top-k, 2 generated text only (CE on the teacher's text)  |
-| generated_text | str    | [n]   | the response the teacher wrote ("" where it scored)      |
+| generated_text | vlen   | [n]   | the response the teacher wrote, UTF-8 bytes ("" where it |
+|                | uint8  |       | scored): ``bytes(f["generated_text"][j]).decode()``      |
 
 Slots a server could not fill hold log-prob −inf (the loss leaves them in the tail); a
 position with no teacher distribution at all holds its own next token at log-prob 0 (KD on
@@ -196,12 +197,13 @@ class CacheWriter:
 
                     kinds = np.asarray(self._kinds, dtype=np.uint8)
                     self._f.create_dataset("sample_kind", data=kinds, **_COMPRESSION)
-                    self._f.create_dataset(
-                        "generated_text",
-                        data=np.asarray(self._texts, dtype=object),
-                        dtype=h5py.string_dtype(),
-                        **_COMPRESSION,
+                    # UTF-8 bytes, not an HDF5 string: a model may write NUL, which HDF5
+                    # strings cannot hold.
+                    text = self._f.create_dataset(
+                        "generated_text", (len(self._texts),), dtype=h5py.vlen_dtype(np.uint8)
                     )
+                    for i, t in enumerate(self._texts):
+                        text[i] = np.frombuffer(t.encode(), dtype=np.uint8)
                 m = self.meta
                 attrs = {
                     "format": FORMAT,
