@@ -83,6 +83,7 @@ class Pool:
         self._on_error = on_error
         self._lock = threading.Lock()
         self._pick = threading.Condition(self._lock)
+        self._turn = 0
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(
             headers=headers,
@@ -138,9 +139,11 @@ class Pool:
                     f"(last: {failure.what}); check that the server is up, or raise "
                     "teacher.retries / teacher.retry_budget_s"
                 )
-            delay = random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
-            self._cool_down(rep, delay)
-            time.sleep(min(delay, max(0.0, self.retry_budget_s - elapsed)))
+            # The back-off belongs to the replica: it leaves the rotation for a while that
+            # doubles with its consecutive failures (equal jitter), and the retry goes to
+            # another replica at once, or waits in _acquire for the first to come back.
+            span = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**rep.failures)
+            self._cool_down(rep, span / 2 + random.uniform(0, span / 2))
 
     def _try(self, rep: _Replica, method: str, path: str, body: dict[str, Any] | None) -> Any:
         base = rep.url.removesuffix("/v1") if path.startswith("@") else rep.url
@@ -187,15 +190,25 @@ class Pool:
 
     def _acquire(self) -> _Replica:
         """The usable replica with the fewest requests in flight, once it has a free slot.
-
-        A replica that is cooling down is used only when every replica is (then the one that
-        comes back first): a lone server that restarts must still be retried."""
+        When every replica is cooling down, this waits for the first to come back."""
         with self._pick:
             while True:
                 now = time.monotonic()
                 up = [r for r in self.replicas if r.down_until <= now]
-                pool = up or [min(self.replicas, key=lambda r: r.down_until)]
-                for rep in sorted(pool, key=lambda r: r.in_flight):
+                if not up:
+                    soonest = min(r.down_until for r in self.replicas)
+                    self._pick.wait(timeout=soonest - now)
+                    continue
+                pool = up
+                # Fewest in flight first; ties taken in turn, so one-at-a-time callers
+                # spread over every replica too.
+                self._turn += 1
+                n = len(self.replicas)
+                order = sorted(
+                    pool,
+                    key=lambda r: (r.in_flight, (self.replicas.index(r) - self._turn) % n),
+                )
+                for rep in order:
                     if rep.slots.acquire(blocking=False):
                         rep.in_flight += 1
                         return rep

@@ -84,3 +84,37 @@ def test_divergences_vanish_for_identical_distributions_and_are_positive_otherwi
         assert (divergence(kind, t, s) > 0).all()
     # JSD is bounded by log 2 (β = 0.5); the KLs are not.
     assert divergence("jsd", t, s).max().item() <= math.log(2) + 1e-6
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
+def test_unlisted_slots_count_as_tail_and_keep_gradients_finite(kind):
+    """A server that returns fewer than k entries: the −inf slots must act exactly as if the
+    row had only the listed entries (their mass stays in the tail), with finite gradients."""
+    torch.manual_seed(0)
+    z = torch.randn(5, 40, requires_grad=True)
+    labels = torch.randint(0, 40, (5,))
+    teacher = torch.log_softmax(torch.randn(5, 40), -1)
+    top = torch.topk(teacher, 6, dim=-1)
+    ids, lps = top.indices.clone(), top.values.clone()
+    lps[:, 3:] = float("-inf")  # only 3 listed per row
+    ids[:, 3:] = ids[:, :1]  # unfilled slots repeat a listed id, as dialects.py writes them
+    padded, _ = kd_loss(z, labels, ids, lps, alpha=0.3, temperature=1.0, kind=kind)
+    (g1,) = torch.autograd.grad(padded, z)
+    short, _ = kd_loss(z, labels, ids[:, :3], lps[:, :3], alpha=0.3, temperature=1.0, kind=kind)
+    (g2,) = torch.autograd.grad(short, z)
+    assert torch.allclose(padded, short, atol=1e-5)
+    assert torch.isfinite(g1).all() and torch.allclose(g1, g2, atol=1e-5)
+
+
+def test_a_one_hot_row_makes_kd_equal_ce():
+    """CE fallback (a position with no teacher distribution): its own token at log-prob 0."""
+    torch.manual_seed(1)
+    z = torch.randn(4, 30)
+    labels = torch.randint(0, 30, (4,))
+    ids = labels[:, None].repeat(1, 5)
+    lps = torch.full((4, 5), float("-inf"))
+    lps[:, 0] = 0.0
+    loss, _ = kd_loss(z, labels, ids, lps, alpha=0.0, temperature=1.0)
+    assert loss.item() == pytest.approx(
+        torch.nn.functional.cross_entropy(z, labels).item(), abs=1e-5
+    )
