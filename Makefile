@@ -54,7 +54,7 @@ lint: $(STAMP)
 
 
 # Benchmarks against bare loops and online KD; rewrites bench/RESULTS.{md,json} and bench/results.png.
-bench: $(STAMP)
+bench: $(STAMP) $(LLAMA_STAMP)
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 

@@ -105,6 +105,41 @@ def _notes(path: Path) -> list[str]:
     return [path.read_text()] if path.exists() else []
 
 
+def _served_section(v: dict[str, Any] | None) -> list[str]:
+    if not v:
+        return []
+    runs, d = v["runs"], v["delay_s"]
+    rows = []
+    for n in (1, 2):
+        for delay in (0.0, d):
+            cells = [f"{runs[f'servers={n} delay={delay} concurrent={c}']}" for c in (1, 2, 8)]
+            rows.append(f"| {n} | {int(delay * 1000)} ms | " + " | ".join(cells) + " |")
+    hid, rep, g = v["latency_hidden"], v["replicas_used"], v["generation"]
+    return [
+        "## Served teachers (llama-cpp-python servers, one thread each)",
+        "",
+        f"Made by `python -m bench.run --only served` on {v['started']} in {v['seconds']} s: "
+        f"the teacher stage function over {v['records']} demo records at k = {v['k']}, against real "
+        "`python -m llama_cpp.server` processes serving the demo teacher (f32 GGUF). They run one "
+        "request at a time, so concurrency buys hidden latency and used replicas. Local "
+        f"transformers teacher on the same model, one thread: {v['local_tokens_per_s']} tokens/s.",
+        "",
+        "| servers | added delay | tokens/s at 1 in flight | 2 in flight | 8 in flight |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        f"- **Latency hidden** (200 ms delay ÷ no delay, one server): 1 in flight "
+        f"**{hid['concurrent=1']}**, 2 in flight **{hid['concurrent=2']}**, 8 in flight "
+        f"**{hid['concurrent=8']}** (goal ≥ 0.9 with ≥ 2 in flight).",
+        f"- **Replicas used** (two servers ÷ one, no delay): 1 in flight **{rep['concurrent=1']}**, "
+        f"2 in flight **{rep['concurrent=2']}**, 8 in flight **{rep['concurrent=8']}** (goal ≥ 1.6).",
+        f"- **Generation stage** vs a bare `model.generate` loop (batch {g['batch']}, "
+        f"{g['prompts']} prompts, {g['generated_tokens']} tokens, greedy): {g['stage_s']} s vs "
+        f"{g['bare_s']} s, ratio **{g['ratio']}** (goal ≥ 0.9).",
+        "",
+    ]
+
+
 def write_markdown(r: dict[str, Any], path: Path, command: str) -> None:
     e, o, s, c = r["efficiency"], r["overlap"], r["scaling"], r["cache_size"]
     lines = [
@@ -179,6 +214,7 @@ def write_markdown(r: dict[str, Any], path: Path, command: str) -> None:
         f"{s['2_workers_tokens_per_s']} tokens/s (×{s['speedup']}). No GPU machine was lent to this task: "
         "many-core and GPU figures are not measured.",
         "",
+        *_served_section(r.get("served")),
         *_notes(path.parent / "NOTES.md"),
         "",
     ]

@@ -18,9 +18,25 @@ from typing import Any
 
 import torch
 
-from bench import cache_size, efficiency, memory, online, pipeline
+from bench import cache_size, efficiency, memory, online, pipeline, served
 from bench.cluster import cluster
 from bench.report import write_markdown, write_plot
+
+
+def run_only(out: Path, name: str) -> dict[str, Any]:
+    """Re-measure one section into the committed RESULTS.json (the rest kept as measured)."""
+    results = json.loads((out / "RESULTS.json").read_text())
+    steps = {"served": lambda root: served.measure(root)}
+    if name not in steps:
+        raise SystemExit(f"--only {name}: choose one of {', '.join(steps)}")
+    with tempfile.TemporaryDirectory(prefix="distillq-bench-") as tmp:
+        t = time.time()
+        results[name] = steps[name](Path(tmp))
+        results[name]["seconds"] = round(time.time() - t)
+        results[name]["started"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    (out / "RESULTS.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_markdown(results, out / "RESULTS.md", command="make bench")
+    return results
 
 
 def run(out: Path, quick: bool) -> dict[str, Any]:
@@ -57,6 +73,7 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
         step("trl_gkd", lambda: trl_column(root, n(320)))
         step("topk_quality", lambda: online.topk_quality(root, n(320)))
         step("memory", lambda: memory.measure(root, n(100)))
+        step("served", lambda: served.measure(root))
         results["seconds"] = round(time.time() - t0)
     out.mkdir(parents=True, exist_ok=True)
     (out / "RESULTS.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -80,8 +97,12 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.run")
     p.add_argument("--out", type=Path, default=Path(__file__).parent)
     p.add_argument("--quick", action="store_true", help="half-size inputs (a smoke run)")
+    p.add_argument("--only", help="re-measure one section (served) into the existing results")
     args = p.parse_args()
-    run(args.out, args.quick)
+    if args.only:
+        run_only(args.out, args.only)
+    else:
+        run(args.out, args.quick)
 
 
 if __name__ == "__main__":

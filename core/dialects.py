@@ -16,7 +16,9 @@ a token that does not match what was sent refuses the record by id and position.
   that predicts the token listed beside it; without one it predicts the *next* token: the
   pairing is shifted by one. Either way, entry ``idx`` is the distribution at position
   ``idx`` of what was sent, and that is how it is read here. Entry 0 is always null (the
-  OpenAI convention), so position 0 gets no teacher distribution and falls back to CE.
+  OpenAI convention), so position 0 gets no teacher distribution and falls back to CE (a
+  one-token completion of the first token would give it, but it doubles the requests and
+  their round trips for one position in a hundred; measured, that cost more than it gave).
   Top log-probs are keyed by each token's text (``detokenize`` with errors ignored, special
   tokens as ""), so texts that several ids share cannot be mapped back; they are dropped and
   counted (their mass stays in the tail). Measured quirk: it renders each token into a
@@ -168,21 +170,6 @@ def score_body(dialect: str, model: str, ids: list[int], text: str, k: int) -> d
     }
 
 
-def first_body(model: str, tok: Any, ids: list[int], k: int) -> dict[str, Any] | None:
-    """llama_cpp: a one-token completion of the first token alone, whose log-probs are the
-    distribution at position 0 (echo's first entry is always null). None where the text
-    starts with a BOS: the server's own BOS-led prompt has no such position to ask about."""
-    if not ids or ids[0] == tok.bos_token_id:
-        return None
-    return {
-        "model": model,
-        "prompt": sent_text(tok, ids[:1]),
-        "max_tokens": 1,
-        "temperature": 0.0,
-        "logprobs": k,
-    }
-
-
 def sent_text(tok: Any, ids: list[int]) -> str:
     """The text whose server-side tokenization is ``ids`` (a leading BOS is the server's to add)."""
     body = ids[1:] if ids and ids[0] == tok.bos_token_id and _adds_bos(tok) else ids
@@ -201,12 +188,8 @@ def parse_scores(
     k: int,
     table: TokenTable,
     where: str,
-    first: Any = None,
 ) -> tuple[np.ndarray, np.ndarray, Alignment]:
-    """Targets [P, k] (ids, log-probs with −inf where missing) at ``positions`` of ``ids``.
-
-    ``first``: llama_cpp only, the answer of ``first_body`` — position 0's distribution, which
-    echo never gives."""
+    """Targets [P, k] (ids, log-probs with −inf where missing) at ``positions`` of ``ids``."""
     choice = _choice(resp, where)
     out_ids, out_lps = _rows(k, len(positions))
     al = Alignment()
@@ -214,12 +197,6 @@ def parse_scores(
         dists = _vllm_prompt(choice, ids, where)
     elif dialect == "llama_cpp":
         dists, al.dropped_entries = _llama_cpp_prompt(choice, ids, table, where)
-        if first is not None:
-            tops = (_choice(first, where).get("logprobs") or {}).get("top_logprobs") or [None]
-            if tops[0]:
-                pairs_ids, pairs_lps, d = table.ids(tops[0])
-                al.dropped_entries += d
-                dists[0] = list(zip(pairs_ids, pairs_lps, strict=True))
     else:
         dists, al.dropped_entries = _openai_prompt(choice, ids, table, where)
     for r, p in enumerate(positions):

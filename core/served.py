@@ -107,14 +107,15 @@ class EndpointTeacher:
             self.spec.top_k,
         )
         resp = self.http.post("/completions", body)
-        positions = s.target_positions()
-        first = None
-        if self.dialect == "llama_cpp" and positions[:1] == [0]:
-            fb = dialects.first_body(self.spec.model, self.tok, s.input_ids, self.spec.top_k)
-            first = self.http.post("/completions", fb) if fb else None
         where = f"{self.spec.endpoint[0]} (record {s.record_id})"
         ids, lps, al = dialects.parse_scores(
-            self.dialect, resp, s.input_ids, positions, self.spec.top_k, self.table, where, first
+            self.dialect,
+            resp,
+            s.input_ids,
+            s.target_positions(),
+            self.spec.top_k,
+            self.table,
+            where,
         )
         return Target(s, SparseTargets(ids, lps.astype(np.float16)), "scored", alignment=al)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ import pytest
 LLAMA_HINT = "llama-cpp-python is not installed: `make llama-cpp` builds it once per machine"
 
 
-def llama_cpp():
+def llama_cpp() -> Any:
     return pytest.importorskip("llama_cpp", reason=LLAMA_HINT)
 
 
@@ -44,7 +45,7 @@ def hf_logits_and_greedy(
     return logits, seq[len(ids) :]
 
 
-def load(gguf: Path, n_ctx: int = 256):
+def load(gguf: Path, n_ctx: int = 256) -> Any:
     # A float32 KV cache (type 0): llama.cpp's default f16 cache adds its own rounding, which
     # is not the converter's to answer for.
     return llama_cpp().Llama(
