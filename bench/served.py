@@ -74,12 +74,13 @@ def measure(root: Path, records: int = 24, k: int = 20) -> dict[str, Any]:
     gguf = serve_gguf(paths["teacher"], root / "served" / "teacher-f32.gguf")
     out = root / "served" / "shard.h5"
     results: dict[str, Any] = {"records": records, "k": k, "delay_s": DELAY_S, "runs": {}}
+    torch.set_num_threads(1)  # the servers get one thread each: the local teacher too
+    results["generation"] = generation(paths["teacher"], data, records)
 
     model = load_causal_lm(paths["teacher"], "teacher")
     local = LocalTeacher(
         model, tok, top_k=k, temperature=1.0, batch_size=8, max_length=256, generate=None
     )
-    torch.set_num_threads(1)  # the servers get one thread each: the local teacher too
     results["local_tokens_per_s"] = round(_stage(local, tok, data, records, out, k), 1)
 
     log = root / "served" / "servers.log"
@@ -114,7 +115,6 @@ def measure(root: Path, records: int = 24, k: int = 20) -> dict[str, Any]:
         f"concurrent={c}": round(r[f"servers=2 delay=0.0 concurrent={c}"] / r[f"servers=1 delay=0.0 concurrent={c}"], 3)
         for c in CONCURRENCY
     }  # fmt: skip
-    results["generation"] = generation(paths["teacher"], data, records)
     return results
 
 
@@ -152,11 +152,11 @@ def generation(teacher: str, data: Path, records: int, batch: int = 8) -> dict[s
                 pad_token_id=0,
             )  # fmt: skip
 
-    # A warm-up of each, then three alternating timings of each; medians.
+    # A warm-up of each, then five alternating timings of each; medians.
     made = run_stage()
     run_bare()
     times: dict[str, list[float]] = {"stage_s": [], "bare_s": []}
-    for _ in range(3):
+    for _ in range(5):
         t = time.perf_counter()
         run_stage()
         times["stage_s"].append(time.perf_counter() - t)

@@ -33,6 +33,22 @@ def _shard_stats(job: Job) -> list[ShardStats]:
 Curves = dict[str, list[list[float]]]
 
 
+def _targets(shards: list[ShardStats]) -> dict[str, Any]:
+    """What kind of targets the shards hold, and where they came from."""
+    kinds: dict[str, int] = {}
+    where: dict[str, list[int]] = {}
+    for st in shards:
+        for kind, n in st.targets.items():
+            kinds[kind] = kinds.get(kind, 0) + n
+            where.setdefault(kind, []).append(st.shard)
+    return {
+        "sources": sorted({st.source for st in shards}),
+        "targets": kinds,
+        "shard_targets": where,
+        "fallback_positions": sum(st.fallback_positions for st in shards),
+    }
+
+
 def collect(job: Job) -> tuple[Report, Curves]:
     """The report of ``job`` from storage, and each track's training curve (for the plot)."""
     shards = _shard_stats(job)
@@ -107,6 +123,7 @@ def collect(job: Job) -> tuple[Report, Curves]:
             if positions and job.spec.has_teacher
             else None,
             k=job.spec.teacher.top_k if job.spec.teacher else 0,
+            **_targets(shards),
         ),
         students=students,
         vocab_size=vocab,

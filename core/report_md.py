@@ -77,6 +77,13 @@ def _generations(data: Report) -> list[str]:
     return lines
 
 
+KIND_TEXT = {
+    "scored": "samples scored as given",
+    "generated": "responses the teacher wrote, with its top-k",
+    "generated_text": "responses the teacher wrote as text only (sequence-level KD: CE)",
+}
+
+
 def render(data: Report) -> str:
     wall = f", {data.wall_seconds:.0f} s" if data.wall_seconds is not None else ""
     lines = [f"# distillq report: {data.job_id}", ""]
@@ -87,6 +94,18 @@ def render(data: Report) -> str:
     lines.append("")
     for w in data.warnings:
         lines += [f"> **Warning:** {w}", ""]
+    c = data.cache
+    if c.targets:
+        kinds = ", ".join(
+            f"{n} {KIND_TEXT.get(k, k)} (shards {', '.join(map(str, c.shard_targets.get(k, [])))})"
+            for k, n in c.targets.items()
+        )
+        fb = (
+            f"; {c.fallback_positions} positions had no teacher distribution and trained with CE"
+            if c.fallback_positions
+            else ""
+        )
+        lines += [f"Teacher targets from {', '.join(c.sources)}: {kinds}{fb}.", ""]
     lines += ["![report](report.png)", "", "## What each student learned", ""]
     lines += [
         "Held-out CE (nats/token) on every held-out sample, before round 1 and at the end.",

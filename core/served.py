@@ -245,8 +245,15 @@ def probe(spec: TeacherSpec, tok: Any) -> str:
             )
         except EndpointError as e:
             raise EndpointError(f"{e} [probe of {url}, dialect {dialect}]") from None
-        if dialect == "llama_cpp":
-            served = http.post_root("/extras/tokenize", {"input": dialects.sent_text(tok, ids)})
+        # Ids are sent as ids to vLLM, so its scores always line up; a different vocabulary
+        # would not, and only the server's own tokenizer shows that.
+        if dialect in ("llama_cpp", "vllm"):
+            text = dialects.sent_text(tok, ids) if dialect == "llama_cpp" else PROBE_TEXT
+            served = (
+                http.post_root("/extras/tokenize", {"input": text})
+                if dialect == "llama_cpp"
+                else http.post_root("/tokenize", {"model": spec.model, "prompt": text})
+            )
             got = [t for t in served.get("tokens", []) if t != tok.bos_token_id or ids[:1] == [t]]
             if got != ids:
                 raise EndpointError(

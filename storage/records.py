@@ -389,6 +389,14 @@ class CacheSummary:
     target_positions: int
     bytes_per_position: float | None
     k: int
+    sources: list[str] = field(default_factory=list)
+    """Where the shards' targets came from ("local", "endpoint llama_cpp http://...")."""
+    targets: dict[str, int] = field(default_factory=dict)
+    """Samples by kind of target over all shards (scored, generated, generated_text)."""
+    shard_targets: dict[str, list[int]] = field(default_factory=dict)
+    """The shards holding each kind of target."""
+    fallback_positions: int = 0
+    """Positions with no teacher distribution (trained with CE on their token)."""
 
 
 @dataclass(frozen=True)

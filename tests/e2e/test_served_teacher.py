@@ -245,6 +245,7 @@ def test_prompt_only_data_runs_end_to_end(
     # The held-out slice is the teacher's own responses, and every student was measured on it.
     report = json.loads(run_cli(settings, "report", job_id, "--json").stdout)
     assert report["eval_samples"] > 0
+    assert "responses the teacher wrote, with its top-k" in job.paths.report_md.read_text()
     ev = report["students"]["s"]["eval_loss"]
     assert ev is not None and ev == ev  # a number, not NaN
 
