@@ -240,9 +240,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from core.inspect import show
     from core.job import load_job
     from core.models import load_tokenizer
+    from core.show import show
 
     job = load_job(settings_from(args).storage, args.job)
     t = job.spec.teacher

@@ -15,7 +15,7 @@ import torch
 
 from core.data import Prompt
 from core.spec import GenerateSpec
-from core.teacher import SparseTargets, Target, draw_seed, generated_sample
+from core.targets import SparseTargets, Target, draw_seed, generated_sample
 
 
 @torch.no_grad()

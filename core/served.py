@@ -21,7 +21,8 @@ from core.data import Prompt, Sample
 from core.dialects import TokenTable
 from core.endpoint import Pool
 from core.spec import TeacherSpec
-from core.teacher import Item, SparseTargets, Target, draw_seed, generated_sample
+from core.targets import SparseTargets, Target, draw_seed, generated_sample
+from core.teacher import Item
 from errors import EndpointError, SpecError
 from storage.records import Generation
 
@@ -159,19 +160,19 @@ class EndpointTeacher:
             sample, SparseTargets(t_ids, t_lps.astype(np.float16)), kind, got.text, got.alignment
         )
 
-    def continuations(self, samples: list[Sample]) -> list[Generation]:
-        """Greedy continuations of the held-out prompts, for the report (as local models do)."""
-        from core.evaluate import NEW_TOKENS, prompts
-
+    def continuations(
+        self, prompts: list[tuple[list[int], list[int]]], new_tokens: int
+    ) -> list[Generation]:
+        """Greedy continuations of (prompt, reference) ids, for the report (as local models do)."""
         out = []
-        for prompt, reference in prompts(samples):
+        for prompt, reference in prompts:
             body = dialects.generate_body(
                 self.dialect,
                 self.spec.model,
                 prompt,
                 dialects.sent_text(self.tok, prompt),
                 1,
-                max_tokens=NEW_TOKENS,
+                max_tokens=new_tokens,
                 temperature=0.0,
                 top_p=1.0,
                 seed=0,

@@ -247,7 +247,8 @@ def teacher_eval(job: Job) -> EvalResult:
             teacher, tok = _make_teacher(job, stack)
             assert isinstance(teacher, EndpointTeacher)
             samples = evaluate.eval_samples(job, tok)
-            result = dataclasses.replace(result, generations=teacher.continuations(samples))
+            gens = teacher.continuations(evaluate.prompts(samples), evaluate.NEW_TOKENS)
+            result = dataclasses.replace(result, generations=gens)
     else:
         model, tok = _teacher(t.model)
         samples = evaluate.eval_samples(job, tok)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,37 +26,13 @@ from core.data import (
     read_records,
     tokenize_record,
 )
-from core.dialects import Alignment
+from core.generation import generate_batch
 from core.models import on_device
 from core.spec import GenerateSpec
+from core.targets import KINDS, SparseTargets, Target
 from storage.cache import CacheWriter, ShardMeta
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SparseTargets:
-    ids: np.ndarray  # [P_j, k] int64
-    logprobs: np.ndarray  # [P_j, k] float16
-
-
-Kind = str
-"""What a sample's targets are: "scored" (the teacher's distribution over given text),
-"generated" (its distribution over its own response) or "generated_text" (its text only: the
-source gave no log-probs; the student learns the text with CE)."""
-KINDS: tuple[Kind, ...] = ("scored", "generated", "generated_text")
-
-
-@dataclass
-class Target:
-    """One sample as the teacher made it, ready for the cache."""
-
-    sample: Sample
-    targets: SparseTargets | None
-    kind: Kind = "scored"
-    text: str = ""
-    """The response the teacher wrote ("" when it scored given text)."""
-    alignment: Alignment = field(default_factory=Alignment)
 
 
 Item = Sample | Prompt
@@ -106,21 +81,6 @@ def score_batch(
     return out
 
 
-def generated_sample(prompt: Prompt, new_ids: list[int], stopped: bool, eos: int | None) -> Sample:
-    """The prompt + the teacher's response as a training sample: the response is the target,
-    ending in EOS when the teacher stopped by itself."""
-    ids = list(prompt.input_ids) + list(new_ids)
-    if stopped and eos is not None and ids[-1:] != [eos]:
-        ids.append(eos)
-    mask = [False] * len(prompt.input_ids) + [True] * (len(ids) - len(prompt.input_ids))
-    return Sample(prompt.record_id, ids, mask)
-
-
-def draw_seed(base: int, record_id: int, copy: int) -> int:
-    """The seed of one response: the same record always draws the same text (retries too)."""
-    return (base * 1_000_003 + record_id * 7_919 + copy) % (2**31 - 1)
-
-
 class LocalTeacher:
     """A transformers model in this process: batches consecutive items of one kind."""
 
@@ -162,8 +122,6 @@ class LocalTeacher:
             ):
                 yield [Target(s, t)]
             return
-        from core.generation import generate_batch  # the scoring-only path never imports it
-
         prompts = [p for p in batch if isinstance(p, Prompt)]
         assert self.gen is not None
         yield from generate_batch(

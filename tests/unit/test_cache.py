@@ -146,21 +146,23 @@ def test_demo_teacher_cache_fits_160_bytes_per_position_at_k64(tmp_path):
     from app.demo_models import TEACHER_ASSET, write_demo_dataset
     from core.data import index_dataset
     from core.models import load_causal_lm, load_tokenizer
-    from core.teacher import write_shard
+    from core.teacher import LocalTeacher, write_shard
 
     records = 24
     data = write_demo_dataset(tmp_path / "d.jsonl", max_records=records)
     model, tok = load_causal_lm(str(TEACHER_ASSET)), load_tokenizer(str(TEACHER_ASSET))
     out = tmp_path / "s.h5"
-    counts, _ = write_shard(
-        model=model,
+    teacher = LocalTeacher(
+        model, tok, top_k=64, temperature=1.0, batch_size=16, max_length=256, generate=None
+    )
+    counts, _, _ = write_shard(
+        teacher=teacher,
         tok=tok,
         dataset=data,
         index=index_dataset(data).rows,
         record_ids=np.arange(records),
         out=out,
         meta=ShardMeta(0, 4096, 64, 1.0, "t", "tok", (0, records)),
-        batch_size=16,
         max_length=256,
     )
     assert counts["target_positions"] > 2000

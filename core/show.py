@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from core.job import Job
-from core.teacher import KINDS
+from core.targets import KINDS
 from errors import DistillqError
 from storage.cache import CacheReader
 
