@@ -50,9 +50,14 @@ class ExportError(DistillqError):
     """A trained model cannot be exported to the asked format (architecture, tokenizer)."""
 
 
+class TransientError(DistillqError):
+    """Another try later may succeed (a server that is down now): the task retry path applies,
+    with its back-off and attempt cap, where other DistillqErrors fail at once."""
+
+
 class EndpointError(DistillqError):
     """A teacher endpoint (vLLM, llama.cpp, an OpenAI-compatible API) refused or failed."""
 
 
-class EndpointDown(EndpointError):
+class EndpointDown(EndpointError, TransientError):
     """Every endpoint of a teacher stayed unreachable through the retry budget."""

@@ -15,7 +15,7 @@ from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 
 from core import broker, control, live, placement, registry
 from core.job import Job, load_job
-from errors import DistillqError, JobStopped
+from errors import DistillqError, JobStopped, TransientError
 from storage import records
 from storage.records import FailureRecord, OnProgress, Progress, ProgressFields
 from storage.taskkeys import TaskKey
@@ -90,8 +90,9 @@ class JobTask(Task):
     ) -> Iterator[int]:
         """Run one delivery of ``key``: parked if the job is paused (``pausable``) or cancelled;
         handed back if this node cannot load ``needs``; refused past ``max_attempts``; retried
-        with backoff on an unexpected error; failed at once on a DistillqError (bad data, full
-        disk: another try would fail the same way). Yields the attempt number."""
+        with backoff on an unexpected error or a TransientError (a teacher server that is down);
+        failed at once on any other DistillqError (bad data, full disk: another try would fail
+        the same way). Yields the attempt number."""
         s = settings_of(self.app)
         key = str(work)
         if control.state(job) == control.CANCELLED or (
@@ -112,9 +113,9 @@ class JobTask(Task):
         except JobStopped as e:  # cancelled while running: stop, record nothing as failed
             log.warning("job %s %s: %s", job.id, key, e)
             raise Ignore() from None
-        except DistillqError:
-            raise
         except Exception as e:
+            if isinstance(e, DistillqError) and not isinstance(e, TransientError):
+                raise
             if n < s.max_attempts and not isinstance(e, SoftTimeLimitExceeded):
                 log.warning("job %s %s: attempt %d failed (%s); retrying", job.id, key, n, e)
                 raise self.retry(exc=e, countdown=min(60, 2**n)) from e

@@ -263,3 +263,41 @@ def test_prompt_only_data_runs_end_to_end(
     assert np.array_equal(again[2].target_ids, first[2].target_ids)
     if where == "local":  # bit-identical; a server's float path may differ in the last bits
         assert np.array_equal(again[2].target_logprobs, first[2].target_logprobs)
+
+
+def test_a_server_that_stays_down_fails_its_shards_after_retries_and_resume_finishes(
+    server, settings, make_spec, workers
+):
+    """The pool gives up (few retries here), the task retry path tries again with back-off
+    and stops at the attempt cap; written shards stay; with the server back, resume finishes."""
+    teacher = served_teacher(server.url, retries=2, retry_budget_s=5)
+    spec = make_spec(n_records=40, shards=4, teacher=teacher)
+    workers.start("teacher", "teacher")
+    workers.start("student", "student")
+    job_id = enqueue(settings, spec)
+    job = load_job(settings.storage, job_id)
+    deadline = time.time() + 300
+    while cache.verified(job.paths.shard(0), job.paths.shard_stats(0)) is None:
+        assert time.time() < deadline, workers.log("teacher")
+        time.sleep(0.05)
+    server.kill()
+    try:
+        res = run_cli(settings, "wait", job_id, "--timeout", "300")
+        assert res.returncode != 0
+        status = run_cli(settings, "status", job_id).stdout
+        assert "FAILED teacher-" in status and "EndpointDown" in status, status
+        assert "retrying" in workers.log("teacher")  # went through the task retry path
+        assert cache.verified(job.paths.shard(0), job.paths.shard_stats(0)) is not None
+        # Every retry chain ends at the attempt cap, with a failure record each (resuming
+        # before the last of them ends would let its late failure fail the resumed job).
+        keys = [f"teacher-{i:05d}" for i in range(1, job.n_shards)] + ["teacher-eval"]
+        deadline = time.time() + 300
+        while not all(job.paths.failure(k).exists() for k in keys):
+            assert time.time() < deadline, workers.log("teacher")
+            time.sleep(0.5)
+    finally:
+        server.start()
+    res = run_cli(settings, "resume", job_id)
+    assert res.returncode == 0, res.stderr
+    res = run_cli(settings, "wait", job_id, "--timeout", "600")
+    assert res.returncode == 0, res.stderr + workers.log("teacher")
