@@ -42,14 +42,19 @@ def _ready(s: Settings) -> Settings:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from workers.devices import usable_gpus
     from workers.launch import default_queues, run_worker
     from workers.node import gpus
 
     s = settings_from(args)
-    queues = args.queues.split(",") if args.queues else default_queues(bool(gpus()))
+    usable = usable_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), len(gpus()))
+    on_gpu = bool(usable) and args.device != "cpu"
+    queues = args.queues.split(",") if args.queues else default_queues(on_gpu)
     cores = os.cpu_count() or 1
     threads = args.threads or max(1, cores // args.concurrency)
-    run_worker(s, queues, args.concurrency, threads, args.hostname, args.loglevel)
+    run_worker(
+        s, queues, args.concurrency, threads, args.hostname, args.loglevel, args.device, usable
+    )
     return 0
 
 
@@ -379,7 +384,19 @@ def parser() -> argparse.ArgumentParser:
         "node, student,teacher on a CPU node",
     )
     w.add_argument(
-        "-c", "--concurrency", type=int, default=1, help="worker processes (one per GPU)"
+        "-c",
+        "--concurrency",
+        type=int,
+        default=1,
+        help="worker processes; on a GPU node, child i gets GPU i mod (GPUs): -c 4 on 4 GPUs "
+        "is one process per GPU",
+    )
+    w.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where the worker computes: auto (a GPU where the node has one), cpu, or cuda "
+        "(refused on a node without a GPU)",
     )
     w.add_argument(
         "--threads",

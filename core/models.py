@@ -16,7 +16,14 @@ from storage.padding import Padded
 
 
 def device() -> str:
-    """``cuda`` when this process sees a GPU, else ``cpu``. Called after fork, never at import."""
+    """This process's device: what its worker assigned (``DISTILLQ_DEVICE``, see
+    ``workers/devices.py``), else ``cuda`` when it sees a GPU, else ``cpu``. Called after
+    fork, never at import."""
+    import os
+
+    chosen = os.environ.get("DISTILLQ_DEVICE")
+    if chosen in ("cpu", "cuda"):
+        return chosen
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -18,6 +18,7 @@ from celery import signals
 from core import broker
 from core.settings import Settings
 from tasks.celery_app import app, configure, settings_of
+from workers import devices
 from workers.node import Heartbeat, node_info
 from workers.reaper import Reaper
 
@@ -60,11 +61,22 @@ def run_worker(
     threads: int,
     hostname: str | None,
     loglevel: str = "INFO",
+    device: str = "auto",
+    gpus: list[str] | None = None,
 ) -> None:
-    """Run a Celery worker in this process until it is stopped (SIGTERM: warm shutdown)."""
+    """Run a Celery worker in this process until it is stopped (SIGTERM: warm shutdown).
+
+    ``device``/``gpus``: each pool child's device (``workers.devices``)."""
+    devices.check(device, gpus or [])
     broker.ping(settings.broker_url)
     configure(settings)
-    app.conf.distillq_worker = {"threads": threads, "queues": queues, "concurrency": concurrency}
+    app.conf.distillq_worker = {
+        "threads": threads,
+        "queues": queues,
+        "concurrency": concurrency,
+        "device": device,
+        "gpus": gpus or [],
+    }
     name = hostname or f"{'-'.join(queues)}@{socket.gethostname()}-{os.getpid()}"
     app.worker_main(worker_argv(queues, concurrency, name, loglevel))
 
@@ -74,10 +86,16 @@ def _child_threads(**_: Any) -> None:
     # A forked child must not share the parent's Redis sockets (the heartbeat thread uses them).
     broker.client.cache_clear()
     broker.quick_client.cache_clear()
+    # Its own device: set before torch (or anything) can initialise CUDA in this child.
+    w = app.conf.get("distillq_worker", {})
+    from billiard.process import current_process
+
+    index = int(getattr(current_process(), "index", 0) or 0)
+    os.environ.update(devices.assign(w.get("device", "auto"), w.get("gpus", []), index).env)
     # Each forked child gets its share of the cores: cores / concurrency torch threads.
     import torch  # here: the worker's main process never needs torch
 
-    threads = int(app.conf.get("distillq_worker", {}).get("threads", 0))
+    threads = int(w.get("threads", 0))
     if threads > 0:
         torch.set_num_threads(threads)
 

@@ -75,3 +75,10 @@ def test_flower_refuses_to_start_without_credentials(settings):
     env_free = Settings(broker_url=settings.broker_url, storage=settings.storage)
     res = run_cli(env_free, "flower", "--port", "1")
     one_line_error(res, "DISTILLQ_FLOWER_USER", "--no-auth")
+
+
+def test_worker_device_cuda_on_a_node_without_gpu_is_one_line(settings):
+    res = run_cli(settings, "worker", "--device", "cuda", timeout=60)
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--device cuda, but this node has no usable GPU" in lines[0]
