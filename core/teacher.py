@@ -45,14 +45,30 @@ class Teacher(Protocol):
     def run(self, items: Iterable[Item]) -> Iterator[list[Target]]: ...
 
 
+LOGITS_BUDGET_BYTES = 256 << 20
+"""Memory the teacher's [positions, V] float32 logits (and their top-k and logsumexp
+temporaries) may take at once; bigger batches go through the head in chunks of positions."""
+
+
+def chunk_positions(vocab: int, budget: int = LOGITS_BUDGET_BYTES) -> int:
+    """Positions per LM-head chunk: ~3 float32 copies of a [chunk, V] row live at once."""
+    return max(1, budget // (vocab * 4 * 3))
+
+
 @torch.no_grad()
 def score_batch(
-    model: Any, samples: list[Sample], top_k: int, temperature: float
+    model: Any,
+    samples: list[Sample],
+    top_k: int,
+    temperature: float,
+    budget: int = LOGITS_BUDGET_BYTES,
 ) -> list[SparseTargets]:
     """One padded forward over ``samples``; the teacher's top-k at each sample's target positions.
 
     Log-probs are normalised over the full vocabulary at τ before the top-k is taken, so the
     stored values are true probabilities and 1 − Σ is the tail mass the student loss needs.
+    The LM head, top-k and logsumexp run over chunks of positions sized from V and ``budget``:
+    memory O(chunk × V), whatever the batch, with the same output as one pass.
     """
     dev = next(model.parameters()).device
     ids, mask, rows, cols, _ = on_device(padded(samples), dev)
@@ -60,19 +76,25 @@ def score_batch(
     hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
     head = model.get_output_embeddings()
     positions = [s.target_positions() for s in samples]
-    # One LM-head matmul over the target positions of the whole batch: the [L, V] logits of
-    # prompt tokens are never materialised. The top-k is taken on raw logits and normalised
-    # with a logsumexp, so no [P, V] log-softmax tensor is written either.
-    logits = head(hidden[rows, cols]).float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    # Sorted descending: the cache's delta coding of log-probs compresses best that way. (An
-    # unsorted top-k plus a sort of the k winners measured no cheaper on CPU at V = 4,096.)
-    top = torch.topk(logits, k=top_k, dim=-1)
-    logprobs = (
-        (top.values - torch.logsumexp(logits, dim=-1, keepdim=True)).to(torch.float16).cpu().numpy()
-    )
-    ids_np = top.indices.cpu().numpy()
+    # The LM head only at the target positions of the batch: the [L, V] logits of prompt
+    # tokens are never materialised. The top-k is taken on raw logits and normalised with a
+    # logsumexp, so no [P, V] log-softmax tensor is written either.
+    at = hidden[rows, cols]
+    step = chunk_positions(head.weight.shape[0], budget)
+    top_ids = [torch.zeros((0, top_k), dtype=torch.long, device=dev)]
+    top_lps = [torch.zeros((0, top_k), device=dev)]
+    for a in range(0, len(at), step):
+        logits = head(at[a : a + step]).float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        # Sorted descending: the cache's delta coding of log-probs compresses best that way.
+        # (An unsorted top-k plus a sort of the k winners measured no cheaper on CPU.)
+        top = torch.topk(logits, k=top_k, dim=-1)
+        top_lps.append(top.values - torch.logsumexp(logits, dim=-1, keepdim=True))
+        top_ids.append(top.indices)
+        del logits
+    logprobs = torch.cat(top_lps).to(torch.float16).cpu().numpy()
+    ids_np = torch.cat(top_ids).cpu().numpy()
     out: list[SparseTargets] = []
     start = 0
     for p in positions:
