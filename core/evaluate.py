@@ -13,7 +13,7 @@ from core import student
 from core.data import Sample, TokenizeStats, padded, read_records, tokenize_record
 from core.job import Job
 from core.models import on_device
-from core.spec import StudentSpec
+from core.spec import LossSpec, StudentSpec
 from storage.cache import CacheReader
 from storage.records import EvalResult, Generation
 
@@ -86,10 +86,11 @@ def eval_loss(model: Any, samples: list[Sample], batch_size: int = 8) -> EvalRes
     model.eval()
     dev = next(model.parameters()).device
     total, count = 0.0, 0
+    ce_only = LossSpec(alpha=1.0, temperature=1.0)
     for i in range(0, len(samples), batch_size):
         ids, mask, rows, cols, labels = on_device(padded(samples[i : i + batch_size]), dev)
-        logits = student.target_logits(model, ids, mask, rows, cols).float()
-        total += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+        mean, _ = student.position_loss(model, ids, mask, rows, cols, labels, None, None, ce_only)
+        total += float(mean) * len(labels)
         count += len(labels)
     model.train(was_training)
     return EvalResult(loss=total / max(count, 1), tokens=count, samples=len(samples))

@@ -123,10 +123,36 @@ def kd_loss(
     Returns:
         (loss, parts) with parts = {"ce": ..., "kd": ...} as floats for logging.
     """
+    loss, ce, d = kd_terms(
+        student_logits,
+        labels,
+        target_ids,
+        teacher_logprobs,
+        alpha=alpha,
+        temperature=temperature,
+        kind=kind,
+        beta=beta,
+    )
+    return loss, {"ce": ce.item(), "kd": d.item()}
+
+
+def kd_terms(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    target_ids: torch.Tensor | None,
+    teacher_logprobs: torch.Tensor | None,
+    *,
+    alpha: float,
+    temperature: float,
+    kind: str = "forward_kl",
+    beta: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`kd_loss` as tensors (loss, CE, KD; KD is NaN for CE only), for callers that sum
+    the loss over chunks of positions."""
     z = student_logits.float()
     if alpha >= 1.0 or target_ids is None or teacher_logprobs is None:
         ce = F.cross_entropy(z, labels)
-        return ce, {"ce": ce.item(), "kd": float("nan")}
+        return ce, ce.detach(), torch.full_like(ce, float("nan"))
     log_z1 = torch.logsumexp(z, dim=-1, keepdim=True)  # [P, 1]
     ce = (log_z1.squeeze(-1) - z.gather(-1, labels[:, None]).squeeze(-1)).mean()
     # At τ = 1 the CE's log-normaliser is the KD's too: one pass over the vocabulary.
@@ -134,4 +160,4 @@ def kd_loss(
     t, s = bucket_logprobs(z, target_ids, teacher_logprobs, temperature, log_z)
     d = divergence(kind, t, s, beta).mean()
     loss = alpha * ce + (1 - alpha) * temperature**2 * d
-    return loss, {"ce": ce.item(), "kd": d.item()}
+    return loss, ce.detach(), d.detach()

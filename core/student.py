@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core import faults, peft_methods
+from core import faults, head_loss, peft_methods
 from core.job import Job
 from core.losses import kd_loss
 from core.models import device, load_causal_lm, on_device
@@ -83,6 +83,28 @@ def target_logits(
     # advanced indexing is an accumulating index_put into a [B, L, V] zero tensor, which on
     # CPU made the backward pass the largest part of a student step.
     return logits.reshape(b * length, -1).index_select(0, rows * length + cols)
+
+
+def position_loss(
+    model: Any,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    labels: torch.Tensor,
+    target_ids: torch.Tensor | None,
+    target_logprobs: torch.Tensor | None,
+    loss: LossSpec,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The track's loss at the target positions of a padded batch: the head and the loss in
+    chunks of positions (``core/head_loss.py``) wherever the model allows it."""
+    assert loss.temperature is not None
+    options = dict(alpha=loss.alpha, temperature=loss.temperature, kind=loss.kind, beta=loss.beta)
+    if head_loss.chunkable(model):
+        hidden, head = head_loss.target_hidden(model, ids, mask, rows, cols)
+        return head_loss.chunked_loss(hidden, head, labels, target_ids, target_logprobs, **options)  # type: ignore[arg-type]
+    logits = target_logits(model, ids, mask, rows, cols)
+    return kd_loss(logits, labels, target_ids, target_logprobs, **options)  # type: ignore[arg-type]
 
 
 def replica_samples(n: int, replicas: int, r: int) -> range:
@@ -151,16 +173,16 @@ def train_step(
     assert loss.temperature is not None
     dev = device()
     ids, mask, rows, cols, labels = on_device(batch.padded, dev)
-    logits = target_logits(t.model, ids, mask, rows, cols)
-    value, parts = kd_loss(
-        logits,
+    value, parts = position_loss(
+        t.model,
+        ids,
+        mask,
+        rows,
+        cols,
         labels,
         _to(batch.target_ids, dev),
         _to(batch.target_logprobs, dev),
-        alpha=loss.alpha,
-        temperature=loss.temperature,
-        kind=loss.kind,
-        beta=loss.beta,
+        loss,
     )
     value.backward()
     torch.nn.utils.clip_grad_norm_(t.params.values(), 1.0)
