@@ -140,6 +140,33 @@ def _served_section(v: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _vocab_section(v: dict[str, Any] | None) -> list[str]:
+    if not v:
+        return []
+    rows = []
+    for role, what in (("teacher", "teacher scoring"), ("student", "student step (LoRA)")):
+        x = v[role]
+        rows.append(
+            f"| {what} | {x['one_pass']['model_mb']} | {x['one_pass']['peak_mb']} | "
+            f"{x['chunked']['peak_mb']} | **{x['peak_ratio']}** | {x['one_pass']['tokens_per_s']} | "
+            f"{x['chunked']['tokens_per_s']} | **{x['speed_ratio']}** |"
+        )
+    return [
+        f"## Memory at a real vocabulary (V = {v['vocab']:,})",
+        "",
+        f"`python -m bench.run --only vocab_memory`: Qwen2-shaped random models with Qwen2.5's "
+        f"tied head, batch {v['batch']} × {v['length']} tokens, k = {v['k']}, two threads, each "
+        "path in a fresh process. One pass: logits of every position ([B, L, V], and the target "
+        "positions' [P, V] with their gradient). Chunked: the head and the loss over chunks of "
+        "positions sized from V and a 256 MB budget (`core/head_loss.py`, `core/teacher.py`).",
+        "",
+        "| work | model built, MB | one pass: peak MB | chunked: peak MB | peak ratio | one pass tok/s | chunked tok/s | speed ratio |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def write_markdown(r: dict[str, Any], path: Path, command: str) -> None:
     e, o, s, c = r["efficiency"], r["overlap"], r["scaling"], r["cache_size"]
     lines = [
@@ -215,6 +242,7 @@ def write_markdown(r: dict[str, Any], path: Path, command: str) -> None:
         "many-core and GPU figures are not measured.",
         "",
         *_served_section(r.get("served")),
+        *_vocab_section(r.get("vocab_memory")),
         *_notes(path.parent / "NOTES.md"),
         "",
     ]

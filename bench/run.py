@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from bench import cache_size, efficiency, memory, online, pipeline, served
+from bench import cache_size, efficiency, memory, online, pipeline, served, vocab_memory
 from bench.cluster import cluster
 from bench.report import write_markdown, write_plot
 
@@ -26,7 +26,10 @@ from bench.report import write_markdown, write_plot
 def run_only(out: Path, name: str) -> dict[str, Any]:
     """Re-measure one section into the committed RESULTS.json (the rest kept as measured)."""
     results = json.loads((out / "RESULTS.json").read_text())
-    steps = {"served": lambda root: served.measure(root)}
+    steps = {
+        "served": lambda root: served.measure(root),
+        "vocab_memory": lambda root: vocab_memory.measure(),
+    }
     if name not in steps:
         raise SystemExit(f"--only {name}: choose one of {', '.join(steps)}")
     with tempfile.TemporaryDirectory(prefix="distillq-bench-") as tmp:
@@ -74,6 +77,7 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
         step("topk_quality", lambda: online.topk_quality(root, n(320)))
         step("memory", lambda: memory.measure(root, n(100)))
         step("served", lambda: served.measure(root))
+        step("vocab_memory", vocab_memory.measure)
         results["seconds"] = round(time.time() - t0)
     out.mkdir(parents=True, exist_ok=True)
     (out / "RESULTS.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -97,7 +101,9 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.run")
     p.add_argument("--out", type=Path, default=Path(__file__).parent)
     p.add_argument("--quick", action="store_true", help="half-size inputs (a smoke run)")
-    p.add_argument("--only", help="re-measure one section (served) into the existing results")
+    p.add_argument(
+        "--only", help="re-measure one section (served, vocab_memory) into the existing results"
+    )
     args = p.parse_args()
     if args.only:
         run_only(args.out, args.only)
