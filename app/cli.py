@@ -265,6 +265,23 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init_student(args: argparse.Namespace) -> int:
+    from core.init_student import init_student
+    from core.spec import local_model
+
+    teacher = local_model(args.teacher, Path.cwd(), "teacher model")
+    out, shape = init_student(
+        teacher, Path(args.out), args.layers, args.hidden, args.from_teacher_layers
+    )
+    how = "initialised from the teacher's layers" if args.from_teacher_layers else "random init"
+    print(
+        f"student: {shape.layers} layers, hidden {shape.hidden}, {shape.heads} heads "
+        f"({shape.kv_heads} key/value), MLP {shape.intermediate}, {how}, the teacher's tokenizer"
+    )
+    print(out)
+    return 0
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     from core.job import list_jobs
 
@@ -445,6 +462,23 @@ def parser() -> argparse.ArgumentParser:
         ("cancel", cmd_cancel, "stop the job: running tasks stop at their next batch"),
     ]:
         job_arg(add(name, fn, help))
+    ini = add(
+        "init-student",
+        cmd_init_student,
+        "write a smaller student of the teacher's architecture, with its tokenizer",
+    )
+    ini.add_argument("teacher", help="the teacher's model directory")
+    ini.add_argument("--out", required=True, help="a new directory for the student")
+    ini.add_argument("--layers", type=int, help="student depth (default: half the teacher's)")
+    ini.add_argument(
+        "--hidden", type=int, help="student width, a multiple of the head size (default: same)"
+    )
+    ini.add_argument(
+        "--from-teacher-layers",
+        action="store_true",
+        help="start from every other teacher layer (evenly spread), embeddings and head copied "
+        "(cut to the width)",
+    )
     sh = add(
         "show",
         cmd_show,

@@ -329,7 +329,7 @@ def load_spec(path: Path, overrides: list[str] | None = None) -> JobSpec:
     return spec_from_dict(resolve_paths(raw, path.parent.resolve()))
 
 
-def _local_model(ref: str, base: Path, what: str) -> str:
+def local_model(ref: str, base: Path, what: str) -> str:
     """A model reference resolved against the spec's directory: the absolute path where the
     directory exists there, else the hub id as written when it is in the local Hugging Face
     cache. ``org/name`` reads both ways: the directory wins. Raises ModelError naming the
@@ -364,13 +364,13 @@ def resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         if isinstance(t.get("tokenizer"), str):
             out["teacher"] = {
                 **t,
-                "tokenizer": _local_model(t["tokenizer"], base, "teacher tokenizer"),
+                "tokenizer": local_model(t["tokenizer"], base, "teacher tokenizer"),
             }
     elif isinstance(t, dict) and isinstance(t.get("model"), str):
-        out["teacher"] = {**t, "model": _local_model(t["model"], base, "teacher model")}
+        out["teacher"] = {**t, "model": local_model(t["model"], base, "teacher model")}
     if isinstance(out.get("students"), list):
         out["students"] = [
-            {**s, "model": _local_model(s["model"], base, f"student {s.get('name')!r} model")}
+            {**s, "model": local_model(s["model"], base, f"student {s.get('name')!r} model")}
             if isinstance(s, dict) and isinstance(s.get("model"), str)
             else s
             for s in out["students"]

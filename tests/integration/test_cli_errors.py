@@ -82,3 +82,26 @@ def test_worker_device_cuda_on_a_node_without_gpu_is_one_line(settings):
     assert res.returncode != 0
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "--device cuda, but this node has no usable GPU" in lines[0]
+
+
+def test_init_student_writes_a_student_a_job_accepts(settings, tmp_path):
+    from app.demo_models import TEACHER_ASSET
+
+    out = tmp_path / "student"
+    res = run_cli(
+        settings,
+        "init-student",
+        str(TEACHER_ASSET),
+        "--out",
+        str(out),
+        "--layers",
+        "2",
+        "--from-teacher-layers",
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "2 layers" in res.stdout and res.stdout.strip().splitlines()[-1] == str(out)
+    assert (out / "config.json").exists() and (out / "tokenizer.json").exists()
+    res = run_cli(settings, "init-student", str(tmp_path / "nope"), "--out", str(tmp_path / "x"))
+    assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1
+    assert "does not exist" in res.stderr
