@@ -167,6 +167,27 @@ def _vocab_section(v: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _init_section(v: dict[str, Any] | None) -> list[str]:
+    if not v:
+        return []
+    a = v["arms"]
+    return [
+        "## A student from the teacher's layers vs a random one",
+        "",
+        f"`python -m bench.run --only init_student`: `distillq init-student` on the demo teacher "
+        f"({v['shape']}, half its depth), then {v['steps']} steps of plain CE at batch {v['batch']} "
+        f"on the same demo batches for both; held-out CE (teacher: {v['teacher_heldout']}).",
+        "",
+        "| student | held-out before | held-out after |",
+        "|---|---|---|",
+        *[
+            f"| {arm.replace('_', ' ')} | {x['heldout_before']} | **{x['heldout_after']}** |"
+            for arm, x in a.items()
+        ],
+        "",
+    ]
+
+
 def write_markdown(r: dict[str, Any], path: Path, command: str) -> None:
     e, o, s, c = r["efficiency"], r["overlap"], r["scaling"], r["cache_size"]
     lines = [
@@ -243,6 +264,7 @@ def write_markdown(r: dict[str, Any], path: Path, command: str) -> None:
         "",
         *_served_section(r.get("served")),
         *_vocab_section(r.get("vocab_memory")),
+        *_init_section(r.get("init_student")),
         *_notes(path.parent / "NOTES.md"),
         "",
     ]

@@ -18,7 +18,16 @@ from typing import Any
 
 import torch
 
-from bench import cache_size, efficiency, memory, online, pipeline, served, vocab_memory
+from bench import (
+    cache_size,
+    efficiency,
+    init_student,
+    memory,
+    online,
+    pipeline,
+    served,
+    vocab_memory,
+)
 from bench.cluster import cluster
 from bench.report import write_markdown, write_plot
 
@@ -29,6 +38,7 @@ def run_only(out: Path, name: str) -> dict[str, Any]:
     steps = {
         "served": lambda root: served.measure(root),
         "vocab_memory": lambda root: vocab_memory.measure(),
+        "init_student": lambda root: init_student.measure(root),
     }
     if name not in steps:
         raise SystemExit(f"--only {name}: choose one of {', '.join(steps)}")
@@ -78,6 +88,7 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
         step("memory", lambda: memory.measure(root, n(100)))
         step("served", lambda: served.measure(root))
         step("vocab_memory", vocab_memory.measure)
+        step("init_student", lambda: init_student.measure(root))
         results["seconds"] = round(time.time() - t0)
     out.mkdir(parents=True, exist_ok=True)
     (out / "RESULTS.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -102,7 +113,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path(__file__).parent)
     p.add_argument("--quick", action="store_true", help="half-size inputs (a smoke run)")
     p.add_argument(
-        "--only", help="re-measure one section (served, vocab_memory) into the existing results"
+        "--only",
+        help="re-measure one section (served, vocab_memory, init_student) into the existing results",
     )
     args = p.parse_args()
     if args.only:
