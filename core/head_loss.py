@@ -25,12 +25,14 @@ from torch.utils.checkpoint import checkpoint
 from core.losses import kd_terms
 
 LOGITS_BUDGET_BYTES = 256 << 20
-"""Memory a chunk's logits may take: float32 logits, their gradient and the loss's [C, V]
-temporaries, about 4 copies."""
+"""Memory one chunk of [positions, V] float32 logits and their temporaries may take, for the
+student's loss here and the teacher's top-k (``core/teacher.py``)."""
 
 
-def chunk_rows(vocab: int, budget: int = LOGITS_BUDGET_BYTES) -> int:
-    return max(1, budget // (vocab * 4 * 4))
+def chunk_rows(vocab: int, budget: int = LOGITS_BUDGET_BYTES, copies: int = 4) -> int:
+    """Positions per chunk when ``copies`` float32 [chunk, V] tensors live at once (the
+    student's: logits, their gradient and the loss's temporaries)."""
+    return max(1, budget // (vocab * 4 * copies))
 
 
 def _base(model: Any) -> Any:

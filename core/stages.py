@@ -11,15 +11,19 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from core import evaluate, faults, report, served, student
+from core.data import TokenizeStats
 from core.export import Outputs, export_gguf_outputs, export_track, without_gguf
 from core.gguf import Quant
 from core.job import Job
 from core.models import load_causal_lm, load_tokenizer
 from core.served import EndpointTeacher
-from core.teacher import LocalTeacher, Teacher, write_shard
+from core.teacher import LocalTeacher, Teacher, TeacherStats, write_shard
 from errors import DistillqError
 from storage import cache, checkpoints, records
 from storage.atomic import clear_stale
@@ -90,7 +94,6 @@ def teacher_shard(
             "job %s shard %d: removed a partial file left by a killed writer", job.id, shard
         )
     t = job.spec.teacher
-    fp = job.info.fingerprints
     ids = job.split.shard_ids(shard)
     started = time.time()
     last_error = ""
@@ -120,28 +123,7 @@ def teacher_shard(
 
     with contextlib.ExitStack() as stack:
         teacher, tok = _make_teacher(job, stack, on_error, lambda: progress(*counts_now))
-        meta = cache.ShardMeta(
-            shard=shard,
-            vocab_size=fp.vocab_size or len(tok),
-            top_k=t.top_k if t else 0,
-            temperature=t.temperature if t else 1.0,
-            teacher_fingerprint=fp.teacher,
-            tokenizer_fingerprint=fp.tokenizer,
-            record_range=(int(ids[0]), int(ids[-1]) + 1),
-            source=teacher.source if teacher else "none",
-        )
-        counts, tstats, made = write_shard(
-            teacher=teacher,
-            tok=tok,
-            dataset=job.paths.dataset,
-            index=job.index,
-            record_ids=ids,
-            out=out,
-            meta=meta,
-            max_length=job.spec.sample_max_length,
-            generating=bool(t and t.generate),
-            on_progress=progress,
-        )
+        meta, (counts, tstats, made) = _write_cache(job, teacher, tok, ids, out, shard, progress)
         http = teacher.http.stats if isinstance(teacher, EndpointTeacher) else None
     seconds = time.time() - started
     record = cache.write_stats(
@@ -239,59 +221,70 @@ def teacher_eval(job: Job) -> EvalResult:
         return done
     t = job.spec.teacher
     assert t is not None
-    if t.is_endpoint or t.generate is not None:
-        _write_eval_cache(job)
-    if t.is_endpoint:
-        result = evaluate.cached_teacher_loss(job.paths.teacher_eval_cache)
-        with contextlib.ExitStack() as stack:
-            teacher, tok = _make_teacher(job, stack)
-            assert isinstance(teacher, EndpointTeacher)
-            samples = evaluate.eval_samples(job, tok)
-            gens = teacher.continuations(evaluate.prompts(samples), evaluate.NEW_TOKENS)
-            result = dataclasses.replace(result, generations=gens)
-    else:
+    if not (t.is_endpoint or t.generate is not None):
         model, tok = _teacher(t.model)
         samples = evaluate.eval_samples(job, tok)
         result = dataclasses.replace(
             evaluate.eval_loss(model, samples), generations=evaluate.generate(model, tok, samples)
         )
+        records.write(job.paths.teacher_eval, result)
+        return result
+    out, ids = job.paths.teacher_eval_cache, job.split.eval_ids()
+    with contextlib.ExitStack() as stack:
+        teacher, tok = _make_teacher(job, stack)  # one teacher for the slice and the report
+        assert teacher is not None
+        if not out.exists() and len(ids):
+            _write_cache(job, teacher, tok, ids, out, -1)
+        samples = evaluate.eval_samples(job, tok)
+        if isinstance(teacher, EndpointTeacher):
+            result = (
+                evaluate.cached_teacher_loss(out) if out.exists() else EvalResult(float("nan"), 0)
+            )
+            gens = teacher.continuations(evaluate.prompts(samples), evaluate.NEW_TOKENS)
+        else:
+            assert isinstance(teacher, LocalTeacher)
+            result = evaluate.eval_loss(teacher.model, samples)
+            gens = evaluate.generate(teacher.model, tok, samples)
+    result = dataclasses.replace(result, generations=gens)
     records.write(job.paths.teacher_eval, result)
     return result
 
 
-def _write_eval_cache(job: Job) -> None:
-    out = job.paths.teacher_eval_cache
-    if out.exists():
-        return
-    t = job.spec.teacher
-    assert t is not None
-    ids = job.split.eval_ids()
-    if len(ids) == 0:
-        return
-    fp = job.info.fingerprints
-    with contextlib.ExitStack() as stack:
-        teacher, tok = _make_teacher(job, stack)
-        meta = cache.ShardMeta(
-            shard=-1,
-            vocab_size=fp.vocab_size or len(tok),
-            top_k=t.top_k,
-            temperature=t.temperature,
-            teacher_fingerprint=fp.teacher,
-            tokenizer_fingerprint=fp.tokenizer,
-            record_range=(int(ids[0]), int(ids[-1]) + 1),
-            source=teacher.source if teacher else "none",
-        )
-        write_shard(
-            teacher=teacher,
-            tok=tok,
-            dataset=job.paths.dataset,
-            index=job.index,
-            record_ids=ids,
-            out=out,
-            meta=meta,
-            max_length=job.spec.sample_max_length,
-            generating=t.generate is not None,
-        )
+def _write_cache(
+    job: Job,
+    teacher: Teacher | None,
+    tok: Any,
+    ids: np.ndarray,
+    out: Path,
+    shard: int,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[cache.ShardMeta, tuple[dict[str, int], TokenizeStats, TeacherStats]]:
+    """Records ``ids`` of the dataset, through ``teacher``, into the cache file ``out``
+    (a shard, or the held-out slice as shard -1)."""
+    t, fp = job.spec.teacher, job.info.fingerprints
+    meta = cache.ShardMeta(
+        shard=shard,
+        vocab_size=fp.vocab_size or len(tok),
+        top_k=t.top_k if t else 0,
+        temperature=t.temperature if t else 1.0,
+        teacher_fingerprint=fp.teacher,
+        tokenizer_fingerprint=fp.tokenizer,
+        record_range=(int(ids[0]), int(ids[-1]) + 1),
+        source=teacher.source if teacher else "none",
+    )
+    made = write_shard(
+        teacher=teacher,
+        tok=tok,
+        dataset=job.paths.dataset,
+        index=job.index,
+        record_ids=ids,
+        out=out,
+        meta=meta,
+        max_length=job.spec.sample_max_length,
+        generating=bool(t and t.generate),
+        on_progress=on_progress,
+    )
+    return meta, made
 
 
 def finalize(job: Job) -> Report:

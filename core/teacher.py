@@ -27,6 +27,7 @@ from core.data import (
     tokenize_record,
 )
 from core.generation import generate_batch
+from core.head_loss import LOGITS_BUDGET_BYTES, chunk_rows
 from core.models import on_device
 from core.spec import GenerateSpec
 from core.targets import KINDS, SparseTargets, Target
@@ -45,14 +46,10 @@ class Teacher(Protocol):
     def run(self, items: Iterable[Item]) -> Iterator[list[Target]]: ...
 
 
-LOGITS_BUDGET_BYTES = 256 << 20
-"""Memory the teacher's [positions, V] float32 logits (and their top-k and logsumexp
-temporaries) may take at once; bigger batches go through the head in chunks of positions."""
-
-
 def chunk_positions(vocab: int, budget: int = LOGITS_BUDGET_BYTES) -> int:
-    """Positions per LM-head chunk: ~3 float32 copies of a [chunk, V] row live at once."""
-    return max(1, budget // (vocab * 4 * 3))
+    """Positions per teacher head chunk: ~3 float32 [chunk, V] copies live at once (the
+    logits, top-k and logsumexp temporaries; the student's loss needs 4)."""
+    return chunk_rows(vocab, budget, copies=3)
 
 
 @torch.no_grad()

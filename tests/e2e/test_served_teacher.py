@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,12 +17,11 @@ import yaml
 
 from core import stages
 from core.dialects import TokenTable
-from core.job import create_job, load_job
+from core.job import load_job
 from core.models import load_tokenizer
-from core.spec import load_spec
 from storage import cache
 from storage.cache import CacheReader
-from tests.conftest import run_cli, write_jsonl
+from tests.conftest import job_with_cache, run_cli, write_jsonl
 from tests.e2e.test_pipeline import enqueue
 from tests.llama_server import SERVED_NAME, FaultProxy, LlamaServer, serve_gguf
 
@@ -69,24 +69,31 @@ def spec_dict(tiny_models, teacher: dict, shards: int = 1, eval_fraction: float 
     }  # fmt: skip
 
 
-def build(root: Path, records: list[dict], spec: dict):
-    root.mkdir(parents=True, exist_ok=True)
-    spec = {**spec, "dataset": str(write_jsonl(root / "d.jsonl", records))}
-    (root / "job.yaml").write_text(yaml.safe_dump(spec))
-    job = create_job(root / "storage", load_spec(root / "job.yaml"))
-    for shard in range(job.n_shards):
-        stages.teacher_shard(job, shard)
-    return job
+def start_and_await_first_shard(settings, workers, spec: Path) -> tuple[str, Any]:
+    """Teacher and student workers, the job enqueued; returns once shard 0 is written."""
+    workers.start("teacher", "teacher")
+    workers.start("student", "student")
+    job_id = enqueue(settings, spec)
+    job = load_job(settings.storage, job_id)
+    deadline = time.time() + 300
+    while cache.verified(job.paths.shard(0), job.paths.shard_stats(0)) is None:
+        assert time.time() < deadline, workers.log("teacher")
+        time.sleep(0.05)
+    return job_id, job
 
 
 def test_served_cache_agrees_with_the_local_teacher(server, tiny_models, text_records, tmp_path):
     records = text_records[:12]
-    local = build(
+    (tmp_path / "local").mkdir()
+    (tmp_path / "served").mkdir()
+    local = job_with_cache(
         tmp_path / "local",
         records,
         spec_dict(tiny_models, {"model": tiny_models["teacher"], "top_k": 16, "max_length": 96}),
     )
-    served = build(tmp_path / "served", records, spec_dict(tiny_models, served_teacher(server.url)))
+    served = job_with_cache(
+        tmp_path / "served", records, spec_dict(tiny_models, served_teacher(server.url))
+    )
     assert served.info.teacher_dialect == "llama_cpp"  # auto, from the server's /models
     assert KEY not in served.paths.spec.read_text()
     stats = cache.read_stats(served.paths.shard_stats(0))
@@ -165,16 +172,8 @@ def test_a_served_job_rides_out_429s_stalls_and_a_server_restart(
     with FaultProxy(server.url, fail_every=4, stall_every=9, stall_s=2.5) as proxy:
         teacher = served_teacher(proxy.url, timeout_s=1.0, retries=40, retry_budget_s=120)
         spec = make_spec(n_records=48, shards=3, teacher=teacher)
-        workers.start("teacher", "teacher")
-        workers.start("student", "student")
-        job_id = enqueue(settings, spec)
-        job = load_job(settings.storage, job_id)
-        # Kill the server once the first shard is written, while the others are in flight.
-        deadline = time.time() + 300
-        while cache.verified(job.paths.shard(0), job.paths.shard_stats(0)) is None:
-            assert time.time() < deadline, workers.log("teacher")
-            time.sleep(0.1)
-        server.kill()
+        job_id, job = start_and_await_first_shard(settings, workers, spec)
+        server.kill()  # while the other shards are in flight
         seen_error = ""
         down_until = time.time() + 4
         while time.time() < down_until:
@@ -272,14 +271,7 @@ def test_a_server_that_stays_down_fails_its_shards_after_retries_and_resume_fini
     and stops at the attempt cap; written shards stay; with the server back, resume finishes."""
     teacher = served_teacher(server.url, retries=2, retry_budget_s=5)
     spec = make_spec(n_records=40, shards=4, teacher=teacher)
-    workers.start("teacher", "teacher")
-    workers.start("student", "student")
-    job_id = enqueue(settings, spec)
-    job = load_job(settings.storage, job_id)
-    deadline = time.time() + 300
-    while cache.verified(job.paths.shard(0), job.paths.shard_stats(0)) is None:
-        assert time.time() < deadline, workers.log("teacher")
-        time.sleep(0.05)
+    job_id, job = start_and_await_first_shard(settings, workers, spec)
     server.kill()
     try:
         res = run_cli(settings, "wait", job_id, "--timeout", "300")
