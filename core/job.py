@@ -116,7 +116,7 @@ def _check_models(spec: JobSpec, peft_memo: Path) -> tuple[Fingerprints, Any, li
             )
         teacher_fp, vocab_size = model_fingerprint(spec.teacher.model), vocab
     for s in spec.students:
-        if (digest := peft_methods.check(s.peft, peft_memo)) is not None:
+        if (digest := peft_methods.check(s.peft, peft_memo, s.model)) is not None:
             checked.append(digest)
         tok = load_tokenizer(s.model, f"student {s.name!r} model", light=True)
         fp = tokenizer_fingerprint(tok)
@@ -202,7 +202,7 @@ def _total_steps(spec: JobSpec, split: Split) -> dict[str, int]:
         steps = 0
         for a, b in split.shards:
             per_replica = math.ceil((b - a) / s.replicas)
-            steps += math.ceil(per_replica / s.batch_size) * s.epochs
+            steps += math.ceil(math.ceil(per_replica / s.batch_size) / s.grad_accum) * s.epochs
         out[s.name] = steps
     return out
 

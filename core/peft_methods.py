@@ -97,22 +97,60 @@ def make_config(options: dict[str, Any]) -> Any:
         raise SpecError(f"peft {ptype} options are invalid: {e}") from None
 
 
-def check(options: dict[str, Any], memo: Path | None = None) -> str | None:
-    """Raise SpecError unless ``options`` make a valid peft config (by building it).
+def check(
+    options: dict[str, Any], memo: Path | None = None, model: str | None = None
+) -> str | None:
+    """Raise SpecError unless ``options`` make a valid peft config (by building it) that
+    applies to ``model``'s architecture (by attaching it to the model built on the meta
+    device: no weights are read, no memory is taken).
 
-    ``memo``: a JSON file of option sets already built without error under this peft
-    version. Importing peft costs seconds; an `enqueue` that repeats a checked set skips it.
-    Returns the set's digest when it was newly checked, for ``remember`` once the job exists
-    (a refused enqueue leaves storage as it was).
+    ``memo``: a JSON file of option sets already checked under this peft version (and this
+    model config). Importing peft costs seconds; an `enqueue` that repeats a checked set skips
+    it. Returns the set's digest when it was newly checked, for ``remember`` once the job
+    exists (a refused enqueue leaves storage as it was).
     """
+    arch = _config_text(model) if model else ""
     key = json.dumps(
-        {"peft": _installed("peft"), "options": options, "defaults": DEFAULTS}, sort_keys=True
+        {"peft": _installed("peft"), "options": options, "defaults": DEFAULTS, "arch": arch},
+        sort_keys=True,
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     if digest in _known(memo):
         return None
-    make_config(options)
+    config = make_config(options)
+    if config is not None and model:
+        _applies(config, options, model)
     return digest
+
+
+def _config_text(model: str) -> str:
+    path = Path(model) / "config.json"
+    try:
+        return path.read_text()
+    except OSError:
+        return model  # a hub id: its config is found when the model loads
+
+
+def _applies(config: Any, options: dict[str, Any], model: str) -> None:
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        model_config = AutoConfig.from_pretrained(model)
+    except (OSError, ValueError):
+        return  # loading the model names this problem itself, with its own fix
+    with torch.device("meta"):
+        base = AutoModelForCausalLM.from_config(model_config)
+    try:
+        get_peft_model(base, config)
+    except (ValueError, TypeError, KeyError, AttributeError, NotImplementedError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SpecError(
+            f"peft {options['method']} cannot be applied to {model} "
+            f"({model_config.model_type}): {reason}; choose lora, ia3, prefix, prompt or full, "
+            "or set its target_modules"
+        ) from None
 
 
 def remember(memo: Path, digests: list[str]) -> None:

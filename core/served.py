@@ -24,6 +24,7 @@ from core.spec import TeacherSpec
 from core.targets import SparseTargets, Target, draw_seed, generated_sample
 from core.teacher import Item
 from errors import EndpointError, SpecError
+from storage.padding import PaddingCount
 from storage.records import Generation
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,10 @@ class EndpointTeacher:
         self.max_length = max_length
         self.source = f"endpoint {dialect} {','.join(spec.endpoint)}"
 
-    def run(self, items: Iterable[Item]) -> Iterator[list[Target]]:
+    def run(
+        self, items: Iterable[Item], padding: PaddingCount | None = None
+    ) -> Iterator[list[Target]]:
+        # One request per sample: nothing is padded, so ``padding`` stays untouched.
         return self.http.map_ordered(self._one, items, self.on_wait)
 
     def _one(self, item: Item) -> list[Target]:

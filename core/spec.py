@@ -36,6 +36,7 @@ Mode = Literal["teacher_student", "data_parallel", "hybrid"]
 LossKind = Literal["forward_kl", "reverse_kl", "jsd"]
 Overlong = Literal["truncate", "refuse"]
 Dialect = Literal["auto", "vllm", "llama_cpp", "openai", "text"]
+StudentDtype = Literal["float32", "bfloat16"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,8 @@ class TeacherSpec:
     tokenizer: str | None = None
     """Local tokenizer of an endpoint teacher (default: the first student's model)."""
     generate: GenerateSpec | None = None
+    group_by_length: bool = True
+    """Score samples in batches of similar length (less padding); the cache keeps record order."""
 
     @property
     def is_endpoint(self) -> bool:
@@ -175,6 +178,19 @@ class StudentSpec:
     replica redoes at most this much when it is delivered again."""
     checkpoint_every_steps: int = 0
     """Optimizer steps between in-round checkpoints instead of seconds (0: use seconds)."""
+    grad_accum: int = 1
+    """Micro-batches of ``batch_size`` per optimizer step: the step sees
+    ``grad_accum × batch_size`` samples, weighted by target positions as one batch would be."""
+    gradient_checkpointing: bool = False
+    """Recompute the model body's activations in the backward: less memory, ~30% more time."""
+    dtype: StudentDtype = "float32"
+    """Compute dtype of the forward and backward: float32, or bfloat16 under autocast (the
+    weights and optimizer stay float32; where the device has no bfloat16, the replica stops
+    with one line that says so)."""
+    max_grad_norm: float = 1.0
+    """Clip the gradient's global norm to this (0: no clipping)."""
+    group_by_length: bool = True
+    """Batch samples of similar length together (less padding); the batch order stays seeded."""
 
     def __post_init__(self) -> None:
         _safe("track name", self.name)
@@ -186,6 +202,12 @@ class StudentSpec:
         _positive(f"students[{self.name}].lr", self.lr)
         _positive(f"students[{self.name}].outer_lr", self.outer_lr)
         _positive(f"students[{self.name}].checkpoint_every", self.checkpoint_every)
+        _positive(f"students[{self.name}].grad_accum", self.grad_accum)
+        if self.max_grad_norm < 0:
+            raise SpecError(
+                f"students[{self.name}].max_grad_norm={self.max_grad_norm} must be 0 (no "
+                "clipping) or more"
+            )
         if self.checkpoint_every_steps < 0:
             raise SpecError(
                 f"students[{self.name}].checkpoint_every_steps={self.checkpoint_every_steps} "

@@ -73,6 +73,7 @@ def _make_teacher(
         batch_size=t.batch_size,
         max_length=job.spec.sample_max_length,
         generate=t.generate,
+        group_by_length=t.group_by_length,
     )
     return local, tok
 
@@ -146,6 +147,8 @@ def teacher_shard(
         fallback_positions=made.fallback_positions,
         dropped_entries=made.dropped_entries,
         endpoint=dataclasses.asdict(http) if http else {},
+        padding=made.padding.fractions()[0],
+        padding_ungrouped=made.padding.fractions()[1],
     )
     log.info(
         "job %s shard %d: %d samples, %d tokens, %.0f tok/s, %d bytes",

@@ -9,6 +9,7 @@ global checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -25,8 +26,10 @@ from core.job import Job
 from core.losses import kd_loss
 from core.models import device, load_causal_lm, on_device
 from core.spec import LossSpec, StudentSpec
+from errors import SpecError
 from storage import checkpoints
 from storage.cache import Batch, CacheReader
+from storage.padding import PaddingCount, batch_groups
 from storage.records import OnProgress, ReplicaProgress, ReplicaStats
 
 log = logging.getLogger(__name__)
@@ -39,8 +42,28 @@ def build(spec: StudentSpec) -> Any:
     base = load_causal_lm(spec.model, what=f"student {spec.name!r} model")
     if peft_methods.resolve(spec.method) != peft_methods.FULL:
         base.requires_grad_(False)
+    if spec.gradient_checkpointing:
+        # Non-reentrant: it needs no input that requires grad, so frozen embeddings under an
+        # adapter are fine; the KV cache is useless in training and clashes with it.
+        base.config.use_cache = False
+        base.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}
+        )
     model = peft_methods.wrap(base, spec.peft, seed=spec.seed)
     return model.train()
+
+
+def autocast(spec: StudentSpec, dev: str) -> Any:
+    """The forward's autocast context for ``spec.dtype`` on ``dev`` (a no-op for float32)."""
+    kind = torch.device(dev).type
+    if spec.dtype == "float32":
+        return contextlib.nullcontext()
+    if kind == "cuda" and not torch.cuda.is_bf16_supported():
+        raise SpecError(
+            f"students[{spec.name}].dtype=bfloat16: this GPU ({torch.cuda.get_device_name()}) "
+            "has no bfloat16; set dtype: float32"
+        )
+    return torch.autocast(device_type=kind, dtype=torch.bfloat16)
 
 
 def trainable(model: Any) -> dict[str, torch.nn.Parameter]:
@@ -165,32 +188,46 @@ def training_loss(job: Job, spec: StudentSpec) -> LossSpec:
 
 
 def train_step(
-    t: Trainer, batch: Batch, loss: LossSpec, lr: float
+    t: Trainer, batches: list[Batch], loss: LossSpec, lr: float
 ) -> tuple[float, dict[str, float]]:
-    """One optimizer step on ``batch``; returns the mixed loss and its CE / KD parts.
+    """One optimizer step on the micro-batches ``batches`` (gradients accumulated); returns the
+    mixed loss and its CE / KD parts.
 
+    Each micro-batch's loss is a mean over its target positions; weighted by its share of the
+    step's positions, the accumulated gradient is the one a single batch of all of them gives.
     ``loss`` comes from ``training_loss``, so its temperature is set."""
     assert loss.temperature is not None
     dev = device()
-    ids, mask, rows, cols, labels = on_device(batch.padded, dev)
-    value, parts = position_loss(
-        t.model,
-        ids,
-        mask,
-        rows,
-        cols,
-        labels,
-        _to(batch.target_ids, dev),
-        _to(batch.target_logprobs, dev),
-        loss,
-    )
-    value.backward()
-    torch.nn.utils.clip_grad_norm_(t.params.values(), 1.0)
+    total = sum(len(b.padded.labels) for b in batches)
+    value, parts = 0.0, {"ce": 0.0, "kd": 0.0}
+    for b in batches:
+        ids, mask, rows, cols, labels = on_device(b.padded, dev)
+        if len(labels) == 0:
+            continue
+        with autocast(t.spec, dev):
+            part, terms = position_loss(
+                t.model,
+                ids,
+                mask,
+                rows,
+                cols,
+                labels,
+                _to(b.target_ids, dev),
+                _to(b.target_logprobs, dev),
+                loss,
+            )
+        w = len(labels) / total
+        (w * part).backward()
+        value += w * part.item()
+        for key in parts:
+            parts[key] += w * terms[key]
+    if t.spec.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(t.params.values(), t.spec.max_grad_norm)
     for g in t.opt.param_groups:
         g["lr"] = lr
     t.opt.step()
     t.opt.zero_grad(set_to_none=True)
-    return value.item(), parts
+    return value, parts
 
 
 @dataclass
@@ -200,6 +237,7 @@ class LoopStats:
     positions: int = 0
     curve: list[tuple[int, float, float, float]] = field(default_factory=list)
     resumed_from: int = 0
+    padding: PaddingCount = field(default_factory=PaddingCount)
 
 
 Checkpoint = Callable[[LoopStats, int, int], None]
@@ -224,7 +262,11 @@ def train_loop(
     interrupted delivery would have made). ``checkpoint`` is called every
     ``checkpoint_every`` seconds (or ``checkpoint_every_steps`` steps)."""
     spec = t.spec
-    n_batches = math.ceil(len(samples) / spec.batch_size)
+    lengths = reader.lengths(samples)
+    local = batch_groups(lengths, spec.batch_size, spec.group_by_length)
+    groups = [g + samples.start for g in local]
+    n_batches = len(groups)
+    steps_per_epoch = math.ceil(n_batches / spec.grad_accum)
     out = LoopStats()
     if resume is not None:
         out = LoopStats(
@@ -234,25 +276,27 @@ def train_loop(
             curve=[(int(c[0]), c[1], c[2], c[3]) for c in resume.curve],
             resumed_from=resume.steps,
         )
+    out.padding.add(lengths, local, spec.batch_size)
     t0 = last_save = time.time()
     for epoch in range(spec.epochs):
         order = rng.permutation(n_batches)  # drawn every epoch, resumed or not: same stream
         if resume is not None and epoch < resume.epoch:
             continue
         done = resume.batch if resume is not None and epoch == resume.epoch else 0
-        for i, b in enumerate(reader.batches(samples, spec.batch_size, order[done:]), start=done):
+        for i in range(done, n_batches, spec.grad_accum):
             faults.hit(f"replica_step:{spec.name}:{out.steps}")
+            micro = [reader.batch_of(groups[b]) for b in order[i : i + spec.grad_accum]]
             lr = lr_at(t.step0 + out.steps, spec, total_steps)
-            value, parts = train_step(t, b, loss, lr)
+            value, parts = train_step(t, micro, loss, lr)
             out.steps += 1
-            out.tokens += int(b.padded.attention_mask.sum())
-            out.positions += len(b.padded.labels)
+            out.tokens += sum(int(b.padded.attention_mask.sum()) for b in micro)
+            out.positions += sum(len(b.padded.labels) for b in micro)
             out.curve.append((t.step0 + out.steps, value, parts["ce"], parts["kd"]))
             if on_progress and (out.steps % 5 == 0 or out.steps == 1):
                 on_progress(
                     {
                         "step": out.steps,
-                        "steps": n_batches * spec.epochs,
+                        "steps": steps_per_epoch * spec.epochs,
                         "loss": round(value, 4),
                         "ce": round(parts["ce"], 4),
                         "kd": round(parts["kd"], 4),
@@ -268,9 +312,10 @@ def train_loop(
                 if spec.checkpoint_every_steps
                 else time.time() - last_save >= spec.checkpoint_every
             )
-            last_step = epoch == spec.epochs - 1 and i == n_batches - 1
+            done_now = min(n_batches, i + spec.grad_accum)
+            last_step = epoch == spec.epochs - 1 and done_now == n_batches
             if checkpoint is not None and due and not last_step:
-                checkpoint(out, epoch, i + 1)
+                checkpoint(out, epoch, done_now)
                 last_save = time.time()
     return out
 
@@ -296,6 +341,8 @@ def save(
         finished_at=time.time(),
         curve=_thin(loop.curve),
         resumed_from=loop.resumed_from,
+        padding=loop.padding.fractions()[0],
+        padding_ungrouped=loop.padding.fractions()[1],
     )
     checkpoints.write_replica(
         job.paths, t.spec.name, shard, replica, delta, t.opt.state_dict(), stats

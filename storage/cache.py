@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -344,10 +343,28 @@ class CacheReader:
             return decode_logprobs(self._f["target_logprobs_delta"][p0:p1])
         return np.asarray(self._f["target_logprobs"][p0:p1])  # distillq.teacher/1
 
-    def batches(
-        self, samples: range, batch_size: int, order: np.ndarray | None = None
-    ) -> Iterator[Batch]:
-        """Batches of ``batch_size`` contiguous samples within ``samples``, in ``order`` of batch index."""
-        starts = list(range(samples.start, samples.stop, batch_size))
-        for b in order if order is not None else range(len(starts)):
-            yield self.batch(starts[b], min(starts[b] + batch_size, samples.stop))
+    def lengths(self, samples: range) -> np.ndarray:
+        """Token counts of ``samples``."""
+        return np.diff(self.offsets[samples.start : samples.stop + 1])
+
+    def batch_of(self, indices: np.ndarray) -> Batch:
+        """Samples ``indices`` (any order; batched in ascending order) as one padded batch."""
+        idx = np.sort(np.asarray(indices))
+        if idx[-1] - idx[0] + 1 == len(idx):
+            return self.batch(int(idx[0]), int(idx[-1]) + 1)
+        spans = []
+        for j in idx:
+            lo, hi = self.offsets[j], self.offsets[j + 1]
+            p0, p1 = np.searchsorted(self.positions, [lo, hi])
+            spans.append((int(p0), int(p1), lo))
+        padded = pad(
+            [self.sample_ids(int(j)) for j in idx],
+            [self.positions[p0:p1] - lo for p0, p1, lo in spans],
+        )
+        t_ids = t_lp = None
+        if self.k:
+            t_ids = np.concatenate([self._f["target_ids"][p0:p1] for p0, p1, _ in spans])
+            t_ids = t_ids.astype(np.int64)
+            t_lp = np.concatenate([self._logprobs(p0, p1) for p0, p1, _ in spans])
+            t_lp = t_lp.astype(np.float32)
+        return Batch(padded, t_ids, t_lp)

@@ -113,6 +113,10 @@ class ShardStats:
     """Server top-k entries whose token text names no single id (left in the tail)."""
     endpoint: dict[str, Any] = field(default_factory=dict)
     """An endpoint teacher's requests, retries by kind and last error."""
+    padding: float | None = None
+    """Share of the local teacher's padded batch cells that were padding."""
+    padding_ungrouped: float | None = None
+    """The same, had its batches been consecutive samples (``teacher.group_by_length`` off)."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,10 @@ class ReplicaStats:
     curve: list[list[float]] = field(default_factory=list)
     resumed_from: int = 0
     """Steps taken from an in-round checkpoint of an earlier, interrupted delivery."""
+    padding: float | None = None
+    """Share of the replica's padded batch cells that were padding."""
+    padding_ungrouped: float | None = None
+    """The same, had its batches been consecutive samples (``group_by_length`` off)."""
 
     def without_curve(self) -> ReplicaStats:
         return dataclasses.replace(self, curve=[])

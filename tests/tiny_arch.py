@@ -1,5 +1,6 @@
-"""Tiny randomly initialised Llama and Qwen2 checkpoints with the demo tokenizer, for tests of
-what must hold per architecture (GGUF export, students of either family)."""
+"""Tiny randomly initialised checkpoints with the demo tokenizer, for tests of what must hold
+per architecture: Llama and Qwen2 (GGUF export, students of either family), and GPT-2 (Conv1D
+layers), Gemma and Phi for the architecture × PEFT matrix."""
 
 from __future__ import annotations
 
@@ -11,46 +12,53 @@ from app.demo_models import TEACHER_ASSET
 
 def save_tiny_arch(
     out: Path,
-    arch: Literal["llama", "qwen2"],
+    arch: Literal["llama", "qwen2", "gpt2", "gemma", "phi"],
     seed: int,
     tied: bool,
     hidden: int = 64,
     layers: int = 2,
     init: float = 0.15,
     half: bool = True,
+    pad_vocab: int = 0,
 ) -> Path:
     """A GQA model (4 heads, 2 kv heads) saved with the demo tokenizer. ``init``: a wider
     initialisation than the default 0.02 gives peaked next-token distributions, so greedy
-    decoding is not decided by rounding. Qwen2's q/k/v biases get random values too."""
+    decoding is not decided by rounding. Qwen2's q/k/v biases get random values too.
+    ``pad_vocab``: rows of the embedding beyond the tokenizer, as Qwen ships its checkpoints."""
     import torch
-    from transformers import (
-        AutoTokenizer,
-        LlamaConfig,
-        LlamaForCausalLM,
-        Qwen2Config,
-        Qwen2ForCausalLM,
-    )
+    import transformers
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(TEACHER_ASSET)
-    config_cls, model_cls = {
-        "llama": (LlamaConfig, LlamaForCausalLM),
-        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
-    }[arch]
+    name = {"llama": "Llama", "qwen2": "Qwen2", "gpt2": "GPT2", "gemma": "Gemma", "phi": "Phi"}[
+        arch
+    ]
+    config_cls = getattr(transformers, f"{name}Config")
+    model_cls = getattr(transformers, "GPT2LMHeadModel" if arch == "gpt2" else f"{name}ForCausalLM")
     torch.manual_seed(seed)
-    cfg = config_cls(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=2 * hidden,
-        max_position_embeddings=256,
+    common = dict(
+        vocab_size=len(tok) + pad_vocab,
         tie_word_embeddings=tied,
         initializer_range=init,
         bos_token_id=tok.eos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.eos_token_id,
     )
+    # GPT-2 names its sizes its own way and has neither GQA nor a gated MLP.
+    shape = (
+        dict(n_embd=hidden, n_layer=layers, n_head=4, n_positions=256)
+        if arch == "gpt2"
+        else dict(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=2 * hidden,
+            max_position_embeddings=256,
+            **({"head_dim": hidden // 4} if arch == "gemma" else {}),
+        )
+    )
+    cfg = config_cls(**common, **shape)
     model = model_cls(cfg)
     if arch == "qwen2":
         with torch.no_grad():  # biases start at zero: give them values, or their export is untested

@@ -48,8 +48,11 @@ def plain_loop(job) -> dict[str, torch.Tensor]:
         with CacheReader(job.paths.shard(shard)) as r:
             rng = np.random.default_rng([spec.seed, shard, 0])
             n_batches = math.ceil(len(r) / spec.batch_size)
+            # Batches of similar length: samples sorted by token count, cut into batch_size.
+            by_length = np.argsort(np.diff(r.offsets), kind="stable")
+            groups = [by_length[i : i + spec.batch_size] for i in range(0, len(r), spec.batch_size)]
             for _ in range(spec.epochs):
-                for b in r.batches(range(len(r)), spec.batch_size, rng.permutation(n_batches)):
+                for b in (r.batch_of(groups[i]) for i in rng.permutation(n_batches)):
                     logits = student.target_logits(
                         model,
                         torch.from_numpy(b.padded.input_ids),
@@ -103,7 +106,7 @@ def test_a_replica_is_made_of_restore_step_and_save(job):
     before = {n: p.detach().clone() for n, p in t.params.items()}
     with CacheReader(job.paths.shard(0)) as r:
         batch = r.batch(0, 4)
-    loss, parts = student.train_step(t, batch, student.training_loss(job, t.spec), lr=1e-3)
+    loss, parts = student.train_step(t, [batch], student.training_loss(job, t.spec), lr=1e-3)
     assert loss > 0 and set(parts) >= {"ce", "kd"}
     assert any(not torch.equal(before[n], p) for n, p in t.params.items())
     loop = student.LoopStats(steps=1, tokens=int(batch.padded.attention_mask.sum()), positions=1)
