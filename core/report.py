@@ -49,6 +49,17 @@ def _targets(shards: list[ShardStats]) -> dict[str, Any]:
     }
 
 
+def _padding(parts: list[tuple[int, float | None, float | None]]) -> list[float] | None:
+    """Padding over several runs from each one's (real tokens, padding, padding ungrouped)."""
+    known = [(n, a, b) for n, a, b in parts if a is not None and b is not None and n]
+    if not known:
+        return None
+    tokens = sum(n for n, _, _ in known)
+    cells = sum(n / (1 - a) for n, a, _ in known)
+    plain = sum(n / (1 - b) for n, _, b in known)
+    return [round(1 - tokens / cells, 4), round(1 - tokens / plain, 4)]
+
+
 def collect(job: Job) -> tuple[Report, Curves]:
     """The report of ``job`` from storage, and each track's training curve (for the plot)."""
     shards = _shard_stats(job)
@@ -65,6 +76,7 @@ def collect(job: Job) -> tuple[Report, Curves]:
             tokens=t_tokens,
             tokens_per_s=round(t_tokens / t_seconds, 1) if t_seconds else None,
             generations=ev.generations if ev else [],
+            padding=_padding([(s.tokens, s.padding, s.padding_ungrouped) for s in shards]),
         )
     students, curves = {}, {}
     starts = [s.started_at for s in shards]
@@ -94,6 +106,7 @@ def collect(job: Job) -> tuple[Report, Curves]:
             baseline_loss=sev.baseline if sev else None,
             heldout_curve=_heldout_curve(ckpt.meta) if ckpt else [],
             generations=sev.generations if sev else [],
+            padding=_padding([(r.tokens, r.padding, r.padding_ungrouped) for r in reps]),
         )
         curves[spec.name] = [p for rd in rounds for p in rd.curve]
     timing: dict[str, float | None] = {}

@@ -106,6 +106,14 @@ def render(data: Report) -> str:
             else ""
         )
         lines += [f"Teacher targets from {', '.join(c.sources)}: {kinds}{fb}.", ""]
+    padded = [("teacher", data.teacher.padding)] if data.teacher else []
+    padded += [(name, st.padding) for name, st in data.students.items()]
+    if any(p for _, p in padded):
+        said = "; ".join(f"{n} {p[0]:.1%} ({p[1]:.1%})" for n, p in padded if p)
+        lines += [
+            f"Padding, share of batch cells (had batches been consecutive samples): {said}.",
+            "",
+        ]
     lines += ["![report](report.png)", "", "## What each student learned", ""]
     lines += [
         "Held-out CE (nats/token) on every held-out sample, before round 1 and at the end.",

@@ -488,4 +488,6 @@ def _convert(typ: Any, value: Any, where: str) -> Any:
         return value
     if typ is str and isinstance(value, str | int | float):
         return str(value)
+    if typ is bool and isinstance(value, bool):
+        return value
     raise SpecError(f"{where}={value!r} should be a {getattr(typ, '__name__', typ)}")

@@ -389,6 +389,8 @@ class TeacherSummary:
     tokens: int
     tokens_per_s: float | None
     generations: list[Generation] = field(default_factory=list)
+    padding: list[float] | None = None
+    """(share of the batches' cells that were padding, the share had batches been consecutive)."""
 
 
 @dataclass(frozen=True)
@@ -431,6 +433,8 @@ class StudentSummary:
     heldout_curve: list[list[float]] = field(default_factory=list)
     """(optimizer step, held-out loss on the curve's samples) after each merged round."""
     generations: list[Generation] = field(default_factory=list)
+    padding: list[float] | None = None
+    """(share of the batches' cells that were padding, the share had batches been consecutive)."""
 
 
 @dataclass(frozen=True)

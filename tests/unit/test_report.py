@@ -30,6 +30,7 @@ def _student(baseline: float, final: float) -> StudentSummary:
         baseline_loss=baseline,
         heldout_curve=[[0, baseline], [10, (baseline + final) / 2], [40, final]],
         generations=[Generation("def f(", "x):", "y):")],
+        padding=[0.02, 0.4],
     )
 
 
@@ -66,6 +67,7 @@ def test_report_md_shows_baseline_to_final_the_curve_and_generations():
     assert "| kd | lora | 0.5 | 8.0000 | 5.0000 | -3.0000 | 60% |" in md  # 3 of the 5-nat gap
     assert "| 10 | 6.5000 |" in md
     assert "teacher says" in md and "**kd**" in md
+    assert "(had batches been consecutive samples): kd 2.0% (40.0%)." in md
 
 
 def test_legends_sit_outside_every_plot(tmp_path):

@@ -50,6 +50,8 @@ def test_each_task_names_its_work_from_its_own_arguments():
 
 
 def test_a_failure_is_recorded_under_the_task_key(job, configured):
+    import tasks.student  # noqa: F401  (registers merge_round, when this test runs alone)
+
     task = app.tasks["distillq.merge_round"]
     task.on_failure(ValueError("boom"), "tid-1", ([{}], job.id, "s", 0), {}, None)
     rec = records.read(FailureRecord, job.paths.failure("merge-s-00000"))
