@@ -210,6 +210,34 @@ def _init_section(v: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _overhead_section(v: dict[str, Any] | None) -> list[str]:
+    if not v:
+        return []
+    t = v["tokens_per_s"]
+    return [
+        "## The teacher task's own overhead (small teacher)",
+        "",
+        "`python -m bench.run --only teacher_overhead`: a 4-layer d = 256 Llama at V = 4,096, "
+        f"k = 64, batch 16, {v['tokens']:,} tokens of demo text, two threads everywhere; tokens/s "
+        "count real tokens only. Bare loops run `model(**batch)` over the same samples; the task "
+        "runs through a real worker (model loaded), the job from `distillq enqueue` to the "
+        f"last of 4 shards. Best of {v['repeats']}, sides interleaved.",
+        "",
+        "| side | tokens/s | ÷ bare, same grouped batches | ÷ bare, consecutive batches |",
+        "|---|---|---|---|",
+        f"| bare loop, consecutive batches | {t['consecutive']} | | 1 |",
+        f"| bare loop, grouped batches | {t['grouped']} | 1 | |",
+        f"| teacher_shard task | {t['task']} | **{v['task_vs_bare_grouped']}** | "
+        f"{v['task_vs_bare_consecutive']} |",
+        f"| enqueue → last shard on storage | {t['job']} | **{v['job_vs_bare_grouped']}** | "
+        f"{v['job_vs_bare_consecutive']} |",
+        "",
+        f"Padding of the teacher's batches: {v['padding']['grouped']:.1%} grouped by length, "
+        f"{v['padding']['consecutive']:.1%} had they been consecutive.",
+        "",
+    ]
+
+
 def write_markdown(r: dict[str, Any], path: Path, command: str) -> None:
     e, o, s, c = r["efficiency"], r["overlap"], r["scaling"], r["cache_size"]
     lines = [
@@ -287,6 +315,7 @@ def write_markdown(r: dict[str, Any], path: Path, command: str) -> None:
         *_served_section(r.get("served")),
         *_vocab_section(r.get("vocab_memory")),
         *_init_section(r.get("init_student")),
+        *_overhead_section(r.get("teacher_overhead")),
         *_notes(path.parent / "NOTES.md"),
         "",
     ]

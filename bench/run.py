@@ -26,6 +26,7 @@ from bench import (
     online,
     pipeline,
     served,
+    teacher_overhead,
     vocab_memory,
 )
 from bench.cluster import cluster
@@ -39,6 +40,7 @@ def run_only(out: Path, name: str) -> dict[str, Any]:
         "served": lambda root: served.measure(root),
         "vocab_memory": lambda root: vocab_memory.measure(),
         "init_student": lambda root: init_student.measure(root),
+        "teacher_overhead": lambda root: teacher_overhead.measure(root),
     }
     if name not in steps:
         raise SystemExit(f"--only {name}: choose one of {', '.join(steps)}")
@@ -89,6 +91,7 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
         step("served", lambda: served.measure(root))
         step("vocab_memory", vocab_memory.measure)
         step("init_student", lambda: init_student.measure(root))
+        step("teacher_overhead", lambda: teacher_overhead.measure(root))
         results["seconds"] = round(time.time() - t0)
     out.mkdir(parents=True, exist_ok=True)
     (out / "RESULTS.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -114,7 +117,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="half-size inputs (a smoke run)")
     p.add_argument(
         "--only",
-        help="re-measure one section (served, vocab_memory, init_student) into the existing results",
+        help="re-measure one section (served, vocab_memory, init_student, teacher_overhead) into "
+        "the existing results",
     )
     args = p.parse_args()
     if args.only:

@@ -71,6 +71,10 @@ def _child(role: str, path: str, vocab: int) -> None:
                 torch.topk(torch.log_softmax(logits, -1), K, dim=-1)
         else:
             budget = 1 << 40 if path == "one_pass" else 256 << 20
+            if path == "one_pass":
+                import core.teacher
+
+                core.teacher.CACHE_ROWS = 1 << 30  # one chunk: every target position at once
             made = score_batch(model, samples, K, 1.0, budget=budget)
         seconds = time.perf_counter() - t
         peak = rss()

@@ -53,13 +53,13 @@ class Teacher(Protocol):
 
 CACHE_ROWS = 1024
 """At most this many positions per chunk, however small V: a [1024, V] chunk stays near the
-CPU's caches while the top-k and the logsumexp each read it (at V = 4,096 the logsumexp
-took 1.5x as long over 5,461-row chunks)."""
+CPU's caches while the log-softmax and the top-k each read it (at V = 4,096 a logsumexp took
+1.5x as long over 5,461-row chunks)."""
 
 
 def chunk_positions(vocab: int, budget: int = LOGITS_BUDGET_BYTES) -> int:
     """Positions per teacher head chunk: ~3 float32 [chunk, V] copies live at once (the
-    logits, top-k and logsumexp temporaries; the student's loss needs 4)."""
+    logits, their log-softmax and the top-k's temporaries; the student's loss needs 4)."""
     return min(CACHE_ROWS, chunk_rows(vocab, budget, copies=3))
 
 
@@ -75,7 +75,7 @@ def score_batch(
 
     Log-probs are normalised over the full vocabulary at τ before the top-k is taken, so the
     stored values are true probabilities and 1 − Σ is the tail mass the student loss needs.
-    The LM head, top-k and logsumexp run over chunks of positions sized from V and ``budget``:
+    The LM head, log-softmax and top-k run over chunks of positions sized from V and ``budget``:
     memory O(chunk × V), whatever the batch, with the same output as one pass.
     """
     dev = next(model.parameters()).device
@@ -84,9 +84,8 @@ def score_batch(
     hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
     head = model.get_output_embeddings()
     positions = [s.target_positions() for s in samples]
-    # The LM head only at the target positions of the batch: the [L, V] logits of prompt
-    # tokens are never materialised. The top-k is taken on raw logits and normalised with a
-    # logsumexp, so no [P, V] log-softmax tensor is written either.
+    # The LM head only at the target positions of the batch, a chunk at a time: the [L, V]
+    # logits of prompt tokens are never materialised, nor [P, V] for the whole batch.
     at = hidden[rows, cols]
     step = chunk_positions(head.weight.shape[0], budget)
     top_ids = [torch.zeros((0, top_k), dtype=torch.long, device=dev)]
@@ -95,10 +94,12 @@ def score_batch(
         logits = head(at[a : a + step]).float()
         if temperature != 1.0:
             logits = logits / temperature
+        # One fused log_softmax over a cache-sized chunk, then the top-k of the log-probs:
+        # 2.5x cheaper than a separate logsumexp at V = 4,096, for one more [chunk, V] copy.
         # Sorted descending: the cache's delta coding of log-probs compresses best that way.
         # (An unsorted top-k plus a sort of the k winners measured no cheaper on CPU.)
-        top = torch.topk(logits, k=top_k, dim=-1)
-        top_lps.append(top.values - torch.logsumexp(logits, dim=-1, keepdim=True))
+        top = torch.topk(torch.log_softmax(logits, dim=-1), k=top_k, dim=-1)
+        top_lps.append(top.values)
         top_ids.append(top.indices)
         del logits
     logprobs = torch.cat(top_lps).to(torch.float16).cpu().numpy()

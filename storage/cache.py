@@ -30,7 +30,7 @@ descending; negative float16 bit patterns then ascend, so the differences are sm
 gzip packs a log-prob into ~6.5 bits instead of ~9 (bench/NOTES.md). Format
 ``distillq.teacher/1`` (plain float16 ``target_logprobs``) is still read.
 
-Writing streams batch by batch into resizable, chunked, shuffle+gzip datasets; the file
+Writing streams into resizable, chunked, shuffle+gzip datasets a whole chunk at a time; the file
 appears under its final name only when complete, and a sidecar JSON (``ShardStats``: file
 sha256, size, counts) written after it is what marks the shard as done. Training checks the
 file against that sha256 before it reads a shard (``verified``). Files written before this
