@@ -232,8 +232,15 @@ def _overhead_section(v: dict[str, Any] | None) -> list[str]:
         f"| enqueue → last shard on storage | {t['job']} | **{v['job_vs_bare_grouped']}** | "
         f"{v['job_vs_bare_consecutive']} |",
         "",
-        f"Padding of the teacher's batches: {v['padding']['grouped']:.1%} grouped by length, "
-        f"{v['padding']['consecutive']:.1%} had they been consecutive.",
+        "Padding, the share of batch cells that are padding (grouped by length / consecutive):",
+        "",
+        "| batches of | grouped | consecutive |",
+        "|---|---|---|",
+        f"| teacher, 16 | **{v['padding']['grouped']:.1%}** | {v['padding']['consecutive']:.1%} |",
+        *[
+            f"| student replica, {b} | **{g:.1%}** | {c:.1%} |"
+            for b, (g, c) in v.get("student_padding", {}).items()
+        ],
         "",
     ]
 

@@ -121,6 +121,21 @@ def _enqueue_to_cache(c: Cluster, root: Path, i: int) -> tuple[float, int]:
     return tokens / wall, tokens
 
 
+def _student_padding(shard: Path) -> dict[str, list[float | None]]:
+    """A replica's padding over this shard at a few batch sizes: [grouped, consecutive]."""
+    from storage.cache import CacheReader
+    from storage.padding import PaddingCount
+
+    out: dict[str, list[float | None]] = {}
+    with CacheReader(shard) as r:
+        lengths = r.lengths(range(len(r)))
+    for b in (4, 8, 16, 32):
+        count = PaddingCount()
+        count.add(lengths, batch_groups(lengths, b, by_length=True), b)
+        out[str(b)] = list(count.fractions())
+    return out
+
+
 def measure(root: Path, repeats: int = 3) -> dict[str, Any]:
     torch.set_num_threads(2)
     model_path = teacher_model(root)
@@ -140,6 +155,7 @@ def measure(root: Path, repeats: int = 3) -> dict[str, Any]:
             rate, tokens = _enqueue_to_cache(c, root, i)
             runs["job"].append(rate)
         shard = json.loads(job.paths.shard_stats(0).read_text())
+        students = _student_padding(job.paths.shard(0))
     best = {k: max(v) for k, v in runs.items()}
     return {
         "tokens": tokens,
@@ -150,5 +166,6 @@ def measure(root: Path, repeats: int = 3) -> dict[str, Any]:
         "job_vs_bare_grouped": round(best["job"] / best["grouped"], 3),
         "job_vs_bare_consecutive": round(best["job"] / best["consecutive"], 3),
         "padding": {"grouped": shard["padding"], "consecutive": shard["padding_ungrouped"]},
+        "student_padding": students,
         "all": {k: [round(x, 1) for x in v] for k, v in runs.items()},
     }
