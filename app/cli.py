@@ -75,6 +75,10 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         f"queued {job.n_shards} teacher shards, {len(spec.students)} student track(s); storage {job.paths.root}",
         file=sys.stderr,
     )
+    from core import broker, registry
+
+    for line in registry.unheard(broker.client(s.broker_url), ["teacher", "student"]):
+        print(line, file=sys.stderr)
     print(job.id)
     return 0
 
@@ -132,6 +136,8 @@ def cmd_wait(args: argparse.Namespace) -> int:
                 f"job {job.id} not done after {args.timeout:.0f} s (state {st.state}); `distillq status {job.id}` shows where it is",
                 file=sys.stderr,
             )
+            for line in st.unheard:
+                print(line, file=sys.stderr)
             return EXIT_TIMEOUT
         time.sleep(args.interval)
 
@@ -317,8 +323,21 @@ def cmd_flower(args: argparse.Namespace) -> int:
     from tasks.celery_app import app
 
     _ready(settings_from(args))
+    if args.password is not None:
+        raise DistillqError(
+            "flower --password puts the password in the process list, where every user of "
+            "this node reads it: set DISTILLQ_FLOWER_PASSWORD or use --password-file"
+        )
     user = args.user or os.environ.get("DISTILLQ_FLOWER_USER")
-    password = args.password or os.environ.get("DISTILLQ_FLOWER_PASSWORD")
+    password = os.environ.get("DISTILLQ_FLOWER_PASSWORD")
+    if args.password_file:
+        try:
+            password = Path(args.password_file).read_text().strip()
+        except OSError as e:
+            raise DistillqError(
+                f"flower --password-file {args.password_file}: cannot read it ({e.strerror}); "
+                "give a readable file holding the password"
+            ) from None
     argv = ["flower", f"--port={args.port}", f"--address={args.address}"]
     if user and password:
         argv.append(f"--basic-auth={user}:{password}")
@@ -510,7 +529,11 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--port", type=int, default=5555, help="port to listen on")
     f.add_argument("--address", default="127.0.0.1", help="address to listen on")
     f.add_argument("--user", help="basic-auth user; unset: $DISTILLQ_FLOWER_USER")
-    f.add_argument("--password", help="basic-auth password; unset: $DISTILLQ_FLOWER_PASSWORD")
+    f.add_argument(
+        "--password-file",
+        help="file holding the basic-auth password; unset: $DISTILLQ_FLOWER_PASSWORD",
+    )
+    f.add_argument("--password", help=argparse.SUPPRESS)  # refused: it would show in `ps`
     f.add_argument("--no-auth", action="store_true", help="no credentials (only on a trusted host)")
     return p
 

@@ -79,6 +79,7 @@ def render(status: JobStatus) -> str:
             + _eta(status, t.rounds_merged + frac, t.rounds)
         )
     lines += [f"  waiting: {w}" for w in status.waiting]
+    lines += [f"  {u}" for u in status.unheard]
     for key, f in status.failures.items():
         lines.append(f"  FAILED {key}: {f.error}")
     return "\n".join(lines)

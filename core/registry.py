@@ -37,3 +37,15 @@ def up_on(redis_client: Any, queue: str) -> set[str]:
         for n in list_nodes(redis_client)
         if n.state == "up" and queue in n.info.queues
     }
+
+
+def unheard(redis_client: Any, queues: list[str]) -> list[str]:
+    """A line of help for each of ``queues`` that no live node consumes: work queued there
+    waits for a worker, which is not an error, but the user should know to start one."""
+    nodes = [n for n in list_nodes(redis_client) if n.state == "up"]
+    return [
+        f"no worker is listening on queue {q} ({len(nodes)} nodes registered): start one with "
+        "`distillq worker` or `distillq up`"
+        for q in queues
+        if not any(q in n.info.queues for n in nodes)
+    ]

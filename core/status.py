@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from core import control, live
+from core import control, live, registry
 from core.job import Job
 from storage import cache, records, taskkeys
 from storage.checkpoints import merged_shards
@@ -59,6 +59,8 @@ class JobStatus:
     report: str | None = None
     waiting: list[str] = field(default_factory=list)
     """Work that waits for a node able to load its model (``core.placement``)."""
+    unheard: list[str] = field(default_factory=list)
+    """Queues the job still needs that no live node consumes (``registry.unheard``)."""
 
     def to_json(self) -> dict[str, Any]:
         return records.to_json(self)
@@ -127,6 +129,14 @@ def job_status(job: Job, redis_client: Any | None = None) -> JobStatus:
         else "queued"
     )
     waiting = _waiting(job, redis_client, shards, tracks) if state not in ("done", "failed") else []
+    unheard: list[str] = []
+    if redis_client is not None and state in ("queued", "running"):
+        teacher_left = any(s.state != "done" for s in shards) or (
+            job.spec.has_teacher and not job.paths.teacher_eval.exists()
+        )
+        unheard = registry.unheard(
+            redis_client, ["teacher", "student"] if teacher_left else ["student"]
+        )
     created = dt.datetime.fromisoformat(job.info.created).timestamp() if job.info.created else None
     return JobStatus(
         job_id=job.id,
@@ -141,6 +151,7 @@ def job_status(job: Job, redis_client: Any | None = None) -> JobStatus:
         report=str(job.paths.report) if done else None,
         at=time.time(),
         waiting=waiting,
+        unheard=unheard,
     )
 
 

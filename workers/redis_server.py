@@ -110,12 +110,20 @@ class EmbeddedRedis:
         ]
 
     def _auth_args(self) -> list[str]:
-        if not self.user:
-            return ["--requirepass", self.password] if self.password else []
-        # ACL users cannot be given on the command line (spaces), only in an ACL file.
+        if not self.password:
+            return []
+        # In an ACL file (mode 600), never on the command line, where `ps` shows it to every
+        # user of the node. Without a user, the password is the default user's (requirepass).
+        users = (
+            f"user default off\nuser {self.user} on >{self.password} ~* &* +@all\n"
+            if self.user
+            else f"user default on >{self.password} ~* &* +@all\n"
+        )
+        self.workdir.mkdir(parents=True, exist_ok=True)
         acl = self.workdir / f"users-{self.port}.acl"
-        acl.write_text(f"user default off\nuser {self.user} on >{self.password} ~* &* +@all\n")
+        acl.touch(mode=0o600)
         acl.chmod(0o600)
+        acl.write_text(users)
         return ["--aclfile", str(acl)]
 
     def start(self, detach: bool = False, timeout: float = 10.0) -> EmbeddedRedis:

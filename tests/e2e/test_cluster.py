@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +37,18 @@ def flower_get(url: str, path: str, auth: tuple[str, str] | None) -> tuple[int, 
         return 0, None  # not listening yet
 
 
+def cmdlines(pids: list[int]) -> dict[int, str]:
+    """/proc/<pid>/cmdline of ``pids`` and all their descendants."""
+    import psutil
+
+    out = {}
+    for pid in pids:
+        proc = psutil.Process(pid)
+        for p in [proc, *proc.children(recursive=True)]:
+            out[p.pid] = Path(f"/proc/{p.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    return out
+
+
 def test_up_enqueue_wait_down_with_no_broker_configured(tmp_path, make_spec):
     from workers.redis_server import free_port
 
@@ -56,6 +69,10 @@ def test_up_enqueue_wait_down_with_no_broker_configured(tmp_path, make_spec):
             assert time.time() < deadline, (code, workers)
             time.sleep(1)
         assert flower_get(state["flower_url"], "/api/workers", None)[0] == 401
+        # No secret in any process `up` started, children included: `ps` shows them to all.
+        started = [*state["worker_pids"], state["redis_pid"], state["flower_pid"]]
+        for pid, cmdline in cmdlines(started).items():
+            assert state["flower_password"] not in cmdline, (pid, cmdline)
         job_id = enqueue(s, make_spec())  # finds the cluster's broker by itself
         res = run_cli(s, "wait", job_id, "--timeout", "300")
         assert res.returncode == 0, res.stderr

@@ -216,3 +216,43 @@ def test_a_bad_tls_or_auth_setting_is_one_line_naming_the_redacted_url(
         assert f"127.0.0.1:{server.port}/0" in lines[0] and "distillq:***@" in lines[0], lines[0]
         assert needle in lines[0], lines[0]
         assert server.password not in res.stdout + res.stderr
+
+
+def test_no_secret_reaches_a_command_line(tmp_path):
+    """Flower's password comes from the environment or a file, Redis's from an ACL file: the
+    command lines of Flower, its children and the Redis server hold neither."""
+    import sys
+
+    from tests.e2e.test_cluster import cmdlines
+    from workers.launch import stop_process_group
+
+    redis_pw, flower_pw = "r3dis-" + secrets.token_hex(4), "fl0wer-" + secrets.token_hex(4)
+    (tmp_path / "pw").write_text(flower_pw + "\n")
+    with EmbeddedRedis(tmp_path / "redis", password=redis_pw) as server:
+        s = Settings(broker_url=server.url, storage=tmp_path / "storage")
+        refused = run_cli(s, "flower", "--password", flower_pw, timeout=60)
+        assert refused.returncode != 0
+        assert refused.stderr.strip().count("\n") == 0 and "--password-file" in refused.stderr
+        port = free_port()
+        env = {**os.environ, **s.to_env(), "DISTILLQ_FLOWER_USER": "admin"}
+        env.pop("DISTILLQ_FLOWER_PASSWORD", None)
+        log = (tmp_path / "flower.log").open("ab")
+        flower = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "flower", "--port", str(port), "--password-file",
+             str(tmp_path / "pw")],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_for(
+                lambda: flower_get(url, "/api/workers", ("admin", flower_pw))[0] == 200,
+                60,
+                (tmp_path / "flower.log").read_text(),
+            )
+            assert flower_get(url, "/api/workers", ("admin", "wrong"))[0] == 401
+            lines = cmdlines([flower.pid, server.proc.pid])
+            assert len(lines) >= 2
+            for pid, line in lines.items():
+                assert redis_pw not in line and flower_pw not in line, (pid, line)
+        finally:
+            stop_process_group(flower)
