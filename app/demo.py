@@ -109,15 +109,19 @@ def run_demo(settings: Settings, quick: bool = False) -> int:
     from core.status import job_status
     from tasks import pipeline
     from tasks.celery_app import app, configure
-    from workers.launch import spawn_worker, stop_process_group
+    from workers import lifeline
+    from workers.launch import spawn_worker, stop_process_groups
     from workers.redis_server import EmbeddedRedis
 
+    # Stopped by SIGTERM or SIGHUP (timeout, systemd, CI, docker stop), the demo still runs
+    # its exit stack; killed outright, its Redis and workers die with it (lifeline.tied).
+    lifeline.exit_on_signals()
     t0 = time.time()
     storage = settings.storage.resolve()
     settings = settings.with_(storage=storage)
     with contextlib.ExitStack() as stack:
         if not settings.broker_url:
-            redis = stack.enter_context(EmbeddedRedis(storage / "redis"))
+            redis = stack.enter_context(EmbeddedRedis(storage / "redis", tie=True))
             settings = settings.with_(broker_url=redis.url)
             print(f"embedded Redis at {redis.url}")
         broker.ping(settings.broker_url)
@@ -139,11 +143,11 @@ def run_demo(settings: Settings, quick: bool = False) -> int:
                 logs / f"demo-{name}-worker.log",
                 threads=1,
                 hostname=f"demo-{name}@%h",
+                tie=True,
             )
             for name, queues in (("teacher", ["teacher", "student"]), ("student", ["student"]))
         ]
-        for p in procs:
-            stack.callback(stop_process_group, p)
+        stack.callback(stop_process_groups, procs, 10.0)
         _wait_for_nodes(broker.client(settings.broker_url), 2, procs)
         job = create_job(storage, spec)
         pipeline.submit(app, job)

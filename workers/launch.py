@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from celery import signals
 from core import broker
 from core.settings import Settings
 from tasks.celery_app import app, configure, settings_of
-from workers import devices
+from workers import devices, lifeline
 from workers.node import Heartbeat, node_info
 from workers.reaper import Reaper
 
@@ -91,6 +92,8 @@ def _child_threads(**_: Any) -> None:
     from billiard.process import current_process
 
     index = int(getattr(current_process(), "index", 0) or 0)
+    # A pool child never outlives its worker: SIGKILLed, the worker could not stop it.
+    lifeline.die_with_parent(signal.SIGKILL)
     os.environ.update(devices.assign(w.get("device", "auto"), w.get("gpus", []), index).env)
     # Each forked child gets its share of the cores: cores / concurrency torch threads.
     import torch  # here: the worker's main process never needs torch
@@ -149,9 +152,12 @@ def spawn_worker(
     hostname: str | None = None,
     extra_env: dict[str, str] | None = None,
     preexec_fn: Callable[[], Any] | None = None,
+    tie: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start ``distillq worker`` as a child process in its own process group.
 
+    ``tie``: the worker is killed when this process dies, however it dies (``lifeline``); for
+    a starter whose workers must not outlive it (the demo), not for `up`'s detached cluster.
     ``extra_env`` and ``preexec_fn`` (resource limits) are for drills and fault-injection tests.
     """
     cmd = [
@@ -177,7 +183,7 @@ def spawn_worker(
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        preexec_fn=preexec_fn,
+        preexec_fn=lifeline.tied(then=preexec_fn) if tie else preexec_fn,
     )
 
 
@@ -205,11 +211,21 @@ def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> 
     Only the main process gets SIGTERM: sent to the group it would also hit the pool
     children and kill the running task mid-write.
     """
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
+    stop_process_groups([proc], timeout)
+
+
+def stop_process_groups(procs: list[subprocess.Popen[bytes]], timeout: float = 20.0) -> None:
+    """``stop_process_group`` for several at once, under one deadline: all are asked first,
+    so stopping N workers takes ``timeout`` at most, not N times it."""
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)  # stragglers: pool children of a dead parent
-    proc.wait()
+            proc.wait(max(0.0, deadline - time.monotonic()))
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # stragglers: pool children of a dead parent
+        proc.wait()

@@ -7,6 +7,7 @@ package builds and ships.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 import redis
 
 from errors import BrokerError
+from workers import lifeline
 
 
 def redis_binary() -> str:
@@ -63,7 +65,9 @@ class EmbeddedRedis:
         password: str = "",
         user: str = "",
         tls: TlsFiles | None = None,
+        tie: bool = False,
     ) -> None:
+        """``tie``: the server gets SIGTERM when this process dies, however it dies."""
         if user and not password:
             raise ValueError("an ACL user needs a password")
         self.workdir = workdir
@@ -72,6 +76,7 @@ class EmbeddedRedis:
         self.password = password
         self.user = user
         self.tls = tls
+        self.tie = tie
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -130,7 +135,11 @@ class EmbeddedRedis:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = (self.workdir / f"redis-{self.port}.log").open("ab")
         self.proc = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=detach
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=detach,
+            preexec_fn=lifeline.tied(signal.SIGTERM) if self.tie and not detach else None,
         )
         deadline = time.time() + timeout
         ca = f"?ssl_ca_certs={self.tls.ca}" if self.tls else ""
