@@ -87,6 +87,10 @@ def node_info(hostname: str, queues: list[str], concurrency: int) -> NodeInfo:
     )
 
 
+WARN_EVERY = 60.0
+"""Seconds between a node's warnings that the broker is still unreachable."""
+
+
 class Heartbeat:
     """Refresh this node's registry entry every ``interval`` s.
 
@@ -103,6 +107,8 @@ class Heartbeat:
     ) -> None:
         self.r, self.info, self.interval, self.on_beat = redis_client, info, interval, on_beat
         self.streak = 0  # beats in a row that reached Redis
+        self._warned_at = 0.0
+        self._down_since: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="distillq-heartbeat", daemon=True)
 
@@ -114,13 +120,25 @@ class Heartbeat:
             try:
                 self.beat()
                 self.streak += 1
+                self._down_since = None
                 # After Redis was away, every peer looks gone until it beats again: act on
                 # others' heartbeats only once this node has itself beaten for a full window.
                 if self.on_beat is not None and self.streak > GONE_AFTER:
                     self.on_beat()
             except Exception as e:  # Redis away for a while: keep beating once it is back
+                if self.streak or time.time() - self._warned_at >= WARN_EVERY:
+                    # Once when it goes, then once a minute: an outage of hours must not fill
+                    # the log (Celery's consumer backs off its reconnects on its own).
+                    down = time.time() - (self._down_since or time.time())
+                    log.warning(
+                        "heartbeat of %s: broker unreachable%s: %s (retrying)",
+                        self.info.hostname,
+                        f" for {down:.0f} s" if down else "",
+                        e,
+                    )
+                    self._warned_at = time.time()
+                self._down_since = self._down_since or time.time()
                 self.streak = 0
-                log.warning("heartbeat of %s: %s", self.info.hostname, e)
             self._stop.wait(self.interval)
 
     def beat(self) -> None:

@@ -46,3 +46,25 @@ def test_a_queue_with_a_live_node_is_not_named(settings, make_spec):
         assert STUDENT.replace("(0 nodes", "(1 nodes") in res.stderr
     finally:
         beat.stop()
+
+
+def test_a_node_cut_off_from_its_broker_says_so_once_a_minute(caplog):
+    import logging
+    import time
+
+    import redis
+
+    from workers.node import Heartbeat, node_info
+
+    gone = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    beat = Heartbeat(gone, node_info("cut@test", ["teacher"], 1), interval=1)
+    with caplog.at_level(logging.WARNING, logger="workers.node"):
+        beat.start()
+        deadline = time.time() + 30
+        while beat._thread.is_alive() and time.time() < deadline and len(caplog.records) < 1:
+            time.sleep(0.1)
+        time.sleep(3.5)  # three more failed beats, well inside the minute
+        beat._stop.set()
+    said = [r.getMessage() for r in caplog.records if "broker unreachable" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "cut@test" in said[0] and "(retrying)" in said[0]
