@@ -31,6 +31,7 @@ from core.data import (
     scan_lengths,
 )
 from core.models import (
+    check_weights,
     config_vocab_size,
     load_tokenizer,
     model_fingerprint,
@@ -114,6 +115,7 @@ def _check_models(spec: JobSpec, peft_memo: Path) -> tuple[Fingerprints, Any, li
             raise SpecError(
                 f"teacher.top_k={spec.teacher.top_k} exceeds the teacher's vocabulary of {vocab}; lower it"
             )
+        check_weights(spec.teacher.model, "teacher model")
         teacher_fp, vocab_size = model_fingerprint(spec.teacher.model), vocab
     for s in spec.students:
         if (digest := peft_methods.check(s.peft, peft_memo, s.model)) is not None:
@@ -126,6 +128,7 @@ def _check_models(spec: JobSpec, peft_memo: Path) -> tuple[Fingerprints, Any, li
                 f"({spec.teacher.model if spec.teacher else ''}): distillq needs a shared tokenizer; "
                 "pick a student from the teacher's model family"
             )
+        check_weights(s.model, f"student {s.name!r} model")
         students[s.name] = StudentFingerprint(model=model_fingerprint(s.model), tokenizer=fp)
         sample_tok = sample_tok or tok
     fps = Fingerprints(

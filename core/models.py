@@ -195,6 +195,59 @@ def model_fingerprint(ref: str) -> str:
     return h.hexdigest()[:16]
 
 
+def check_weights(ref: str, what: str) -> None:
+    """Raise ModelError unless the local model ``ref`` has its weights, whole: at least one
+    weight file, every shard its index names, and no safetensors file shorter than its header
+    says. Headers only: a few KB read per file, whatever the model's size. A hub id passes
+    (it is found, or not, when the model loads)."""
+    path = Path(ref).expanduser()
+    if not path.is_dir():
+        return
+    files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
+    if not files:
+        raise ModelError(
+            f"{what} {ref} holds no weights (no *.safetensors or *.bin beside its config.json); "
+            "copy the model's weight files into it"
+        )
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        missing = sorted(
+            {f for f in json.loads(index.read_text()).get("weight_map", {}).values()}
+            - {f.name for f in files}
+        )
+        if missing:
+            raise ModelError(
+                f"{what} {ref} lacks the weight shard {missing[0]} its index names "
+                f"({len(missing)} missing); copy the model's weight files again"
+            )
+    for f in files:
+        if f.suffix == ".safetensors":
+            _check_safetensors(f, what)
+
+
+def _check_safetensors(f: Path, what: str) -> None:
+    size = f.stat().st_size
+    try:
+        with f.open("rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if n <= 0 or n > size:
+                raise ValueError("no header")
+            header = json.loads(fh.read(n))
+        end = max(
+            (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+            default=0,
+        )
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise ModelError(
+            f"{what} weights {f} are not a readable safetensors file ({e}); copy the file again"
+        ) from None
+    if size < 8 + n + end:
+        raise ModelError(
+            f"{what} weights {f} are truncated ({size:,} of {8 + n + end:,} bytes); "
+            "copy the file again"
+        )
+
+
 def vocab_size(model: Any) -> int:
     return int(model.get_output_embeddings().weight.shape[0])
 

@@ -203,3 +203,34 @@ def test_job_ids_that_do_not_exist_or_escape_storage(settings, before):
     one_line_error(run_cli(settings, "wait", "no-such-job"), "does not exist", "distillq jobs")
     one_line_error(run_cli(settings, "resume", "../etc"), "'../etc' is not allowed")
     assert storage_files(settings.storage) == before
+
+
+@pytest.mark.parametrize(
+    ("damage", "needles"),
+    [
+        ("no weights", ["holds no weights", "copy the model's weight files into it"]),
+        ("truncated", ["are truncated (", "copy the file again"]),
+        ("not safetensors", ["not a readable safetensors file", "copy the file again"]),
+    ],
+)
+def test_a_student_without_its_whole_weights_is_refused_at_enqueue(
+    settings, make_spec, before, tmp_path, tiny_models, damage, needles
+):
+    import shutil
+
+    broken = tmp_path / "broken-student"
+    shutil.copytree(tiny_models["student"], broken)
+    weights = broken / "model.safetensors"
+    if damage == "no weights":
+        weights.unlink()
+    elif damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    else:
+        weights.write_bytes(b"not a model at all")
+    refused(
+        settings,
+        before,
+        [str(make_spec()), "--set", f"students.0.model={broken}"],
+        "student 's' model" if damage != "no weights" else "student",
+        *needles,
+    )
