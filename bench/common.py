@@ -59,3 +59,21 @@ def clock(out: dict[str, float], key: str) -> Iterator[None]:
 
 def tokens(samples: list[Sample]) -> int:
     return sum(len(s.input_ids) for s in samples)
+
+
+def write_targets(path: Path, scored: list[tuple[Sample, Any]], vocab: int, k: int) -> int:
+    """Write (sample, SparseTargets) pairs as one cache shard; returns its target positions."""
+    import numpy as np
+
+    from storage.cache import CacheWriter, ShardMeta
+
+    with CacheWriter(path, ShardMeta(0, vocab, k, 1.0, "t", "tok", (0, len(scored)))) as w:
+        for s, t in scored:
+            w.add(
+                s.record_id,
+                np.asarray(s.input_ids),
+                np.asarray(s.target_positions()),
+                t.ids,
+                t.logprobs,
+            )
+        return w.counts["target_positions"]

@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import batches, dataset, models, samples
+from bench.common import batches, dataset, models, samples, write_targets
 from bench.efficiency import BATCH, build_student
 from core.evaluate import eval_loss
 from core.losses import kd_loss
 from core.models import load_causal_lm, load_tokenizer
 from core.student import lr_at, target_logits
 from core.teacher import score_batch
-from storage.cache import CacheReader, CacheWriter, ShardMeta
+from storage.cache import CacheReader
 
 ALPHA, K = 0.1, 64
 Targets = Callable[[int, list[Any]], tuple[torch.Tensor | None, torch.Tensor | None]]
@@ -82,17 +82,11 @@ def offline_vs_online(
     # Offline: score once into a real cache file, then read targets from it every epoch.
     t = time.perf_counter()
     path = root / "offline.h5"
-    with CacheWriter(path, ShardMeta(0, 4096, K, 1.0, "t", "tok", (0, len(train_set)))) as w:
-        for i in range(0, len(train_set), BATCH):
-            chunk = train_set[i : i + BATCH]
-            for s, tg in zip(chunk, score_batch(teacher, chunk, K, 1.0), strict=True):
-                w.add(
-                    s.record_id,
-                    np.asarray(s.input_ids),
-                    np.asarray(s.target_positions()),
-                    tg.ids,
-                    tg.logprobs,
-                )
+    scored: list[tuple[Any, Any]] = []
+    for i in range(0, len(train_set), BATCH):
+        chunk = train_set[i : i + BATCH]
+        scored += zip(chunk, score_batch(teacher, chunk, K, 1.0), strict=True)
+    write_targets(path, scored, 4096, K)
     cache_s = time.perf_counter() - t
     reader = CacheReader(path)
 

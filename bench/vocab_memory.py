@@ -175,22 +175,11 @@ def _cache_bytes(samples: list[Any], made: list[Any], vocab: int) -> float:
     import tempfile
     from pathlib import Path
 
-    import numpy as np
-
-    from storage.cache import CacheWriter, ShardMeta
+    from bench.common import write_targets
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "shard.h5"
-        with CacheWriter(out, ShardMeta(0, vocab, K, 1.0, "t", "tok", (0, len(samples)))) as w:
-            for s, t in zip(samples, made, strict=True):
-                w.add(
-                    s.record_id,
-                    np.asarray(s.input_ids),
-                    np.asarray(s.target_positions()),
-                    t.ids,
-                    t.logprobs,
-                )
-            positions = w.counts["target_positions"]
+        positions = write_targets(out, list(zip(samples, made, strict=True)), vocab, K)
         return round(out.stat().st_size / positions, 1)
 
 

@@ -147,8 +147,7 @@ def teacher_shard(
         fallback_positions=made.fallback_positions,
         dropped_entries=made.dropped_entries,
         endpoint=dataclasses.asdict(http) if http else {},
-        padding=made.padding.fractions()[0],
-        padding_ungrouped=made.padding.fractions()[1],
+        **made.padding.as_fields(),
     )
     log.info(
         "job %s shard %d: %d samples, %d tokens, %.0f tok/s, %d bytes",

@@ -341,8 +341,7 @@ def save(
         finished_at=time.time(),
         curve=_thin(loop.curve),
         resumed_from=loop.resumed_from,
-        padding=loop.padding.fractions()[0],
-        padding_ungrouped=loop.padding.fractions()[1],
+        **loop.padding.as_fields(),
     )
     checkpoints.write_replica(
         job.paths, t.spec.name, shard, replica, delta, t.opt.state_dict(), stats
