@@ -5,7 +5,10 @@ normal case) a failpoint costs one environment lookup. Actions:
 
 - ``crash``: SIGKILL this process, as the OOM killer or a power cut would;
 - ``raise``: a RuntimeError, an ordinary bug;
-- ``sleep:<s>``: hold the task, to kill or pause the worker at a known point.
+- ``sleep:<s>``: hold the task, to kill or pause the worker at a known point;
+- ``pause``: hold here until a drill lets go: leaves ``<name>.paused`` in the
+  ``DISTILLQ_FAILPOINTS_ONCE`` directory and waits (at most ``PAUSE_MAX`` s) until the drill
+  deletes it, having done its damage meanwhile (stopped Redis, cut a link).
 
 With ``DISTILLQ_FAILPOINTS_ONCE`` set to a directory, each failpoint fires once: it leaves a
 marker file there, so a redelivered task passes the same point (a crash drill that must end).
@@ -19,6 +22,7 @@ import time
 
 ENV = "DISTILLQ_FAILPOINTS"
 ONCE_ENV = "DISTILLQ_FAILPOINTS_ONCE"
+PAUSE_MAX = 300.0
 
 
 def armed() -> dict[str, str]:
@@ -31,14 +35,20 @@ def hit(name: str) -> None:
     action = armed().get(name) if ENV in os.environ else None
     if action is None:
         return
-    if once_dir := os.environ.get(ONCE_ENV):
+    once_dir = os.environ.get(ONCE_ENV)
+    marker = os.path.join(once_dir or ".", name.replace("/", "_"))
+    if once_dir:
         try:
-            os.close(
-                os.open(os.path.join(once_dir, name.replace("/", "_")), os.O_CREAT | os.O_EXCL)
-            )
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
         except FileExistsError:
             return  # fired before
-    if action == "crash":
+    if action == "pause" and once_dir:
+        held = f"{marker}.paused"
+        open(held, "w").close()
+        deadline = time.monotonic() + PAUSE_MAX
+        while os.path.exists(held) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    elif action == "crash":
         os.kill(os.getpid(), signal.SIGKILL)
     elif action.startswith("sleep:"):
         time.sleep(float(action.split(":", 1)[1]))

@@ -13,7 +13,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 
-from core import broker, control, live, placement, registry
+from core import broker, control, faults, live, placement, registry
 from core.job import Job, load_job
 from errors import DistillqError, JobStopped, TransientError
 from storage import records
@@ -47,6 +47,12 @@ class JobTask(Task):
     abstract = True
     max_retries = None  # attempt() enforces Settings.max_attempts across every kind of retry
     work_key: Callable[..., TaskKey]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().__call__(*args, **kwargs)
+        # The task body is done; Celery stores its result (and counts the chord) next.
+        faults.hit(f"reply:{self.name}")
+        return result
 
     def job(self, job_id: str) -> Job:
         return load_job(settings_of(self.app).storage, job_id)

@@ -16,10 +16,10 @@ from typing import Any
 
 from celery import signals
 
-from core import broker
+from core import broker, faults
 from core.settings import Settings
 from tasks.celery_app import app, configure, settings_of
-from workers import devices, lifeline
+from workers import devices, filing, lifeline
 from workers.node import Heartbeat, node_info
 from workers.reaper import Reaper
 
@@ -71,6 +71,7 @@ def run_worker(
     devices.check(device, gpus or [])
     broker.ping(settings.broker_url)
     configure(settings)
+    filing.install()
     app.conf.distillq_worker = {
         "threads": threads,
         "queues": queues,
@@ -127,6 +128,7 @@ def _record_delivery(request: Any = None, **_: Any) -> None:
     if _reaper is not None and request is not None:
         tag = getattr(request.message, "delivery_tag", None)
         if tag:
+            faults.hit(f"received:{request.name}")
             try:
                 _reaper.record(str(tag))
             except Exception as e:  # Redis away: the next sweep records it (Reaper.flush)

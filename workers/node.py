@@ -133,7 +133,7 @@ class Heartbeat:
                     log.warning(
                         "heartbeat of %s: broker unreachable%s: %s (retrying)",
                         self.info.hostname,
-                        f" for {down:.0f} s" if down else "",
+                        f" for {down:.0f} s" if down >= 1 else "",
                         e,
                     )
                     self._warned_at = time.time()

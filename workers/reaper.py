@@ -18,6 +18,7 @@ from typing import Any
 
 from core.registry import list_nodes
 from storage import keys
+from workers import filing
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,10 @@ class Reaper:
         self.flush()
 
     def flush(self) -> None:
+        """Record what was taken while Redis was away; re-queue what kombu popped but could
+        not file (workers/filing.py). Raises while Redis is still away."""
+        if filing.pending():
+            filing.refile(self._channel())
         while self._unrecorded:
             tag = next(iter(self._unrecorded))
             record_delivery(self.r, self.hostname, tag)  # raises while Redis is away
