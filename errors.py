@@ -42,6 +42,12 @@ class JobStopped(DistillqError):
     """The job was paused or cancelled by the user; work that had not started is parked."""
 
 
+class Superseded(DistillqError):
+    """A later attempt of the same work started while this one ran (its node was presumed
+    dead, cut off from Redis): this attempt's results are refused where they would be
+    published (the fence, storage/atomic.py), and the later attempt's stand."""
+
+
 class RecordError(DistillqError):
     """A record on storage is missing a field (an older distillq wrote it) or is malformed."""
 

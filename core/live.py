@@ -10,6 +10,7 @@ from typing import Any
 
 import redis
 
+from errors import Superseded
 from storage import keys
 from storage.records import Progress
 
@@ -57,6 +58,18 @@ def next_attempt(r: redis.Redis, job_id: str, task: str, ttl: int) -> int:
     n = int(r.incr(key))
     r.expire(key, ttl)
     return n
+
+
+def check_fence(r: redis.Redis, job_id: str, task: str, attempt: int) -> None:
+    """Raise Superseded if a later delivery of ``task`` started than ``attempt``: the work was
+    handed to another node while this one was presumed dead. A counter that is gone (expired,
+    flushed) fences nothing: both attempts then write the same deterministic result."""
+    now = int(r.get(keys.attempts(job_id, task)) or 0)
+    if now > attempt:
+        raise Superseded(
+            f"{task}: attempt {attempt} was superseded by attempt {now}, handed to another node "
+            "while this one was presumed dead; its result is discarded, the later one stands"
+        )
 
 
 def mark_unable(r: redis.Redis, job_id: str, node: str, ref: str, reason: str) -> None:

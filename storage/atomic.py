@@ -11,13 +11,34 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 from errors import StorageFull
 
 FILE_MODE, DIR_MODE = 0o644, 0o755
+
+_fence: ContextVar[Callable[[], None] | None] = ContextVar("distillq_fence", default=None)
+
+
+@contextlib.contextmanager
+def fenced(check: Callable[[], None]) -> Iterator[None]:
+    """Inside, every atomic publish (``atomic_path``, ``atomic_dir``) calls ``check`` just
+    before its rename, and ``check`` raises to refuse it. A task sets it for its attempt, so a
+    node that was cut off and presumed dead cannot overwrite what its replacement published
+    (tasks/base.py). The temporary file is removed as on any other failure."""
+    token = _fence.set(check)
+    try:
+        yield
+    finally:
+        _fence.reset(token)
+
+
+def _check_fence() -> None:
+    if (check := _fence.get()) is not None:
+        check()
 
 
 @contextlib.contextmanager
@@ -32,6 +53,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
     try:
         yield tmp_path
         _fsync_file(tmp_path)
+        _check_fence()
         os.replace(tmp_path, final)
         _fsync_dir(final.parent)
     except OSError as e:
@@ -130,6 +152,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
             raise
         for f in tmp.iterdir():
             _fsync_file(f)
+        _check_fence()
         try:
             os.rename(tmp, final)
         except OSError as e:

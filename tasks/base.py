@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import time
@@ -15,8 +16,8 @@ from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 
 from core import broker, control, faults, live, placement, registry
 from core.job import Job, load_job
-from errors import DistillqError, JobStopped, TransientError
-from storage import records
+from errors import DistillqError, JobStopped, Superseded, TransientError
+from storage import atomic, records
 from storage.records import FailureRecord, OnProgress, Progress, ProgressFields
 from storage.taskkeys import TaskKey
 from tasks.celery_app import QUEUE_TASKS, settings_of
@@ -35,6 +36,17 @@ class GaveUp(DistillqError):
 
 class NoCapableNode(DistillqError):
     """No live node on the task's queue can load the model the task needs."""
+
+
+def _superseded(fence: Callable[[], None]) -> bool:
+    """Whether a later attempt of this work started (False if Redis cannot tell now)."""
+    try:
+        fence()
+    except Superseded:
+        return True
+    except Exception:
+        return False
+    return False
 
 
 class JobTask(Task):
@@ -114,12 +126,22 @@ class JobTask(Task):
             raise GaveUp(
                 f"{key} was delivered {n} times (limit {s.max_attempts}); last attempts died without finishing"
             )
+        fence = functools.partial(live.check_fence, self.redis(), job.id, key, n)
         try:
-            yield n
+            with atomic.fenced(fence):
+                yield n
+        except Superseded as e:  # our node was presumed dead and the work went elsewhere
+            log.warning("job %s %s: %s", job.id, key, e)
+            raise Ignore() from None
         except JobStopped as e:  # cancelled while running: stop, record nothing as failed
             log.warning("job %s %s: %s", job.id, key, e)
             raise Ignore() from None
         except Exception as e:
+            if _superseded(fence):  # a failure of work that is no longer ours: no retry
+                log.warning(
+                    "job %s %s: attempt %d failed (%s) after it was superseded", job.id, key, n, e
+                )
+                raise Ignore() from None
             if isinstance(e, DistillqError) and not isinstance(e, TransientError):
                 raise
             if n < s.max_attempts and not isinstance(e, SoftTimeLimitExceeded):
