@@ -18,6 +18,7 @@ from typing import Any
 from app.view import EXIT_FAILED, EXIT_TIMEOUT
 from core.settings import Settings
 from errors import DistillqError
+from storage.layout import check_writable
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -47,6 +48,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.node import gpus
 
     s = settings_from(args)
+    check_writable(s.storage)
     usable = usable_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), len(gpus()))
     on_gpu = bool(usable) and args.device != "cpu"
     queues = args.queues.split(",") if args.queues else default_queues(on_gpu)
@@ -67,6 +69,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     # The spec first: fixing a typo in it should not need a running Redis.
     spec = load_spec(Path(args.spec), args.set)
     s = _ready(settings_from(args))
+    check_writable(s.storage)
     job = create_job(s.storage, spec, skip_bad_lines=args.skip_bad_lines)
     pipeline.submit(app, job)
     for note in data_notes(job):

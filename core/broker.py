@@ -68,8 +68,26 @@ def ping(url: str) -> None:
         once.ping()
     except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
         raise BrokerError(f"cannot reach Redis at {redacted(url)}: {_why(url, e)}") from None
+    except redis.RedisError as e:  # something answered, but not in Redis's protocol
+        raise BrokerError(f"the server at {redacted(url)} is not Redis: {_why(url, e)}") from None
     finally:
         once.close()
+
+
+def _stranger(url: str) -> str:
+    """What a server that is not Redis says to an inline PING ("" if it is Redis or silent)."""
+    import socket
+
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "localhost", parts.port or 6379), 3) as c:
+            c.settimeout(3)
+            c.sendall(b"PING\r\n")
+            answer = c.recv(64)
+    except OSError:
+        return ""
+    # Redis answers +PONG, or -NOAUTH/-ERR when it wants a password first.
+    return "" if not answer or answer[:1] in (b"+", b"-") else answer.decode("latin-1")[:40]
 
 
 def _why(url: str, e: BaseException) -> str:
@@ -91,4 +109,9 @@ def _why(url: str, e: BaseException) -> str:
         return f"TLS file not found: {', '.join(missing) or cause}; fix DISTILLQ_REDIS_TLS_*"
     if isinstance(cause, ConnectionResetError) and url.startswith("redis://"):
         return "connection reset: a TLS-only port? use rediss:// and DISTILLQ_REDIS_TLS_CA"
+    if url.startswith("redis://") and (answer := _stranger(url)):
+        return (
+            f"the server there is not Redis (it answered {answer!r}); another service has that "
+            "port: fix the port in DISTILLQ_BROKER_URL"
+        )
     return f"{type(e).__name__}; start it or fix DISTILLQ_BROKER_URL"

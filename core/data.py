@@ -38,6 +38,17 @@ class RenderChat(Protocol):
 
 
 SKIP_HINT = "; fix or remove the line, or enqueue with --skip-bad-lines"
+MAX_RECORD_BYTES = 2**20
+"""One record's limit: a megabyte of text is some 250k tokens, beyond any max_length, and
+every teacher and student task would read and tokenize all of it to keep a few KB."""
+
+
+def check_size(size: int, where: str) -> None:
+    if size > MAX_RECORD_BYTES:
+        raise DataError(
+            f"{where} is {size / 2**20:.1f} MB, over the {MAX_RECORD_BYTES // 2**20} MB limit for "
+            "one record: split it into records of a few KB"
+        )
 
 
 @dataclass
@@ -293,6 +304,7 @@ def check_shape(record: Any) -> None:
 
 def check_line(raw: bytes, lineno: int) -> None:
     """Raise DataError naming ``lineno`` unless ``raw`` is one record of an accepted shape."""
+    check_size(len(raw), f"dataset line {lineno}")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -354,6 +366,8 @@ def normalize_dataset(
             try:
                 if isinstance(rec, DataError):
                     raise rec
+                line = (json.dumps(rec, ensure_ascii=False) + "\n").encode()
+                check_size(len(line), "the record")
                 check_shape(rec)
             except DataError as e:
                 msg = f"dataset {where}: {e}"
@@ -365,7 +379,7 @@ def normalize_dataset(
                 first_error = first_error or msg
                 continue
             rows.append((len(rows) + 1, f.tell()))
-            f.write((json.dumps(rec, ensure_ascii=False) + "\n").encode())
+            f.write(line)
     if not rows:
         why = (
             f"all {len(skipped)} rows were bad; the first: {first_error}"

@@ -25,6 +25,9 @@ MAX_HANDBACKS = 500
 RECHECK_SECONDS = 60.0
 """How long a node trusts its own answer about a model before looking again."""
 
+STORAGE = "<storage>"
+"""The reference a node marks unable when it does not see the job's storage at all."""
+
 Need = tuple[str, str]  # (what, model reference), e.g. ("teacher", "/models/llama-8b")
 
 _seen: dict[str, tuple[float, str | None]] = {}

@@ -54,15 +54,21 @@ def kind(path: Path) -> str:
         )
     try:
         with path.open("rb") as f:
-            magic = f.read(4)
+            head = f.read(8192)
     except FileNotFoundError:
         raise DataError(f"dataset {path} does not exist; check the 'dataset' path") from None
+    magic = head[:4]
     if magic[:2] == b"\x1f\x8b":
         return "jsonl.gz"
     if magic == b"\x28\xb5\x2f\xfd":
         return "jsonl.zst"
     if magic == b"PAR1":
         return "parquet"
+    if b"\x00" in head:  # no text encoding distillq reads has NUL bytes
+        raise DataError(
+            f"dataset {path} is not text (a binary file?): point 'dataset' at a JSONL file "
+            "(plain, .gz or .zst), a Parquet file or a save_to_disk directory"
+        )
     return "jsonl"
 
 

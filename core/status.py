@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from core import control, live, registry
+from core import control, live, placement, registry
 from core.job import Job
 from storage import cache, records, taskkeys
 from storage.checkpoints import merged_shards
@@ -163,6 +163,12 @@ def _waiting(
     if not unable:
         return []
     out = []
+    if blind := unable.get(placement.STORAGE):
+        storage = job.paths.root.parent.parent
+        out.append(
+            f"{len(blind)} node(s) do not see this job ({', '.join(sorted(blind))}): set "
+            f"DISTILLQ_STORAGE there to {storage}, the storage it was enqueued on"
+        )
     pending = [s.shard for s in shards if s.state == "pending"]
     if job.spec.teacher and pending and (n := len(unable.get(job.spec.teacher.model, ()))):
         out.append(

@@ -14,7 +14,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,23 @@ def check_name(kind: str, value: str) -> str:
             "(no '/', no '..', at most 128 characters)"
         )
     return value
+
+
+def check_writable(storage: Path) -> None:
+    """Refuse, in one line, a storage root this node cannot write: read-only, not permitted,
+    or its parent missing. Checked before a command or a worker does anything, so nothing is
+    half made."""
+    fix = "point DISTILLQ_STORAGE (or --storage) at a writable directory that every node shares"
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=storage)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        why = {errno.EROFS: "is on a read-only filesystem", errno.EACCES: "is not writable here"}
+        raise DistillqError(
+            f"storage {storage} {why.get(e.errno or 0, f'cannot be written ({e.strerror})')}; {fix}"
+        ) from None
 
 
 @dataclass(frozen=True)

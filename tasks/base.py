@@ -9,14 +9,15 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 
 from core import broker, control, faults, live, placement, registry
 from core.job import Job, load_job
-from errors import DistillqError, JobStopped, Superseded, TransientError
+from errors import DistillqError, JobNotFound, JobStopped, Superseded, TransientError
 from storage import atomic, records
 from storage.records import FailureRecord, OnProgress, Progress, ProgressFields
 from storage.taskkeys import TaskKey
@@ -67,7 +68,32 @@ class JobTask(Task):
         return result
 
     def job(self, job_id: str) -> Job:
-        return load_job(settings_of(self.app).storage, job_id)
+        s = settings_of(self.app)
+        try:
+            return load_job(s.storage, job_id)
+        except JobNotFound:
+            self._blind(job_id, s.storage)
+
+    def _blind(self, job_id: str, storage: Path) -> NoReturn:
+        """This node does not see the job: its DISTILLQ_STORAGE differs from the enqueuing
+        node's (unset, or another mount). Failing the task would lose it (the failure record
+        cannot even be written where the job is), so the node says why in Redis, where
+        `status` shows it, and hands the task back for a node that sees the job."""
+        node = str(self.request.hostname or "this node")
+        reason = (
+            f"node {node} does not see job {job_id} under its storage {storage}: set "
+            "DISTILLQ_STORAGE on that node to the directory every node shares"
+        )
+        r = self.redis()
+        live.mark_unable(r, job_id, node, placement.STORAGE, reason)
+        n = live.count_handback(
+            r, job_id, f"{self.name}:{self.request.id}", settings_of(self.app).result_expires
+        )
+        log.error("%s (handed back %d times)", reason, n)
+        if n > placement.MAX_HANDBACKS:
+            raise Ignore()  # nobody sees it: `distillq resume` re-queues it once fixed
+        time.sleep(placement.backoff(n))
+        raise Reject(reason, requeue=True)
 
     def redis(self) -> Any:
         return broker.client(settings_of(self.app).broker_url)

@@ -196,3 +196,28 @@ def test_a_replica_killed_mid_round_resumes_from_its_checkpoint(
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7)
     assert not killed.paths.round_dir("s", 0).exists()  # merged: its checkpoints are gone
+
+
+def test_a_node_that_does_not_see_the_storage_hands_work_back_and_status_says_why(
+    settings, workers, make_spec, tmp_path
+):
+    """DISTILLQ_STORAGE unset (or another mount) on one node: its tasks are not failed (that
+    would lose them, and the failure could not even be recorded where the job is); the node
+    says why where `status` shows it and hands them back to a node that sees the job."""
+    from tests.e2e.test_faults import assert_landed_once, wait_for
+
+    elsewhere = tmp_path / "not-the-shared-storage"
+    workers.start("teacher", "blind", extra_env={"DISTILLQ_STORAGE": str(elsewhere)})
+    workers.start("student", "student")
+    job_id = enqueue(settings, make_spec(n_records=90, shards=3))
+    line = (
+        f"1 node(s) do not see this job (blind@test): set DISTILLQ_STORAGE there to "
+        f"{settings.storage}, the storage it was enqueued on"
+    )
+    wait_for(lambda: line in run_cli(settings, "status", job_id).stdout, 120, "status to say so")
+    workers.start("teacher", "teacher")
+    res = run_cli(settings, "wait", job_id, "--timeout", "300")
+    assert res.returncode == 0, res.stderr + workers.log("blind")
+    assert_landed_once(load_job(settings.storage, job_id))
+    assert "does not see job" in workers.log("blind")
+    assert not (elsewhere / "jobs").exists()  # nothing written where the job is not

@@ -134,6 +134,51 @@ def test_no_training_target_within_max_length_is_refused(settings, make_spec, be
     refused(settings, before, [spec], "has a training target within its first 96 tokens", "raise")
 
 
+def test_a_dataset_that_is_a_directory_or_binary_is_named_with_the_fix_and_gzip_is_read(
+    settings, make_spec, before, tmp_path
+):
+    import gzip
+    import os
+
+    refused(
+        settings,
+        before,
+        [str(make_spec(dataset=str(tmp_path)))],
+        f"dataset directory {tmp_path} holds no Parquet files and no save_to_disk dataset",
+        "point 'dataset' at a JSONL or Parquet file",
+    )
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(bytes(range(256)) * 40 + os.urandom(4000))
+    refused(
+        settings,
+        before,
+        [str(make_spec(dataset=str(binary)))],
+        f"dataset {binary} is not text (a binary file?)",
+        "a JSONL file (plain, .gz or .zst)",
+    )
+    # A gzip (by its bytes, whatever its name) is not bad input: it is read as JSONL.
+    packed = tmp_path / "data.jsonl"
+    with gzip.open(packed, "wt") as f:
+        f.write("\n".join(good(20)) + "\n")
+    job, _ = enqueued(settings, [str(make_spec(dataset=str(packed)))])
+    assert len(job.index) == 20
+
+
+def test_a_record_of_ten_megabytes_is_refused_by_line(settings, make_spec, before, tmp_path):
+    huge = json.dumps({"text": "x" * (10 * 2**20)})
+    spec = str(make_spec(dataset=dataset(tmp_path, [*good(3), huge, *good(8)])))
+    refused(
+        settings,
+        before,
+        [spec],
+        "dataset line 4 is 10.0 MB, over the 1 MB limit for one record",
+        "split it into records",
+        "--skip-bad-lines",
+    )
+    job, out = enqueued(settings, [spec, "--skip-bad-lines"])
+    assert job.info.data.skipped_lines == 1 and "4" in out
+
+
 # ---------------------------------------------------------------- the spec
 
 
@@ -160,6 +205,9 @@ def test_invalid_yaml_and_unknown_keys(settings, make_spec, before, tmp_path):
         ("shards=0", ["shards=0 must be positive", "set it above 0"]),
         ("shards=-3", ["shards=-3 must be positive"]),
         ("shards=100", ["only 18 training records (2 of 20 held out", "at most 18"]),
+        ("students.0.batch_size=0", ["batch_size=0 must be positive"]),
+        ("students.0.lr=-1", ["lr=-1.0 must be positive"]),
+        ("teacher.temperature=0", ["temperature=0.0 must be positive"]),
         ("mode=distill", ["mode='distill' is not one of", "teacher_student"]),
         ("loss.kind=kl", ["loss.kind='kl' is not one of", "forward_kl"]),
         ("students.0.peft.method=lorax", ["unknown PEFT method 'lorax'", "lora", "ia3", "full"]),

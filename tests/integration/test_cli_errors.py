@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from core.settings import Settings
@@ -105,3 +107,62 @@ def test_init_student_writes_a_student_a_job_accepts(settings, tmp_path):
     res = run_cli(settings, "init-student", str(tmp_path / "nope"), "--out", str(tmp_path / "x"))
     assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1
     assert "does not exist" in res.stderr
+
+
+def test_a_server_that_is_not_redis_on_the_broker_port(tmp_path, make_spec):
+    import http.server
+    import threading
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"redis://127.0.0.1:{httpd.server_address[1]}/0"
+        res = run_cli(
+            Settings(broker_url=url, storage=tmp_path / "st"), "enqueue", str(make_spec())
+        )
+        one_line_error(
+            res,
+            f"cannot reach Redis at {url}: the server there is not Redis",
+            "HTML",
+            "fix the port",
+        )
+        assert not (tmp_path / "st").exists()  # nothing made
+    finally:
+        httpd.shutdown()
+
+
+def read_only(storage) -> list[str]:
+    """Run a command in a mount namespace of its own where ``storage`` is mounted read-only."""
+    return [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        f'mount --bind "{storage}" "{storage}" && mount -o remount,bind,ro "{storage}" && exec "$@"',
+        "sh",
+    ]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a read-only bind mount needs root")
+@pytest.mark.parametrize("command", ["enqueue", "worker"])
+def test_storage_on_a_read_only_filesystem_is_one_line(settings, make_spec, command):
+    import subprocess
+    import sys
+
+    settings.storage.mkdir(parents=True)
+    args = ["enqueue", str(make_spec())] if command == "enqueue" else ["worker", "-Q", "teacher"]
+    res = subprocess.run(
+        [*read_only(settings.storage), sys.executable, "-m", "app.cli", *args],
+        env={**os.environ, **settings.to_env()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    one_line_error(
+        res,
+        f"storage {settings.storage} is on a read-only filesystem",
+        "point DISTILLQ_STORAGE (or --storage) at a writable directory that every node shares",
+    )
+    assert not any(settings.storage.iterdir())  # nothing half made
