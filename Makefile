@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench bench-cli setup clean demo-teacher llama-cpp
+.PHONY: demo test test-fast lint bench bench-cli setup clean demo-teacher llama-cpp soak
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -52,6 +52,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+
+# Jobs back to back on `distillq up --workers 2` with SIGKILLs and a Redis restart; writes
+# bench/SOAK.{json,md} (figures in docs/RELIABILITY.md). SOAK_ARGS="--jobs 5" for a short one.
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 # Benchmarks against bare loops and online KD; rewrites bench/RESULTS.{md,json} and bench/results.png.
 bench: $(STAMP) $(LLAMA_STAMP)

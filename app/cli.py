@@ -118,12 +118,15 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    from core.status import job_status
+    from core.status import job_status, pulse
 
     job, r = _job_and_redis(args)
     deadline = time.time() + args.timeout
+    last_pulse, moved_at = "", time.time()
     while True:
         st = job_status(job, r)
+        if (now := pulse(st)) != last_pulse:
+            last_pulse, moved_at = now, time.time()
         if st.state == "done":
             print(f"job {job.id} done: {st.report}")
             return 0
@@ -140,6 +143,15 @@ def cmd_wait(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             for line in st.unheard:
+                print(line, file=sys.stderr)
+            return EXIT_TIMEOUT
+        if args.stall and time.time() - moved_at > args.stall:
+            print(
+                f"job {job.id} has not moved for {args.stall:.0f} s (state {st.state}): no shard, "
+                f"round or task progress; `distillq status {job.id}` shows where it is",
+                file=sys.stderr,
+            )
+            for line in [*st.unheard, *st.waiting]:
                 print(line, file=sys.stderr)
             return EXIT_TIMEOUT
         time.sleep(args.interval)
@@ -472,6 +484,13 @@ def parser() -> argparse.ArgumentParser:
     job_arg(wt)
     wt.add_argument(
         "--timeout", type=float, default=3600.0, help="give up after this many seconds (exit 3)"
+    )
+    wt.add_argument(
+        "--stall",
+        type=float,
+        default=None,
+        help="give up once the job has not moved for this many seconds: no shard, round or "
+        "task progress (exit 3); for CI, where a slow machine must not fail a job that moves",
     )
     wt.add_argument("--interval", type=float, default=1.0, help="seconds between checks")
     for name, fn, help in [

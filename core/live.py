@@ -67,8 +67,9 @@ def check_fence(r: redis.Redis, job_id: str, task: str, attempt: int) -> None:
     now = int(r.get(keys.attempts(job_id, task)) or 0)
     if now > attempt:
         raise Superseded(
-            f"{task}: attempt {attempt} was superseded by attempt {now}, handed to another node "
-            "while this one was presumed dead; its result is discarded, the later one stands"
+            f"{task}: attempt {attempt} was superseded by attempt {now} (a later delivery of the "
+            "same work: this node was presumed dead, or the work was queued twice); its result "
+            "is discarded, the later one stands"
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -153,6 +154,18 @@ def job_status(job: Job, redis_client: Any | None = None) -> JobStatus:
         waiting=waiting,
         unheard=unheard,
     )
+
+
+def pulse(st: JobStatus) -> str:
+    """Changes whenever the job moves: a shard or round finishes, or a running task reports
+    progress (each report carries its time). `wait --stall` gives up when it stops changing."""
+    moving = {
+        "shards": [(sh.state, sh.progress) for sh in st.shards],
+        "tracks": {k: (t.rounds_merged, t.running, t.merging) for k, t in st.tracks.items()},
+        "failures": sorted(st.failures),
+        "state": st.state,
+    }
+    return json.dumps(moving, sort_keys=True, default=str)
 
 
 def _waiting(

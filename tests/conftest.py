@@ -181,10 +181,9 @@ class Workers:
         return f.read_text()[-4000:] if f.exists() else ""
 
     def stop_all(self) -> None:
-        from workers.launch import stop_process_group
+        from workers.launch import stop_process_groups
 
-        for p in self.procs:
-            stop_process_group(p)
+        stop_process_groups(self.procs)  # all asked at once, under one deadline
 
 
 @pytest.fixture
@@ -194,9 +193,25 @@ def workers(settings: Settings, tmp_path: Path) -> Iterator[Workers]:
     w.stop_all()
 
 
-def run_cli(settings: Settings, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the real `distillq` command in a subprocess with these settings."""
+@pytest.fixture(autouse=True)
+def _pulse_root(tmp_path: Path) -> Iterator[None]:
+    """Progress-following waits (tests/progress.py) watch this test's own directory."""
+    from tests import progress
+
+    progress.ROOT = tmp_path
+    yield
+    progress.ROOT = None
+
+
+def run_cli(
+    settings: Settings, *args: str, timeout: float | None = 300
+) -> subprocess.CompletedProcess:
+    """Run the real `distillq` command in a subprocess with these settings. `wait --stall`
+    limits itself by progress, so it gets no wall-clock limit here."""
     import sys
+
+    if args[:1] == ("wait",) and "--stall" in args:
+        timeout = None
 
     env = {**os.environ, **settings.to_env()}
     return subprocess.run(

@@ -74,7 +74,7 @@ def test_up_enqueue_wait_down_with_no_broker_configured(tmp_path, make_spec):
         for pid, cmdline in cmdlines(started).items():
             assert state["flower_password"] not in cmdline, (pid, cmdline)
         job_id = enqueue(s, make_spec())  # finds the cluster's broker by itself
-        res = run_cli(s, "wait", job_id, "--timeout", "300")
+        res = run_cli(s, "wait", job_id, "--stall", "180")
         assert res.returncode == 0, res.stderr
         nodes = json.loads(run_cli(s, "nodes", "--json").stdout)
         assert len(nodes) == 2 and all(n["state"] == "up" for n in nodes)

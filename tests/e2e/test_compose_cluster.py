@@ -78,7 +78,7 @@ def test_compose_services_run_as_local_processes(tmp_path):
         assert res.returncode == 0, res.stderr[-3000:]
         job_id = res.stdout.strip().splitlines()[-1]
         res = subprocess.run(
-            [sys.executable, "-m", "app.cli", "wait", job_id, "--timeout", "600"],
+            [sys.executable, "-m", "app.cli", "wait", job_id, "--stall", "180"],
             env=env_of(one_shot),
             capture_output=True,
             text=True,

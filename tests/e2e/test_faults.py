@@ -11,9 +11,8 @@ import os
 import resource
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -25,18 +24,10 @@ from core.status import job_status
 from storage import cache, checkpoints, keys
 from tests.conftest import Workers, run_cli
 from tests.e2e.test_pipeline import enqueue, enqueue_medium
+from tests.progress import wait_for
 from workers.redis_server import EmbeddedRedis
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if value := pred():
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def assert_landed_once(job: Job, track: str = "s") -> None:
@@ -86,7 +77,7 @@ def test_killed_teacher_node_s_shard_is_handed_back_long_before_the_visibility_t
         job.paths.shard(i).exists() and not job.paths.shard_stats(i).exists() for i in range(3)
     ), "a partial cache file is visible under its final name"
     fw.start("teacher", "rescuer")
-    res = run_cli(s, "wait", job_id, "--timeout", "300")
+    res = run_cli(s, "wait", job_id, "--stall", "180")
     assert res.returncode == 0, res.stderr + all_logs(fw)[-3000:]
     # Redis alone would re-deliver only after the visibility timeout (hours).
     assert time.time() - killed_at < 300 < s.visibility_timeout
@@ -108,7 +99,7 @@ def test_killed_student_mid_replica_round_is_redelivered_and_merged_once(fast_be
     wait_for(lambda: r.exists(keys.attempts(job_id, "replica-s-00001-0")), 180, "the replica")
     os.killpg(doomed.pid, signal.SIGKILL)
     fw.start("student", "rescuer")
-    res = run_cli(s, "wait", job_id, "--timeout", "300")
+    res = run_cli(s, "wait", job_id, "--stall", "180")
     assert res.returncode == 0, res.stderr + all_logs(fw)[-3000:]
     assert_landed_once(job)  # version count == number of rounds: merged exactly once
 
@@ -124,7 +115,7 @@ def test_duplicate_teacher_and_merge_deliveries_land_once(settings, workers, mak
     dup.apply_async()  # the same teacher task twice in the queue
     workers.start("teacher", "teacher")
     workers.start("student", "student")
-    assert run_cli(settings, "wait", job_id, "--timeout", "300").returncode == 0
+    assert run_cli(settings, "wait", job_id, "--stall", "180").returncode == 0
     log = all_logs(workers)
     assert log.count(f"job {job_id} shard 0: verified cache exists, skipped") == 1
     sha = cache.file_sha256(job.paths.shard(0))
@@ -157,7 +148,7 @@ def test_job_completes_across_a_redis_restart(own_redis, tmp_path, make_spec, ti
         own_redis.stop()  # AOF keeps queues, unacked messages and chord state
         time.sleep(5)
         own_redis.start()
-        res = run_cli(s, "wait", job_id, "--timeout", "300")
+        res = run_cli(s, "wait", job_id, "--stall", "180")
         assert res.returncode == 0, res.stderr + all_logs(w)[-3000:]
         assert_landed_once(job)
     finally:
@@ -176,7 +167,7 @@ def test_full_disk_fails_the_job_with_the_path_and_resume_completes_it(
     workers.start("teacher", "cramped", preexec_fn=small_disk)
     job_id = enqueue(settings, make_spec(n_records=240, shards=2))
     job = load_job(settings.storage, job_id)
-    res = run_cli(settings, "wait", job_id, "--timeout", "180")
+    res = run_cli(settings, "wait", job_id, "--stall", "180")
     assert res.returncode != 0
     st = job_status(job)
     assert st.state == "failed"
@@ -192,7 +183,7 @@ def test_full_disk_fails_the_job_with_the_path_and_resume_completes_it(
     workers.start("teacher", "teacher")
     workers.start("student", "student")
     assert run_cli(settings, "resume", job_id).returncode == 0
-    res = run_cli(settings, "wait", job_id, "--timeout", "300")
+    res = run_cli(settings, "wait", job_id, "--stall", "180")
     assert res.returncode == 0, res.stderr
     assert_landed_once(job)
 
@@ -210,7 +201,7 @@ def test_corrupt_cache_is_detected_quarantined_and_regenerated(settings, workers
         data[i] ^= 0xFF  # bit rot in the middle of the file
     shard.write_bytes(bytes(data))
     workers.start("student", "student")
-    res = run_cli(settings, "wait", job_id, "--timeout", "300")
+    res = run_cli(settings, "wait", job_id, "--stall", "180")
     assert res.returncode == 0, res.stderr + workers.log("student")
     quarantined = list(job.paths.quarantine_dir.glob("shard-00001.*.h5"))
     assert len(quarantined) == 1 and cache.file_sha256(quarantined[0]) != good
@@ -243,7 +234,7 @@ def test_poison_shard_stops_after_bounded_attempts_and_status_names_it(
     workers.start("teacher", "teacher")
     workers.start("student", "student")
     assert run_cli(settings, "resume", job_id).returncode == 0
-    assert run_cli(settings, "wait", job_id, "--timeout", "300").returncode == 0
+    assert run_cli(settings, "wait", job_id, "--stall", "180").returncode == 0
     assert_landed_once(job)
 
 
@@ -258,7 +249,7 @@ def test_worker_reconnects_after_losing_redis_without_a_restart(own_redis, tmp_p
         time.sleep(8)  # longer than a heartbeat timeout and several reconnect attempts
         own_redis.start()
         job_id = enqueue(s, make_spec(n_records=90, shards=3))
-        res = run_cli(s, "wait", job_id, "--timeout", "300")
+        res = run_cli(s, "wait", job_id, "--stall", "180")
         assert res.returncode == 0, res.stderr + all_logs(w)[-3000:]
         assert teacher.poll() is None and student.poll() is None  # the same processes
         client = redis.Redis.from_url(s.broker_url)

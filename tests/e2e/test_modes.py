@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import redis
@@ -14,6 +13,7 @@ from storage.atomic import read_json
 from storage.cache import CacheReader
 from tests.conftest import run_cli
 from tests.e2e.test_pipeline import enqueue
+from tests.progress import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -38,7 +38,7 @@ def test_hybrid_mode_with_two_replicas_and_an_ensemble(settings, make_spec, work
         },
     ]
     job_id = enqueue(settings, make_spec(mode="hybrid", students=students))
-    res = run_cli(settings, "wait", job_id, "--timeout", "400")
+    res = run_cli(settings, "wait", job_id, "--stall", "180")
     assert res.returncode == 0, res.stderr + workers.log("w1") + workers.log("w2")
     job = load_job(settings.storage, job_id)
     for track in ("lora2", "full"):
@@ -74,7 +74,7 @@ def test_data_parallel_trains_without_a_teacher(settings, make_spec, workers, ti
     del raw["teacher"]
     spec.write_text(yaml.safe_dump(raw))
     job_id = enqueue(settings, spec)
-    res = run_cli(settings, "wait", job_id, "--timeout", "300")
+    res = run_cli(settings, "wait", job_id, "--stall", "180")
     assert res.returncode == 0, res.stderr + workers.log("w1")
     job = load_job(settings.storage, job_id)
     with CacheReader(job.paths.shard(0)) as r:
@@ -103,15 +103,12 @@ def test_resume_finishes_a_job_from_storage_after_redis_is_wiped(settings, make_
     workers.start("teacher", "teacher")
     job_id = enqueue(settings, make_spec())
     job = load_job(settings.storage, job_id)
-    deadline = time.time() + 120
-    while not job.paths.shard_stats(0).exists():
-        assert time.time() < deadline
-        time.sleep(0.2)
+    wait_for(job.paths.shard_stats(0).exists, 120, "the first shard")
     redis.Redis.from_url(settings.broker_url).flushall()  # queues, chords, results: gone
     workers.start("student", "student")
     res = run_cli(settings, "resume", job_id)
     assert res.returncode == 0, res.stderr
-    assert run_cli(settings, "wait", job_id, "--timeout", "300").returncode == 0
+    assert run_cli(settings, "wait", job_id, "--stall", "180").returncode == 0
     for i in range(3):
         assert cache.read_stats(job.paths.shard_stats(i)).shard == i
     assert checkpoints.latest(job.paths, "s").version == 3

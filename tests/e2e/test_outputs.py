@@ -52,7 +52,7 @@ def test_a_finished_job_runs_in_llama_cpp_and_reports_what_it_learned(
     )
     workers.start("teacher,student", "both")
     job_id = enqueue(settings, spec)
-    res = run_cli(settings, "wait", job_id, "--timeout", "600")
+    res = run_cli(settings, "wait", job_id, "--stall", "180")
     assert res.returncode == 0, res.stderr + workers.log("both")
     job = load_job(settings.storage, job_id)
     report = records.read(Report, job.paths.report)

@@ -100,7 +100,7 @@ def test_cut_off_nodes_are_replaced_and_their_late_writes_fenced(
         )
         s_node.heal()
 
-        res = run_cli(s, "wait", job_id, "--timeout", "600")
+        res = run_cli(s, "wait", job_id, "--stall", "180")
         assert res.returncode == 0, res.stderr + w.log("cut-teacher") + w.log("cut-student")
         # The late writers reach the fence once TCP gets through again.
         for name in ("cut-teacher", "cut-student"):

@@ -122,7 +122,7 @@ def test_tasks_go_only_to_nodes_that_can_load_their_models(
     blind = workers.start("teacher,student", "blind", preexec_fn=_hidden(models_root))
     # Alone, the blind node fails the job with the sentence that says why, without attempts.
     job_id = enqueue(settings, make_spec())
-    res = run_cli(settings, "wait", job_id, "--timeout", "300")
+    res = run_cli(settings, "wait", job_id, "--stall", "180")
     assert res.returncode == 1
     status = run_cli(settings, "status", job_id, "--json").stdout
     assert (
@@ -132,7 +132,7 @@ def test_tasks_go_only_to_nodes_that_can_load_their_models(
     # With a node that can: every task lands there and the job completes.
     workers.start("teacher,student", "able")
     job_id = enqueue(settings, make_spec())
-    res = run_cli(settings, "wait", job_id, "--timeout", "600")
+    res = run_cli(settings, "wait", job_id, "--stall", "180")
     assert res.returncode == 0, res.stderr + workers.log("blind") + workers.log("able")
     assert blind.poll() is None
     job = load_job(settings.storage, job_id)
@@ -171,7 +171,7 @@ def test_a_replica_killed_mid_round_resumes_from_its_checkpoint(
     once.mkdir()
     workers.start("teacher,student", "w")
     plain = load_job(settings.storage, enqueue(settings, spec))
-    assert run_cli(settings, "wait", plain.id, "--timeout", "600").returncode == 0
+    assert run_cli(settings, "wait", plain.id, "--stall", "180").returncode == 0
     workers.stop_all()
 
     workers.start(
@@ -183,7 +183,7 @@ def test_a_replica_killed_mid_round_resumes_from_its_checkpoint(
         },
     )
     killed = load_job(settings.storage, enqueue(settings, spec))
-    res = run_cli(settings, "wait", killed.id, "--timeout", "600")
+    res = run_cli(settings, "wait", killed.id, "--stall", "180")
     assert res.returncode == 0, res.stderr + workers.log("killed")
     assert (once / f"replica_step:s:{kill_at}").exists()  # the kill happened
     rep = checkpoints.latest(killed.paths, "s").meta.rounds[0].replicas[0]
@@ -216,7 +216,7 @@ def test_a_node_that_does_not_see_the_storage_hands_work_back_and_status_says_wh
     )
     wait_for(lambda: line in run_cli(settings, "status", job_id).stdout, 120, "status to say so")
     workers.start("teacher", "teacher")
-    res = run_cli(settings, "wait", job_id, "--timeout", "300")
+    res = run_cli(settings, "wait", job_id, "--stall", "180")
     assert res.returncode == 0, res.stderr + workers.log("blind")
     assert_landed_once(load_job(settings.storage, job_id))
     assert "does not see job" in workers.log("blind")

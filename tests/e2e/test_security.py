@@ -10,7 +10,6 @@ import json
 import os
 import secrets
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from core.settings import Settings
 from tests.conftest import Workers, run_cli
 from tests.e2e.test_cluster import flower_get
 from tests.e2e.test_pipeline import enqueue
+from tests.progress import wait_for
 from workers.redis_server import EmbeddedRedis, TlsFiles, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -103,13 +103,6 @@ def publish_pickled(url: str, task: str, args: tuple) -> str:
     return task_id
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while not predicate():
-        assert time.time() < deadline, what
-        time.sleep(0.2)
-
-
 def test_a_pickled_message_is_refused_and_the_worker_keeps_serving_json(
     settings, make_spec, workers, tmp_path
 ):
@@ -127,7 +120,7 @@ def test_a_pickled_message_is_refused_and_the_worker_keeps_serving_json(
     assert not (settings.storage / "jobs").exists()  # no task ran, nothing written
 
     job_id = enqueue(settings, make_spec(n_records=30, shards=2))
-    res = run_cli(settings, "wait", job_id, "--timeout", "300")
+    res = run_cli(settings, "wait", job_id, "--stall", "180")
     assert res.returncode == 0, res.stderr + workers.log("w")
     assert not marker.exists()
 
@@ -144,7 +137,7 @@ def test_a_job_runs_over_tls_with_an_acl_user_and_the_password_is_never_shown(
     try:
         workers.start("teacher,student", "w")
         job_id = enqueue(s, make_spec(n_records=30, shards=2))
-        res = run_cli(s, "wait", job_id, "--timeout", "300")
+        res = run_cli(s, "wait", job_id, "--stall", "180")
         assert res.returncode == 0, res.stderr + workers.log("w")
 
         from workers.launch import spawn_flower

@@ -24,6 +24,7 @@ from storage.cache import CacheReader
 from tests.conftest import job_with_cache, run_cli, write_jsonl
 from tests.e2e.test_pipeline import enqueue
 from tests.llama_server import SERVED_NAME, FaultProxy, LlamaServer, serve_gguf
+from tests.progress import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -75,10 +76,9 @@ def start_and_await_first_shard(settings, workers, spec: Path) -> tuple[str, Any
     workers.start("student", "student")
     job_id = enqueue(settings, spec)
     job = load_job(settings.storage, job_id)
-    deadline = time.time() + 300
-    while cache.verified(job.paths.shard(0), job.paths.shard_stats(0)) is None:
-        assert time.time() < deadline, workers.log("teacher")
-        time.sleep(0.05)
+    wait_for(
+        lambda: cache.verified(job.paths.shard(0), job.paths.shard_stats(0)), 180, "shard 0", 0.05
+    )
     return job_id, job
 
 
@@ -182,7 +182,7 @@ def test_a_served_job_rides_out_429s_stalls_and_a_server_restart(
                 seen_error = res.stdout
             time.sleep(0.5)
         server.start()
-        res = run_cli(settings, "wait", job_id, "--timeout", "600")
+        res = run_cli(settings, "wait", job_id, "--stall", "180")
         assert res.returncode == 0, res.stderr + workers.log("teacher") + workers.log("student")
     total: dict[str, int] = {}
     for shard in range(job.n_shards):
@@ -226,7 +226,7 @@ def test_prompt_only_data_runs_end_to_end(
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
     workers.start("teacher,student", "both")
     job_id = enqueue(settings, tmp_path / "job.yaml")
-    res = run_cli(settings, "wait", job_id, "--timeout", "600")
+    res = run_cli(settings, "wait", job_id, "--stall", "180")
     assert res.returncode == 0, res.stderr + workers.log("both")
     job = load_job(settings.storage, job_id)
 
@@ -274,7 +274,7 @@ def test_a_server_that_stays_down_fails_its_shards_after_retries_and_resume_fini
     job_id, job = start_and_await_first_shard(settings, workers, spec)
     server.kill()
     try:
-        res = run_cli(settings, "wait", job_id, "--timeout", "300")
+        res = run_cli(settings, "wait", job_id, "--stall", "180")
         assert res.returncode != 0
         status = run_cli(settings, "status", job_id).stdout
         assert "FAILED teacher-" in status and "EndpointDown" in status, status
@@ -283,13 +283,10 @@ def test_a_server_that_stays_down_fails_its_shards_after_retries_and_resume_fini
         # Every retry chain ends at the attempt cap, with a failure record each (resuming
         # before the last of them ends would let its late failure fail the resumed job).
         keys = [f"teacher-{i:05d}" for i in range(1, job.n_shards)] + ["teacher-eval"]
-        deadline = time.time() + 300
-        while not all(job.paths.failure(k).exists() for k in keys):
-            assert time.time() < deadline, workers.log("teacher")
-            time.sleep(0.5)
+        wait_for(lambda: all(job.paths.failure(k).exists() for k in keys), 180, "every failure")
     finally:
         server.start()
     res = run_cli(settings, "resume", job_id)
     assert res.returncode == 0, res.stderr
-    res = run_cli(settings, "wait", job_id, "--timeout", "600")
+    res = run_cli(settings, "wait", job_id, "--stall", "180")
     assert res.returncode == 0, res.stderr + workers.log("teacher")

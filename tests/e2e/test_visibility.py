@@ -63,7 +63,7 @@ def test_progress_travels_as_celery_task_events(settings, make_spec, workers):
     workers.start("teacher", "teacher")
     workers.start("student", "student")
     job_id = enqueue(settings, make_spec())
-    assert run_cli(settings, "wait", job_id, "--timeout", "300").returncode == 0
+    assert run_cli(settings, "wait", job_id, "--stall", "180").returncode == 0
     time.sleep(1)
     stop.set()
     teacher = [e for e in seen["task-progress"] if e.get("task", "").startswith("teacher-")]
