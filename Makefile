@@ -40,12 +40,16 @@ llama-cpp: $(LLAMA_STAMP)
 demo: $(STAMP)
 	$(BIN)/distillq demo
 
+# Two test processes (pytest-xdist): most e2e time is waiting on heartbeats, process start-up
+# and Redis, so two at once fit on two cores; every wait follows progress (tests/progress.py),
+# so a busy machine is slower, not red. worksteal keeps the long tests from ending alone.
+PYTEST_N ?= 2
 test: $(STAMP) $(LLAMA_STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n $(PYTEST_N) --dist worksteal tests
 
 # The inner loop: unit + integration (real Redis, no worker processes, no whole jobs).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest tests/unit tests/integration -m "not e2e"
+	$(BIN)/python -m pytest -n $(PYTEST_N) --dist worksteal tests/unit tests/integration -m "not e2e"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

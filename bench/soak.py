@@ -126,7 +126,7 @@ def soak(root: Path, jobs: int, records: int, seed: int = 0) -> dict[str, Any]:
                 raise SystemExit(f"enqueue failed: {res.stderr}")
             job_id = res.stdout.strip().splitlines()[-1]
             job = load_job(s.storage, job_id)
-            started, killed, moved_at, last = time.time(), False, time.time(), ""
+            started, killed, moved_at, last = time.time(), "", time.time(), ""
             while True:
                 st = job_status(job)
                 if st.state in ("done", "failed"):
@@ -156,11 +156,12 @@ def soak(root: Path, jobs: int, records: int, seed: int = 0) -> dict[str, Any]:
                             )
                         )
                         _replace_pid(s.storage, 1, spare[-1].pid)
+                        killed = "node 1"
                     else:
                         for child in psutil.Process(pid).children():
                             child.kill()  # the pool process running the task
+                        killed = f"pool of {node}"
                     kills += 1
-                    killed = True
                 time.sleep(0.2)
             shards_ok, merged_once = check_landed(job)
             main = psutil.Process(workers_of(s.storage)[0])

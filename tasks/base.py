@@ -153,11 +153,13 @@ class JobTask(Task):
                 f"{key} was delivered {n} times (limit {s.max_attempts}); last attempts died without finishing"
             )
         fence = functools.partial(live.check_fence, self.redis(), job.id, key, n)
+        ours = True  # whether the progress entry is this attempt's to clear
         try:
             with atomic.fenced(fence):
                 yield n
         except Superseded as e:  # our node was presumed dead and the work went elsewhere
             log.warning("job %s %s: %s", job.id, key, e)
+            ours = False
             raise Ignore() from None
         except JobStopped as e:  # cancelled while running: stop, record nothing as failed
             log.warning("job %s %s: %s", job.id, key, e)
@@ -167,6 +169,7 @@ class JobTask(Task):
                 log.warning(
                     "job %s %s: attempt %d failed (%s) after it was superseded", job.id, key, n, e
                 )
+                ours = False
                 raise Ignore() from None
             if isinstance(e, DistillqError) and not isinstance(e, TransientError):
                 raise
@@ -175,7 +178,8 @@ class JobTask(Task):
                 raise self.retry(exc=e, countdown=min(60, 2**n)) from e
             raise
         finally:
-            live.clear_progress(self.redis(), job.id, key)
+            if ours:  # a superseded attempt leaves the live entry to the attempt that owns it
+                live.clear_progress(self.redis(), job.id, key)
         job.paths.failure(key).unlink(missing_ok=True)  # an earlier failure of this work is over
 
     def progress(self, job: Job, work: TaskKey) -> OnProgress:
@@ -209,7 +213,8 @@ class JobTask(Task):
         """Write the failure record `status` shows; if it cannot be written, say so in the log."""
         try:
             job_id, key = self.job_and_key(args, kwargs)
-            job = self.job(job_id)
+            # Not self.job(): a node that cannot see the job has nowhere to write this.
+            job = load_job(settings_of(self.app).storage, job_id)
             records.write(
                 job.paths.failure(str(key)),
                 FailureRecord(

@@ -85,10 +85,12 @@ def test_students_wait_in_their_queue_until_a_student_worker_starts(settings, ma
 def test_students_start_before_the_last_teacher_shard_is_done(
     settings, make_spec, workers, tiny_models
 ):
-    workers.start("teacher", "teacher")
     workers.start("student", "student")
-    # A heavier teacher and more shards: teacher work must outlast a student's start-up.
+    # A heavier teacher and more shards: teacher work must outlast a student's start-up. The
+    # teacher node starts after `enqueue` returns, so a busy machine, where enqueue itself
+    # takes seconds, cannot let the whole teacher pass finish before anyone looks.
     job_id = enqueue_medium(settings, make_spec, tiny_models)
+    workers.start("teacher", "teacher")
     # Live progress while it runs: a shard's samples/tokens, a replica's step/loss/throughput.
     from core import broker
     from core.status import job_status

@@ -270,7 +270,8 @@ def test_a_server_that_stays_down_fails_its_shards_after_retries_and_resume_fini
     """The pool gives up (few retries here), the task retry path tries again with back-off
     and stops at the attempt cap; written shards stay; with the server back, resume finishes."""
     teacher = served_teacher(server.url, retries=2, retry_budget_s=5)
-    spec = make_spec(n_records=40, shards=4, teacher=teacher)
+    # Two shards: each shard left runs a retry chain to the attempt cap (about 20 s).
+    spec = make_spec(n_records=40, shards=2, teacher=teacher)
     job_id, job = start_and_await_first_shard(settings, workers, spec)
     server.kill()
     try:
