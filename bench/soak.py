@@ -35,11 +35,11 @@ from typing import Any
 import psutil
 import yaml
 
-from core import broker
+from core import broker, live
 from core.job import load_job
 from core.settings import Settings
-from core.status import job_status
-from storage import cache, checkpoints, keys
+from core.status import job_status, pulse
+from storage import cache, checkpoints
 from workers import cluster
 from workers.launch import spawn_worker, stop_process_group
 from workers.redis_server import EmbeddedRedis, free_port
@@ -97,14 +97,9 @@ def redone(r: Any, job_id: str) -> tuple[int, int]:
     """(shards and replicas delivered again, merge deliveries beyond one per round). A merge
     may come twice, from its chord and from a redelivered replica that saw the round whole;
     the second finds it merged and does nothing."""
-    work = merges = 0
-    for k in r.scan_iter(match=keys.attempts_pattern(job_id)):
-        extra = int(r.get(k)) - 1
-        if k.decode().rsplit(":", 1)[-1].startswith("merge-"):
-            merges += extra
-        else:
-            work += extra
-    return work, merges
+    again = {task: n - 1 for task, n in live.attempts(r, job_id).items()}
+    merges = sum(n for task, n in again.items() if task.startswith("merge-"))
+    return sum(again.values()) - merges, merges
 
 
 def soak(root: Path, jobs: int, records: int, seed: int = 0) -> dict[str, Any]:
@@ -131,7 +126,7 @@ def soak(root: Path, jobs: int, records: int, seed: int = 0) -> dict[str, Any]:
                 st = job_status(job)
                 if st.state in ("done", "failed"):
                     break
-                if (now := json.dumps([x.state for x in st.shards]) + str(st.tracks)) != last:
+                if (now := pulse(st)) != last:
                     last, moved_at = now, time.time()
                 if time.time() - moved_at > STALL:
                     raise SystemExit(f"job {j} ({job_id}) made no progress for {STALL:.0f} s")

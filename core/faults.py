@@ -42,7 +42,7 @@ def hit(name: str) -> None:
             os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
         except FileExistsError:
             return  # fired before
-    if action == "pause" and once_dir:
+    if action == "pause":
         held = f"{marker}.paused"
         open(held, "w").close()
         deadline = time.monotonic() + PAUSE_MAX

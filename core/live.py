@@ -60,6 +60,15 @@ def next_attempt(r: redis.Redis, job_id: str, task: str, ttl: int) -> int:
     return n
 
 
+def attempts(r: redis.Redis, job_id: str) -> dict[str, int]:
+    """Task key → deliveries counted so far, for every task of the job."""
+    prefix = keys.attempts(job_id, "")
+    return {
+        k.decode()[len(prefix) :]: int(r.get(k) or 0)
+        for k in r.scan_iter(match=keys.attempts_pattern(job_id))
+    }
+
+
 def check_fence(r: redis.Redis, job_id: str, task: str, attempt: int) -> None:
     """Raise Superseded if a later delivery of ``task`` started than ``attempt``: the work was
     handed to another node while this one was presumed dead. A counter that is gone (expired,

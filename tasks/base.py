@@ -9,7 +9,6 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, NoReturn
 
 from celery import Task
@@ -68,30 +67,38 @@ class JobTask(Task):
         return result
 
     def job(self, job_id: str) -> Job:
+        """The job, or (this node does not see it: its DISTILLQ_STORAGE differs from the
+        enqueuing node's) the task handed back. Failing it would lose it: its failure record
+        could not even be written where the job is. After MAX_HANDBACKS it is dropped, and
+        `distillq resume` re-queues it once the node is fixed."""
         s = settings_of(self.app)
         try:
             return load_job(s.storage, job_id)
         except JobNotFound:
-            self._blind(job_id, s.storage)
+            node = str(self.request.hostname or "this node")
+            reason = (
+                f"node {node} does not see job {job_id} under its storage {s.storage}: set "
+                "DISTILLQ_STORAGE on that node to the directory every node shares"
+            )
 
-    def _blind(self, job_id: str, storage: Path) -> NoReturn:
-        """This node does not see the job: its DISTILLQ_STORAGE differs from the enqueuing
-        node's (unset, or another mount). Failing the task would lose it (the failure record
-        cannot even be written where the job is), so the node says why in Redis, where
-        `status` shows it, and hands the task back for a node that sees the job."""
-        node = str(self.request.hostname or "this node")
-        reason = (
-            f"node {node} does not see job {job_id} under its storage {storage}: set "
-            "DISTILLQ_STORAGE on that node to the directory every node shares"
-        )
+            def give_up(n: int) -> None:
+                if n > placement.MAX_HANDBACKS:
+                    raise Ignore()
+
+            key = str(self.work_key(*self.request.args, **(self.request.kwargs or {})))
+            self._hand_back(job_id, key, placement.STORAGE, reason, give_up)
+
+    def _hand_back(
+        self, job_id: str, key: str, ref: str, reason: str, give_up: Callable[[int], None]
+    ) -> NoReturn:
+        """Record why this node cannot run the task (``status`` shows it, per ``ref``) and give
+        it back to its queue after a back-off, no attempt counted. ``give_up(n)``, called with
+        the hand-back count, raises instead when handing back should stop."""
         r = self.redis()
-        live.mark_unable(r, job_id, node, placement.STORAGE, reason)
-        n = live.count_handback(
-            r, job_id, f"{self.name}:{self.request.id}", settings_of(self.app).result_expires
-        )
-        log.error("%s (handed back %d times)", reason, n)
-        if n > placement.MAX_HANDBACKS:
-            raise Ignore()  # nobody sees it: `distillq resume` re-queues it once fixed
+        live.mark_unable(r, job_id, str(self.request.hostname or "this node"), ref, reason)
+        n = live.count_handback(r, job_id, key, settings_of(self.app).result_expires)
+        give_up(n)
+        log.warning("job %s %s: handing it back: %s", job_id, key, reason)
         time.sleep(placement.backoff(n))
         raise Reject(reason, requeue=True)
 
@@ -101,27 +108,25 @@ class JobTask(Task):
     def place(self, job: Job, key: str, needs: list[placement.Need]) -> None:
         """Hand the task back (Reject, requeued: no attempt counted) if this node cannot load
         one of ``needs``; fail it if no live node on its queue can (core/placement.py)."""
-        r = self.redis()
         for what, ref in needs:
             reason = placement.cannot_load(what, ref)
             if reason is None:
                 continue
-            node = str(self.request.hostname or "this node")
-            live.mark_unable(r, job.id, node, ref, reason)
-            queue = next((q for q, ts in QUEUE_TASKS.items() if self.name in ts), "student")
-            unable = live.unable_nodes(r, job.id).get(ref, set())
-            n = live.count_handback(r, job.id, key, settings_of(self.app).result_expires)
-            if not registry.up_on(r, queue) - unable or n > placement.MAX_HANDBACKS:
-                why = "" if n <= placement.MAX_HANDBACKS else f", handed back {n - 1} times"
-                raise NoCapableNode(
-                    f"no registered node can load {what} {ref} ({len(unable)} node(s) cannot{why}): "
-                    f"{reason}"
-                )
-            log.warning(
-                "job %s %s: this node cannot load %s %s; handing it back", job.id, key, what, ref
+
+            def give_up(n: int, what: str = what, ref: str = ref, reason: str = reason) -> None:
+                r = self.redis()
+                queue = next((q for q, ts in QUEUE_TASKS.items() if self.name in ts), "student")
+                unable = live.unable_nodes(r, job.id).get(ref, set())
+                if not registry.up_on(r, queue) - unable or n > placement.MAX_HANDBACKS:
+                    why = "" if n <= placement.MAX_HANDBACKS else f", handed back {n - 1} times"
+                    raise NoCapableNode(
+                        f"no registered node can load {what} {ref} ({len(unable)} node(s) "
+                        f"cannot{why}): {reason}"
+                    )
+
+            self._hand_back(
+                job.id, key, ref, f"this node cannot load {what} {ref}: {reason}", give_up
             )
-            time.sleep(placement.backoff(n))
-            raise Reject(reason, requeue=True)
 
     @contextlib.contextmanager
     def attempt(
@@ -157,18 +162,14 @@ class JobTask(Task):
         try:
             with atomic.fenced(fence):
                 yield n
-        except Superseded as e:  # our node was presumed dead and the work went elsewhere
-            log.warning("job %s %s: %s", job.id, key, e)
-            ours = False
-            raise Ignore() from None
         except JobStopped as e:  # cancelled while running: stop, record nothing as failed
             log.warning("job %s %s: %s", job.id, key, e)
             raise Ignore() from None
         except Exception as e:
-            if _superseded(fence):  # a failure of work that is no longer ours: no retry
-                log.warning(
-                    "job %s %s: attempt %d failed (%s) after it was superseded", job.id, key, n, e
-                )
+            # Refused by the fence, or failed after a later attempt took the work over (this
+            # node was presumed dead): the work is no longer ours, so no retry, no failure.
+            if isinstance(e, Superseded) or _superseded(fence):
+                log.warning("job %s %s: attempt %d superseded (%s)", job.id, key, n, e)
                 ours = False
                 raise Ignore() from None
             if isinstance(e, DistillqError) and not isinstance(e, TransientError):
