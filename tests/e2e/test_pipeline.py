@@ -92,23 +92,23 @@ def test_students_start_before_the_last_teacher_shard_is_done(
     job_id = enqueue_medium(settings, make_spec, tiny_models)
     workers.start("teacher", "teacher")
     # Live progress while it runs: a shard's samples/tokens, a replica's step/loss/throughput.
-    from core import broker
-    from core.status import job_status
+    from core import broker, live
+    from storage import taskkeys
 
     job, r = load_job(settings.storage, job_id), broker.client(settings.broker_url)
     seen_shard, seen_replica = None, None
     pulse = Pulse(180)
-    while not (seen_shard and seen_replica):
+    # The live entries themselves, read every 20 ms: a tiny teacher's shard runs for under a
+    # second, and a whole `status` per poll on a busy machine could step over it.
+    while not (seen_shard and seen_replica) and not job.paths.report.exists():
         pulse.check("a running shard and a running replica")
-        st = job_status(job, r)
-        for sh in st.shards:
-            if sh.state == "running":
-                seen_shard = sh.progress
-        for p in st.tracks["s"].running.values():
-            seen_replica = p
-        if st.state == "done":
-            break
-        time.sleep(0.1)
+        for key, p in live.progress(r, job.id).items():
+            kind = taskkeys.parse(key)
+            if kind is not None and kind.kind == "teacher":
+                seen_shard = seen_shard or p
+            elif kind is not None and kind.kind == "replica":
+                seen_replica = seen_replica or p
+        time.sleep(0.02)
     assert seen_shard and {"samples", "of", "tokens", "tokens_per_s"} <= set(seen_shard), seen_shard
     assert seen_replica and {"step", "steps", "loss", "ce", "kd"} <= set(seen_replica), seen_replica
 
