@@ -21,16 +21,22 @@ setup: $(STAMP)
 # It compiles llama.cpp from source (about 480 CPU-seconds for the library alone, 1,200 with
 # the tools), so the wheel is built once per machine into $(WHEELS), outside the clone, and
 # every later virtualenv (a CI run's clean clone too) installs it from there in seconds.
+# A portable AVX2 build, not -march=native: on CPUs with AMX (Sapphire Rapids and later) a
+# native build routes q8_0 matmuls through ggml's AMX backend, which segfaults in
+# ggml_backend_amx_mul_mat (ggml-org/llama.cpp#20824, measured here on 0.3.36). The cache
+# directory is named after the pin and flags, so a changed recipe builds anew.
 LLAMA_PIN ?= llama-cpp-python==0.3.36
-WHEELS ?= $(HOME)/.cache/distillq/wheels
-LLAMA_STAMP := $(VENV)/.llama-cpp
-LLAMA_CMAKE_ARGS ?= -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF
+LLAMA_CMAKE_ARGS ?= -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+LLAMA_TAG := $(shell printf '%s' '$(LLAMA_PIN) $(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
+WHEELS ?= $(HOME)/.cache/distillq/wheels/$(LLAMA_TAG)
+LLAMA_STAMP := $(VENV)/.llama-cpp-$(LLAMA_TAG)
 
 $(LLAMA_STAMP): $(STAMP)
 	@ls $(WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || { \
 	  echo "building $(LLAMA_PIN) once for this machine into $(WHEELS) (several minutes)"; \
 	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
-	    $(BIN)/pip wheel -q --no-deps "$(LLAMA_PIN)" -w $(WHEELS); }
+	    $(BIN)/pip wheel -q --no-cache-dir --no-deps "$(LLAMA_PIN)" -w $(WHEELS); }
+	$(BIN)/pip install -q --force-reinstall --no-deps --find-links $(WHEELS) "$(LLAMA_PIN)"
 	$(BIN)/pip install -q --find-links $(WHEELS) "llama-cpp-python[server]$(patsubst llama-cpp-python%,%,$(LLAMA_PIN))"
 	$(BIN)/pip install -q -e ".[llama]"
 	touch $(LLAMA_STAMP)

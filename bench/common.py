@@ -61,13 +61,19 @@ def tokens(samples: list[Sample]) -> int:
     return sum(len(s.input_ids) for s in samples)
 
 
-def write_targets(path: Path, scored: list[tuple[Sample, Any]], vocab: int, k: int) -> int:
-    """Write (sample, SparseTargets) pairs as one cache shard; returns its target positions."""
+def write_targets(
+    path: Path, scored: list[tuple[Sample, Any]], vocab: int, k: int, draw: Any = None
+) -> int:
+    """Write (sample, SparseTargets) pairs as one cache shard (sampled ones where ``draw``, a
+    ``storage.cache.Draw``, says how they were drawn); returns its target positions."""
     import numpy as np
 
     from storage.cache import CacheWriter, ShardMeta
 
-    with CacheWriter(path, ShardMeta(0, vocab, k, 1.0, "t", "tok", (0, len(scored)))) as w:
+    meta = ShardMeta(
+        0, vocab, k, 1.0, "t", "tok", (0, len(scored)), "sampled" if draw else "topk", draw=draw
+    )
+    with CacheWriter(path, meta) as w:
         for s, t in scored:
             w.add(
                 s.record_id,
@@ -75,5 +81,16 @@ def write_targets(path: Path, scored: list[tuple[Sample, Any]], vocab: int, k: i
                 np.asarray(s.target_positions()),
                 t.ids,
                 t.logprobs,
+                counts=t.counts,
+                proposal_offset=t.proposal_offset,
             )
         return w.counts["target_positions"]
+
+
+def sgd_step(params: list[Any], opt: Any, lr: float) -> None:
+    """Clip to norm 1, set the learning rate, step, clear: the students' step in the benches."""
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.step()
+    opt.zero_grad(set_to_none=True)

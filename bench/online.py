@@ -1,6 +1,6 @@
 """Offline (distillq: teacher once, students read the cache) vs online KD (teacher forward at
-every student step, as TRL's GKDTrainer and DistillKit's online mode do); and top-k KD at
-several k against dense KD. One thread, same models, same batches, same schedule."""
+every student step, as TRL's GKDTrainer and DistillKit's online mode do). One thread, same
+models, same batches, same schedule. (Quality by kind of target: ``bench/quality.py``.)"""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import batches, dataset, models, samples, write_targets
+from bench.common import batches, dataset, models, samples, sgd_step, write_targets
 from bench.efficiency import BATCH, build_student
 from core.evaluate import eval_loss
 from core.losses import kd_loss
@@ -59,11 +59,7 @@ def train(
             logits = target_logits(student, ids, mask, rows, cols)
             loss, _ = kd_loss(logits, labels, t_ids, t_lp, alpha=ALPHA, temperature=1.0)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, sched, total)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            sgd_step(params, opt, lr_at(step, sched, total))
             step += 1
         if epoch in eval_at:
             e0 = time.perf_counter()
@@ -119,34 +115,3 @@ def offline_vs_online(
         "epochs": rows,
         "train_tokens": sum(len(s.input_ids) for s in train_set),
     }
-
-
-def topk_quality(
-    root: Path, records: int = 320, ks: tuple[int, ...] = (8, 32, 64), epochs: int = 2
-) -> dict[str, Any]:
-    """Held-out loss of students distilled with top-k targets vs dense (k = V), and CE only."""
-    torch.set_num_threads(1)
-    teacher, train_set, eval_set = split(root, records)
-    vocab = teacher.get_output_embeddings().weight.shape[0]
-    dense: list[tuple[torch.Tensor, torch.Tensor]] = []
-    with torch.no_grad():
-        for ids, mask, rows, cols, _ in batches(train_set, BATCH):
-            lp = torch.log_softmax(
-                teacher(input_ids=ids, attention_mask=mask).logits[rows, cols].float(), -1
-            )
-            top = torch.topk(lp, vocab, dim=-1)
-            dense.append((top.indices, top.values.half()))
-    out: dict[str, Any] = {}
-    for k in (*ks, vocab):
-
-        def tk(b: int, _: list[Any], k: int = k) -> tuple[torch.Tensor, torch.Tensor]:
-            return dense[b][0][:, :k], dense[b][1][:, :k].float()
-
-        out["dense" if k == vocab else f"k{k}"] = round(
-            train(train_set, eval_set, epochs, tk, (epochs,))[epochs]["heldout"], 4
-        )
-    out["ce_only"] = round(
-        train(train_set, eval_set, epochs, lambda b, c: (None, None), (epochs,))[epochs]["heldout"],
-        4,
-    )
-    return out

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def write_plot(r: dict[str, Any], path: Path) -> None:
     import matplotlib
@@ -71,21 +73,9 @@ def write_plot(r: dict[str, Any], path: Path) -> None:
     ax[1][0].legend(loc="upper left", fontsize=8)
     ax2.legend(loc="lower left", fontsize=8)
 
-    q = r["topk_quality"]
-    labels = list(q)
-    bars = ax[1][1].bar(
-        labels, [q[x] for x in labels], color=["C0"] * (len(labels) - 2) + ["C2", "C1"]
-    )
-    for b, v in zip(bars, [q[x] for x in labels], strict=True):
-        ax[1][1].text(
-            b.get_x() + b.get_width() / 2, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8
-        )
-    lo = min(q.values())
-    ax[1][1].set(
-        ylim=(lo - 0.3, max(q.values()) + 0.15),
-        ylabel="held-out CE",
-        title="top-k KD vs dense KD vs CE only",
-    )
+    if "quality" in r:
+        quality_bars(ax[1][1], r["quality"])
+        write_quality_plot(r["quality"], path.with_name("quality.png"))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -297,12 +287,7 @@ def write_markdown(r: dict[str, Any], path: Path, command: str) -> None:
         ],
         f"| full fp16 | {c['full_fp16_bytes_per_position']} (raw {c['full_fp16_raw_bytes_per_position']}) | 1 | 0 |",
         "",
-        "## Quality: top-k KD vs dense KD (same student, steps and data)",
-        "",
-        "| targets | held-out CE |",
-        "|---|---|",
-        *[f"| {k} | {v} |" for k, v in r["topk_quality"].items()],
-        "",
+        *quality_section(r.get("quality")),
         "## Memory (peak RSS of the stage functions, fresh process each)",
         "",
         "| data | records | teacher MB | student MB |",
@@ -327,3 +312,162 @@ def write_markdown(r: dict[str, Any], path: Path, command: str) -> None:
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+# ---------------------------------------------------------------- quality (bench/quality.py)
+
+
+def _arm_kind(name: str) -> tuple[str, str]:
+    """(family, colour) of an arm for the plots."""
+    if name.startswith("top"):
+        return "top-k", "C0"
+    if name.startswith("sampled"):
+        return "sampled", "C3"
+    return name, "C2" if name == "dense" else "0.5"
+
+
+def quality_bars(ax: Any, q: dict[str, Any]) -> None:
+    arms = q["arms"]
+    names = list(arms)
+    means = [arms[n]["share_mean"] for n in names]
+    lo = [m - min(arms[n]["share_of_dense_gain"]) for m, n in zip(means, names, strict=True)]
+    hi = [max(arms[n]["share_of_dense_gain"]) - m for m, n in zip(means, names, strict=True)]
+    ax.bar(names, means, yerr=[lo, hi], color=[_arm_kind(n)[1] for n in names], capsize=3)
+    ax.axhline(1.0, color="C2", ls="--", lw=1)
+    ax.set(
+        ylabel="share of dense KD's gain over CE",
+        title=f"KD targets, {q['seeds']} seeds (bars: range; details: quality.png)",
+    )
+    ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+
+
+def write_quality_plot(q: dict[str, Any], path: Path) -> None:
+    """Pareto: bytes per position against the share of dense KD's gain over CE (range over
+    seeds); and ECE per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = q["arms"]
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.8))
+    for family in ("top-k", "sampled"):
+        names = [n for n in arms if _arm_kind(n)[0] == family]
+        xs = [arms[n]["bytes_per_position"] for n in names]
+        share = [arms[n]["share_mean"] for n in names]
+        err = [
+            [s - min(arms[n]["share_of_dense_gain"]) for s, n in zip(share, names, strict=True)],
+            [max(arms[n]["share_of_dense_gain"]) - s for s, n in zip(share, names, strict=True)],
+        ]
+        colour = _arm_kind(names[0])[1]
+        ax[0].errorbar(xs, share, yerr=err, fmt="o-", color=colour, capsize=3, label=family)
+        for n, x, y in zip(names, xs, share, strict=True):
+            label = n.replace("sampled", "N=").replace("top", "k=")
+            ax[0].annotate(label, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    ax[0].axhline(1.0, color="C2", ls="--", lw=1, label="dense KD")
+    ax[0].axhline(0.0, color="0.5", ls=":", lw=1, label="CE only")
+    ax[0].axvline(40, color="0.7", ls=":", lw=1)
+    ax[0].set(
+        xscale="log",
+        xlabel="cache bytes per target position (compressed file)",
+        ylabel="share of dense KD's held-out gain over CE",
+        title=f"Pareto: bytes vs quality (bars: range over {q['seeds']} seeds)",
+    )
+    ax[0].legend(fontsize=8)
+    names = list(arms)
+    ece = [arms[n]["ece_mean"] for n in names]
+    ax[1].bar(
+        names,
+        ece,
+        yerr=[
+            [e - min(arms[n]["ece"]) for e, n in zip(ece, names, strict=True)],
+            [max(arms[n]["ece"]) - e for e, n in zip(ece, names, strict=True)],
+        ],
+        color=[_arm_kind(n)[1] for n in names],
+        capsize=3,
+    )
+    ax[1].set(ylabel="ECE (15 bins), held-out", title="calibration by arm (bars: seed range)")
+    ax[1].tick_params(axis="x", labelrotation=45, labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def paired(a: dict[str, Any], b: dict[str, Any], key: str = "heldout") -> str:
+    """a against b seed by seed: lower/higher only where every seed agrees."""
+    d = [x - y for x, y in zip(a[key], b[key], strict=True)]
+    if all(x < 0 for x in d):
+        return "lower on every seed"
+    if all(x > 0 for x in d):
+        return "higher on every seed"
+    return "no difference (the seeds disagree)"
+
+
+def _range(values: list[float], fmt: str = "{:.4f}") -> str:
+    return f"{fmt.format(float(np.mean(values)))} [{fmt.format(min(values))}, {fmt.format(max(values))}]"
+
+
+def quality_section(q: dict[str, Any] | None) -> list[str]:
+    if not q:
+        return []
+    arms = q["arms"]
+    lines = [
+        "## Quality: which teacher targets (bench/quality.py)",
+        "",
+        f"`python -m bench.run --only quality` on {q.get('started', '?')} in {q['seconds']} s: the "
+        f"demo teacher and student (full fine-tuning), {q['epochs']} epochs at batch "
+        f"{q['batch']}, α = {q['alpha']}, equal steps per arm; {q['seeds']} seeds (a seed fixes "
+        "the student's initialisation, the batch order and the draws for every arm). Values are "
+        "mean [min, max] over the seeds; the share of dense KD's gain is taken seed by seed, "
+        "(CE − arm) / (CE − dense), because the seeds' own spread (CE alone: "
+        f"{min(arms['ce_only']['heldout'])} to {max(arms['ce_only']['heldout'])}) is larger than "
+        f"the differences between targets. Teacher held-out {q['teacher_heldout']}. Bytes: the "
+        "compressed cache file each arm trained from, per target position.",
+        "",
+        "![quality](quality.png)",
+        "",
+        "| arm | bytes / position | held-out CE | ECE (15 bins) | share of dense KD's gain |",
+        "|---|---|---|---|---|",
+    ]
+    for name, a in arms.items():
+        b = a["bytes_per_position"]
+        lines.append(
+            f"| {name} | {b if b is not None else ''} | {_range(a['heldout'])} | "
+            f"{_range(a['ece'])} | {_range(a['share_of_dense_gain'], '{:.0%}')} |"
+        )
+    lines.append("")
+    lines += quality_findings(q)
+    return lines
+
+
+def quality_findings(q: dict[str, Any]) -> list[str]:
+    """The comparisons the issue asks for, each compared seed by seed."""
+    arms = q["arms"]
+    out = []
+    budget = [n for n in arms if n.startswith("sampled") and arms[n]["bytes_per_position"] <= 40]
+    tops = [n for n in arms if n.startswith("top")]
+    if budget:
+        best = max(budget, key=lambda n: arms[n]["share_mean"])
+        a = arms[best]
+        out.append(
+            f"- **Sampled within 40 B/position**: {best} ({a['bytes_per_position']} B) captures "
+            f"{_range(a['share_of_dense_gain'], '{:.0%}')} of dense KD's gain; against dense: "
+            f"held-out {paired(a, arms['dense'])}."
+        )
+        for t in sorted(
+            tops, key=lambda n: abs(arms[n]["bytes_per_position"] - a["bytes_per_position"])
+        )[:1]:
+            b = arms[t]
+            out.append(
+                f"- **At equal bytes** ({best} {a['bytes_per_position']} B vs {t} "
+                f"{b['bytes_per_position']} B): held-out {a['heldout_mean']} vs {b['heldout_mean']}, "
+                f"sampled {paired(a, b)}; ECE {a['ece_mean']} vs {b['ece_mean']}, sampled "
+                f"{paired(a, b, 'ece')}."
+            )
+    if tops:
+        t = max(tops, key=lambda n: arms[n]["bytes_per_position"])
+        out.append(
+            f"- **Top-k at its largest** ({t}, {arms[t]['bytes_per_position']} B): "
+            f"{_range(arms[t]['share_of_dense_gain'], '{:.0%}')} of dense KD's gain."
+        )
+    return [*out, ""]

@@ -25,6 +25,7 @@ from bench import (
     memory,
     online,
     pipeline,
+    quality,
     served,
     teacher_overhead,
     vocab_memory,
@@ -41,6 +42,7 @@ def run_only(out: Path, name: str) -> dict[str, Any]:
         "vocab_memory": lambda root: vocab_memory.measure(),
         "init_student": lambda root: init_student.measure(root),
         "teacher_overhead": lambda root: teacher_overhead.measure(root),
+        "quality": lambda root: quality.measure(root),
     }
     if name not in steps:
         raise SystemExit(f"--only {name}: choose one of {', '.join(steps)}")
@@ -50,6 +52,7 @@ def run_only(out: Path, name: str) -> dict[str, Any]:
         results[name]["seconds"] = round(time.time() - t)
         results[name]["started"] = time.strftime("%Y-%m-%d %H:%M:%S")
     (out / "RESULTS.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_plot(results, out / "results.png")
     write_markdown(results, out / "RESULTS.md", command="make bench")
     return results
 
@@ -86,7 +89,7 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
             step("scaling", lambda: pipeline.scaling(root, c, n(480)))
         step("offline_vs_online", lambda: online.offline_vs_online(root, n(320)))
         step("trl_gkd", lambda: trl_column(root, n(320)))
-        step("topk_quality", lambda: online.topk_quality(root, n(320)))
+        step("quality", lambda: quality.measure(root, n(480)))
         step("memory", lambda: memory.measure(root, n(100)))
         step("served", lambda: served.measure(root))
         step("vocab_memory", vocab_memory.measure)
@@ -117,7 +120,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="half-size inputs (a smoke run)")
     p.add_argument(
         "--only",
-        help="re-measure one section (served, vocab_memory, init_student, teacher_overhead) into "
+        help="re-measure one section (served, vocab_memory, init_student, teacher_overhead, "
+        "quality) into "
         "the existing results",
     )
     args = p.parse_args()

@@ -13,9 +13,11 @@ from typing import Any
 
 import torch
 
+from core import sampling
 from core.data import Prompt
 from core.spec import GenerateSpec
 from core.targets import SparseTargets, Target, draw_seed, generated_sample
+from storage.cache import Draw
 
 
 @torch.no_grad()
@@ -27,8 +29,10 @@ def generate_batch(
     top_k: int,
     temperature: float,
     max_length: int,
+    draw: Draw | None = None,
 ) -> Iterator[list[Target]]:
-    """``gen.n`` responses per prompt, as training samples with the teacher's top-k."""
+    """``gen.n`` responses per prompt, as training samples with the teacher's top-k (or, with
+    ``draw``, tokens drawn from its distribution at each generated position)."""
     rows = [(p, c) for p in prompts for c in range(gen.n)]
     dev = next(model.parameters()).device
     width = max(len(p.input_ids) for p, _ in rows)
@@ -58,16 +62,22 @@ def generate_batch(
     logits = torch.stack(out.logits, dim=1).float()  # [B, steps, V], raw
     if temperature != 1.0:
         logits = logits / temperature
-    top = torch.topk(logits, k=top_k, dim=-1)
-    logprobs = (top.values - torch.logsumexp(logits, dim=-1, keepdim=True)).to(torch.float16)
+    if draw is None:
+        top = torch.topk(logits, k=top_k, dim=-1)
+        logprobs = (top.values - torch.logsumexp(logits, dim=-1, keepdim=True)).to(torch.float16)
     eos = tok.eos_token_id
     by_prompt: dict[int, list[Target]] = {}
-    for i, (p, _) in enumerate(rows):
+    for i, (p, c) in enumerate(rows):
         toks = new[i].tolist()
         stopped = eos is not None and eos in toks
         n = toks.index(eos) + 1 if stopped else len(toks)
         sample = generated_sample(p, toks[:n], False, eos)
-        t = SparseTargets(top.indices[i, :n].numpy(), logprobs[i, :n].numpy())
+        if draw is None:
+            t = SparseTargets(top.indices[i, :n].numpy(), logprobs[i, :n].numpy())
+        else:
+            u = sampling.uniforms(draw, p.record_id, n, copy=c)
+            logp = torch.log_softmax(logits[i, :n], dim=-1)
+            t = sampling.to_targets(*sampling.draw_rows(logp, u, draw.ratio))
         text = str(tok.decode(toks[: n - 1 if stopped else n], skip_special_tokens=True))
         by_prompt.setdefault(id(p), []).append(Target(sample, t, "generated", text))
     for p in prompts:

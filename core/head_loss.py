@@ -86,6 +86,7 @@ def chunked_loss(
     kind: str = "forward_kl",
     beta: float = 0.5,
     budget: int = LOGITS_BUDGET_BYTES,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """``kd_loss`` of ``head(hidden)``, computed ``chunk_rows`` positions at a time.
 
@@ -109,6 +110,7 @@ def chunked_loss(
                 temperature=temperature,
                 kind=kind,
                 beta=beta,
+                weights=None if weights is None else weights[a:e],
             )
             return torch.stack(terms)
 

@@ -111,7 +111,7 @@ def _check_models(spec: JobSpec, peft_memo: Path) -> tuple[Fingerprints, Any, li
         tok = sample_tok = load_tokenizer(spec.teacher.model, "teacher model", light=True)
         teacher_tok_fp = tokenizer_fingerprint(tok)
         vocab = config_vocab_size(spec.teacher.model)
-        if spec.teacher.top_k > vocab:
+        if spec.teacher.target_method == "topk" and spec.teacher.top_k > vocab:
             raise SpecError(
                 f"teacher.top_k={spec.teacher.top_k} exceeds the teacher's vocabulary of {vocab}; lower it"
             )

@@ -1,4 +1,4 @@
-"""KD losses on sparse (top-k) teacher targets.
+"""KD losses on sparse teacher targets: top-k (bucketed, below) or sampled (unbiased).
 
 The teacher cache keeps k log-probs per position. The missing tail is not dropped or
 renormalised away: both distributions are coarse-grained onto k + 1 buckets — the teacher's
@@ -12,6 +12,13 @@ A teacher log-prob of −inf marks a slot that holds no teacher entry (a server 
 than k tokens, or none at a position): that token is not listed, so its mass stays in the
 tail bucket of both distributions. A row whose only entry is the true token at log-prob 0 is
 a one-hot teacher, for which the KD term equals CE on that token.
+
+Sampled targets (``core/sampling.py``) come with weights w_j, unbiased estimates of the
+teacher's probability at each stored id: E[Σ_j w_j f(x_j)] = Σ_x p(x) f(x) for any f that
+can be computed at x. Every divergence here is a sum over tokens of a function of p(x) and
+s(x), plus terms in the student alone (computed exactly over the vocabulary), so each has an
+unbiased estimator (:func:`sampled_divergence`), and so has its gradient, which is linear in
+the same weights. No tail bucket is needed: nothing is lumped, so nothing is biased.
 """
 
 from __future__ import annotations
@@ -103,6 +110,46 @@ def divergence(
     raise ValueError(f"unknown divergence {kind!r}: use forward_kl, reverse_kl or jsd")
 
 
+def sampled_divergence(
+    kind: str,
+    z: torch.Tensor,
+    log_z: torch.Tensor,
+    target_ids: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    weights: torch.Tensor,
+    beta: float = 0.5,
+) -> torch.Tensor:
+    """An unbiased estimate of D(teacher, student) per row from sampled targets. Returns [P].
+
+    Args:
+        z: [P, V] student logits at τ; log_z: [P, 1] their logsumexp.
+        target_ids, teacher_logprobs: [P, N] drawn ids and the teacher's log p there.
+        weights: [P, N] estimates of p at the ids (0 on empty slots).
+
+    ``forward_kl``: Σ_j w_j (log p_j − log s_j), the paper's estimator; its gradient in z is
+    (Σw)·s − w, whose expectation s − p is the dense gradient. ``reverse_kl``:
+    Σ_x s log s (exact) − Σ_j w_j (s_j / p_j) log p_j. ``jsd``: β Σ_j w_j log p_j +
+    (1 − β) Σ_x s log s (exact) − Σ_j w_j (m_j / p_j) log m_j with m = βp + (1 − β)s. The
+    last two are importance-weighted by s / p: unbiased, with a variance that grows where
+    the student puts mass the teacher almost never draws (docs/DESIGN.md §4c).
+    """
+    used = weights > 0
+    lp = torch.where(used, teacher_logprobs.float(), 0.0)
+    s = z.gather(-1, target_ids) - log_z  # [P, N]
+    w = weights.float()
+    if kind == "forward_kl":
+        return (w * (lp - s)).sum(-1)
+    log_s = z - log_z
+    neg_entropy = (log_s.exp() * log_s).sum(-1)  # Σ_x s log s, over the whole vocabulary
+    if kind == "reverse_kl":
+        return neg_entropy - (w * torch.exp(s - lp) * lp).sum(-1)
+    if kind == "jsd":
+        log_m = torch.logaddexp(lp + math.log(beta), s + math.log(1 - beta))
+        cross = (w * torch.exp(log_m - lp) * log_m).sum(-1)
+        return beta * (w * lp).sum(-1) + (1 - beta) * neg_entropy - cross
+    raise ValueError(f"unknown divergence {kind!r}: use forward_kl, reverse_kl or jsd")
+
+
 def kd_loss(
     student_logits: torch.Tensor,
     labels: torch.Tensor,
@@ -113,6 +160,7 @@ def kd_loss(
     temperature: float,
     kind: str = "forward_kl",
     beta: float = 0.5,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """α·CE(labels) + (1 − α)·τ²·D(teacher ‖ student), averaged over target positions.
 
@@ -120,6 +168,7 @@ def kd_loss(
         student_logits: [P, V] student logits at the positions that carry targets.
         labels: [P] the true next token at each position.
         target_ids, teacher_logprobs: [P, k] sparse teacher targets, or None (CE only).
+        weights: [P, k] with sampled targets (:func:`sampled_divergence`); None for top-k.
     Returns:
         (loss, parts) with parts = {"ce": ..., "kd": ...} as floats for logging.
     """
@@ -132,6 +181,7 @@ def kd_loss(
         temperature=temperature,
         kind=kind,
         beta=beta,
+        weights=weights,
     )
     return loss, {"ce": ce.item(), "kd": d.item()}
 
@@ -146,6 +196,7 @@ def kd_terms(
     temperature: float,
     kind: str = "forward_kl",
     beta: float = 0.5,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`kd_loss` as tensors (loss, CE, KD; KD is NaN for CE only), for callers that sum
     the loss over chunks of positions."""
@@ -157,7 +208,14 @@ def kd_terms(
     ce = (log_z1.squeeze(-1) - z.gather(-1, labels[:, None]).squeeze(-1)).mean()
     # At τ = 1 the CE's log-normaliser is the KD's too: one pass over the vocabulary.
     log_z = log_z1 if temperature == 1.0 else None
-    t, s = bucket_logprobs(z, target_ids, teacher_logprobs, temperature, log_z)
-    d = divergence(kind, t, s, beta).mean()
+    if weights is not None:
+        zt = z / temperature if temperature != 1.0 else z
+        if log_z is None:
+            log_z = torch.logsumexp(zt, dim=-1, keepdim=True)
+        d = sampled_divergence(kind, zt, log_z, target_ids, teacher_logprobs, weights, beta)
+        d = d.mean()
+    else:
+        t, s = bucket_logprobs(z, target_ids, teacher_logprobs, temperature, log_z)
+        d = divergence(kind, t, s, beta).mean()
     loss = alpha * ce + (1 - alpha) * temperature**2 * d
     return loss, ce.detach(), d.detach()

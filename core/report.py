@@ -121,6 +121,7 @@ def collect(job: Job) -> tuple[Report, Curves]:
         for s in job.spec.students
     ]
     eval_samples = max((e.samples for e in evals if e is not None), default=0)
+    ce_track, closed = ce_gap(students, teacher)
     vocab = job.info.fingerprints.vocab_size
     report = Report(
         job_id=job.id,
@@ -135,16 +136,40 @@ def collect(job: Job) -> tuple[Report, Curves]:
             bytes_per_position=round(cache_bytes / positions, 1)
             if positions and job.spec.has_teacher
             else None,
-            k=job.spec.teacher.top_k if job.spec.teacher else 0,
+            k=job.spec.teacher.width if job.spec.teacher else 0,
+            method=job.spec.teacher.target_method if job.spec.teacher else "topk",
             **_targets(shards),
         ),
         students=students,
         vocab_size=vocab,
         eval_samples=eval_samples,
         warnings=warnings(eval_samples, students, teacher, vocab),
+        ce_track=ce_track,
+        ce_gap_closed=closed,
         **timing,
     )
     return report, curves
+
+
+def ce_gap(
+    students: dict[str, StudentSummary], teacher: TeacherSummary | None
+) -> tuple[str | None, dict[str, float]]:
+    """What distillation bought, where a CE-only track (α = 1) trained alongside: each other
+    track's share of the held-out gap between that track and the teacher."""
+    ce = [n for n, st in students.items() if st.loss.alpha >= 1.0 and st.eval_loss is not None]
+    t = teacher.eval_loss if teacher else None
+    if len(ce) != 1 or t is None:
+        return None, {}
+    base = students[ce[0]].eval_loss
+    assert base is not None
+    if not base > t:
+        return None, {}
+    closed = {
+        n: round((base - st.eval_loss) / (base - t), 4)
+        for n, st in students.items()
+        if n != ce[0] and st.eval_loss is not None
+    }
+    return ce[0], closed
 
 
 MIN_EVAL_SAMPLES = 50
@@ -377,7 +402,8 @@ def summary_table(data: Report) -> str:
     c = data.cache
     if c.bytes_per_position:
         lines.append(
-            f"  cache    {c.bytes / 1e6:.2f} MB, {c.target_positions} positions, {c.bytes_per_position} B/position (k={c.k})"
+            f"  cache    {c.bytes / 1e6:.2f} MB, {c.target_positions} positions, "
+            f"{c.bytes_per_position} B/position ({report_md.targets_word(c)})"
         )
     for name, s in data.students.items():
         ev = f"{s.eval_loss:.4f}" if s.eval_loss is not None else "n/a"
@@ -386,6 +412,12 @@ def summary_table(data: Report) -> str:
             f"  {name:<8} held-out {ev}{before}  alpha={s.loss.alpha}  {s.method}  "
             f"{s.steps} steps  {s.tokens_per_s} tok/s"
         )
+    if data.ce_track and data.teacher and data.teacher.eval_loss is not None:
+        for name, share in data.ce_gap_closed.items():
+            lines.append(
+                f"  {name} closed {share:.0%} of the held-out gap between the CE-only track "
+                f"{data.ce_track} and the teacher"
+            )
     lines += [f"  warning: {w}" for w in data.warnings]
     return "\n".join(lines)
 

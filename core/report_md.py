@@ -3,7 +3,7 @@ curve, and what the teacher and each student write on the same held-out prompts.
 
 from __future__ import annotations
 
-from storage.records import Report
+from storage.records import CacheSummary, Report
 
 
 def _loss(v: float | None) -> str:
@@ -33,7 +33,21 @@ def _learned(data: Report) -> list[str]:
         )
     if teacher is not None:
         lines.append(f"| teacher | | | | {teacher:.4f} | | |")
+    if data.ce_track and teacher is not None:
+        ce = data.students[data.ce_track].eval_loss
+        said = ", ".join(f"**{n}** {v:.0%}" for n, v in data.ce_gap_closed.items())
+        lines += [
+            "",
+            f"Share of the held-out gap between the CE-only track {data.ce_track} "
+            f"({_loss(ce)}) and the teacher ({teacher:.4f}) that distillation closed, "
+            f"(CE − track) / (CE − teacher): {said}.",
+        ]
     return lines
+
+
+def targets_word(c: CacheSummary) -> str:
+    """What the cache holds per position, in a few words."""
+    return f"{c.k} draws per position, sampled" if c.method == "sampled" else f"top-{c.k}"
 
 
 def _curve(data: Report) -> list[str]:
@@ -79,9 +93,13 @@ def _generations(data: Report) -> list[str]:
 
 KIND_TEXT = {
     "scored": "samples scored as given",
-    "generated": "responses the teacher wrote, with its top-k",
+    "generated": "responses the teacher wrote, with its {targets}",
     "generated_text": "responses the teacher wrote as text only (sequence-level KD: CE)",
 }
+
+
+def _targets(c: CacheSummary) -> str:
+    return "tokens drawn from its distribution" if c.method == "sampled" else "top-k"
 
 
 def render(data: Report) -> str:
@@ -97,7 +115,8 @@ def render(data: Report) -> str:
     c = data.cache
     if c.targets:
         kinds = ", ".join(
-            f"{n} {KIND_TEXT.get(k, k)} (shards {', '.join(map(str, c.shard_targets.get(k, [])))})"
+            f"{n} {KIND_TEXT.get(k, k).format(targets=_targets(c))} "
+            f"(shards {', '.join(map(str, c.shard_targets.get(k, [])))})"
             for k, n in c.targets.items()
         )
         fb = (
@@ -105,7 +124,10 @@ def render(data: Report) -> str:
             if c.fallback_positions
             else ""
         )
-        lines += [f"Teacher targets from {', '.join(c.sources)}: {kinds}{fb}.", ""]
+        lines += [
+            f"Teacher targets from {', '.join(c.sources)} ({targets_word(c)}): {kinds}{fb}.",
+            "",
+        ]
     padded = [("teacher", data.teacher.padding)] if data.teacher else []
     padded += [(name, st.padding) for name, st in data.students.items()]
     if any(p for _, p in padded):

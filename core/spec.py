@@ -37,6 +37,10 @@ LossKind = Literal["forward_kl", "reverse_kl", "jsd"]
 Overlong = Literal["truncate", "refuse"]
 Dialect = Literal["auto", "vllm", "llama_cpp", "openai", "text"]
 StudentDtype = Literal["float32", "bfloat16"]
+TargetMethod = Literal["topk", "sampled"]
+DEFAULT_SAMPLES = 12
+MAX_SAMPLES = 255
+"""Draws per position are counted in one byte in the cache."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,20 @@ class TeacherSpec:
     """Local directory of a causal LM (or a hub id already in the Hugging Face cache); with
     ``endpoint``, the model's name on the server."""
     top_k: int = 64
-    """Teacher tokens kept per target position."""
+    """Teacher tokens kept per target position (``target_method: topk``)."""
+    target_method: TargetMethod = "topk"
+    """``topk``: the k most likely tokens, the rest as one tail bucket (biased, deterministic).
+    ``sampled``: ``samples`` tokens drawn from the teacher's distribution per position, stored
+    as unique ids with counts: the student's loss is an unbiased estimate of the dense one
+    (Random-Sampling KD, Anshumann et al., ACL 2025; docs/DESIGN.md §4c). Local teachers only."""
+    samples: int | None = None
+    """Draws per position with ``target_method: sampled`` (default 12, at most 255)."""
+    proposal_temperature: float | None = None
+    """Temperature of the distribution the draws come from (default: ``temperature``, the
+    teacher's own). Hotter spreads the draws over more tokens; importance weights keep the
+    estimate unbiased."""
+    seed: int = 0
+    """Seeds the draws of ``sampled``: the same record always draws the same tokens."""
     temperature: float = 1.0
     """τ at which the stored log-probs are normalised (over the full vocabulary)."""
     batch_size: int = 4
@@ -126,11 +143,49 @@ class TeacherSpec:
                 f"teacher.dialect={self.dialect} applies to an endpoint teacher: add "
                 "teacher.endpoint, or remove teacher.dialect"
             )
+        self._check_method()
         if self.dialect == "text" and self.generate is None:
             raise SpecError(
                 "teacher.dialect: text gives no log-probs, so it cannot score responses: add "
                 "teacher.generate (the teacher writes responses, the student learns its text)"
             )
+
+    def _check_method(self) -> None:
+        if self.target_method == "topk":
+            for key in ("samples", "proposal_temperature"):
+                if getattr(self, key) is not None:
+                    raise SpecError(
+                        f"teacher.{key} applies to target_method: sampled: add "
+                        f"teacher.target_method: sampled, or remove teacher.{key}"
+                    )
+            return
+        if self.is_endpoint:
+            raise SpecError(
+                "teacher.target_method: sampled draws tokens from the teacher's whole "
+                "distribution, and an endpoint returns only its top-k log-probs (no unbiased "
+                "draw can be made from them): use target_method: topk with an endpoint, or a "
+                "local teacher model"
+            )
+        n = self.samples if self.samples is not None else DEFAULT_SAMPLES
+        if not 1 <= n <= MAX_SAMPLES:
+            raise SpecError(
+                f"teacher.samples={n} must lie in [1, {MAX_SAMPLES}] (counts take one byte); "
+                "12 matches dense KD in the quality bench"
+            )
+        if self.proposal_temperature is not None:
+            _positive("teacher.proposal_temperature", self.proposal_temperature)
+
+    @property
+    def draws(self) -> int:
+        """Draws per position (``sampled``), or 0 with top-k targets."""
+        if self.target_method != "sampled":
+            return 0
+        return self.samples if self.samples is not None else DEFAULT_SAMPLES
+
+    @property
+    def width(self) -> int:
+        """Columns of the cache's target datasets: k, or the draws (unique ids fit in them)."""
+        return self.draws or self.top_k
 
 
 @dataclass(frozen=True)

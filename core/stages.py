@@ -23,6 +23,7 @@ from core.gguf import Quant
 from core.job import Job
 from core.models import load_causal_lm, load_tokenizer
 from core.served import EndpointTeacher
+from core.spec import TeacherSpec
 from core.teacher import LocalTeacher, Teacher, TeacherStats, write_shard
 from errors import DistillqError
 from storage import cache, checkpoints, records
@@ -74,8 +75,21 @@ def _make_teacher(
         max_length=job.spec.sample_max_length,
         generate=t.generate,
         group_by_length=t.group_by_length,
+        draw=draw_of(t),
     )
     return local, tok
+
+
+def draw_of(t: TeacherSpec | None) -> cache.Draw | None:
+    """How a teacher with ``target_method: sampled`` draws its targets (None: top-k)."""
+    if t is None or not t.draws:
+        return None
+    return cache.Draw(
+        samples=t.draws,
+        seed=t.seed,
+        temperature=t.temperature,
+        proposal_temperature=t.proposal_temperature or t.temperature,
+    )
 
 
 def teacher_shard(
@@ -267,12 +281,14 @@ def _write_cache(
     meta = cache.ShardMeta(
         shard=shard,
         vocab_size=fp.vocab_size or len(tok),
-        top_k=t.top_k if t else 0,
+        top_k=t.width if t else 0,
         temperature=t.temperature if t else 1.0,
         teacher_fingerprint=fp.teacher,
         tokenizer_fingerprint=fp.tokenizer,
         record_range=(int(ids[0]), int(ids[-1]) + 1),
         source=teacher.source if teacher else "none",
+        method=t.target_method if t else "topk",
+        draw=draw_of(t),
     )
     made = write_shard(
         teacher=teacher,

@@ -118,11 +118,18 @@ def position_loss(
     target_ids: torch.Tensor | None,
     target_logprobs: torch.Tensor | None,
     loss: LossSpec,
+    target_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The track's loss at the target positions of a padded batch: the head and the loss in
     chunks of positions (``core/head_loss.py``) wherever the model allows it."""
     assert loss.temperature is not None
-    options = dict(alpha=loss.alpha, temperature=loss.temperature, kind=loss.kind, beta=loss.beta)
+    options = dict(
+        alpha=loss.alpha,
+        temperature=loss.temperature,
+        kind=loss.kind,
+        beta=loss.beta,
+        weights=target_weights,
+    )
     if head_loss.chunkable(model):
         hidden, head = head_loss.target_hidden(model, ids, mask, rows, cols)
         return head_loss.chunked_loss(hidden, head, labels, target_ids, target_logprobs, **options)  # type: ignore[arg-type]
@@ -215,6 +222,7 @@ def train_step(
                 _to(b.target_ids, dev),
                 _to(b.target_logprobs, dev),
                 loss,
+                _to(b.target_weights, dev),
             )
         w = len(labels) / total
         (w * part).backward()

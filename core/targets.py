@@ -14,6 +14,10 @@ from core.dialects import Alignment
 class SparseTargets:
     ids: np.ndarray  # [P_j, k] int64
     logprobs: np.ndarray  # [P_j, k] float16
+    counts: np.ndarray | None = None
+    """[P_j, k] uint8 with sampled targets: how often each id was drawn (0: an empty slot)."""
+    proposal_offset: np.ndarray | None = None
+    """[P_j] float32 where the draws came from a proposal q ≠ p: log q = r·log p + offset."""
 
 
 Kind = str

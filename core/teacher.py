@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from core import sampling
 from core.data import (
     Prompt,
     Sample,
@@ -31,7 +32,7 @@ from core.head_loss import LOGITS_BUDGET_BYTES, chunk_rows
 from core.models import on_device
 from core.spec import GenerateSpec
 from core.targets import KINDS, SparseTargets, Target
-from storage.cache import CacheWriter, ShardMeta
+from storage.cache import CacheWriter, Draw, ShardMeta
 from storage.padding import PaddingCount, batch_groups
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,11 @@ CPU's caches while the log-softmax and the top-k each read it (at V = 4,096 a lo
 1.5x as long over 5,461-row chunks)."""
 
 
-def chunk_positions(vocab: int, budget: int = LOGITS_BUDGET_BYTES) -> int:
+def chunk_positions(vocab: int, budget: int = LOGITS_BUDGET_BYTES, copies: int = 3) -> int:
     """Positions per teacher head chunk: ~3 float32 [chunk, V] copies live at once (the
-    logits, their log-softmax and the top-k's temporaries; the student's loss needs 4)."""
-    return min(CACHE_ROWS, chunk_rows(vocab, budget, copies=3))
+    logits, their log-softmax and the top-k's temporaries; the student's loss needs 4, the
+    draws of sampled targets 5: their probabilities and float64 cumulative sums)."""
+    return min(CACHE_ROWS, chunk_rows(vocab, budget, copies=copies))
 
 
 @torch.no_grad()
@@ -70,8 +72,10 @@ def score_batch(
     top_k: int,
     temperature: float,
     budget: int = LOGITS_BUDGET_BYTES,
+    draw: Draw | None = None,
 ) -> list[SparseTargets]:
-    """One padded forward over ``samples``; the teacher's top-k at each sample's target positions.
+    """One padded forward over ``samples``; the teacher's top-k (or, with ``draw``, its sampled
+    targets: ``core/sampling.py``) at each sample's target positions.
 
     Log-probs are normalised over the full vocabulary at τ before the top-k is taken, so the
     stored values are true probabilities and 1 − Σ is the tail mass the student loss needs.
@@ -87,13 +91,36 @@ def score_batch(
     # The LM head only at the target positions of the batch, a chunk at a time: the [L, V]
     # logits of prompt tokens are never materialised, nor [P, V] for the whole batch.
     at = hidden[rows, cols]
-    step = chunk_positions(head.weight.shape[0], budget)
+    vocab = head.weight.shape[0]
+    if draw is not None:
+        u = torch.cat(
+            [
+                sampling.uniforms(draw, s.record_id, len(p))
+                for s, p in zip(samples, positions, strict=True)
+            ]
+        )
+        step = chunk_positions(vocab, budget, copies=5)
+        parts = [
+            sampling.draw_rows(
+                torch.log_softmax(_scaled(head(at[a : a + step]), temperature), dim=-1),
+                u[a : a + step],
+                draw.ratio,
+            )
+            for a in range(0, max(len(at), 1), step)  # one empty chunk keeps the shapes
+        ]
+        offsets = [x[3] for x in parts if x[3] is not None]
+        drawn = sampling.to_targets(
+            torch.cat([x[0] for x in parts]),
+            torch.cat([x[1] for x in parts]),
+            torch.cat([x[2] for x in parts]),
+            torch.cat(offsets) if offsets else None,
+        )
+        return _split(drawn, positions)
+    step = chunk_positions(vocab, budget)
     top_ids = [torch.zeros((0, top_k), dtype=torch.long, device=dev)]
     top_lps = [torch.zeros((0, top_k), device=dev)]
     for a in range(0, len(at), step):
-        logits = head(at[a : a + step]).float()
-        if temperature != 1.0:
-            logits = logits / temperature
+        logits = _scaled(head(at[a : a + step]), temperature)
         # One fused log_softmax over a cache-sized chunk, then the top-k of the log-probs:
         # 2.5x cheaper than a separate logsumexp at V = 4,096, for one more [chunk, V] copy.
         # Sorted descending: the cache's delta coding of log-probs compresses best that way.
@@ -104,11 +131,29 @@ def score_batch(
         del logits
     logprobs = torch.cat(top_lps).to(torch.float16).cpu().numpy()
     ids_np = torch.cat(top_ids).cpu().numpy()
+    return _split(SparseTargets(ids_np, logprobs), positions)
+
+
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    logits = logits.float()
+    return logits / temperature if temperature != 1.0 else logits
+
+
+def _split(t: SparseTargets, positions: list[Any]) -> list[SparseTargets]:
+    """The batch's targets [P, k], cut back into each sample's [P_j, k]."""
     out: list[SparseTargets] = []
     start = 0
     for p in positions:
-        out.append(SparseTargets(ids_np[start : start + len(p)], logprobs[start : start + len(p)]))
-        start += len(p)
+        end = start + len(p)
+        out.append(
+            SparseTargets(
+                t.ids[start:end],
+                t.logprobs[start:end],
+                None if t.counts is None else t.counts[start:end],
+                None if t.proposal_offset is None else t.proposal_offset[start:end],
+            )
+        )
+        start = end
     return out
 
 
@@ -133,12 +178,14 @@ class LocalTeacher:
         max_length: int,
         generate: GenerateSpec | None,
         group_by_length: bool = True,
+        draw: Draw | None = None,
     ) -> None:
         self.model, self.tok = model, tok
         self.top_k, self.temperature = top_k, temperature
         self.batch_size, self.max_length = batch_size, max_length
         self.gen = generate
         self.group_by_length = group_by_length
+        self.draw = draw
 
     def run(
         self, items: Iterable[Item], padding: PaddingCount | None = None
@@ -166,7 +213,9 @@ class LocalTeacher:
             made: list[SparseTargets | None] = [None] * len(samples)
             for g in groups:
                 group = [samples[i] for i in g]
-                scored = score_batch(self.model, group, self.top_k, self.temperature)
+                scored = score_batch(
+                    self.model, group, self.top_k, self.temperature, draw=self.draw
+                )
                 for i, sparse in zip(g, scored, strict=True):
                     made[i] = sparse
             for s, t in zip(samples, made, strict=True):
@@ -175,7 +224,14 @@ class LocalTeacher:
         prompts = [p for p in batch if isinstance(p, Prompt)]
         assert self.gen is not None
         yield from generate_batch(
-            self.model, self.tok, prompts, self.gen, self.top_k, self.temperature, self.max_length
+            self.model,
+            self.tok,
+            prompts,
+            self.gen,
+            self.top_k,
+            self.temperature,
+            self.max_length,
+            self.draw,
         )
 
 
@@ -257,6 +313,8 @@ def write_shard(
                     np.asarray(t.sample.target_positions()),
                     t.targets.ids if t.targets else None,
                     t.targets.logprobs if t.targets else None,
+                    counts=t.targets.counts if t.targets else None,
+                    proposal_offset=t.targets.proposal_offset if t.targets else None,
                     text=t.text,
                     kind=KINDS.index(t.kind),
                 )

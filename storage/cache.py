@@ -1,4 +1,4 @@
-"""Teacher cache shards: HDF5 files in the ``distillq.teacher/2`` format (docs/DESIGN.md).
+"""Teacher cache shards: HDF5 files in the ``distillq.teacher/3`` format (docs/DESIGN.md).
 
 | dataset               | dtype         | shape  | meaning                                       |
 |-----------------------|---------------|--------|-----------------------------------------------|
@@ -19,6 +19,20 @@ Optional, where the teacher wrote responses (``teacher.generate``):
 | generated_text | vlen   | [n]   | the response the teacher wrote, UTF-8 bytes ("" where it |
 |                | uint8  |       | scored): ``bytes(f["generated_text"][j]).decode()``      |
 
+With sampled targets (``target_method = "sampled"``, format 3; ``core/sampling.py``), the k
+columns hold the unique ids drawn at a position (k = the draws N), sorted by log-prob, with:
+
+| dataset          | dtype   | shape  | meaning                                               |
+|------------------|---------|--------|-------------------------------------------------------|
+| target_counts    | uint8   | [P, N] | times each id was drawn (0: an empty slot, id 0,      |
+|                  |         |        | log-prob −inf); the counts of a row sum to N          |
+| proposal_offset  | float32 | [P]    | only where draws came from a proposal q ∝ p^r:        |
+|                  |         |        | log q = r·log p + offset (importance weight p / q)    |
+
+and the attributes ``samples`` (N), ``proposal_temperature``, ``sample_seed`` and ``sampler``
+(how uniforms became tokens). A reader turns them into weights count / N · p / q
+(``Batch.target_weights``): unbiased estimates of the teacher's probabilities.
+
 Slots a server could not fill hold log-prob −inf (the loss leaves them in the tail); a
 position with no teacher distribution at all holds its own next token at log-prob 0 (KD on
 a one-hot teacher is CE). The attribute ``target_source`` says where targets came from.
@@ -27,8 +41,9 @@ a one-hot teacher is CE). The attribute ``target_source`` says where targets cam
 from the previous column: ``np.cumsum(d, axis=1, dtype=np.uint16).view(np.float16)`` gives
 the log-probs back bit for bit, in the order they were written. Top-k rows come sorted
 descending; negative float16 bit patterns then ascend, so the differences are small and
-gzip packs a log-prob into ~6.5 bits instead of ~9 (bench/NOTES.md). Format
-``distillq.teacher/1`` (plain float16 ``target_logprobs``) is still read.
+gzip packs a log-prob into ~6.5 bits instead of ~9 (bench/NOTES.md). Formats
+``distillq.teacher/1`` (plain float16 ``target_logprobs``) and ``/2`` (top-k only, the same
+layout as a top-k shard of format 3) are still read.
 
 Writing streams into resizable, chunked, shuffle+gzip datasets a whole chunk at a time; the file
 appears under its final name only when complete, and a sidecar JSON (``ShardStats``: file
@@ -61,8 +76,8 @@ if TYPE_CHECKING:
 # h5py is imported where a shard is opened: `status`, `enqueue` and the canvas read only the
 # JSON sidecars through this module, and h5py costs them a few tenths of a second.
 
-FORMAT = "distillq.teacher/2"
-READABLE_FORMATS = ("distillq.teacher/1", FORMAT)
+FORMAT = "distillq.teacher/3"
+READABLE_FORMATS = ("distillq.teacher/1", "distillq.teacher/2", FORMAT)
 CHUNK_ROWS = 1024
 _COMPRESSION: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
 
@@ -132,6 +147,48 @@ class _Appender:
         self._written = self.n
 
 
+@dataclass(frozen=True)
+class Draw:
+    """How a local teacher draws sampled targets (``teacher.target_method: sampled``)."""
+
+    samples: int
+    seed: int
+    temperature: float
+    """τ of the stored log-probs."""
+    proposal_temperature: float
+    """Temperature of the distribution the tokens are drawn from (τ: the teacher's own)."""
+
+    @property
+    def ratio(self) -> float | None:
+        """r in q ∝ p^r, or None when the draws come from p itself."""
+        if self.proposal_temperature == self.temperature:
+            return None
+        return self.temperature / self.proposal_temperature
+
+
+SAMPLER = "inverse-cdf/torch-cpu-philox"
+"""Recorded in each sampled shard: how its uniforms were made and turned into tokens
+(``core/sampling.py``)."""
+
+
+def sample_weights(
+    counts: np.ndarray,
+    samples: int,
+    logprobs: np.ndarray | None = None,
+    offset: np.ndarray | None = None,
+    ratio: float | None = None,
+) -> np.ndarray:
+    """[P, N] float32 estimates of p at each stored id: count / N, times p / q for a proposal.
+
+    Σ_j w_j f(x_j) is then an unbiased estimate of Σ_x p(x) f(x) for any f."""
+    w = counts.astype(np.float32) / samples
+    if offset is not None and ratio is not None and logprobs is not None:
+        lp = np.where(counts > 0, logprobs.astype(np.float32), 0.0)
+        # log p − log q = (1 − r)·log p − offset
+        w = w * np.exp((1.0 - ratio) * lp - offset[:, None])
+    return w.astype(np.float32)
+
+
 @dataclass
 class ShardMeta:
     """What a shard was made from; written as HDF5 attributes and checked by readers."""
@@ -145,6 +202,8 @@ class ShardMeta:
     record_range: tuple[int, int]
     method: str = "topk"
     source: str = "local"
+    draw: Draw | None = None
+    """How sampled targets were drawn (``method == "sampled"``)."""
 
 
 class CacheWriter:
@@ -169,6 +228,14 @@ class CacheWriter:
         self._positions = _Appender(self._f, "target_positions", np.dtype(np.int64), None)
         self._ids = _Appender(self._f, "target_ids", id_dtype(self.meta.vocab_size), k)
         self._logprobs = _Appender(self._f, "target_logprobs_delta", np.dtype(np.uint16), k)
+        self._extra: list[_Appender] = [self._ids, self._logprobs]
+        self._counts = self._offset = None
+        if self.meta.draw is not None:
+            self._counts = _Appender(self._f, "target_counts", np.dtype(np.uint8), k)
+            self._extra.append(self._counts)
+            if self.meta.draw.ratio is not None:
+                self._offset = _Appender(self._f, "proposal_offset", np.dtype(np.float32), None)
+                self._extra.append(self._offset)
         self._offsets = [0]
         self._texts: list[str] = []
         self._kinds: list[int] = []
@@ -183,9 +250,12 @@ class CacheWriter:
         target_logprobs: np.ndarray | None,
         text: str = "",
         kind: int = 0,
+        counts: np.ndarray | None = None,
+        proposal_offset: np.ndarray | None = None,
     ) -> None:
         """Append one sample: ids [L], positions [P_j] (within the sample), targets [P_j, k];
-        ``text``/``kind``: the response the teacher wrote and what its targets are."""
+        ``text``/``kind``: the response the teacher wrote and what its targets are;
+        ``counts``/``proposal_offset``: the draws of sampled targets (format above)."""
         self._texts.append(text)
         self._kinds.append(kind)
         base = self._offsets[-1]
@@ -196,18 +266,20 @@ class CacheWriter:
             assert target_ids is not None and target_logprobs is not None
             self._ids.append(target_ids)
             self._logprobs.append(encode_logprobs(target_logprobs))
+        if self._counts is not None:
+            if counts is None:
+                raise ValueError("a sampled shard needs the counts of every sample's draws")
+            self._counts.append(counts)
+        if self._offset is not None:
+            if proposal_offset is None:
+                raise ValueError("draws from a proposal need each position's proposal_offset")
+            self._offset.append(proposal_offset)
         self._offsets.append(base + len(input_ids))
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
             if exc_type is None:
-                for appender in (
-                    self._input_ids,
-                    self._record_ids,
-                    self._positions,
-                    self._ids,
-                    self._logprobs,
-                ):
+                for appender in (self._input_ids, self._record_ids, self._positions, *self._extra):
                     appender.flush()
                 offsets = np.asarray(self._offsets, dtype=np.int64)
                 self._f.create_dataset("sample_offsets", data=offsets, **_COMPRESSION)
@@ -236,6 +308,13 @@ class CacheWriter:
                     "tokenizer_fingerprint": m.tokenizer_fingerprint,
                     "record_range": list(m.record_range),
                 }
+                if m.draw is not None:
+                    attrs.update(
+                        samples=m.draw.samples,
+                        sample_seed=m.draw.seed,
+                        proposal_temperature=m.draw.proposal_temperature,
+                        sampler=SAMPLER,
+                    )
                 self._f.attrs.update(attrs)
             self._f.close()
         except BaseException as e:
@@ -287,6 +366,9 @@ class Batch:
     padded: Padded
     target_ids: np.ndarray | None  # [P, k] int64
     target_logprobs: np.ndarray | None  # [P, k] float32
+    target_weights: np.ndarray | None = None
+    """[P, k] float32 with sampled targets: estimates of p at each id (0: empty slot); None
+    with top-k targets (the loss then buckets the tail)."""
 
 
 class CacheReader:
@@ -309,6 +391,11 @@ class CacheReader:
         self.offsets = self._f["sample_offsets"][:]
         self.positions = self._f["target_positions"][:]
         self.k = int(self.attrs["k"])
+        self.sampled = self.attrs.get("target_method") == "sampled"
+        if self.sampled:
+            self.samples = int(self.attrs["samples"])
+            t, q = float(self.attrs["temperature"]), float(self.attrs["proposal_temperature"])
+            self.ratio = None if t == q else t / q
 
     def __enter__(self) -> CacheReader:
         return self
@@ -351,11 +438,7 @@ class CacheReader:
             [self.sample_ids(j) for j in range(first, last)],
             [pos[rows == i] - starts[i] for i in range(last - first)],
         )
-        t_ids = t_lp = None
-        if self.k:
-            t_ids = self._f["target_ids"][p0:p1].astype(np.int64)
-            t_lp = self._logprobs(p0, p1).astype(np.float32)
-        return Batch(padded, t_ids, t_lp)
+        return self._targets(padded, [(int(p0), int(p1))])
 
     def _logprobs(self, p0: int, p1: int) -> np.ndarray:
         """Teacher log-probs of target positions [p0, p1) as float16 [p1 - p0, k]."""
@@ -381,10 +464,20 @@ class CacheReader:
             [self.sample_ids(int(j)) for j in idx],
             [self.positions[p0:p1] - lo for p0, p1, lo in spans],
         )
-        t_ids = t_lp = None
-        if self.k:
-            t_ids = np.concatenate([self._f["target_ids"][p0:p1] for p0, p1, _ in spans])
-            t_ids = t_ids.astype(np.int64)
-            t_lp = np.concatenate([self._logprobs(p0, p1) for p0, p1, _ in spans])
-            t_lp = t_lp.astype(np.float32)
-        return Batch(padded, t_ids, t_lp)
+        return self._targets(padded, [(p0, p1) for p0, p1, _ in spans])
+
+    def _targets(self, padded: Padded, spans: list[tuple[int, int]]) -> Batch:
+        """The batch with the targets of position ranges ``spans``, in order."""
+        if not self.k:
+            return Batch(padded, None, None)
+
+        def rows(name: str) -> np.ndarray:
+            return np.concatenate([self._f[name][p0:p1] for p0, p1 in spans])
+
+        t_ids = rows("target_ids").astype(np.int64)
+        lp16 = np.concatenate([self._logprobs(p0, p1) for p0, p1 in spans])
+        weights = None
+        if self.sampled:
+            offset = rows("proposal_offset") if self.ratio is not None else None
+            weights = sample_weights(rows("target_counts"), self.samples, lp16, offset, self.ratio)
+        return Batch(padded, t_ids, lp16.astype(np.float32), weights)

@@ -407,6 +407,8 @@ class CacheSummary:
     """The shards holding each kind of target."""
     fallback_positions: int = 0
     """Positions with no teacher distribution (trained with CE on their token)."""
+    method: str = "topk"
+    """``topk`` (k = the k most likely tokens) or ``sampled`` (k = the draws per position)."""
 
 
 @dataclass(frozen=True)
@@ -461,6 +463,11 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     """What makes a number above hard to trust: too few held-out samples, a track that
     learned nearly nothing."""
+    ce_track: str | None = None
+    """The CE-only track (α = 1) the others are measured against, where there is one."""
+    ce_gap_closed: dict[str, float] = field(default_factory=dict)
+    """Per distilled track: the share of the held-out gap between the CE-only track and the
+    teacher that it closed, (CE − track) / (CE − teacher)."""
 
 
 # --- nodes ---------------------------------------------------------------------------------

@@ -213,10 +213,33 @@ def test_invalid_yaml_and_unknown_keys(settings, make_spec, before, tmp_path):
         ("students.0.peft.method=lorax", ["unknown PEFT method 'lorax'", "lora", "ia3", "full"]),
         ("students.0.name=../x", ["track name '../x' is not allowed", "no '..'"]),
         ("name=a/../../b", ["job name 'a/../../b' is not allowed"]),
+        ("teacher.target_method=random", ["target_method='random' is not one of", "sampled"]),
+        ("teacher.samples=8", ["teacher.samples applies to target_method: sampled"]),
     ],
 )
 def test_bad_spec_values(settings, make_spec, before, override, needles):
     refused(settings, before, [str(make_spec(n_records=20)), "--set", override], *needles)
+
+
+@pytest.mark.parametrize(
+    "overrides,needles",
+    [
+        (
+            ["teacher.endpoint=[http://127.0.0.1:9/v1]"],
+            ["target_method: sampled draws tokens from the teacher's whole distribution",
+             "returns only its top-k", "use target_method: topk with an endpoint"],
+        ),
+        (["teacher.samples=300"], ["teacher.samples=300 must lie in [1, 255]"]),
+        (["teacher.proposal_temperature=0"], ["teacher.proposal_temperature=0", "must be positive"]),
+    ],
+)  # fmt: skip
+def test_sampled_targets_refuse_what_has_no_sound_estimate(
+    settings, make_spec, before, overrides, needles
+):
+    args = [str(make_spec(n_records=20)), "--set", "teacher.target_method=sampled"]
+    for o in overrides:
+        args += ["--set", o]
+    refused(settings, before, args, *needles)
 
 
 # ---------------------------------------------------------------- models

@@ -74,7 +74,7 @@ def test_dtypes_fit_the_vocab(tmp_path):
         for rid, ids, pos, t_ids, t_lp in sample_data(np.random.default_rng(1)):
             w.add(rid, ids, pos, t_ids, t_lp)
     with h5py.File(path) as f:
-        assert f.attrs["format"] == "distillq.teacher/2"
+        assert f.attrs["format"] == "distillq.teacher/3"
         assert f["target_ids"].dtype == np.uint16
         assert f["target_logprobs_delta"].dtype == np.uint16
         assert f["input_ids"].dtype == np.int32
