@@ -209,16 +209,18 @@ def prompt_only(text_records: list[dict], n: int) -> list[dict]:
     return out
 
 
-@pytest.mark.parametrize("where", ["local", "served"])
+@pytest.mark.parametrize("where", ["local", "local-sampled", "served"])
 def test_prompt_only_data_runs_end_to_end(
     where, server, settings, tiny_models, text_records, workers, tmp_path
 ):
+    """A teacher writes the responses, locally (top-k or sampled targets) or served."""
     gen = {"max_new_tokens": 24, "temperature": 0.8, "top_p": 0.95, "seed": 7}
-    teacher = (
-        {"model": tiny_models["teacher"], "top_k": 16, "max_length": 96, "generate": gen}
-        if where == "local"
-        else served_teacher(server.url, generate=gen)
-    )
+    local = {"model": tiny_models["teacher"], "max_length": 96, "generate": gen}
+    teacher = {
+        "local": {**local, "top_k": 16},
+        "local-sampled": {**local, "target_method": "sampled", "samples": 8},
+        "served": served_teacher(server.url, generate=gen),
+    }[where]
     spec = {
         **spec_dict(tiny_models, teacher, shards=2, eval_fraction=0.15),
         "dataset": str(write_jsonl(tmp_path / "prompts.jsonl", prompt_only(text_records, 30))),
@@ -244,7 +246,8 @@ def test_prompt_only_data_runs_end_to_end(
     # The held-out slice is the teacher's own responses, and every student was measured on it.
     report = json.loads(run_cli(settings, "report", job_id, "--json").stdout)
     assert report["eval_samples"] > 0
-    assert "responses the teacher wrote, with its top-k" in job.paths.report_md.read_text()
+    targets = "tokens drawn from its distribution" if where == "local-sampled" else "top-k"
+    assert f"responses the teacher wrote, with its {targets}" in job.paths.report_md.read_text()
     ev = report["students"]["s"]["eval_loss"]
     assert ev is not None and ev == ev  # a number, not NaN
 
@@ -260,8 +263,12 @@ def test_prompt_only_data_runs_end_to_end(
         )
     assert again[0] == first[0] and again[1] == first[1]
     assert np.array_equal(again[2].target_ids, first[2].target_ids)
-    if where == "local":  # bit-identical; a server's float path may differ in the last bits
+    if where != "served":  # bit-identical; a server's float path may differ in the last bits
         assert np.array_equal(again[2].target_logprobs, first[2].target_logprobs)
+    if where == "local-sampled":  # the same draws, and their counts make weights summing to 1
+        assert first[2].target_weights is not None and again[2].target_weights is not None
+        assert np.array_equal(again[2].target_weights, first[2].target_weights)
+        np.testing.assert_allclose(first[2].target_weights.sum(1), 1.0, rtol=1e-6)
 
 
 def test_a_server_that_stays_down_fails_its_shards_after_retries_and_resume_finishes(

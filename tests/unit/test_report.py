@@ -70,6 +70,26 @@ def test_report_md_shows_baseline_to_final_the_curve_and_generations():
     assert "(had batches been consecutive samples): kd 2.0% (40.0%)." in md
 
 
+def test_the_report_says_how_much_of_the_ce_to_teacher_gap_each_track_closed():
+    import dataclasses
+
+    ce = dataclasses.replace(_student(8.0, 4.0), loss=LossSummary("forward_kl", 1.0))
+    students = {"kd": _student(8.0, 3.7), "ce": ce}
+    data = _report(80, students)
+    track, closed = report.ce_gap(students, data.teacher)
+    assert track == "ce" and closed == {"kd": 0.3}  # (4.0 − 3.7) / (4.0 − 3.0)
+    data = dataclasses.replace(data, ce_track=track, ce_gap_closed=closed)
+    md = report_md.render(data)
+    assert "CE-only track ce (4.0000) and the teacher (3.0000)" in md and "**kd** 30%" in md
+    assert "kd closed 30% of the held-out gap between the CE-only track ce" in (
+        report.summary_table(data)
+    )
+    # No CE-only track, or one already at the teacher: nothing to measure against.
+    assert report.ce_gap({"kd": students["kd"]}, data.teacher) == (None, {})
+    at_teacher = dataclasses.replace(ce, eval_loss=2.9)
+    assert report.ce_gap({"kd": students["kd"], "ce": at_teacher}, data.teacher) == (None, {})
+
+
 def test_legends_sit_outside_every_plot(tmp_path):
     import matplotlib
 
