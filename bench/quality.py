@@ -4,7 +4,7 @@ held-out CE and expected calibration error (ECE, 15 bins) per arm, bytes per pos
 real cache file each sparse arm trains from, and each arm's share of dense KD's gain over CE.
 
 Arms: CE only, dense KD (every token), top-k at k ∈ {8, 16, 32, 64} and sampled at
-N ∈ {4, 8, 12, 32}. Sparse targets are made by the product's own teacher function
+N ∈ {4, 8, 12, 16, 32}. Sparse targets are made by the product's own teacher function
 (``core.teacher.score_batch``), written with its cache writer and read back by its reader;
 the loss is the product's (``core.losses.kd_terms``). Each arm runs with 3 seeds (the
 student's initialisation, the batch order and the draws); a difference smaller than the
@@ -34,7 +34,7 @@ from storage.cache import CacheReader, Draw
 
 ALPHA, LR, BATCH, EPOCHS = 0.1, 3e-3, 16, 3
 TOPK = (8, 16, 32, 64)
-SAMPLED = (4, 8, 12, 32)
+SAMPLED = (4, 8, 12, 16, 32)
 SEEDS = (0, 1, 2)
 ECE_BINS = 15
 
@@ -53,8 +53,9 @@ def ece(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> fl
 
 
 @torch.no_grad()
-def heldout(student: Any, eval_set: list[Any]) -> tuple[float, float]:
-    """Held-out CE (nats/token) and ECE of the student's next-token predictions."""
+def heldout(student: Any, eval_set: list[Any]) -> tuple[float, float, float]:
+    """Held-out CE (nats/token), ECE and overconfidence (mean top-1 confidence − accuracy:
+    the sign ECE leaves out) of the student's next-token predictions."""
     student.eval()
     nll, conf, hit = [], [], []
     for ids, mask, rows, cols, labels in batches(eval_set, BATCH):
@@ -64,9 +65,11 @@ def heldout(student: Any, eval_set: list[Any]) -> tuple[float, float]:
         conf.append(top.values.exp())
         hit.append(top.indices == labels)
     student.train()
+    confidence, correct = torch.cat(conf).numpy(), torch.cat(hit).float().numpy()
     return (
         float(torch.cat(nll).mean()),
-        ece(torch.cat(conf).numpy(), torch.cat(hit).float().numpy()),
+        ece(confidence, correct),
+        float(confidence.mean() - correct.mean()),
     )
 
 
@@ -84,7 +87,7 @@ def train(
     train_set: list[Any],
     eval_set: list[Any],
     targets: Any,
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
     """One arm: ``targets(b)`` gives batch b's (ids, logprobs, weights) or Nones (CE only)."""
     from core.losses import kd_terms
 
@@ -178,6 +181,7 @@ def measure(root: Path, records: int = 480, seeds: tuple[int, ...] = SEEDS) -> d
         arms[name] = {
             "heldout": [round(x[0], 4) for x in got],
             "ece": [round(x[1], 4) for x in got],
+            "overconfidence": [round(x[2], 4) for x in got],
             "bytes_per_position": None if bytes_pp is None else round(bytes_pp, 1),
         }
         print(f"  quality {name}: {arms[name]} ({time.time() - t0:.0f}s)", flush=True)

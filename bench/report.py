@@ -426,14 +426,15 @@ def quality_section(q: dict[str, Any] | None) -> list[str]:
         "",
         "![quality](quality.png)",
         "",
-        "| arm | bytes / position | held-out CE | ECE (15 bins) | share of dense KD's gain |",
-        "|---|---|---|---|---|",
+        "| arm | bytes / position | held-out CE | ECE (15 bins) | confidence − accuracy | share of dense KD's gain |",
+        "|---|---|---|---|---|---|",
     ]
     for name, a in arms.items():
         b = a["bytes_per_position"]
         lines.append(
             f"| {name} | {b if b is not None else ''} | {_range(a['heldout'])} | "
-            f"{_range(a['ece'])} | {_range(a['share_of_dense_gain'], '{:.0%}')} |"
+            f"{_range(a['ece'])} | {_range(a.get('overconfidence') or [float('nan')])} | "
+            f"{_range(a['share_of_dense_gain'], '{:.0%}')} |"
         )
     lines.append("")
     lines += quality_findings(q)
