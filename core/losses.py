@@ -131,7 +131,7 @@ def sampled_divergence(
     Σ_x s log s (exact) − Σ_j w_j (s_j / p_j) log p_j. ``jsd``: β Σ_j w_j log p_j +
     (1 − β) Σ_x s log s (exact) − Σ_j w_j (m_j / p_j) log m_j with m = βp + (1 − β)s. The
     last two are importance-weighted by s / p: unbiased, with a variance that grows where
-    the student puts mass the teacher almost never draws (docs/DESIGN.md §4c).
+    the student puts mass the teacher almost never draws (docs/DESIGN.md §6b).
     """
     used = weights > 0
     lp = torch.where(used, teacher_logprobs.float(), 0.0)
@@ -141,11 +141,14 @@ def sampled_divergence(
         return (w * (lp - s)).sum(-1)
     log_s = z - log_z
     neg_entropy = (log_s.exp() * log_s).sum(-1)  # Σ_x s log s, over the whole vocabulary
+    # w · s / p in log space: a token drawn from a hot proposal can have p far below s, and
+    # exp(s − log p) alone would overflow where w (which carries p / q) brings it back down.
+    log_w = torch.where(used, w.clamp_min(1e-30).log(), float("-inf"))
     if kind == "reverse_kl":
-        return neg_entropy - (w * torch.exp(s - lp) * lp).sum(-1)
+        return neg_entropy - (torch.exp(log_w + s - lp) * lp).sum(-1)
     if kind == "jsd":
         log_m = torch.logaddexp(lp + math.log(beta), s + math.log(1 - beta))
-        cross = (w * torch.exp(log_m - lp) * log_m).sum(-1)
+        cross = (torch.exp(log_w + log_m - lp) * log_m).sum(-1)
         return beta * (w * lp).sum(-1) + (1 - beta) * neg_entropy - cross
     raise ValueError(f"unknown divergence {kind!r}: use forward_kl, reverse_kl or jsd")
 

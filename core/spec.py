@@ -79,7 +79,7 @@ class TeacherSpec:
     """``topk``: the k most likely tokens, the rest as one tail bucket (biased, deterministic).
     ``sampled``: ``samples`` tokens drawn from the teacher's distribution per position, stored
     as unique ids with counts: the student's loss is an unbiased estimate of the dense one
-    (Random-Sampling KD, Anshumann et al., ACL 2025; docs/DESIGN.md §4c). Local teachers only."""
+    (Random-Sampling KD, Anshumann et al., ACL 2025; docs/DESIGN.md §6b). Local teachers only."""
     samples: int | None = None
     """Draws per position with ``target_method: sampled`` (default 12, at most 255)."""
     proposal_temperature: float | None = None

@@ -317,3 +317,22 @@ def test_sampled_is_refused_for_an_endpoint_and_its_keys_need_it():
         teacher(proposal_temperature=2.0)
     with pytest.raises(SpecError, match=r"teacher.samples=0 must lie in \[1, 255\]"):
         teacher(target_method="sampled", samples=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_hot_proposal_that_draws_a_near_impossible_token_stays_finite(kind):
+    """log p ≈ −94 drawn from a proposal at t = 100: the weight w ≈ e⁻⁹¹ (p / q) is still a
+    float32 (subnormal), but s / p ≈ e⁹⁰ alone overflows; w · s / p is taken in log space."""
+    logits = torch.zeros(V)
+    logits[0] = -90.0
+    logp = torch.log_softmax(logits, -1)
+    ids, lps, w = draws(logp, 0.01, N, 64)
+    assert bool((ids == 0).any())  # the near-impossible token was drawn
+    z = torch.randn(64, V).requires_grad_(True)
+    loss, _, _ = kd_terms(
+        z, torch.zeros(64, dtype=torch.long), ids, lps, alpha=0.0, temperature=1.0, kind=kind,
+        weights=w,
+    )  # fmt: skip
+    loss.backward()
+    assert z.grad is not None
+    assert torch.isfinite(loss) and bool(torch.isfinite(z.grad).all())
