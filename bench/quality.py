@@ -146,6 +146,7 @@ def from_reader(r: CacheReader, n: int) -> Any:
 def measure(root: Path, records: int = 480, seeds: tuple[int, ...] = SEEDS) -> dict[str, Any]:
     torch.set_num_threads(1)
     t0 = time.time()
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
     m = models(root)
     teacher, tok = load_causal_lm(m["teacher"]), load_tokenizer(m["teacher"])
     ss = samples(dataset(root, records), tok)
@@ -212,7 +213,7 @@ def measure(root: Path, records: int = 480, seeds: tuple[int, ...] = SEEDS) -> d
         }
         mean_bytes = float(np.mean([b for _, b in readers.values()]))
         run(f"sampled{draws}", lambda s, rs=readers: from_reader(rs[s][0], n), mean_bytes)
-    return summarise(arms, teacher_ce, len(seeds), time.time() - t0)
+    return {**summarise(arms, teacher_ce, len(seeds), time.time() - t0), "started": started}
 
 
 def summarise(

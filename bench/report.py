@@ -414,13 +414,14 @@ def quality_section(q: dict[str, Any] | None) -> list[str]:
     lines = [
         "## Quality: which teacher targets (bench/quality.py)",
         "",
-        f"`python -m bench.run --only quality` on {q.get('started', '?')} in {q['seconds']} s: the "
+        f"`python -m bench.run --only quality` (part of `make bench`) on "
+        f"{q.get('started', '?')} in {q['seconds']} s: the "
         f"demo teacher and student (full fine-tuning), {q['epochs']} epochs at batch "
         f"{q['batch']}, α = {q['alpha']}, equal steps per arm; {q['seeds']} seeds (a seed fixes "
         "the student's initialisation, the batch order and the draws for every arm). Values are "
         "mean [min, max] over the seeds; the share of dense KD's gain is taken seed by seed, "
-        "(CE − arm) / (CE − dense), because the seeds' own spread (CE alone: "
-        f"{min(arms['ce_only']['heldout'])} to {max(arms['ce_only']['heldout'])}) is larger than "
+        "(CE − arm) / (CE − dense), so that the seeds' own spread (CE alone: "
+        f"{min(arms['ce_only']['heldout'])} to {max(arms['ce_only']['heldout'])}) does not hide "
         f"the differences between targets. Teacher held-out {q['teacher_heldout']}. Bytes: the "
         "compressed cache file each arm trained from, per target position.",
         "",
