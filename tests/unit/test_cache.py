@@ -108,6 +108,23 @@ def test_format_1_files_are_still_read(tmp_path):
         np.testing.assert_array_equal(r.batch(0, 3).target_logprobs, expected)
 
 
+def test_format_2_files_are_still_read(tmp_path):
+    """Format 2 is format 3's top-k layout under the older name: read as top-k, no weights."""
+    path = tmp_path / "s.h5"
+    data = sample_data(np.random.default_rng(5))
+    with CacheWriter(path, meta()) as w:
+        for rid, ids, pos, t_ids, t_lp in data:
+            w.add(rid, ids, pos, t_ids, t_lp)
+    with h5py.File(path, "r+") as f:
+        f.attrs["format"] = "distillq.teacher/2"
+        del f.attrs["target_method"]  # no method recorded: read as top-k
+    with CacheReader(path) as r:
+        b = r.batch(0, 3)
+        expected = np.concatenate([t_lp for *_, t_lp in data]).astype(np.float32)
+        np.testing.assert_array_equal(b.target_logprobs, expected)
+        assert not r.sampled and b.target_weights is None
+
+
 def test_failed_write_leaves_no_file(tmp_path):
     path = tmp_path / "s.h5"
     with pytest.raises(RuntimeError), CacheWriter(path, meta()) as w:
