@@ -70,9 +70,7 @@ def write_targets(
 
     from storage.cache import CacheWriter, ShardMeta
 
-    meta = ShardMeta(
-        0, vocab, k, 1.0, "t", "tok", (0, len(scored)), "sampled" if draw else "topk", draw=draw
-    )
+    meta = ShardMeta(0, vocab, k, 1.0, "t", "tok", (0, len(scored)), draw=draw)
     with CacheWriter(path, meta) as w:
         for s, t in scored:
             w.add(

@@ -412,12 +412,11 @@ def summary_table(data: Report) -> str:
             f"  {name:<8} held-out {ev}{before}  alpha={s.loss.alpha}  {s.method}  "
             f"{s.steps} steps  {s.tokens_per_s} tok/s"
         )
-    if data.ce_track and data.teacher and data.teacher.eval_loss is not None:
-        for name, share in data.ce_gap_closed.items():
-            lines.append(
-                f"  {name} closed {share:.0%} of the held-out gap between the CE-only track "
-                f"{data.ce_track} and the teacher"
-            )
+    for name, share in data.ce_gap_closed.items():
+        lines.append(
+            f"  {name} closed {share:.0%} of the held-out gap between the CE-only track "
+            f"{data.ce_track} and the teacher"
+        )
     lines += [f"  warning: {w}" for w in data.warnings]
     return "\n".join(lines)
 

@@ -287,7 +287,6 @@ def _write_cache(
         tokenizer_fingerprint=fp.tokenizer,
         record_range=(int(ids[0]), int(ids[-1]) + 1),
         source=teacher.source if teacher else "none",
-        method=t.target_method if t else "topk",
         draw=draw_of(t),
     )
     made = write_shard(

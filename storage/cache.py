@@ -200,10 +200,14 @@ class ShardMeta:
     teacher_fingerprint: str
     tokenizer_fingerprint: str
     record_range: tuple[int, int]
-    method: str = "topk"
     source: str = "local"
     draw: Draw | None = None
-    """How sampled targets were drawn (``method == "sampled"``)."""
+    """How sampled targets were drawn; None for top-k targets."""
+
+    @property
+    def method(self) -> str:
+        """The ``target_method`` attribute: ``sampled`` where there are draws, else ``topk``."""
+        return "topk" if self.draw is None else "sampled"
 
 
 class CacheWriter:
@@ -391,11 +395,14 @@ class CacheReader:
         self.offsets = self._f["sample_offsets"][:]
         self.positions = self._f["target_positions"][:]
         self.k = int(self.attrs["k"])
-        self.sampled = self.attrs.get("target_method") == "sampled"
-        if self.sampled:
-            self.samples = int(self.attrs["samples"])
-            t, q = float(self.attrs["temperature"]), float(self.attrs["proposal_temperature"])
-            self.ratio = None if t == q else t / q
+        self.draw: Draw | None = None
+        if self.attrs.get("target_method") == "sampled":
+            self.draw = Draw(
+                samples=int(self.attrs["samples"]),
+                seed=int(self.attrs["sample_seed"]),
+                temperature=float(self.attrs["temperature"]),
+                proposal_temperature=float(self.attrs["proposal_temperature"]),
+            )
 
     def __enter__(self) -> CacheReader:
         return self
@@ -477,7 +484,7 @@ class CacheReader:
         t_ids = rows("target_ids").astype(np.int64)
         lp16 = np.concatenate([self._logprobs(p0, p1) for p0, p1 in spans])
         weights = None
-        if self.sampled:
-            offset = rows("proposal_offset") if self.ratio is not None else None
-            weights = sample_weights(rows("target_counts"), self.samples, lp16, offset, self.ratio)
+        if (d := self.draw) is not None:
+            offset = rows("proposal_offset") if d.ratio is not None else None
+            weights = sample_weights(rows("target_counts"), d.samples, lp16, offset, d.ratio)
         return Batch(padded, t_ids, lp16.astype(np.float32), weights)

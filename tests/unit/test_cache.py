@@ -40,13 +40,18 @@ def sample_data(rng, k=4, vocab=300):
     return out
 
 
-def test_round_trip(tmp_path):
-    rng = np.random.default_rng(0)
-    data = sample_data(rng)
-    path = tmp_path / "shard-00002.h5"
+def written(path, seed: int) -> list:
+    """``sample_data(seed)`` written as a top-k shard at ``path``; returns the data."""
+    data = sample_data(np.random.default_rng(seed))
     with CacheWriter(path, meta()) as w:
         for rid, ids, pos, t_ids, t_lp in data:
             w.add(rid, ids, pos, t_ids, t_lp)
+    return data
+
+
+def test_round_trip(tmp_path):
+    path = tmp_path / "shard-00002.h5"
+    data = written(path, 0)
     with CacheReader(path) as r:
         assert len(r) == 3
         assert r.attrs["k"] == 4 and r.attrs["target_method"] == "topk"
@@ -70,9 +75,7 @@ def test_round_trip(tmp_path):
 def test_dtypes_fit_the_vocab(tmp_path):
     assert id_dtype(65536) == np.uint16 and id_dtype(152_064) == np.int32
     path = tmp_path / "s.h5"
-    with CacheWriter(path, meta()) as w:
-        for rid, ids, pos, t_ids, t_lp in sample_data(np.random.default_rng(1)):
-            w.add(rid, ids, pos, t_ids, t_lp)
+    written(path, 1)
     with h5py.File(path) as f:
         assert f.attrs["format"] == "distillq.teacher/3"
         assert f["target_ids"].dtype == np.uint16
@@ -94,10 +97,7 @@ def test_logprob_delta_coding_is_bit_exact_for_any_values_and_order():
 
 def test_format_1_files_are_still_read(tmp_path):
     path = tmp_path / "s.h5"
-    data = sample_data(np.random.default_rng(4))
-    with CacheWriter(path, meta()) as w:
-        for rid, ids, pos, t_ids, t_lp in data:
-            w.add(rid, ids, pos, t_ids, t_lp)
+    data = written(path, 4)
     with h5py.File(path, "r+") as f:  # rewrite it the way distillq.teacher/1 stored log-probs
         lp = decode_logprobs(f["target_logprobs_delta"][:])
         del f["target_logprobs_delta"]
@@ -111,10 +111,7 @@ def test_format_1_files_are_still_read(tmp_path):
 def test_format_2_files_are_still_read(tmp_path):
     """Format 2 is format 3's top-k layout under the older name: read as top-k, no weights."""
     path = tmp_path / "s.h5"
-    data = sample_data(np.random.default_rng(5))
-    with CacheWriter(path, meta()) as w:
-        for rid, ids, pos, t_ids, t_lp in data:
-            w.add(rid, ids, pos, t_ids, t_lp)
+    data = written(path, 5)
     with h5py.File(path, "r+") as f:
         f.attrs["format"] = "distillq.teacher/2"
         del f.attrs["target_method"]  # no method recorded: read as top-k
@@ -122,7 +119,7 @@ def test_format_2_files_are_still_read(tmp_path):
         b = r.batch(0, 3)
         expected = np.concatenate([t_lp for *_, t_lp in data]).astype(np.float32)
         np.testing.assert_array_equal(b.target_logprobs, expected)
-        assert not r.sampled and b.target_weights is None
+        assert r.draw is None and b.target_weights is None
 
 
 def test_failed_write_leaves_no_file(tmp_path):
@@ -135,9 +132,7 @@ def test_failed_write_leaves_no_file(tmp_path):
 
 def test_sidecar_verification_detects_flipped_bytes(tmp_path):
     path, stats = tmp_path / "s.h5", tmp_path / "s.json"
-    with CacheWriter(path, meta()) as w:
-        for rid, ids, pos, t_ids, t_lp in sample_data(np.random.default_rng(2)):
-            w.add(rid, ids, pos, t_ids, t_lp)
+    written(path, 2)
     counts = dict(samples=3, tokens=19, target_positions=11, seconds=0.1, tokens_per_s=190.0)
     write_stats(stats, path, shard=0, started_at=1.0, finished_at=2.0, **counts)
     assert verified(path, stats).samples == 3

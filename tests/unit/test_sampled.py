@@ -250,6 +250,7 @@ def test_the_cache_records_how_it_drew_and_gives_weights(sampled_job):
     with CacheReader(sampled_job.paths.shard(0)) as r:
         assert r.attrs["format"] == "distillq.teacher/3"
         assert r.attrs["target_method"] == "sampled" and r.attrs["samples"] == 12
+        assert r.draw == Draw(samples=12, seed=0, temperature=1.0, proposal_temperature=1.0)
         assert r.attrs["sample_seed"] == 0 and r.attrs["sampler"] == SAMPLER
         b = r.batch(0, len(r))
         assert b.target_weights is not None
@@ -264,7 +265,7 @@ def test_a_proposal_temperature_gives_importance_weights(tmp_path, tiny_models, 
     job = job_with_cache(tmp_path, text_records[:8], spec(tiny_models, proposal_temperature=2.0))
     with CacheReader(job.paths.shard(0)) as r:
         b = r.batch(0, len(r))
-        assert r.ratio == 0.5 and b.target_weights is not None
+        assert r.draw is not None and r.draw.ratio == 0.5 and b.target_weights is not None
         counts = shard_arrays(job.paths.shard(0))["target_counts"][: len(b.target_weights)]
         # Weights are no longer count / N: p / q re-weights each drawn token.
         assert not np.allclose(b.target_weights, counts / 12)
