@@ -57,10 +57,17 @@ test: $(STAMP) $(LLAMA_STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n $(PYTEST_N) --dist worksteal tests/unit tests/integration -m "not e2e"
 
+# mypy cannot follow the import hook that maps app/, core/... into distillq (setup.py), so it
+# reads them through a tree of links laid out as installed: build/typecheck/distillq/core/...
+TYPECHECK := build/typecheck
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/distillq
+	ln -s $(CURDIR)/distillq/*.py $(TYPECHECK)/distillq/
+	for d in app tasks workers core storage; do ln -s $(CURDIR)/$$d $(TYPECHECK)/distillq/$$d; done
+	ln -s $(CURDIR)/bench $(TYPECHECK)/bench
+	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml
 
 
 # Jobs back to back on `distillq up --workers 2` with SIGKILLs and a Redis restart; writes
@@ -79,7 +86,7 @@ bench-cli: $(STAMP)
 
 # Rebuild the shipped demo teacher (app/assets/demo-teacher); takes about an hour on 2 cores.
 demo-teacher: $(STAMP)
-	$(BIN)/python -m app.demo_models build-teacher --out app/assets/demo-teacher
+	$(BIN)/python -m distillq.app.demo_models build-teacher --out app/assets/demo-teacher
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

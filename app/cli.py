@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.view import EXIT_FAILED, EXIT_TIMEOUT
-from core.settings import Settings
-from errors import DistillqError
-from storage.layout import check_writable
+from distillq.app.view import EXIT_FAILED, EXIT_TIMEOUT
+from distillq.core.runtime.settings import Settings
+from distillq.errors import DistillqError
+from distillq.storage.layout import check_writable
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -27,15 +27,15 @@ def settings_from(args: argparse.Namespace) -> Settings:
         broker_url=getattr(args, "broker", None), storage=getattr(args, "storage", None)
     )
     if not s.broker_url:
-        from workers.cluster import cluster_broker
+        from distillq.workers.cluster import cluster_broker
 
         s = s.with_(broker_url=cluster_broker(s.storage))
     return s
 
 
 def _ready(s: Settings) -> Settings:
-    from core import broker
-    from tasks.celery_app import configure
+    from distillq.core.runtime import broker
+    from distillq.tasks.celery_app import configure
 
     broker.ping(s.broker_url)
     configure(s)
@@ -43,9 +43,9 @@ def _ready(s: Settings) -> Settings:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from workers.devices import usable_gpus
-    from workers.launch import default_queues, run_worker
-    from workers.node import gpus
+    from distillq.workers.devices import usable_gpus
+    from distillq.workers.launch import default_queues, run_worker
+    from distillq.workers.node import gpus
 
     s = settings_from(args)
     check_writable(s.storage)
@@ -61,10 +61,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    from core.job import create_job, data_notes
-    from core.spec import load_spec
-    from tasks import pipeline
-    from tasks.celery_app import app
+    from distillq.core.create import create_job
+    from distillq.core.job.jobs import data_notes
+    from distillq.core.job.spec import load_spec
+    from distillq.tasks import pipeline
+    from distillq.tasks.celery_app import app
 
     # The spec first: fixing a typo in it should not need a running Redis.
     spec = load_spec(Path(args.spec), args.set)
@@ -78,7 +79,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         f"queued {job.n_shards} teacher shards, {len(spec.students)} student track(s); storage {job.paths.root}",
         file=sys.stderr,
     )
-    from core import broker, registry
+    from distillq.core.runtime import broker, registry
 
     for line in registry.unheard(broker.client(s.broker_url), ["teacher", "student"]):
         print(line, file=sys.stderr)
@@ -87,8 +88,8 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 
 
 def _job_and_redis(args: argparse.Namespace) -> tuple[Any, Any]:
-    from core import broker
-    from core.job import load_job
+    from distillq.core.job.jobs import load_job
+    from distillq.core.runtime import broker
 
     s = settings_from(args)
     job = load_job(s.storage, args.job)
@@ -100,8 +101,8 @@ def _job_and_redis(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from app.view import dumps, render
-    from core.status import job_status
+    from distillq.app.view import dumps, render
+    from distillq.core.control.status import job_status
 
     job, r = _job_and_redis(args)
     st = job_status(job, r)
@@ -110,15 +111,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from app.view import follow
-    from core.status import job_status
+    from distillq.app.view import follow
+    from distillq.core.control.status import job_status
 
     job, r = _job_and_redis(args)
     return follow(lambda: job_status(job, r), args.interval, args.timeout)
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    from core.status import job_status, pulse
+    from distillq.core.control.status import job_status, pulse
 
     job, r = _job_and_redis(args)
     deadline = time.time() + args.timeout
@@ -160,10 +161,10 @@ def cmd_wait(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from core import control
-    from core.job import load_job
-    from tasks import pipeline
-    from tasks.celery_app import app
+    from distillq.core.control import state as control
+    from distillq.core.job.jobs import load_job
+    from distillq.tasks import pipeline
+    from distillq.tasks.celery_app import app
 
     s = _ready(settings_from(args))
     job = load_job(s.storage, args.job)
@@ -184,8 +185,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace, new: str, what: str) -> int:
-    from core import control
-    from core.job import load_job
+    from distillq.core.control import state as control
+    from distillq.core.job.jobs import load_job
 
     s = settings_from(args)
     job = load_job(s.storage, args.job)
@@ -197,8 +198,8 @@ def _stop(args: argparse.Namespace, new: str, what: str) -> int:
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
-    from core import broker
-    from core.registry import list_nodes
+    from distillq.core.runtime import broker
+    from distillq.core.runtime.registry import list_nodes
 
     s = settings_from(args)
     broker.ping(s.broker_url)
@@ -224,8 +225,8 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from core import report
-    from core.job import load_job
+    from distillq.core.job.jobs import load_job
+    from distillq.core.report import report
 
     s = settings_from(args)
     job = load_job(s.storage, args.job)
@@ -243,10 +244,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from app.view import run_hints
-    from core.gguf import QUANTS
-    from core.job import load_job
-    from core.stages import export_finished
+    from distillq.app.view import run_hints
+    from distillq.core.export.gguf import QUANTS
+    from distillq.core.job.jobs import load_job
+    from distillq.core.stages import export_finished
 
     job = load_job(settings_from(args).storage, args.job)
     quants = tuple(q.strip() for q in (args.quant or ",".join(QUANTS)).split(",") if q.strip())
@@ -266,9 +267,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from core.job import load_job
-    from core.models import load_tokenizer
-    from core.show import show
+    from distillq.core.job.jobs import load_job
+    from distillq.core.job.models import load_tokenizer
+    from distillq.core.report.show import show
 
     job = load_job(settings_from(args).storage, args.job)
     t = job.spec.teacher
@@ -287,8 +288,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_init_student(args: argparse.Namespace) -> int:
-    from core.init_student import init_student
-    from core.spec import local_model
+    from distillq.core.job.spec import local_model
+    from distillq.core.student.init_student import init_student
 
     teacher = local_model(args.teacher, Path.cwd(), "teacher model")
     out, shape = init_student(
@@ -304,7 +305,7 @@ def cmd_init_student(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from core.job import list_jobs
+    from distillq.core.job.jobs import list_jobs
 
     for j in list_jobs(settings_from(args).storage):
         print(j)
@@ -312,7 +313,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from app.demo import enqueue_demo, run_demo
+    from distillq.app.demo import enqueue_demo, run_demo
 
     if args.enqueue_only:
         print(enqueue_demo(_ready(settings_from(args)), quick=args.quick))
@@ -321,21 +322,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from workers.cluster import up
+    from distillq.workers.cluster import up
 
     print(up(settings_from(args), args.workers, args.flower_port))
     return 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from workers.cluster import down
+    from distillq.workers.cluster import down
 
     print(down(settings_from(args)))
     return 0
 
 
 def cmd_flower(args: argparse.Namespace) -> int:
-    from tasks.celery_app import app
+    from distillq.tasks.celery_app import app
 
     _ready(settings_from(args))
     if args.password is not None:

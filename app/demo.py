@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app import demo_models
-from core.settings import Settings
-from storage.layout import models_root
+from distillq.app import demo_models
+from distillq.core.runtime.settings import Settings
+from distillq.storage.layout import models_root
 
 DEMO_RECORDS, QUICK_RECORDS = 2400, 240
 
@@ -79,10 +79,10 @@ def prepare(storage: Path, records: int) -> dict[str, Any]:
 
 def enqueue_demo(settings: Settings, quick: bool = False) -> str:
     """Prepare the demo on storage and submit it to whatever workers are running (compose)."""
-    from core.job import create_job
-    from core.spec import spec_from_dict
-    from tasks import pipeline
-    from tasks.celery_app import app
+    from distillq.core.create import create_job
+    from distillq.core.job.spec import spec_from_dict
+    from distillq.tasks import pipeline
+    from distillq.tasks.celery_app import app
 
     storage = settings.storage.resolve()
     job = create_job(
@@ -93,7 +93,7 @@ def enqueue_demo(settings: Settings, quick: bool = False) -> str:
 
 
 def _wait_for_nodes(redis_client: Any, n: int, procs: list[Any], timeout: float = 120) -> None:
-    from core.registry import list_nodes
+    from distillq.core.runtime.registry import list_nodes
 
     deadline = time.time() + timeout
     while len(list_nodes(redis_client)) < n:
@@ -105,16 +105,17 @@ def _wait_for_nodes(redis_client: Any, n: int, procs: list[Any], timeout: float 
 def run_demo(settings: Settings, quick: bool = False) -> int:
     # Imported here, not at the top: `distillq --help` and every other command load this
     # module's parent CLI without paying for torch, Celery and the worker launcher.
-    from app.view import follow, run_hints
-    from core import broker, report
-    from core.job import create_job
-    from core.spec import spec_from_dict
-    from core.status import job_status
-    from tasks import pipeline
-    from tasks.celery_app import app, configure
-    from workers import lifeline
-    from workers.launch import spawn_worker, stop_process_groups
-    from workers.redis_server import EmbeddedRedis
+    from distillq.app.view import follow, run_hints
+    from distillq.core.control.status import job_status
+    from distillq.core.create import create_job
+    from distillq.core.job.spec import spec_from_dict
+    from distillq.core.report import report
+    from distillq.core.runtime import broker
+    from distillq.tasks import pipeline
+    from distillq.tasks.celery_app import app, configure
+    from distillq.workers import lifeline
+    from distillq.workers.launch import spawn_worker, stop_process_groups
+    from distillq.workers.redis_server import EmbeddedRedis
 
     # Stopped by SIGTERM or SIGHUP (timeout, systemd, CI, docker stop), the demo still runs
     # its exit stack; killed outright, its Redis and workers die with it (lifeline.tied).

@@ -8,7 +8,7 @@ tokenizer, randomly initialised from a fixed seed when the demo starts.
 The stdlib files are split by a stable hash of their path: files in the *demo* split are
 never seen by the teacher, so the demo's held-out loss measures generalisation, not recall.
 
-    python -m app.demo_models build-teacher --out app/assets/demo-teacher --steps 6000
+    python -m distillq.app.demo_models build-teacher --out app/assets/demo-teacher --steps 6000
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ def _held_out_loss(model: Any, held: Any, seq_len: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m app.demo_models")
+    parser = argparse.ArgumentParser(prog="python -m distillq.app.demo_models")
     sub = parser.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("build-teacher", help="train and save the demo teacher + tokenizer")
     t.add_argument("--out", type=Path, default=TEACHER_ASSET)

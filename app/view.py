@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only a type here: `distillq --help` must not load the job machinery
-    from core.status import JobStatus
+    from distillq.core.control.status import JobStatus
 
 EXIT_FAILED, EXIT_TIMEOUT = 1, 3
 TERMINAL = ("done", "failed", "cancelled")

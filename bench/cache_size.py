@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from bench.common import batches, dataset, models, samples
-from core.models import load_causal_lm, load_tokenizer
-from storage.cache import _COMPRESSION, CacheWriter, ShardMeta
+from distillq.core.job.models import load_causal_lm, load_tokenizer
+from distillq.storage.cache import _COMPRESSION, CacheWriter, ShardMeta
 
 KS = (8, 16, 32, 64, 128)
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
-from app.demo_models import TEACHER_ASSET, TinyLlama, llama, write_demo_dataset
-from workers.redis_server import EmbeddedRedis
+from distillq.app.demo_models import TEACHER_ASSET, TinyLlama, llama, write_demo_dataset
+from distillq.workers.redis_server import EmbeddedRedis
 
 GOALS = {"status": 1.0, "watch (first frame)": 1.0, "nodes": 1.0, "jobs": 1.0}
 
@@ -83,7 +83,7 @@ def measure(root: Path, repeats: int, before: Path | None = None) -> dict[str, A
             "DISTILLQ_BROKER_URL": redis.url,
             "DISTILLQ_STORAGE": str(root / "storage"),
         }
-        cli = [sys.executable, "-m", "app.cli"]
+        cli = [sys.executable, "-m", "distillq"]
         rows: dict[str, dict[str, Any]] = {}
         rows["python -c pass"] = _time([sys.executable, "-c", "pass"], env, repeats)
         # What enqueue cannot avoid: a tokenizer comes through transformers, which loads torch.

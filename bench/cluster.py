@@ -10,15 +10,16 @@ from typing import Any
 
 import yaml
 
-from core import broker
-from core.job import Job, create_job, load_job
-from core.settings import Settings
-from core.spec import load_spec
-from storage import keys
-from tasks import pipeline
-from tasks.celery_app import app, configure
-from workers.launch import spawn_worker, stop_process_group
-from workers.redis_server import EmbeddedRedis
+from distillq.core.create import create_job
+from distillq.core.job.jobs import Job, load_job
+from distillq.core.job.spec import load_spec
+from distillq.core.runtime import broker
+from distillq.core.runtime.settings import Settings
+from distillq.storage import keys
+from distillq.tasks import pipeline
+from distillq.tasks.celery_app import app, configure
+from distillq.workers.launch import spawn_worker, stop_process_group
+from distillq.workers.redis_server import EmbeddedRedis
 
 
 class Cluster:

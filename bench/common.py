@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from app import demo_models
-from core.data import Sample, TokenizeStats, padded, tokenize_record
-from core.models import on_device
+from distillq.app import demo_models
+from distillq.core.job.data import Sample, TokenizeStats, padded, tokenize_record
+from distillq.core.job.models import on_device
 
 
 @functools.lru_cache(maxsize=1)
@@ -65,12 +65,24 @@ def write_targets(
     path: Path, scored: list[tuple[Sample, Any]], vocab: int, k: int, draw: Any = None
 ) -> int:
     """Write (sample, SparseTargets) pairs as one cache shard (sampled ones where ``draw``, a
-    ``storage.cache.Draw``, says how they were drawn); returns its target positions."""
+    ``core.targets.sampled.Sampled``, says how they were drawn); returns its target positions."""
     import numpy as np
 
-    from storage.cache import CacheWriter, ShardMeta
+    from distillq.core.targets.method import shard_fields
+    from distillq.core.targets.topk import TopK
+    from distillq.storage.cache import CacheWriter, ShardMeta
 
-    meta = ShardMeta(0, vocab, k, 1.0, "t", "tok", (0, len(scored)), draw=draw)
+    method = draw or TopK(k)
+    fields = shard_fields(method)
+    meta = ShardMeta(
+        0,
+        vocab,
+        temperature=1.0,
+        teacher_fingerprint="t",
+        tokenizer_fingerprint="tok",
+        record_range=(0, len(scored)),
+        **fields,
+    )
     with CacheWriter(path, meta) as w:
         for s, t in scored:
             w.add(
@@ -79,8 +91,7 @@ def write_targets(
                 np.asarray(s.target_positions()),
                 t.ids,
                 t.logprobs,
-                counts=t.counts,
-                proposal_offset=t.proposal_offset,
+                columns=method.stored(t),
             )
         return w.counts["target_positions"]
 

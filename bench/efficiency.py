@@ -18,11 +18,11 @@ import torch
 
 from bench.cluster import Cluster
 from bench.common import batches, dataset, models, samples
-from core import broker, live
-from core.models import load_causal_lm, load_tokenizer
-from storage import checkpoints
-from storage.cache import CacheReader
-from tasks.celery_app import app
+from distillq.core.job.models import load_causal_lm, load_tokenizer
+from distillq.core.runtime import broker, live
+from distillq.core.targets.shard import Shard
+from distillq.storage import checkpoints
+from distillq.tasks.celery_app import app
 
 BATCH = 16
 
@@ -72,7 +72,7 @@ def bare_student(root: Path, shard_file: Path) -> float:
     """Plain CE training of the same student on the same padded batches: model(labels=...)."""
     model = build_student(root)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    with CacheReader(shard_file) as r:
+    with Shard(shard_file) as r:
         bs = [r.batch(i, min(i + BATCH, len(r))) for i in range(0, len(r), BATCH)]
     ids, mask = (
         torch.from_numpy(bs[0].padded.input_ids),
@@ -94,8 +94,8 @@ def bare_student(root: Path, shard_file: Path) -> float:
 
 
 def build_student(root: Path) -> Any:
-    from core.spec import StudentSpec
-    from core.student import build
+    from distillq.core.job.spec import StudentSpec
+    from distillq.core.student.train import build
 
     return build(StudentSpec(name="s", model=models(root)["student"], peft={"method": "full"}))
 

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from bench import common
-from core.init_student import init_student
-from core.models import load_causal_lm, load_tokenizer
+from distillq.core.job.models import load_causal_lm, load_tokenizer
+from distillq.core.student.init_student import init_student
 
 
 def _heldout(model: Any, batches: list[tuple[torch.Tensor, ...]]) -> float:

@@ -22,15 +22,16 @@ CHILD = """
 import json, sys, torch
 torch.set_num_threads(1)
 from pathlib import Path
-from core.job import create_job, load_job
-from core.spec import load_spec
+from distillq.core.create import create_job
+from distillq.core.job.jobs import load_job
+from distillq.core.job.spec import load_spec
 storage, spec_path, stage = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 if stage == "teacher":
-    from core import stages
+    from distillq.core import stages
     job = create_job(storage, load_spec(spec_path), job_id=sys.argv[4])
     stages.teacher_shard(job, 0)
 else:
-    from core import student
+    from distillq.core.student import train as student
     job = load_job(storage, sys.argv[4])
     student.train_replica(job, "s", 0, 0)
 hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))

@@ -15,12 +15,13 @@ import torch
 
 from bench.common import batches, dataset, models, samples, sgd_step, write_targets
 from bench.efficiency import BATCH, build_student
-from core.evaluate import eval_loss
-from core.losses import kd_loss
-from core.models import load_causal_lm, load_tokenizer
-from core.student import lr_at, target_logits
-from core.teacher import score_batch
-from storage.cache import CacheReader
+from distillq.core.job.models import load_causal_lm, load_tokenizer
+from distillq.core.maths.losses import kd_loss
+from distillq.core.student.evaluate import eval_loss
+from distillq.core.student.train import lr_at, target_logits
+from distillq.core.targets.shard import Shard
+from distillq.core.targets.topk import TopK
+from distillq.core.teacher.local import score_batch
 
 ALPHA, K = 0.1, 64
 Targets = Callable[[int, list[Any]], tuple[torch.Tensor | None, torch.Tensor | None]]
@@ -49,7 +50,7 @@ def train(
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=3e-3)
     total = epochs * math.ceil(len(train_set) / BATCH)
-    from core.spec import StudentSpec
+    from distillq.core.job.spec import StudentSpec
 
     sched = StudentSpec(name="s", model="m", lr=3e-3, warmup_steps=10)
     out, step, t, excluded = {}, 0, time.perf_counter(), 0.0
@@ -81,17 +82,17 @@ def offline_vs_online(
     scored: list[tuple[Any, Any]] = []
     for i in range(0, len(train_set), BATCH):
         chunk = train_set[i : i + BATCH]
-        scored += zip(chunk, score_batch(teacher, chunk, K, 1.0), strict=True)
+        scored += zip(chunk, score_batch(teacher, chunk, TopK(K), 1.0), strict=True)
     write_targets(path, scored, 4096, K)
     cache_s = time.perf_counter() - t
-    reader = CacheReader(path)
+    reader = Shard(path)
 
     def from_cache(b: int, _: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = reader.batch(b * BATCH, min((b + 1) * BATCH, len(reader)))
         return torch.from_numpy(batch.target_ids), torch.from_numpy(batch.target_logprobs)
 
     def online(_: int, chunk: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        tg = score_batch(teacher, chunk, K, 1.0)
+        tg = score_batch(teacher, chunk, TopK(K), 1.0)
         return (
             torch.from_numpy(np.concatenate([x.ids for x in tg])),
             torch.from_numpy(np.concatenate([x.logprobs for x in tg]).astype(np.float32)),

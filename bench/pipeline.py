@@ -8,8 +8,8 @@ from typing import Any
 
 from bench.cluster import Cluster
 from bench.efficiency import spec
-from storage import checkpoints
-from storage.atomic import read_json
+from distillq.storage import checkpoints
+from distillq.storage.atomic import read_json
 
 
 def _shards_done(job: Any) -> bool:

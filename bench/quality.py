@@ -23,14 +23,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from app import demo_models
 from bench.common import batches, dataset, models, samples, sgd_step, write_targets
-from core.models import load_causal_lm, load_tokenizer
-from core.spec import StudentSpec
-from core.student import build, lr_at, target_logits
-from core.targets import SparseTargets
-from core.teacher import score_batch
-from storage.cache import CacheReader, Draw
+from distillq.app import demo_models
+from distillq.core.job.models import load_causal_lm, load_tokenizer
+from distillq.core.job.spec import StudentSpec
+from distillq.core.student.train import build, lr_at, target_logits
+from distillq.core.targets.records import SparseTargets
+from distillq.core.targets.sampled import Sampled
+from distillq.core.targets.shard import Shard
+from distillq.core.targets.topk import TopK
+from distillq.core.teacher.local import score_batch
 
 ALPHA, LR, BATCH, EPOCHS = 0.1, 3e-3, 16, 3
 TOPK = (8, 16, 32, 64)
@@ -89,7 +91,7 @@ def train(
     targets: Any,
 ) -> tuple[float, float, float]:
     """One arm: ``targets(b)`` gives batch b's (ids, logprobs, weights) or Nones (CE only)."""
-    from core.losses import kd_terms
+    from distillq.core.maths.losses import bucketed, estimated, kd_terms
 
     torch.manual_seed(seed)
     student = student_model(root, seed)
@@ -113,6 +115,7 @@ def train(
                 alpha=1.0 if t_ids is None else ALPHA,
                 temperature=1.0,
                 weights=w,
+                estimator=estimated if w is not None else bucketed,
             )
             loss.backward()
             sgd_step(params, opt, lr_at(step, sched, total))
@@ -121,19 +124,19 @@ def train(
 
 
 def cache_arm(
-    path: Path, teacher: Any, train_set: list[Any], vocab: int, k: int, draw: Draw | None
-) -> tuple[CacheReader, float]:
+    path: Path, teacher: Any, train_set: list[Any], vocab: int, k: int, draw: Sampled | None
+) -> tuple[Shard, float]:
     """The arm's targets for the training set, as the teacher stage makes and stores them;
     the open reader and the file's bytes per target position."""
     scored: list[tuple[Any, SparseTargets]] = []
     for i in range(0, len(train_set), BATCH):
         chunk = train_set[i : i + BATCH]
-        scored += zip(chunk, score_batch(teacher, chunk, k, 1.0, draw=draw), strict=True)
+        scored += zip(chunk, score_batch(teacher, chunk, draw or TopK(k), 1.0), strict=True)
     positions = write_targets(path, scored, vocab, k, draw)
-    return CacheReader(path), path.stat().st_size / positions
+    return Shard(path), path.stat().st_size / positions
 
 
-def from_reader(r: CacheReader, n: int) -> Any:
+def from_reader(r: Shard, n: int) -> Any:
     def targets(b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         batch = r.batch(b * BATCH, min((b + 1) * BATCH, n))
         assert batch.target_ids is not None and batch.target_logprobs is not None
@@ -192,22 +195,22 @@ def measure(root: Path, records: int = 480, seeds: tuple[int, ...] = SEEDS) -> d
     top: list[tuple[Any, SparseTargets]] = []
     for i in range(0, n, BATCH):
         chunk = train_set[i : i + BATCH]
-        top += zip(chunk, score_batch(teacher, chunk, max(TOPK), 1.0), strict=True)
+        top += zip(chunk, score_batch(teacher, chunk, TopK(max(TOPK)), 1.0), strict=True)
     for k in TOPK:
         path = root / f"q-top{k}.h5"
         cut = [(smp, SparseTargets(t.ids[:, :k], t.logprobs[:, :k])) for smp, t in top]
         positions = write_targets(path, cut, vocab, k)
-        reader = CacheReader(path)
+        reader = Shard(path)
         run(f"top{k}", lambda s, r=reader: from_reader(r, n), path.stat().st_size / positions)
     for draws in SAMPLED:
-        readers: dict[int, tuple[CacheReader, float]] = {
+        readers: dict[int, tuple[Shard, float]] = {
             s: cache_arm(
                 root / f"q-s{draws}-{s}.h5",
                 teacher,
                 train_set,
                 vocab,
                 draws,
-                Draw(draws, s, 1.0, 1.0),
+                Sampled(draws, s, 1.0, 1.0),
             )
             for s in seeds
         }

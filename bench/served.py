@@ -25,13 +25,14 @@ import numpy as np
 import torch
 
 from bench import common
-from core.data import Prompt, TokenizeStats, encode_prompt, tokenize_record
-from core.endpoint import Pool
-from core.models import load_causal_lm, load_tokenizer
-from core.served import EndpointTeacher
-from core.spec import GenerateSpec, TeacherSpec
-from core.teacher import LocalTeacher, write_shard
-from storage.cache import ShardMeta
+from distillq.core.job.data import Prompt, TokenizeStats, encode_prompt, tokenize_record
+from distillq.core.job.models import load_causal_lm, load_tokenizer
+from distillq.core.job.spec import GenerateSpec, TeacherSpec
+from distillq.core.targets.topk import TopK
+from distillq.core.teacher.endpoint import Pool
+from distillq.core.teacher.local import LocalTeacher, write_shard
+from distillq.core.teacher.served import EndpointTeacher
+from distillq.storage.cache import ShardMeta
 from tests.llama_server import SERVED_NAME, FaultProxy, LlamaServer, serve_gguf
 
 DELAY_S = 0.2
@@ -62,7 +63,7 @@ def _stage(teacher: Any, tok: Any, data: Path, n: int, out: Path, k: int) -> flo
 
 
 def _index(data: Path) -> np.ndarray:
-    from core.data import index_dataset
+    from distillq.core.job.data import index_dataset
 
     return index_dataset(data).rows
 
@@ -79,7 +80,7 @@ def measure(root: Path, records: int = 24, k: int = 20) -> dict[str, Any]:
 
     model = load_causal_lm(paths["teacher"], "teacher")
     local = LocalTeacher(
-        model, tok, top_k=k, temperature=1.0, batch_size=8, max_length=256, generate=None
+        model, tok, temperature=1.0, batch_size=8, max_length=256, generate=None, method=TopK(k)
     )
     results["local_tokens_per_s"] = round(_stage(local, tok, data, records, out, k), 1)
 
@@ -132,7 +133,7 @@ def generation(teacher: str, data: Path, records: int, batch: int = 8) -> dict[s
             prompts.append(Prompt(i, encode_prompt({"prompt": text}, tok)))
     gen = GenerateSpec(max_new_tokens=64, temperature=0.0)
     stage = LocalTeacher(
-        model, tok, top_k=20, temperature=1.0, batch_size=batch, max_length=256, generate=gen
+        model, tok, temperature=1.0, batch_size=batch, max_length=256, generate=gen, method=TopK(20)
     )
 
     def run_stage() -> int:

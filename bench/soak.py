@@ -35,14 +35,14 @@ from typing import Any
 import psutil
 import yaml
 
-from core import broker, live
-from core.job import load_job
-from core.settings import Settings
-from core.status import job_status, pulse
-from storage import cache, checkpoints
-from workers import cluster
-from workers.launch import spawn_worker, stop_process_group
-from workers.redis_server import EmbeddedRedis, free_port
+from distillq.core.control.status import job_status, pulse
+from distillq.core.job.jobs import load_job
+from distillq.core.runtime import broker, live
+from distillq.core.runtime.settings import Settings
+from distillq.storage import cache, checkpoints
+from distillq.workers import cluster
+from distillq.workers.launch import spawn_worker, stop_process_group
+from distillq.workers.redis_server import EmbeddedRedis, free_port
 
 STALL = 300.0  # seconds without any progress before the soak calls a job stuck
 
@@ -50,12 +50,12 @@ STALL = 300.0  # seconds without any progress before the soak calls a job stuck
 def cli(s: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **s.to_env()}
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "distillq", *args], env=env, capture_output=True, text=True
     )
 
 
 def small_spec(storage: Path, records: int) -> dict[str, Any]:
-    from app.demo import prepare
+    from distillq.app.demo import prepare
 
     spec = prepare(storage, records)
     spec["shards"] = 3

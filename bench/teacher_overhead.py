@@ -29,16 +29,16 @@ from typing import Any
 import torch
 import yaml
 
-from app import demo_models
 from bench.cluster import Cluster, cluster
 from bench.common import dataset, samples
-from core import broker, live
-from core.data import Sample, padded
-from core.job import load_job
-from core.models import load_causal_lm, load_tokenizer, on_device
-from core.teacher import LocalTeacher
-from storage.padding import batch_groups
-from tasks.celery_app import app
+from distillq.app import demo_models
+from distillq.core.job.data import Sample, padded
+from distillq.core.job.jobs import load_job
+from distillq.core.job.models import load_causal_lm, load_tokenizer, on_device
+from distillq.core.maths.batching import batch_groups
+from distillq.core.runtime import broker, live
+from distillq.core.teacher.local import LocalTeacher
+from distillq.tasks.celery_app import app
 
 BATCH, RECORDS, K = 16, 800, 64
 
@@ -106,7 +106,7 @@ def _enqueue_to_cache(c: Cluster, root: Path, i: int) -> tuple[float, int]:
         "DISTILLQ_BROKER_URL": c.settings.broker_url,
         "DISTILLQ_STORAGE": str(c.settings.storage),
     }
-    cli = [sys.executable, "-m", "app.cli"]
+    cli = [sys.executable, "-m", "distillq"]
     t = time.perf_counter()
     out = subprocess.run(
         [*cli, "enqueue", str(path)], env=env, capture_output=True, text=True, check=True
@@ -123,11 +123,11 @@ def _enqueue_to_cache(c: Cluster, root: Path, i: int) -> tuple[float, int]:
 
 def _student_padding(shard: Path) -> dict[str, list[float | None]]:
     """A replica's padding over this shard at a few batch sizes: [grouped, consecutive]."""
-    from storage.cache import CacheReader
-    from storage.padding import PaddingCount
+    from distillq.core.maths.batching import PaddingCount
+    from distillq.core.targets.shard import Shard
 
     out: dict[str, list[float | None]] = {}
-    with CacheReader(shard) as r:
+    with Shard(shard) as r:
         lengths = r.lengths(range(len(r)))
     for b in (4, 8, 16, 32):
         count = PaddingCount()

@@ -18,7 +18,7 @@ import torch
 
 from bench.efficiency import BATCH, build_student
 from bench.online import split
-from core.evaluate import eval_loss
+from distillq.core.student.evaluate import eval_loss
 
 
 def measure(root: Path, records: int = 320, epochs: tuple[int, ...] = (1, 2, 4)) -> dict[str, Any]:
@@ -27,7 +27,7 @@ def measure(root: Path, records: int = 320, epochs: tuple[int, ...] = (1, 2, 4))
     from trl.experimental.gkd import GKDConfig, GKDTrainer  # experimental in TRL 1.x
 
     from bench.common import models
-    from core.models import load_tokenizer
+    from distillq.core.job.models import load_tokenizer
 
     torch.set_num_threads(1)
     teacher, train_set, eval_set = split(root, records)

@@ -56,8 +56,9 @@ def _child(role: str, path: str, vocab: int) -> None:
     tokens = batch * LENGTH
     extra: dict[str, Any] = {}
     if role == "teacher":
-        from core.data import Sample
-        from core.teacher import score_batch
+        from distillq.core.job.data import Sample
+        from distillq.core.targets.topk import TopK
+        from distillq.core.teacher.local import score_batch
 
         model.eval()
         samples = [
@@ -72,10 +73,10 @@ def _child(role: str, path: str, vocab: int) -> None:
         else:
             budget = 1 << 40 if path == "one_pass" else 256 << 20
             if path == "one_pass":
-                import core.teacher
+                from distillq.core.teacher import local
 
-                core.teacher.CACHE_ROWS = 1 << 30  # one chunk: every target position at once
-            made = score_batch(model, samples, K, 1.0, budget=budget)
+                local.CACHE_ROWS = 1 << 30  # one chunk: every target position at once
+            made = score_batch(model, samples, TopK(K), 1.0, budget=budget)
         seconds = time.perf_counter() - t
         peak = rss()
         if path == "chunked":
@@ -87,14 +88,14 @@ def _child(role: str, path: str, vocab: int) -> None:
                     for i in range(batch)
                 ]
                 samples += batch_samples
-                made += score_batch(model, batch_samples, K, 1.0)
+                made += score_batch(model, batch_samples, TopK(K), 1.0)
             extra["cache_bytes_per_position"] = _cache_bytes(samples, made, vocab)
     else:
         from peft import LoraConfig, get_peft_model
 
-        from core import student
-        from core.losses import kd_loss
-        from core.spec import LossSpec
+        from distillq.core.job.spec import LossSpec
+        from distillq.core.maths.losses import kd_loss
+        from distillq.core.student import train as student
 
         model.requires_grad_(False)
         model = get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
@@ -159,8 +160,8 @@ def _demo_ids() -> list[int]:
     import tempfile
     from pathlib import Path
 
-    from app import demo_models
-    from core.models import load_tokenizer
+    from distillq.app import demo_models
+    from distillq.core.job.models import load_tokenizer
 
     tok = load_tokenizer(str(demo_models.TEACHER_ASSET))
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,1 +1,1 @@
-"""Core components: pure functions and records of distillation (no Celery, no CLI)."""
+"""Distillation by stage, one room each: job, targets, teacher, student, export, report, control, runtime, maths (no Celery, no CLI)."""

@@ -16,19 +16,24 @@ from typing import Any, Literal
 
 import numpy as np
 
-from core import evaluate, faults, report, served, student
-from core.data import TokenizeStats
-from core.export import Outputs, export_gguf_outputs, export_track, without_gguf
-from core.gguf import Quant
-from core.job import Job
-from core.models import load_causal_lm, load_tokenizer
-from core.served import EndpointTeacher
-from core.spec import TeacherSpec
-from core.teacher import LocalTeacher, Teacher, TeacherStats, write_shard
-from errors import DistillqError
-from storage import cache, checkpoints, records
-from storage.atomic import clear_stale
-from storage.records import (
+from distillq.core import faults
+from distillq.core.export.gguf import Quant
+from distillq.core.export.outputs import Outputs, export_gguf_outputs, export_track, without_gguf
+from distillq.core.job.data import TokenizeStats
+from distillq.core.job.jobs import Job
+from distillq.core.job.models import load_causal_lm, load_tokenizer
+from distillq.core.report import report
+from distillq.core.student import evaluate
+from distillq.core.student import train as student
+from distillq.core.targets import registry as targets
+from distillq.core.targets.method import shard_fields
+from distillq.core.teacher import served
+from distillq.core.teacher.local import LocalTeacher, Teacher, TeacherStats, write_shard
+from distillq.core.teacher.served import EndpointTeacher
+from distillq.errors import DistillqError
+from distillq.storage import cache, checkpoints, records
+from distillq.storage.atomic import clear_stale
+from distillq.storage.records import (
     EvalResult,
     OnProgress,
     ProgressFields,
@@ -69,27 +74,14 @@ def _make_teacher(
     local = LocalTeacher(
         model,
         tok,
-        top_k=t.top_k,
         temperature=t.temperature,
         batch_size=t.batch_size,
         max_length=job.spec.sample_max_length,
         generate=t.generate,
         group_by_length=t.group_by_length,
-        draw=draw_of(t),
+        method=targets.build(t),
     )
     return local, tok
-
-
-def draw_of(t: TeacherSpec | None) -> cache.Draw | None:
-    """How a teacher with ``target_method: sampled`` draws its targets (None: top-k)."""
-    if t is None or not t.draws:
-        return None
-    return cache.Draw(
-        samples=t.draws,
-        seed=t.seed,
-        temperature=t.temperature,
-        proposal_temperature=t.proposal_temperature or t.temperature,
-    )
 
 
 def teacher_shard(
@@ -152,7 +144,7 @@ def teacher_shard(
         tokens_per_s=round(counts["tokens"] / max(seconds, 1e-9), 1),
         started_at=started,
         finished_at=time.time(),
-        k=meta.top_k,
+        k=meta.width,
         source=meta.source,
         targets={k: v for k, v in made.kinds.items() if v},
         k_obtained=round(made.obtained / made.positions, 2)
@@ -278,16 +270,16 @@ def _write_cache(
     """Records ``ids`` of the dataset, through ``teacher``, into the cache file ``out``
     (a shard, or the held-out slice as shard -1)."""
     t, fp = job.spec.teacher, job.info.fingerprints
+    method = targets.build(t) if t else None
     meta = cache.ShardMeta(
         shard=shard,
         vocab_size=fp.vocab_size or len(tok),
-        top_k=t.width if t else 0,
         temperature=t.temperature if t else 1.0,
         teacher_fingerprint=fp.teacher,
         tokenizer_fingerprint=fp.tokenizer,
         record_range=(int(ids[0]), int(ids[-1]) + 1),
         source=teacher.source if teacher else "none",
-        draw=draw_of(t),
+        **shard_fields(method),
     )
     made = write_shard(
         teacher=teacher,
@@ -298,6 +290,7 @@ def _write_cache(
         out=out,
         meta=meta,
         max_length=job.spec.sample_max_length,
+        method=method,
         generating=bool(t and t.generate),
         on_progress=on_progress,
     )

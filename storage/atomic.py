@@ -16,7 +16,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from errors import StorageFull
+from distillq.errors import StorageFull
 
 FILE_MODE, DIR_MODE = 0o644, 0o755
 

@@ -19,7 +19,9 @@ Optional, where the teacher wrote responses (``teacher.generate``):
 | generated_text | vlen   | [n]   | the response the teacher wrote, UTF-8 bytes ("" where it |
 |                | uint8  |       | scored): ``bytes(f["generated_text"][j]).decode()``      |
 
-With sampled targets (``target_method = "sampled"``, format 3; ``core/sampling.py``), the k
+A target method (``core/targets/``) may add per-position datasets of its own (``Column``) and
+attributes; the writer and reader here only store them. With sampled targets
+(``target_method = "sampled"``, format 3; ``core/targets/sampled.py``), the k
 columns hold the unique ids drawn at a position (k = the draws N), sorted by log-prob, with:
 
 | dataset          | dtype   | shape  | meaning                                               |
@@ -30,8 +32,9 @@ columns hold the unique ids drawn at a position (k = the draws N), sorted by log
 |                  |         |        | log q = r·log p + offset (importance weight p / q)    |
 
 and the attributes ``samples`` (N), ``proposal_temperature``, ``sample_seed`` and ``sampler``
-(how uniforms became tokens). A reader turns them into weights count / N · p / q
-(``Batch.target_weights``): unbiased estimates of the teacher's probabilities.
+(how uniforms became tokens). The method turns them into weights count / N · p / q
+(``core/targets/shard.py``: ``Batch.target_weights``): unbiased estimates of the teacher's
+probabilities.
 
 Slots a server could not fill hold log-prob −inf (the loss leaves them in the tail); a
 position with no teacher distribution at all holds its own next token at log-prob 0 (KD on
@@ -58,17 +61,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from errors import CacheError
-from storage import records
-from storage.atomic import atomic_path
-from storage.padding import Padded, pad
-from storage.records import ShardStats
+from distillq.errors import CacheError
+from distillq.storage import records
+from distillq.storage.atomic import atomic_path
+from distillq.storage.records import ShardStats
 
 if TYPE_CHECKING:
     import h5py
@@ -148,45 +150,14 @@ class _Appender:
 
 
 @dataclass(frozen=True)
-class Draw:
-    """How a local teacher draws sampled targets (``teacher.target_method: sampled``)."""
+class Column:
+    """A per-position dataset a target method adds to a shard, beside ids and log-probs."""
 
-    samples: int
-    seed: int
-    temperature: float
-    """τ of the stored log-probs."""
-    proposal_temperature: float
-    """Temperature of the distribution the tokens are drawn from (τ: the teacher's own)."""
-
-    @property
-    def ratio(self) -> float | None:
-        """r in q ∝ p^r, or None when the draws come from p itself."""
-        if self.proposal_temperature == self.temperature:
-            return None
-        return self.temperature / self.proposal_temperature
-
-
-SAMPLER = "inverse-cdf/torch-cpu-philox"
-"""Recorded in each sampled shard: how its uniforms were made and turned into tokens
-(``core/sampling.py``)."""
-
-
-def sample_weights(
-    counts: np.ndarray,
-    samples: int,
-    logprobs: np.ndarray | None = None,
-    offset: np.ndarray | None = None,
-    ratio: float | None = None,
-) -> np.ndarray:
-    """[P, N] float32 estimates of p at each stored id: count / N, times p / q for a proposal.
-
-    Σ_j w_j f(x_j) is then an unbiased estimate of Σ_x p(x) f(x) for any f."""
-    w = counts.astype(np.float32) / samples
-    if offset is not None and ratio is not None and logprobs is not None:
-        lp = np.where(counts > 0, logprobs.astype(np.float32), 0.0)
-        # log p − log q = (1 − r)·log p − offset
-        w = w * np.exp((1.0 - ratio) * lp - offset[:, None])
-    return w.astype(np.float32)
+    name: str
+    dtype: str
+    """A numpy dtype name (``uint8``, ``float32``)."""
+    wide: bool
+    """[P, width] when True, [P] when False."""
 
 
 @dataclass
@@ -195,19 +166,20 @@ class ShardMeta:
 
     shard: int
     vocab_size: int
-    top_k: int
+    width: int
+    """Columns of the target datasets: k kept, or N draws (the attribute ``k``); 0 without a
+    teacher."""
     temperature: float
     teacher_fingerprint: str
     tokenizer_fingerprint: str
     record_range: tuple[int, int]
     source: str = "local"
-    draw: Draw | None = None
-    """How sampled targets were drawn; None for top-k targets."""
-
-    @property
-    def method(self) -> str:
-        """The ``target_method`` attribute: ``sampled`` where there are draws, else ``topk``."""
-        return "topk" if self.draw is None else "sampled"
+    method: str = "topk"
+    """The ``target_method`` attribute: the name of the method that made the targets."""
+    method_attrs: dict[str, int | float | str] = field(default_factory=dict)
+    """Attributes the method needs to read its targets back (``samples``, ``sample_seed``...)."""
+    columns: tuple[Column, ...] = ()
+    """Per-position datasets the method adds (``target_counts``...)."""
 
 
 class CacheWriter:
@@ -226,20 +198,17 @@ class CacheWriter:
         import h5py
 
         self._f = h5py.File(self._tmp, "w")
-        k = self.meta.top_k
+        k = self.meta.width
         self._input_ids = _Appender(self._f, "input_ids", np.dtype(np.int32), None)
         self._record_ids = _Appender(self._f, "record_ids", np.dtype(np.int64), None)
         self._positions = _Appender(self._f, "target_positions", np.dtype(np.int64), None)
         self._ids = _Appender(self._f, "target_ids", id_dtype(self.meta.vocab_size), k)
         self._logprobs = _Appender(self._f, "target_logprobs_delta", np.dtype(np.uint16), k)
-        self._extra: list[_Appender] = [self._ids, self._logprobs]
-        self._counts = self._offset = None
-        if self.meta.draw is not None:
-            self._counts = _Appender(self._f, "target_counts", np.dtype(np.uint8), k)
-            self._extra.append(self._counts)
-            if self.meta.draw.ratio is not None:
-                self._offset = _Appender(self._f, "proposal_offset", np.dtype(np.float32), None)
-                self._extra.append(self._offset)
+        self._columns = {
+            c.name: _Appender(self._f, c.name, np.dtype(c.dtype), k if c.wide else None)
+            for c in self.meta.columns
+        }
+        self._extra: list[_Appender] = [self._ids, self._logprobs, *self._columns.values()]
         self._offsets = [0]
         self._texts: list[str] = []
         self._kinds: list[int] = []
@@ -254,30 +223,25 @@ class CacheWriter:
         target_logprobs: np.ndarray | None,
         text: str = "",
         kind: int = 0,
-        counts: np.ndarray | None = None,
-        proposal_offset: np.ndarray | None = None,
+        columns: dict[str, np.ndarray] | None = None,
     ) -> None:
         """Append one sample: ids [L], positions [P_j] (within the sample), targets [P_j, k];
         ``text``/``kind``: the response the teacher wrote and what its targets are;
-        ``counts``/``proposal_offset``: the draws of sampled targets (format above)."""
+        ``columns``: the values of the method's own datasets (``ShardMeta.columns``)."""
         self._texts.append(text)
         self._kinds.append(kind)
         base = self._offsets[-1]
         self._input_ids.append(input_ids)
         self._record_ids.append(np.asarray([record_id]))
         self._positions.append(np.asarray(positions, dtype=np.int64) + base)
-        if self.meta.top_k:
+        if self.meta.width:
             assert target_ids is not None and target_logprobs is not None
             self._ids.append(target_ids)
             self._logprobs.append(encode_logprobs(target_logprobs))
-        if self._counts is not None:
-            if counts is None:
-                raise ValueError("a sampled shard needs the counts of every sample's draws")
-            self._counts.append(counts)
-        if self._offset is not None:
-            if proposal_offset is None:
-                raise ValueError("draws from a proposal need each position's proposal_offset")
-            self._offset.append(proposal_offset)
+        for name, appender in self._columns.items():
+            if columns is None or name not in columns:
+                raise ValueError(f"a {self.meta.method} shard needs {name} for every sample")
+            appender.append(columns[name])
         self._offsets.append(base + len(input_ids))
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -304,21 +268,15 @@ class CacheWriter:
                     "format": FORMAT,
                     "shard": m.shard,
                     "vocab_size": m.vocab_size,
-                    "k": m.top_k,
+                    "k": m.width,
                     "temperature": m.temperature,
                     "target_method": m.method,
                     "target_source": m.source,
                     "teacher_fingerprint": m.teacher_fingerprint,
                     "tokenizer_fingerprint": m.tokenizer_fingerprint,
                     "record_range": list(m.record_range),
+                    **m.method_attrs,
                 }
-                if m.draw is not None:
-                    attrs.update(
-                        samples=m.draw.samples,
-                        sample_seed=m.draw.seed,
-                        proposal_temperature=m.draw.proposal_temperature,
-                        sampler=SAMPLER,
-                    )
                 self._f.attrs.update(attrs)
             self._f.close()
         except BaseException as e:
@@ -363,18 +321,6 @@ def verified(shard_file: Path, stats_file: Path) -> ShardStats | None:
     return record
 
 
-@dataclass(frozen=True)
-class Batch:
-    """Samples ``[first, last)`` of a shard, padded; targets for the positions that carry them."""
-
-    padded: Padded
-    target_ids: np.ndarray | None  # [P, k] int64
-    target_logprobs: np.ndarray | None  # [P, k] float32
-    target_weights: np.ndarray | None = None
-    """[P, k] float32 with sampled targets: estimates of p at each id (0: empty slot); None
-    with top-k targets (the loss then buckets the tail)."""
-
-
 class CacheReader:
     """Read a shard: small index arrays in memory, teacher targets sliced per batch."""
 
@@ -395,14 +341,6 @@ class CacheReader:
         self.offsets = self._f["sample_offsets"][:]
         self.positions = self._f["target_positions"][:]
         self.k = int(self.attrs["k"])
-        self.draw: Draw | None = None
-        if self.attrs.get("target_method") == "sampled":
-            self.draw = Draw(
-                samples=int(self.attrs["samples"]),
-                seed=int(self.attrs["sample_seed"]),
-                temperature=float(self.attrs["temperature"]),
-                proposal_temperature=float(self.attrs["proposal_temperature"]),
-            )
 
     def __enter__(self) -> CacheReader:
         return self
@@ -434,21 +372,36 @@ class CacheReader:
     def sample_ids(self, j: int) -> np.ndarray:
         return self.input_ids[self.offsets[j] : self.offsets[j + 1]]
 
-    def batch(self, first: int, last: int) -> Batch:
-        """Contiguous samples [first, last) as one padded batch with their targets."""
-        lo, hi = self.offsets[first], self.offsets[last]
+    def spans(self, samples: np.ndarray) -> list[tuple[int, int]]:
+        """[p0, p1) ranges of target positions of ``samples`` (ascending), merged where they
+        touch: one slice per run of consecutive samples."""
+        lo = self.offsets[samples]
+        hi = self.offsets[samples + 1]
+        p0 = np.searchsorted(self.positions, lo)
+        p1 = np.searchsorted(self.positions, hi)
+        out: list[tuple[int, int]] = []
+        for a, b in zip(p0.tolist(), p1.tolist(), strict=True):
+            if out and out[-1][1] == a:
+                out[-1] = (out[-1][0], b)
+            else:
+                out.append((a, b))
+        return out
+
+    def positions_of(self, j: int) -> np.ndarray:
+        """Target positions of sample j, within the sample."""
+        lo, hi = self.offsets[j], self.offsets[j + 1]
         p0, p1 = np.searchsorted(self.positions, [lo, hi])
-        pos = self.positions[p0:p1]
-        starts = self.offsets[first : last + 1]
-        rows = np.searchsorted(starts, pos, side="right") - 1
-        padded = pad(
-            [self.sample_ids(j) for j in range(first, last)],
-            [pos[rows == i] - starts[i] for i in range(last - first)],
-        )
-        return self._targets(padded, [(int(p0), int(p1))])
+        return self.positions[p0:p1] - lo
+
+    def rows(self, name: str, spans: list[tuple[int, int]]) -> np.ndarray:
+        """Rows ``spans`` of a per-position dataset, in order."""
+        return np.concatenate([self._f[name][p0:p1] for p0, p1 in spans])
+
+    def logprobs(self, spans: list[tuple[int, int]]) -> np.ndarray:
+        """Teacher log-probs of the target positions in ``spans`` as float16 [P, k]."""
+        return np.concatenate([self._logprobs(p0, p1) for p0, p1 in spans])
 
     def _logprobs(self, p0: int, p1: int) -> np.ndarray:
-        """Teacher log-probs of target positions [p0, p1) as float16 [p1 - p0, k]."""
         if "target_logprobs_delta" in self._f:
             return decode_logprobs(self._f["target_logprobs_delta"][p0:p1])
         return np.asarray(self._f["target_logprobs"][p0:p1])  # distillq.teacher/1
@@ -456,35 +409,3 @@ class CacheReader:
     def lengths(self, samples: range) -> np.ndarray:
         """Token counts of ``samples``."""
         return np.diff(self.offsets[samples.start : samples.stop + 1])
-
-    def batch_of(self, indices: np.ndarray) -> Batch:
-        """Samples ``indices`` (any order; batched in ascending order) as one padded batch."""
-        idx = np.sort(np.asarray(indices))
-        if idx[-1] - idx[0] + 1 == len(idx):
-            return self.batch(int(idx[0]), int(idx[-1]) + 1)
-        spans = []
-        for j in idx:
-            lo, hi = self.offsets[j], self.offsets[j + 1]
-            p0, p1 = np.searchsorted(self.positions, [lo, hi])
-            spans.append((int(p0), int(p1), lo))
-        padded = pad(
-            [self.sample_ids(int(j)) for j in idx],
-            [self.positions[p0:p1] - lo for p0, p1, lo in spans],
-        )
-        return self._targets(padded, [(p0, p1) for p0, p1, _ in spans])
-
-    def _targets(self, padded: Padded, spans: list[tuple[int, int]]) -> Batch:
-        """The batch with the targets of position ranges ``spans``, in order."""
-        if not self.k:
-            return Batch(padded, None, None)
-
-        def rows(name: str) -> np.ndarray:
-            return np.concatenate([self._f[name][p0:p1] for p0, p1 in spans])
-
-        t_ids = rows("target_ids").astype(np.int64)
-        lp16 = np.concatenate([self._logprobs(p0, p1) for p0, p1 in spans])
-        weights = None
-        if (d := self.draw) is not None:
-            offset = rows("proposal_offset") if d.ratio is not None else None
-            weights = sample_weights(rows("target_counts"), d.samples, lp16, offset, d.ratio)
-        return Batch(padded, t_ids, lp16.astype(np.float32), weights)

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from storage import records
-from storage.atomic import atomic_dir, atomic_path
-from storage.layout import JobPaths
-from storage.records import CheckpointMeta, ReplicaProgress, ReplicaStats
+from distillq.storage import records
+from distillq.storage.atomic import atomic_dir, atomic_path
+from distillq.storage.layout import JobPaths
+from distillq.storage.records import CheckpointMeta, ReplicaProgress, ReplicaStats
 
 if TYPE_CHECKING:
     import torch

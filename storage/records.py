@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypedDict, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from errors import RecordError
-from storage.atomic import read_json, write_json
+from distillq.errors import RecordError
+from distillq.storage.atomic import read_json, write_json
 
 R = TypeVar("R")
 

@@ -14,13 +14,16 @@ from typing import Any, NoReturn
 from celery import Task
 from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 
-from core import broker, control, faults, live, placement, registry
-from core.job import Job, load_job
-from errors import DistillqError, JobNotFound, JobStopped, Superseded, TransientError
-from storage import atomic, records
-from storage.records import FailureRecord, OnProgress, Progress, ProgressFields
-from storage.taskkeys import TaskKey
-from tasks.celery_app import QUEUE_TASKS, settings_of
+from distillq.core import faults
+from distillq.core.control import placement
+from distillq.core.control import state as control
+from distillq.core.job.jobs import Job, load_job
+from distillq.core.runtime import broker, live, registry
+from distillq.errors import DistillqError, JobNotFound, JobStopped, Superseded, TransientError
+from distillq.storage import atomic, records
+from distillq.storage.records import FailureRecord, OnProgress, Progress, ProgressFields
+from distillq.storage.taskkeys import TaskKey
+from distillq.tasks.celery_app import QUEUE_TASKS, settings_of
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The Celery app: queues ``teacher`` and ``student``, routes, and the settings that matter.
 
 Configured explicitly by ``configure(settings)`` (the CLI does this), or from ``DISTILLQ_*``
-environment variables when Celery first needs its config (``celery -A tasks.celery_app``).
+environment variables when Celery first needs its config (``celery -A distillq.tasks.celery_app``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
-from core.settings import QUEUES, Settings
+from distillq.core.runtime.settings import QUEUES, Settings
 
 TEACHER_TASKS = ("distillq.teacher_shard", "distillq.teacher_eval")
 STUDENT_TASKS = ("distillq.train_replica", "distillq.merge_round", "distillq.finalize")
@@ -101,7 +101,7 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         # Task modules the worker imports at start (this module stays free of task code).
-        "imports": ("tasks.teacher", "tasks.student"),
+        "imports": ("distillq.tasks.teacher", "distillq.tasks.student"),
         # Our own settings for tasks (settings_of); without the URLs, whose credentials Celery
         # censors in broker_url/result_backend but might not under a name of ours.
         "distillq_settings": {k: v for k, v in s.to_env().items() if k not in _URL_VARS},

@@ -18,12 +18,13 @@ from typing import Any
 
 from celery import Celery, chord
 
-from core import broker, control, live
-from core.job import Job
-from storage import cache, checkpoints, keys, records, taskkeys
-from storage.atomic import create_exclusive
-from storage.records import RoundMarker
-from tasks.celery_app import settings_of
+from distillq.core.control import state as control
+from distillq.core.job.jobs import Job
+from distillq.core.runtime import broker, live
+from distillq.storage import cache, checkpoints, keys, records, taskkeys
+from distillq.storage.atomic import create_exclusive
+from distillq.storage.records import RoundMarker
+from distillq.tasks.celery_app import settings_of
 
 log = logging.getLogger(__name__)
 

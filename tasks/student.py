@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from core import live, merge, placement, stages
-from storage import records, taskkeys
-from storage.records import ReplicaOutcome
-from storage.taskkeys import TaskKey
-from tasks import pipeline
-from tasks.base import JobTask
-from tasks.celery_app import app
+from distillq.core import stages
+from distillq.core.control import placement
+from distillq.core.runtime import live
+from distillq.core.student import merge
+from distillq.storage import records, taskkeys
+from distillq.storage.records import ReplicaOutcome
+from distillq.storage.taskkeys import TaskKey
+from distillq.tasks import pipeline
+from distillq.tasks.base import JobTask
+from distillq.tasks.celery_app import app
 
 
 def _replica_key(job_id: str, track: str, shard: int, replica: int) -> TaskKey:

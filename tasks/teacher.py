@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from core import placement, stages
-from storage import records, taskkeys
-from storage.taskkeys import TaskKey
-from tasks import pipeline
-from tasks.base import JobTask
-from tasks.celery_app import app
+from distillq.core import stages
+from distillq.core.control import placement
+from distillq.storage import records, taskkeys
+from distillq.storage.taskkeys import TaskKey
+from distillq.tasks import pipeline
+from distillq.tasks.base import JobTask
+from distillq.tasks.celery_app import app
 
 
 def _shard_key(job_id: str, shard: int) -> TaskKey:

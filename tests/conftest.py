@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from app.demo_models import (
+from distillq.app.demo_models import (
     TEACHER_ASSET,
     TinyLlama,
     chunks,
@@ -24,7 +24,7 @@ from app.demo_models import (
     read_text,
     stdlib_files,
 )
-from core.settings import Settings
+from distillq.core.runtime.settings import Settings
 
 TINY_TEACHER = TinyLlama(hidden=64, layers=2, heads=4, intermediate=128, max_positions=256)
 TINY_STUDENT = TinyLlama(hidden=32, layers=1, heads=2, intermediate=64, max_positions=256)
@@ -111,9 +111,9 @@ def job_with_cache(root: Path, records: list[dict], spec: dict):  # -> app.job_s
     """Create a job from ``spec`` (dataset filled in) and build its whole teacher cache in-process."""
     import yaml
 
-    from core import stages
-    from core.job import create_job
-    from core.spec import load_spec
+    from distillq.core import stages
+    from distillq.core.create import create_job
+    from distillq.core.job.spec import load_spec
 
     spec = {**spec, "dataset": str(write_jsonl(root / "d.jsonl", records))}
     (root / "job.yaml").write_text(yaml.safe_dump(spec))
@@ -125,7 +125,7 @@ def job_with_cache(root: Path, records: list[dict], spec: dict):  # -> app.job_s
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from workers.redis_server import EmbeddedRedis
+    from distillq.workers.redis_server import EmbeddedRedis
 
     with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as r:
         yield r.url
@@ -149,7 +149,7 @@ class Workers:
 
     def start(self, queues: str, name: str, threads: int = 1, **spawn: Any) -> subprocess.Popen:
         """``spawn``: extra_env (failpoints) or preexec_fn (resource limits) for fault tests."""
-        from workers.launch import spawn_worker
+        from distillq.workers.launch import spawn_worker
 
         p = spawn_worker(
             self.settings,
@@ -166,8 +166,8 @@ class Workers:
     def wait_ready(self, name: str, proc: subprocess.Popen, timeout: float = 90) -> None:
         import time
 
-        from core import broker
-        from storage import keys
+        from distillq.core.runtime import broker
+        from distillq.storage import keys
 
         r = broker.client(self.settings.broker_url)
         deadline = time.time() + timeout
@@ -181,7 +181,7 @@ class Workers:
         return f.read_text()[-4000:] if f.exists() else ""
 
     def stop_all(self) -> None:
-        from workers.launch import stop_process_groups
+        from distillq.workers.launch import stop_process_groups
 
         stop_process_groups(self.procs)  # all asked at once, under one deadline
 
@@ -215,7 +215,7 @@ def run_cli(
 
     env = {**os.environ, **settings.to_env()}
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
+        [sys.executable, "-m", "distillq", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -225,7 +225,7 @@ def run_cli(
 
 def replica_stats(**over: Any):  # -> storage.records.ReplicaStats
     """A replica's stats record with plausible values; ``over`` replaces fields."""
-    from storage.records import ReplicaStats
+    from distillq.storage.records import ReplicaStats
 
     base: dict[str, Any] = dict(
         track="s",

@@ -190,7 +190,7 @@ class FaultProxy:
 
 def serve_gguf(model_dir: str | Path, out: Path) -> Path:
     """The GGUF a test serves: float32, so the server's numbers carry no rounding of ours."""
-    from core.gguf.write import write_gguf
+    from distillq.core.export.gguf.write import write_gguf
 
     if not out.exists():
         write_gguf(Path(model_dir), out, "f32")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from app.demo_models import TEACHER_ASSET
+from distillq.app.demo_models import TEACHER_ASSET
 
 
 def save_tiny_arch(

@@ -14,12 +14,12 @@ import signal
 import time
 from pathlib import Path
 
-from core.broker import redacted
-from core.settings import Settings
-from errors import DistillqError
-from storage.atomic import write_json
-from workers.launch import spawn_flower, spawn_worker
-from workers.redis_server import EmbeddedRedis
+from distillq.core.runtime.broker import redacted
+from distillq.core.runtime.settings import Settings
+from distillq.errors import DistillqError
+from distillq.storage.atomic import write_json
+from distillq.workers.launch import spawn_flower, spawn_worker
+from distillq.workers.redis_server import EmbeddedRedis
 
 
 def _state_file(storage: Path) -> Path:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from errors import DistillqError
+from distillq.errors import DistillqError
 
 DeviceMode = Literal["auto", "cpu", "cuda"]
 MODES: tuple[DeviceMode, ...] = ("auto", "cpu", "cuda")

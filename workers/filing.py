@@ -22,7 +22,7 @@ from typing import Any
 import redis
 from kombu.transport import redis as kombu_redis
 
-from core import faults
+from distillq.core import faults
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,13 @@ from typing import Any
 
 from celery import signals
 
-from core import broker, faults
-from core.settings import Settings
-from tasks.celery_app import app, configure, settings_of
-from workers import devices, filing, lifeline
-from workers.node import Heartbeat, node_info
-from workers.reaper import Reaper
+from distillq.core import faults
+from distillq.core.runtime import broker
+from distillq.core.runtime.settings import Settings
+from distillq.tasks.celery_app import app, configure, settings_of
+from distillq.workers import devices, filing, lifeline
+from distillq.workers.node import Heartbeat, node_info
+from distillq.workers.reaper import Reaper
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ def spawn_worker(
     cmd = [
         sys.executable,
         "-m",
-        "app.cli",
+        "distillq",
         "worker",
         "-Q",
         ",".join(queues),
@@ -193,7 +194,7 @@ def spawn_flower(
     settings: Settings, port: int, user: str, password: str, log_file: Path
 ) -> subprocess.Popen[bytes]:
     """Start `distillq flower` (basic auth) as a child process in its own process group."""
-    cmd = [sys.executable, "-m", "app.cli", "flower", "--port", str(port)]
+    cmd = [sys.executable, "-m", "distillq", "flower", "--port", str(port)]
     env = {
         **os.environ,
         **settings.to_env(),

@@ -17,9 +17,9 @@ from typing import Any
 
 import psutil
 
-from core.registry import FORGET_AFTER, GONE_AFTER
-from storage import keys, records
-from storage.records import Gpu, NodeInfo, NodeLoad
+from distillq.core.runtime.registry import FORGET_AFTER, GONE_AFTER
+from distillq.storage import keys, records
+from distillq.storage.records import Gpu, NodeInfo, NodeLoad
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from core.registry import list_nodes
-from storage import keys
-from workers import filing
+from distillq.core.runtime.registry import list_nodes
+from distillq.storage import keys
+from distillq.workers import filing
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import redis
 
-from errors import BrokerError
-from workers import lifeline
+from distillq.errors import BrokerError
+from distillq.workers import lifeline
 
 
 def redis_binary() -> str:

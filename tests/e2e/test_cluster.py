@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings
+from distillq.core.runtime.settings import Settings
+from distillq.workers.cluster import alive
 from tests.conftest import run_cli
 from tests.e2e.test_pipeline import enqueue
-from workers.cluster import alive
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -50,7 +50,7 @@ def cmdlines(pids: list[int]) -> dict[int, str]:
 
 
 def test_up_enqueue_wait_down_with_no_broker_configured(tmp_path, make_spec):
-    from workers.redis_server import free_port
+    from distillq.workers.redis_server import free_port
 
     s = Settings(broker_url="", storage=tmp_path / "storage")
     res = run_cli(s, "up", "--workers", "2", "--flower-port", str(free_port()))

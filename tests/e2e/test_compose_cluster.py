@@ -16,11 +16,11 @@ import time
 import pytest
 import redis
 
-from core.registry import list_nodes
+from distillq.core.runtime.registry import list_nodes
+from distillq.workers.launch import stop_process_group
+from distillq.workers.redis_server import EmbeddedRedis, free_port
 from tests.e2e.test_cluster import flower_get
 from tests.unit.test_compose import ENV, load_compose
-from workers.launch import stop_process_group
-from workers.redis_server import EmbeddedRedis, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
@@ -53,7 +53,7 @@ def test_compose_services_run_as_local_processes(tmp_path):
             log = (tmp_path / f"{name}.log").open("ab")
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "app.cli", *command_of(services[name])],
+                    [sys.executable, "-m", "distillq", *command_of(services[name])],
                     env=env_of(services[name]),
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -69,7 +69,7 @@ def test_compose_services_run_as_local_processes(tmp_path):
             time.sleep(0.5)
         one_shot = services["enqueue-demo"]
         res = subprocess.run(
-            [sys.executable, "-m", "app.cli", *command_of(one_shot), "--quick"],
+            [sys.executable, "-m", "distillq", *command_of(one_shot), "--quick"],
             env=env_of(one_shot),
             capture_output=True,
             text=True,
@@ -78,7 +78,7 @@ def test_compose_services_run_as_local_processes(tmp_path):
         assert res.returncode == 0, res.stderr[-3000:]
         job_id = res.stdout.strip().splitlines()[-1]
         res = subprocess.run(
-            [sys.executable, "-m", "app.cli", "wait", job_id, "--stall", "180"],
+            [sys.executable, "-m", "distillq", "wait", job_id, "--stall", "180"],
             env=env_of(one_shot),
             capture_output=True,
             text=True,

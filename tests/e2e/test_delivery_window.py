@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from core import broker, live
-from core.job import load_job
-from core.settings import Settings
-from core.status import job_status
+from distillq.core.control.status import job_status
+from distillq.core.job.jobs import load_job
+from distillq.core.runtime import broker, live
+from distillq.core.runtime.settings import Settings
 from tests.conftest import Workers
 from tests.e2e.test_faults import all_logs, assert_landed_once, own_redis  # noqa: F401
 from tests.e2e.test_pipeline import enqueue

@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 import redis
 
-from core import broker
-from core.job import Job, load_job
-from core.settings import Settings
-from core.status import job_status
-from storage import cache, checkpoints, keys
+from distillq.core.control.status import job_status
+from distillq.core.job.jobs import Job, load_job
+from distillq.core.runtime import broker
+from distillq.core.runtime.settings import Settings
+from distillq.storage import cache, checkpoints, keys
+from distillq.workers.redis_server import EmbeddedRedis
 from tests.conftest import Workers, run_cli
 from tests.e2e.test_pipeline import enqueue, enqueue_medium
 from tests.progress import wait_for
-from workers.redis_server import EmbeddedRedis
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -106,7 +106,7 @@ def test_killed_student_mid_replica_round_is_redelivered_and_merged_once(fast_be
 
 # 3 ───────────────────────────────────────────────────────────────────────────────────────────
 def test_duplicate_teacher_and_merge_deliveries_land_once(settings, workers, make_spec):
-    from tasks.celery_app import app, configure
+    from distillq.tasks.celery_app import app, configure
 
     configure(settings)
     job_id = enqueue(settings, make_spec(n_records=90, shards=3))

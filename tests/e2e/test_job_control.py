@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from core import broker
-from core.job import load_job
-from core.status import job_status
-from storage import checkpoints
+from distillq.core.control.status import job_status
+from distillq.core.job.jobs import load_job
+from distillq.core.runtime import broker
+from distillq.storage import checkpoints
 from tests.conftest import run_cli
 from tests.e2e.test_faults import all_logs, assert_landed_once, wait_for
 from tests.e2e.test_pipeline import enqueue_medium

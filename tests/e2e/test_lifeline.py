@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from core.settings import Settings
+from distillq.core.runtime.settings import Settings
 
 
 def gone(pid: int) -> bool:
@@ -29,7 +29,7 @@ def test_a_stopped_demo_leaves_no_process(tmp_path, sig):
     env.pop("DISTILLQ_BROKER_URL", None)  # the demo starts its own Redis
     log = (tmp_path / "demo.log").open("wb")
     demo = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "demo", "--quick"],
+        [sys.executable, "-m", "distillq", "demo", "--quick"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -43,7 +43,7 @@ def test_a_stopped_demo_leaves_no_process(tmp_path, sig):
         while True:
             tree = psutil.Process(demo.pid).children(recursive=True)
             names = " ".join(" ".join(p.cmdline()) for p in tree if not gone(p.pid))
-            up = names.count("app.cli worker") >= 2 and "redis-server" in names and len(tree) >= 5
+            up = names.count("distillq worker") >= 2 and "redis-server" in names and len(tree) >= 5
             if up and "job " in (tmp_path / "demo.log").read_text():
                 break
             size = (tmp_path / "demo.log").stat().st_size

@@ -7,10 +7,10 @@ import json
 import pytest
 import redis
 
-from core.job import load_job
-from storage import cache, checkpoints
-from storage.atomic import read_json
-from storage.cache import CacheReader
+from distillq.core.job.jobs import load_job
+from distillq.core.targets.shard import Shard
+from distillq.storage import cache, checkpoints
+from distillq.storage.atomic import read_json
 from tests.conftest import run_cli
 from tests.e2e.test_pipeline import enqueue
 from tests.progress import wait_for
@@ -77,7 +77,7 @@ def test_data_parallel_trains_without_a_teacher(settings, make_spec, workers, ti
     res = run_cli(settings, "wait", job_id, "--stall", "180")
     assert res.returncode == 0, res.stderr + workers.log("w1")
     job = load_job(settings.storage, job_id)
-    with CacheReader(job.paths.shard(0)) as r:
+    with Shard(job.paths.shard(0)) as r:
         assert r.k == 0 and len(r.positions) > 0  # tokens and target positions, no teacher targets
     report = read_json(job.paths.report)
     assert report["teacher"] is None and report["students"]["dp"]["eval_loss"] > 0

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from core.job import load_job
-from storage import records
-from storage.records import Report
+from distillq.core.job.jobs import load_job
+from distillq.storage import records
+from distillq.storage.records import Report
 from tests.conftest import run_cli
 from tests.e2e.test_pipeline import enqueue
 from tests.llama_cpp_check import compare, llama_cpp, load

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from core import broker
-from core.job import load_job
-from core.registry import list_nodes
-from core.settings import Settings
-from storage import cache, checkpoints
+from distillq.core.job.jobs import load_job
+from distillq.core.runtime import broker
+from distillq.core.runtime.registry import list_nodes
+from distillq.core.runtime.settings import Settings
+from distillq.storage import cache, checkpoints
+from distillq.workers.redis_server import EmbeddedRedis
 from tests import netns
 from tests.conftest import Workers, run_cli
 from tests.e2e.test_faults import assert_landed_once, wait_for
 from tests.e2e.test_pipeline import enqueue
-from workers.redis_server import EmbeddedRedis
 
 NO_NAMESPACES = netns.unavailable()
 pytestmark = [

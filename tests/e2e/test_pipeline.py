@@ -8,10 +8,10 @@ import time
 import pytest
 import redis
 
-from core.job import load_job
-from storage import checkpoints, records
-from storage.atomic import read_json
-from storage.records import Report
+from distillq.core.job.jobs import load_job
+from distillq.storage import checkpoints, records
+from distillq.storage.atomic import read_json
+from distillq.storage.records import Report
 from tests.conftest import run_cli
 from tests.progress import Pulse, wait_for
 
@@ -92,8 +92,8 @@ def test_students_start_before_the_last_teacher_shard_is_done(
     job_id = enqueue_medium(settings, make_spec, tiny_models)
     workers.start("teacher", "teacher")
     # Live progress while it runs: a shard's samples/tokens, a replica's step/loss/throughput.
-    from core import broker, live
-    from storage import taskkeys
+    from distillq.core.runtime import broker, live
+    from distillq.storage import taskkeys
 
     job, r = load_job(settings.storage, job_id), broker.client(settings.broker_url)
     seen_shard, seen_replica = None, None

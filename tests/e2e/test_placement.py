@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core import broker
-from core.job import load_job
-from storage import cache, checkpoints, keys
+from distillq.core.job.jobs import load_job
+from distillq.core.runtime import broker
+from distillq.storage import cache, checkpoints, keys
 from tests.conftest import run_cli
 from tests.e2e.test_pipeline import enqueue
 
@@ -48,7 +48,7 @@ def test_a_worker_drains_its_queues_in_its_own_order(order, settings, make_spec,
         ),  # two tracks, two replicas each: every first round queued
         lambda: sum(first.paths.shard_stats(i).exists() for i in range(first.n_shards)),
     )
-    from workers.launch import stop_process_group
+    from distillq.workers.launch import stop_process_group
 
     stop_process_group(teacher_only)
     # Job 2: nobody listens to `teacher` now, so all its teacher tasks wait there.

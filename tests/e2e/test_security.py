@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings
+from distillq.core.runtime.settings import Settings
+from distillq.workers.redis_server import EmbeddedRedis, TlsFiles, free_port
 from tests.conftest import Workers, run_cli
 from tests.e2e.test_cluster import flower_get
 from tests.e2e.test_pipeline import enqueue
 from tests.progress import wait_for
-from workers.redis_server import EmbeddedRedis, TlsFiles, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -140,7 +140,7 @@ def test_a_job_runs_over_tls_with_an_acl_user_and_the_password_is_never_shown(
         res = run_cli(s, "wait", job_id, "--stall", "180")
         assert res.returncode == 0, res.stderr + workers.log("w")
 
-        from workers.launch import spawn_flower
+        from distillq.workers.launch import spawn_flower
 
         port = free_port()
         flower = spawn_flower(s, port, "admin", "fl0wer-pw", flower_log)
@@ -169,7 +169,7 @@ def test_a_job_runs_over_tls_with_an_acl_user_and_the_password_is_never_shown(
     finally:
         workers.stop_all()
         if flower is not None:
-            from workers.launch import stop_process_group
+            from distillq.workers.launch import stop_process_group
 
             stop_process_group(flower)
     logs = {p.name: p.read_text() for p in (tmp_path / "logs").glob("*.log")}
@@ -216,8 +216,8 @@ def test_no_secret_reaches_a_command_line(tmp_path):
     command lines of Flower, its children and the Redis server hold neither."""
     import sys
 
+    from distillq.workers.launch import stop_process_group
     from tests.e2e.test_cluster import cmdlines
-    from workers.launch import stop_process_group
 
     redis_pw, flower_pw = "r3dis-" + secrets.token_hex(4), "fl0wer-" + secrets.token_hex(4)
     (tmp_path / "pw").write_text(flower_pw + "\n")
@@ -231,7 +231,7 @@ def test_no_secret_reaches_a_command_line(tmp_path):
         env.pop("DISTILLQ_FLOWER_PASSWORD", None)
         log = (tmp_path / "flower.log").open("ab")
         flower = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "flower", "--port", str(port), "--password-file",
+            [sys.executable, "-m", "distillq", "flower", "--port", str(port), "--password-file",
              str(tmp_path / "pw")],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import yaml
 
-from core import stages
-from core.dialects import TokenTable
-from core.job import load_job
-from core.models import load_tokenizer
-from storage import cache
-from storage.cache import CacheReader
+from distillq.core import stages
+from distillq.core.job.jobs import load_job
+from distillq.core.job.models import load_tokenizer
+from distillq.core.targets.shard import Shard
+from distillq.core.teacher.dialects import TokenTable
+from distillq.storage import cache
 from tests.conftest import job_with_cache, run_cli, write_jsonl
 from tests.e2e.test_pipeline import enqueue
 from tests.llama_server import SERVED_NAME, FaultProxy, LlamaServer, serve_gguf
@@ -103,7 +103,7 @@ def test_served_cache_agrees_with_the_local_teacher(server, tiny_models, text_re
     assert stats.fallback_positions == len(records)
 
     table = TokenTable(load_tokenizer(tiny_models["teacher"]))
-    a, b = CacheReader(local.paths.shard(0)), CacheReader(served.paths.shard(0))
+    a, b = Shard(local.paths.shard(0)), Shard(served.paths.shard(0))
     assert np.array_equal(a.input_ids, b.input_ids)
     assert np.array_equal(a.positions, b.positions)
     la, lb = a.batch(0, len(a)), b.batch(0, len(b))
@@ -234,7 +234,7 @@ def test_prompt_only_data_runs_end_to_end(
 
     st = cache.read_stats(job.paths.shard_stats(0))
     assert st.targets == {"generated": st.samples} and st.samples > 0
-    with CacheReader(job.paths.shard(0)) as r:
+    with Shard(job.paths.shard(0)) as r:
         texts = [r.generated(j) for j in range(len(r))]
         rid = r.record_id(1)
         first = (r.record_ids().tolist(), [t for _, t in texts], r.batch(0, len(r)))
@@ -255,7 +255,7 @@ def test_prompt_only_data_runs_end_to_end(
     for f in (job.paths.shard(0), job.paths.shard_stats(0)):
         f.rename(f.with_suffix(f.suffix + ".first"))
     stages.teacher_shard(job, 0)
-    with CacheReader(job.paths.shard(0)) as r:
+    with Shard(job.paths.shard(0)) as r:
         again = (
             r.record_ids().tolist(),
             [r.generated(j)[1] for j in range(len(r))],

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from core.settings import Settings
+from distillq.core.runtime.settings import Settings
 from tests.conftest import Workers, run_cli
 from tests.e2e.test_pipeline import enqueue
 
@@ -42,7 +42,7 @@ def test_a_dead_node_shows_as_gone_then_disappears(redis_server, tmp_path):
 
 
 def test_progress_travels_as_celery_task_events(settings, make_spec, workers):
-    from tasks.celery_app import app, configure
+    from distillq.tasks.celery_app import app, configure
 
     configure(settings)
     seen: dict[str, list[dict]] = {"task-progress": [], "task-succeeded": []}

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from core.job import create_job, load_job
-from core.settings import Settings
-from core.spec import load_spec
+from distillq.core.create import create_job
+from distillq.core.job.jobs import load_job
+from distillq.core.job.spec import load_spec
+from distillq.core.runtime.settings import Settings
 from tests.conftest import run_cli
 from tests.integration.test_cli_errors import one_line_error
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from core.settings import Settings
+from distillq.core.runtime.settings import Settings
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.integration
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def foreign_student(tmp_path_factory):
     """A tiny model with a tokenizer of its own: distillq must refuse it as a student."""
-    from app.demo_models import TinyLlama, llama, train_tokenizer
+    from distillq.app.demo_models import TinyLlama, llama, train_tokenizer
 
     out = tmp_path_factory.mktemp("foreign")
     train_tokenizer(["def f(x):\n    return x * 2\n" * 50, "class A:\n    pass\n" * 50], out)
@@ -87,7 +87,7 @@ def test_worker_device_cuda_on_a_node_without_gpu_is_one_line(settings):
 
 
 def test_init_student_writes_a_student_a_job_accepts(settings, tmp_path):
-    from app.demo_models import TEACHER_ASSET
+    from distillq.app.demo_models import TEACHER_ASSET
 
     out = tmp_path / "student"
     res = run_cli(
@@ -154,7 +154,7 @@ def test_storage_on_a_read_only_filesystem_is_one_line(settings, make_spec, comm
     settings.storage.mkdir(parents=True)
     args = ["enqueue", str(make_spec())] if command == "enqueue" else ["worker", "-Q", "teacher"]
     res = subprocess.run(
-        [*read_only(settings.storage), sys.executable, "-m", "app.cli", *args],
+        [*read_only(settings.storage), sys.executable, "-m", "distillq", *args],
         env={**os.environ, **settings.to_env()},
         capture_output=True,
         text=True,

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from core.endpoint import Pool
-from errors import EndpointDown
+from distillq.core.teacher.endpoint import Pool
+from distillq.errors import EndpointDown
 from tests.llama_server import free_port
 
 

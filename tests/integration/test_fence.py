@@ -11,9 +11,9 @@ import functools
 import numpy as np
 import pytest
 
-from core import broker, live
-from errors import Superseded
-from storage import atomic, cache, keys
+from distillq.core.runtime import broker, live
+from distillq.errors import Superseded
+from distillq.storage import atomic, cache, keys
 
 
 def test_a_superseded_attempt_publishes_nothing_and_leaves_no_temp_file(settings, tmp_path):
@@ -26,7 +26,7 @@ def test_a_superseded_attempt_publishes_nothing_and_leaves_no_temp_file(settings
     meta = cache.ShardMeta(
         shard=0,
         vocab_size=100,
-        top_k=2,
+        width=2,
         temperature=1.0,
         teacher_fingerprint="t",
         tokenizer_fingerprint="k",

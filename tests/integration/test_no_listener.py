@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from app.view import EXIT_TIMEOUT
+from distillq.app.view import EXIT_TIMEOUT
 from tests.conftest import run_cli
 
 TEACHER = (
@@ -33,8 +33,8 @@ def test_a_job_queued_to_no_one_says_so_in_every_command(settings, make_spec):
 
 
 def test_a_queue_with_a_live_node_is_not_named(settings, make_spec):
-    from core import broker
-    from workers.node import Heartbeat, node_info
+    from distillq.core.runtime import broker
+    from distillq.workers.node import Heartbeat, node_info
 
     r = broker.client(settings.broker_url)
     beat = Heartbeat(r, node_info("t@test", ["teacher"], 1), interval=5)
@@ -54,11 +54,11 @@ def test_a_node_cut_off_from_its_broker_says_so_once_a_minute(caplog):
 
     import redis
 
-    from workers.node import Heartbeat, node_info
+    from distillq.workers.node import Heartbeat, node_info
 
     gone = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
     beat = Heartbeat(gone, node_info("cut@test", ["teacher"], 1), interval=1)
-    with caplog.at_level(logging.WARNING, logger="workers.node"):
+    with caplog.at_level(logging.WARNING, logger="distillq.workers.node"):
         beat.start()
         deadline = time.time() + 30
         while beat._thread.is_alive() and time.time() < deadline and len(caplog.records) < 1:

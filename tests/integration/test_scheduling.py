@@ -10,12 +10,12 @@ import json
 import pytest
 import redis
 
-from core.job import create_job
-from core.spec import load_spec
-from storage import checkpoints, records
-from storage.records import CheckpointMeta, RoundMarker, ShardStats
-from tasks import pipeline
-from tasks.celery_app import app, configure
+from distillq.core.create import create_job
+from distillq.core.job.spec import load_spec
+from distillq.storage import checkpoints, records
+from distillq.storage.records import CheckpointMeta, RoundMarker, ShardStats
+from distillq.tasks import pipeline
+from distillq.tasks.celery_app import app, configure
 from tests.conftest import replica_stats
 
 pytestmark = pytest.mark.integration
@@ -83,7 +83,7 @@ def test_rounds_run_one_at_a_time_in_the_order_shards_finished(job, r):
 
 
 def test_a_paused_job_starts_no_round_until_resumed(job, r):
-    from core import control
+    from distillq.core.control import state as control
 
     finish_shard(job, 0, finished_at=1.0)
     control.set_state(job, control.PAUSED)
@@ -123,8 +123,8 @@ def test_a_redelivered_replica_queues_the_merge_only_when_the_round_is_complete(
 def test_the_reaper_hands_a_dead_nodes_unacked_task_back_once(settings, r):
     from kombu import Connection
 
-    from storage import keys
-    from workers.reaper import Reaper, record_delivery
+    from distillq.storage import keys
+    from distillq.workers.reaper import Reaper, record_delivery
 
     configure(settings)
     sig = app.signature("distillq.teacher_shard", args=("job-x", 4))
@@ -150,9 +150,9 @@ def test_the_reaper_hands_a_dead_nodes_unacked_task_back_once(settings, r):
 def test_the_reaper_leaves_a_live_nodes_deliveries_alone(settings, r):
     from kombu import Connection
 
-    from storage import keys
-    from workers.node import Heartbeat, node_info
-    from workers.reaper import Reaper, record_delivery
+    from distillq.storage import keys
+    from distillq.workers.node import Heartbeat, node_info
+    from distillq.workers.reaper import Reaper, record_delivery
 
     configure(settings)
     app.signature("distillq.teacher_shard", args=("job-y", 1)).apply_async()
@@ -173,9 +173,10 @@ def test_the_reaper_leaves_a_live_nodes_deliveries_alone(settings, r):
 
 
 def test_status_names_work_that_waits_for_a_node_able_to_load_its_model(job, r):
-    from app.view import render
-    from core import live, placement
-    from core.status import job_status
+    from distillq.app.view import render
+    from distillq.core.control import placement
+    from distillq.core.control.status import job_status
+    from distillq.core.runtime import live
 
     teacher = job.spec.teacher.model
     assert job_status(job, r).waiting == []

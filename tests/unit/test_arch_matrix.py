@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from core import merge, student
-from core.export import export_track
-from errors import SpecError
-from storage import checkpoints
-from storage.cache import CacheReader
+from distillq.core.export.outputs import export_track
+from distillq.core.student import merge
+from distillq.core.student import train as student
+from distillq.core.targets.shard import Shard
+from distillq.errors import SpecError
+from distillq.storage import checkpoints
 from tests.conftest import job_with_cache
 from tests.tiny_arch import save_tiny_arch
 
@@ -99,7 +100,7 @@ def job(tmp_path_factory, tiny_models, text_records, models):
 
 def loss_on(model, job, track) -> float:
     spec = job.spec.student(track)
-    with CacheReader(job.paths.shard(0)) as r, torch.no_grad():
+    with Shard(job.paths.shard(0)) as r, torch.no_grad():
         b = r.batch_of(np.arange(len(r)))
         value, _ = student.position_loss(
             model,
@@ -153,8 +154,8 @@ def test_every_cell_loads_with_plain_transformers_and_peft():
 
 @pytest.mark.parametrize("arch", ["qwen2", "phi"])
 def test_a_cell_that_cannot_work_is_refused_at_enqueue(tmp_path, tiny_models, models, arch):
-    from core.job import create_job
-    from core.spec import load_spec
+    from distillq.core.create import create_job
+    from distillq.core.job.spec import load_spec
 
     (tmp_path / "d.jsonl").write_text('{"text": "a b c"}\n' * 4)
     (tmp_path / "job.yaml").write_text(

@@ -2,9 +2,10 @@ import h5py
 import numpy as np
 import pytest
 
-from errors import CacheError
-from storage.cache import (
-    CacheReader,
+from distillq.core.targets.shard import Shard
+from distillq.core.targets.topk import TopK
+from distillq.errors import CacheError
+from distillq.storage.cache import (
     CacheWriter,
     ShardMeta,
     decode_logprobs,
@@ -19,7 +20,7 @@ def meta(k=4, vocab=300):
     return ShardMeta(
         shard=2,
         vocab_size=vocab,
-        top_k=k,
+        width=k,
         temperature=1.0,
         teacher_fingerprint="t",
         tokenizer_fingerprint="tok",
@@ -52,7 +53,7 @@ def written(path, seed: int) -> list:
 def test_round_trip(tmp_path):
     path = tmp_path / "shard-00002.h5"
     data = written(path, 0)
-    with CacheReader(path) as r:
+    with Shard(path) as r:
         assert len(r) == 3
         assert r.attrs["k"] == 4 and r.attrs["target_method"] == "topk"
         with h5py.File(path) as f:
@@ -103,7 +104,7 @@ def test_format_1_files_are_still_read(tmp_path):
         del f["target_logprobs_delta"]
         f.create_dataset("target_logprobs", data=lp, compression="gzip", shuffle=True)
         f.attrs["format"] = "distillq.teacher/1"
-    with CacheReader(path) as r:
+    with Shard(path) as r:
         expected = np.concatenate([t_lp for *_, t_lp in data]).astype(np.float32)
         np.testing.assert_array_equal(r.batch(0, 3).target_logprobs, expected)
 
@@ -115,11 +116,11 @@ def test_format_2_files_are_still_read(tmp_path):
     with h5py.File(path, "r+") as f:
         f.attrs["format"] = "distillq.teacher/2"
         del f.attrs["target_method"]  # no method recorded: read as top-k
-    with CacheReader(path) as r:
+    with Shard(path) as r:
         b = r.batch(0, 3)
         expected = np.concatenate([t_lp for *_, t_lp in data]).astype(np.float32)
         np.testing.assert_array_equal(b.target_logprobs, expected)
-        assert r.draw is None and b.target_weights is None
+        assert isinstance(r.method, TopK) and b.target_weights is None
 
 
 def test_failed_write_leaves_no_file(tmp_path):
@@ -146,7 +147,7 @@ def test_not_a_cache_file_is_refused(tmp_path):
     bad = tmp_path / "x.h5"
     bad.write_bytes(b"garbage")
     with pytest.raises(CacheError, match="cannot be opened"):
-        CacheReader(bad)
+        Shard(bad)
 
 
 def test_demo_teacher_cache_fits_160_bytes_per_position_at_k64(tmp_path):
@@ -155,17 +156,17 @@ def test_demo_teacher_cache_fits_160_bytes_per_position_at_k64(tmp_path):
     A size, not a timing: the bytes are a deterministic function of the teacher's outputs.
     The full benchmark (bench/cache_size.py, 200 records) lands lower, at ~148 B.
     """
-    from app.demo_models import TEACHER_ASSET, write_demo_dataset
-    from core.data import index_dataset
-    from core.models import load_causal_lm, load_tokenizer
-    from core.teacher import LocalTeacher, write_shard
+    from distillq.app.demo_models import TEACHER_ASSET, write_demo_dataset
+    from distillq.core.job.data import index_dataset
+    from distillq.core.job.models import load_causal_lm, load_tokenizer
+    from distillq.core.teacher.local import LocalTeacher, write_shard
 
     records = 24
     data = write_demo_dataset(tmp_path / "d.jsonl", max_records=records)
     model, tok = load_causal_lm(str(TEACHER_ASSET)), load_tokenizer(str(TEACHER_ASSET))
     out = tmp_path / "s.h5"
     teacher = LocalTeacher(
-        model, tok, top_k=64, temperature=1.0, batch_size=16, max_length=256, generate=None
+        model, tok, temperature=1.0, batch_size=16, max_length=256, generate=None, method=TopK(64)
     )
     counts, _, _ = write_shard(
         teacher=teacher,

@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from app.cli import parser
+from distillq.app.cli import parser
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -59,8 +59,9 @@ def test_status_and_the_other_light_commands_import_no_heavy_library():
     import sys
 
     probe = (
-        "import sys; import app.cli, app.view, core.status, core.job, core.control, "
-        "core.broker, workers.node, workers.cluster; "
+        "import sys; import distillq.app.cli, distillq.app.view, distillq.core.control.status, "
+        "distillq.core.job.jobs, distillq.core.control.state, distillq.core.runtime.broker, "
+        "distillq.workers.node, distillq.workers.cluster; "
         "heavy = ('torch', 'transformers', 'peft', 'h5py', 'matplotlib'); "
         "print([m for m in heavy if m in sys.modules])"
     )

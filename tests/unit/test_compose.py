@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.cli import parser
+from distillq.app.cli import parser
 
 COMPOSE = Path(__file__).parents[2] / "docker" / "compose.yaml"
 _VAR = re.compile(r"\$\{(\w+)(?::-([^}]*)|:\?([^}]*))?\}")
@@ -89,7 +89,7 @@ def test_grace_period_outlasts_a_warm_shutdown(compose):
 def test_commented_tls_example_names_real_settings():
     from dataclasses import fields
 
-    from core.settings import Settings
+    from distillq.core.runtime.settings import Settings
 
     named = set(re.findall(r"^\s*# (DISTILLQ_\w+):", COMPOSE.read_text(), re.MULTILINE))
     known = {f"DISTILLQ_{f.name.upper()}" for f in fields(Settings)}

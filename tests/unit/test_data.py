@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from app.demo_models import TEACHER_ASSET
-from core.data import (
+from distillq.app.demo_models import TEACHER_ASSET
+from distillq.core.job.data import (
     TokenizeStats,
     index_dataset,
     plan_split,
@@ -13,7 +13,7 @@ from core.data import (
     scan_lengths,
     tokenize_record,
 )
-from errors import DataError
+from distillq.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_scan_lengths_finds_the_first_overlong_line_and_targetless_records(tmp_p
 def test_the_light_tokenizer_of_enqueue_is_the_workers_tokenizer(tiny_models):
     """enqueue loads tokenizers without the model's config class (a second of imports); it
     must get the same tokenizer the workers load: class, fingerprint, encodings, chat."""
-    from core.models import _light_config, load_tokenizer, tokenizer_fingerprint
+    from distillq.core.job.models import _light_config, load_tokenizer, tokenizer_fingerprint
 
     ref = tiny_models["student"]
     assert _light_config(ref) is not None  # the demo tokenizer names its class

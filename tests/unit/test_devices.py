@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from core.models import device
-from errors import DistillqError
-from workers.devices import assign, usable_gpus
+from distillq.core.job.models import device
+from distillq.errors import DistillqError
+from distillq.workers.devices import assign, usable_gpus
 
 
 def test_each_child_of_a_gpu_node_gets_its_own_gpu():

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from core import dialects
-from core.data import TokenizeStats, tokenize_record
-from core.dialects import TokenTable
-from core.models import load_causal_lm, load_tokenizer
-from core.teacher import score_batch
-from errors import EndpointError
+from distillq.core.job.data import TokenizeStats, tokenize_record
+from distillq.core.job.models import load_causal_lm, load_tokenizer
+from distillq.core.targets.topk import TopK
+from distillq.core.teacher import dialects
+from distillq.core.teacher.dialects import TokenTable
+from distillq.core.teacher.local import score_batch
+from distillq.errors import EndpointError
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def test_vllm_prompt_logprobs_give_the_local_teachers_targets(teacher, text_reco
         "vllm", vllm_answer(model, s.input_ids, 8), s.input_ids, s.target_positions(), 8,
         TokenTable(tok), "vllm",
     )  # fmt: skip
-    local = score_batch(model, [s], 8, 1.0)[0]
+    local = score_batch(model, [s], TopK(8), 1.0)[0]
     assert al.fallback_positions == 0 and al.obtained == 8 * len(s.target_positions())
     assert np.array_equal(ids, local.ids)
     assert np.allclose(lps, local.logprobs.astype(np.float32), atol=2e-3)

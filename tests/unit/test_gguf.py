@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.demo_models import TEACHER_ASSET
-from core.gguf import export_gguf, write_gguf
-from errors import ExportError
+from distillq.app.demo_models import TEACHER_ASSET
+from distillq.core.export.gguf import export_gguf, write_gguf
+from distillq.errors import ExportError
 from tests.llama_cpp_check import compare, llama_cpp, load
 from tests.tiny_arch import save_tiny_arch
 
@@ -107,7 +107,7 @@ def test_bf16_checkpoints_read_exactly(tmp_path: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from core.gguf.tensors import read_tensors
+    from distillq.core.export.gguf.tensors import read_tensors
 
     t = torch.randn(3, 5).to(torch.bfloat16)
     save_file({"w": t}, tmp_path / "model.safetensors")
@@ -116,7 +116,7 @@ def test_bf16_checkpoints_read_exactly(tmp_path: Path) -> None:
 
 
 def test_a_job_whose_student_llama_cpp_cannot_take_still_finishes(tmp_path: Path) -> None:
-    from core.export import export_gguf_outputs
+    from distillq.core.export.outputs import export_gguf_outputs
 
     model = tmp_path / "phi"
     shutil.copytree(TEACHER_ASSET, model)
@@ -139,7 +139,7 @@ def test_conversion_imports_no_torch(tmp_path: Path) -> None:
     import sys
 
     code = (
-        "import sys; from pathlib import Path; from core.gguf import export_gguf; "
+        "import sys; from pathlib import Path; from distillq.core.export.gguf import export_gguf; "
         f"export_gguf(Path({str(TEACHER_ASSET)!r}), Path({str(tmp_path)!r}), 't'); "
         "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]; "
         "assert not heavy, heavy"

@@ -7,11 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core import head_loss, student
-from core.data import TokenizeStats, padded, tokenize_record
-from core.losses import kd_loss
-from core.models import on_device
-from core.spec import StudentSpec
+from distillq.core.job.data import TokenizeStats, padded, tokenize_record
+from distillq.core.job.models import on_device
+from distillq.core.job.spec import StudentSpec
+from distillq.core.maths import head_loss
+from distillq.core.maths.losses import kd_loss
+from distillq.core.student import train as student
 from tests.tiny_arch import save_tiny_arch
 
 
@@ -43,7 +44,7 @@ def test_chunked_head_loss_equals_one_pass(method, which, tiny_models, untied, t
     path = tiny_models["student"] if which == "tied" else untied
     peft = {"method": method, **({"num_virtual_tokens": 4} if method == "prompt" else {})}
     model = student.build(StudentSpec(name="s", model=path, peft=peft))
-    from core.models import load_tokenizer
+    from distillq.core.job.models import load_tokenizer
 
     ids, mask, rows, cols, labels, t_ids, t_lps = batch(load_tokenizer(path), text_records)
     opts = dict(alpha=0.3, temperature=2.0, kind="forward_kl")
@@ -70,8 +71,8 @@ def test_chunked_head_loss_equals_one_pass(method, which, tiny_models, untied, t
 
 
 def test_eval_loss_through_chunks_equals_cross_entropy(tiny_models, text_records):
-    from core.evaluate import eval_loss
-    from core.models import load_tokenizer
+    from distillq.core.job.models import load_tokenizer
+    from distillq.core.student.evaluate import eval_loss
 
     path = tiny_models["student"]
     model = student.build(StudentSpec(name="s", model=path, peft={"method": "lora"}))

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.demo_models import TEACHER_ASSET
-from core.init_student import init_student, layer_map, shape_for
-from core.models import load_causal_lm, load_tokenizer, tokenizer_fingerprint
-from errors import ModelError
+from distillq.app.demo_models import TEACHER_ASSET
+from distillq.core.job.models import load_causal_lm, load_tokenizer, tokenizer_fingerprint
+from distillq.core.student.init_student import init_student, layer_map, shape_for
+from distillq.errors import ModelError
 
 
 def test_layer_map_takes_every_other_layer_at_half_depth():

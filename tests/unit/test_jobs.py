@@ -1,7 +1,7 @@
 import pytest
 
-from core.spec import apply_override, load_spec, spec_from_dict
-from errors import SpecError
+from distillq.core.job.spec import apply_override, load_spec, spec_from_dict
+from distillq.errors import SpecError
 
 
 def base(**over):
@@ -93,8 +93,8 @@ def test_model_paths_resolve_against_the_spec_file_from_any_directory(
 ):
     import shutil
 
-    from core.models import load_tokenizer
-    from errors import ModelError
+    from distillq.core.job.models import load_tokenizer
+    from distillq.errors import ModelError
 
     project = tmp_path / "project"
     shutil.copytree(tiny_models["student"], project / "models" / "student")

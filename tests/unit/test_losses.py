@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.losses import bucket_logprobs, divergence, kd_loss
+from distillq.core.maths.losses import bucket_logprobs, divergence, kd_loss
 
 
 def dense_case(p=7, v=50, seed=0, temperature=1.0):

@@ -8,10 +8,11 @@ import sys
 
 import pytest
 
-from core import merge, student
-from core.peft_methods import make_config, valid_methods
-from errors import SpecError
-from storage import checkpoints
+from distillq.core.student import merge
+from distillq.core.student import train as student
+from distillq.core.student.peft_methods import make_config, valid_methods
+from distillq.errors import SpecError
+from distillq.storage import checkpoints
 from tests.conftest import job_with_cache
 
 METHODS = [
@@ -70,7 +71,7 @@ def test_method_trains_merges_and_exports(job, tiny_models, i):
 
     model = student.build(job.spec.student(track))
     student.load_params(model, checkpoints.latest(job.paths, track).params())
-    from core.export import export_track
+    from distillq.core.export.outputs import export_track
 
     out = export_track(model, job.spec.student(track), job.paths.final_dir(track))
     method = METHODS[i]["method"]
@@ -106,7 +107,7 @@ def test_a_checked_option_set_is_remembered_so_enqueue_skips_importing_peft(tmp_
     import subprocess
     import sys
 
-    from core.peft_methods import check, remember
+    from distillq.core.student.peft_methods import check, remember
 
     memo = tmp_path / "peft-checked.json"
     with pytest.raises(SpecError, match="not an option of LORA"):
@@ -116,7 +117,7 @@ def test_a_checked_option_set_is_remembered_so_enqueue_skips_importing_peft(tmp_
     remember(memo, [digest])
     assert check({"method": "lora", "r": 4}, memo) is None
     probe = (
-        "import sys; from core.peft_methods import check; "
+        "import sys; from distillq.core.student.peft_methods import check; "
         f"check({{'method': 'lora', 'r': 4}}, __import__('pathlib').Path({str(memo)!r})); "
         "print('peft' in sys.modules)"
     )

@@ -4,9 +4,15 @@ import json
 
 import pytest
 
-from errors import RecordError
-from storage import records, taskkeys
-from storage.records import CheckpointMeta, JobInfo, ReplicaOutcome, ReplicaStats, RoundInfo
+from distillq.errors import RecordError
+from distillq.storage import records, taskkeys
+from distillq.storage.records import (
+    CheckpointMeta,
+    JobInfo,
+    ReplicaOutcome,
+    ReplicaStats,
+    RoundInfo,
+)
 from tests.conftest import replica_stats as make_replica_stats
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import types
 
-from core import report, report_md
-from storage.layout import JobPaths
-from storage.records import (
+from distillq.core.report import markdown as report_md
+from distillq.core.report import report
+from distillq.storage.layout import JobPaths
+from distillq.storage.records import (
     CacheSummary,
     Generation,
     LossSummary,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core import student
-from storage import checkpoints
+from distillq.core.student import train as student
+from distillq.storage import checkpoints
 from tests.conftest import job_with_cache
 
 EVERY = 3
@@ -74,7 +74,7 @@ def test_a_checkpoint_from_an_older_start_version_is_not_resumed(job, monkeypatc
     monkeypatch.delenv("DISTILLQ_FAILPOINTS")
     import dataclasses
 
-    from storage import records
+    from distillq.storage import records
 
     meta_file = sorted(job.paths.replica_progress("s", 0, 0).glob("step-*"))[-1] / "meta.json"
     records.write(meta_file, dataclasses.replace(saved[0], start_version=7))  # another round's

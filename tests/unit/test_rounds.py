@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from core import merge, student
-from core.losses import kd_loss
-from storage import checkpoints
-from storage.cache import CacheReader
+from distillq.core.maths.losses import kd_loss
+from distillq.core.student import merge
+from distillq.core.student import train as student
+from distillq.core.targets.shard import Shard
+from distillq.storage import checkpoints
 from tests.conftest import job_with_cache
 
 
@@ -45,7 +46,7 @@ def plain_loop(job) -> dict[str, torch.Tensor]:
     opt = torch.optim.AdamW(params.values(), lr=spec.lr, weight_decay=spec.weight_decay)
     step = 0
     for shard in range(2):
-        with CacheReader(job.paths.shard(shard)) as r:
+        with Shard(job.paths.shard(shard)) as r:
             rng = np.random.default_rng([spec.seed, shard, 0])
             n_batches = math.ceil(len(r) / spec.batch_size)
             # Batches of similar length: samples sorted by token count, cut into batch_size.
@@ -97,14 +98,14 @@ def test_a_replica_is_made_of_restore_step_and_save(job):
     one step changes the trainable parameters, save writes stats that mark the replica done."""
     import time
 
-    from storage.cache import CacheReader
+    from distillq.core.targets.shard import Shard
 
     latest = checkpoints.latest(job.paths, "s")
     t = student.restore(job, "s")
     assert t.start_version == (latest.version if latest else 0)
     assert t.step0 == (latest.meta.step if latest else 0)
     before = {n: p.detach().clone() for n, p in t.params.items()}
-    with CacheReader(job.paths.shard(0)) as r:
+    with Shard(job.paths.shard(0)) as r:
         batch = r.batch(0, 4)
     loss, parts = student.train_step(t, [batch], student.training_loss(job, t.spec), lr=1e-3)
     assert loss > 0 and set(parts) >= {"ce", "kd"}

@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from core import sampling
-from core.losses import kd_terms
-from storage.cache import SAMPLER, CacheReader, Draw, sample_weights
+from distillq.core.maths.losses import estimated, kd_terms
+from distillq.core.targets import sampled as sampling
+from distillq.core.targets.sampled import SAMPLER, Sampled, sample_weights
+from distillq.core.targets.shard import Shard
+from distillq.core.targets.topk import TopK
 
 V, N, M = 40, 8, 20_000
 KINDS = ("forward_kl", "reverse_kl", "jsd")
@@ -45,9 +47,11 @@ def per_draw_grads(kind, zs, ids, lps, w) -> tuple[torch.Tensor, torch.Tensor]:
     m = len(ids)
     z = zs.expand(m, -1).clone().requires_grad_(True)
     labels = torch.zeros(m, dtype=torch.long)
-    loss, _, _ = kd_terms(z, labels, ids, lps, alpha=0.0, temperature=1.0, kind=kind, weights=w)
+    loss, _, _ = kd_terms(
+        z, labels, ids, lps, alpha=0.0, temperature=1.0, kind=kind, weights=w, estimator=estimated
+    )
     (loss * m).backward()  # the mean over rows, undone: row i's gradient is draw i's
-    from core.losses import sampled_divergence
+    from distillq.core.maths.losses import sampled_divergence
 
     with torch.no_grad():
         lz = torch.logsumexp(z, -1, keepdim=True)
@@ -64,7 +68,7 @@ def expectation(kind, zs, logp16):
     w = logp16.double().exp().float()[None]
     loss, _, d = kd_terms(
         z, torch.zeros(1, dtype=torch.long), ids, logp16[None], alpha=0.0, temperature=1.0,
-        kind=kind, weights=w,
+        kind=kind, weights=w, estimator=estimated,
     )  # fmt: skip
     loss.backward()
     assert z.grad is not None
@@ -138,7 +142,17 @@ def test_loss_converges_to_dense_kd_as_draws_grow(kind):
         u = torch.rand(p_rows, n, dtype=torch.float64, generator=g)
         ids, lps, counts, _ = sampling.draw_rows(logp, u, None)
         w = counts.float() / n
-        _, _, d = kd_terms(zs, labels, ids, lps, alpha=0.0, temperature=1.0, kind=kind, weights=w)
+        _, _, d = kd_terms(
+            zs,
+            labels,
+            ids,
+            lps,
+            alpha=0.0,
+            temperature=1.0,
+            kind=kind,
+            weights=w,
+            estimator=estimated,
+        )
         errors[n] = abs(float(d) - float(d_dense))
     # σ₁ of the mean over rows at N = 1, estimated from 400 single draws.
     singles = []
@@ -146,7 +160,15 @@ def test_loss_converges_to_dense_kd_as_draws_grow(kind):
         u = torch.rand(p_rows, 1, dtype=torch.float64, generator=g)
         ids, lps, counts, _ = sampling.draw_rows(logp, u, None)
         _, _, d = kd_terms(
-            zs, labels, ids, lps, alpha=0.0, temperature=1.0, kind=kind, weights=counts.float()
+            zs,
+            labels,
+            ids,
+            lps,
+            alpha=0.0,
+            temperature=1.0,
+            kind=kind,
+            weights=counts.float(),
+            estimator=estimated,
         )
         singles.append(float(d))
     sigma1 = float(np.std(singles))
@@ -160,7 +182,9 @@ def test_mixed_loss_is_ce_plus_the_estimate():
     ids, lps, w = draws(logp, None, N, 4)
     z = zs.expand(4, -1)
     labels = torch.tensor([1, 2, 3, 4])
-    loss, ce, d = kd_terms(z, labels, ids, lps, alpha=0.3, temperature=1.0, weights=w)
+    loss, ce, d = kd_terms(
+        z, labels, ids, lps, alpha=0.3, temperature=1.0, weights=w, estimator=estimated
+    )
     torch.testing.assert_close(float(loss), 0.3 * float(ce) + 0.7 * float(d))
 
 
@@ -247,10 +271,10 @@ def test_identical_seeds_give_identical_shards(
 
 
 def test_the_cache_records_how_it_drew_and_gives_weights(sampled_job):
-    with CacheReader(sampled_job.paths.shard(0)) as r:
+    with Shard(sampled_job.paths.shard(0)) as r:
         assert r.attrs["format"] == "distillq.teacher/3"
         assert r.attrs["target_method"] == "sampled" and r.attrs["samples"] == 12
-        assert r.draw == Draw(samples=12, seed=0, temperature=1.0, proposal_temperature=1.0)
+        assert r.method == Sampled(samples=12, seed=0, temperature=1.0, proposal_temperature=1.0)
         assert r.attrs["sample_seed"] == 0 and r.attrs["sampler"] == SAMPLER
         b = r.batch(0, len(r))
         assert b.target_weights is not None
@@ -263,9 +287,11 @@ def test_a_proposal_temperature_gives_importance_weights(tmp_path, tiny_models, 
     from tests.conftest import job_with_cache
 
     job = job_with_cache(tmp_path, text_records[:8], spec(tiny_models, proposal_temperature=2.0))
-    with CacheReader(job.paths.shard(0)) as r:
+    with Shard(job.paths.shard(0)) as r:
         b = r.batch(0, len(r))
-        assert r.draw is not None and r.draw.ratio == 0.5 and b.target_weights is not None
+        assert (
+            isinstance(r.method, Sampled) and r.method.ratio == 0.5 and b.target_weights is not None
+        )
         counts = shard_arrays(job.paths.shard(0))["target_counts"][: len(b.target_weights)]
         # Weights are no longer count / N: p / q re-weights each drawn token.
         assert not np.allclose(b.target_weights, counts / 12)
@@ -274,8 +300,9 @@ def test_a_proposal_temperature_gives_importance_weights(tmp_path, tiny_models, 
 
 
 def test_a_student_round_trains_on_sampled_targets(sampled_job):
-    from core import merge, student
-    from storage import checkpoints
+    from distillq.core.student import merge
+    from distillq.core.student import train as student
+    from distillq.storage import checkpoints
 
     stats = student.train_replica(sampled_job, "s", 0, 0)
     merge.merge_round(sampled_job, "s", 0)
@@ -285,17 +312,17 @@ def test_a_student_round_trains_on_sampled_targets(sampled_job):
 
 
 def test_draw_record():
-    d = Draw(samples=12, seed=0, temperature=1.0, proposal_temperature=1.0)
+    d = Sampled(samples=12, seed=0, temperature=1.0, proposal_temperature=1.0)
     assert d.ratio is None
-    assert Draw(samples=12, seed=0, temperature=1.0, proposal_temperature=2.0).ratio == 0.5
+    assert Sampled(samples=12, seed=0, temperature=1.0, proposal_temperature=2.0).ratio == 0.5
 
 
 # ------------------------------------------------------------------- the spec
 
 
 def test_sampled_is_refused_for_an_endpoint_and_its_keys_need_it():
-    from core.spec import spec_from_dict
-    from errors import SpecError
+    from distillq.core.job.spec import spec_from_dict
+    from distillq.errors import SpecError
 
     def teacher(**t):
         return spec_from_dict(
@@ -307,9 +334,11 @@ def test_sampled_is_refused_for_an_endpoint_and_its_keys_need_it():
             }
         ).teacher
 
+    from distillq.core.targets import registry
+
     t = teacher(target_method="sampled")
-    assert t.draws == 12 and t.width == 12
-    assert teacher().draws == 0 and teacher().width == 64
+    assert registry.build(t) == Sampled(12, 0, 1.0, 1.0) and t.width == 12
+    assert registry.build(teacher()) == TopK(64) and teacher().width == 64
     with pytest.raises(SpecError, match="an endpoint returns only its top-k"):
         teacher(target_method="sampled", endpoint=["http://h:8000/v1"])
     with pytest.raises(SpecError, match=r"teacher\.samples applies to target_method: sampled"):
@@ -332,7 +361,7 @@ def test_a_hot_proposal_that_draws_a_near_impossible_token_stays_finite(kind):
     z = torch.randn(64, V).requires_grad_(True)
     loss, _, _ = kd_terms(
         z, torch.zeros(64, dtype=torch.long), ids, lps, alpha=0.0, temperature=1.0, kind=kind,
-        weights=w,
+        weights=w, estimator=estimated,
     )  # fmt: skip
     loss.backward()
     assert z.grad is not None

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from celery import Celery
 
-from core.broker import redacted
-from core.settings import Settings
-from errors import DistillqError
-from tasks.celery_app import QUEUE_TASKS, celery_config, configure, settings_of
+from distillq.core.runtime.broker import redacted
+from distillq.core.runtime.settings import Settings
+from distillq.errors import DistillqError
+from distillq.tasks.celery_app import QUEUE_TASKS, celery_config, configure, settings_of
 
 
 def test_per_queue_limits_default_to_the_global_ones():

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import yaml
 
-from core import sources, stages
-from core.job import create_job
-from core.spec import load_spec
-from errors import DataError
+from distillq.core import stages
+from distillq.core.create import create_job
+from distillq.core.job import sources
+from distillq.core.job.spec import load_spec
+from distillq.errors import DataError
 from tests.conftest import write_jsonl
 
 # Alpaca-style columns (mapped with `columns:`), a chat in ShareGPT's layout, and plain text.
@@ -113,7 +114,7 @@ def test_a_bad_row_is_named_by_file_and_row(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from core.data import normalize_dataset
+    from distillq.core.job.data import normalize_dataset
 
     rows = [{"text": "ok"}, {"text": "fine"}, {"text": None}, {"text": "last"}]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")

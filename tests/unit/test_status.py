@@ -1,8 +1,8 @@
 """Terminal progress: bars, throughput, ETA, and the loss label."""
 
-from app.view import render
-from core.status import JobStatus, ShardState, TrackState
-from storage.records import Progress
+from distillq.app.view import render
+from distillq.core.control.status import JobStatus, ShardState, TrackState
+from distillq.storage.records import Progress
 
 
 def test_status_bars_show_throughput_and_eta():

@@ -6,10 +6,10 @@ import logging
 
 import pytest
 
-from core.settings import Settings
-from storage import records, taskkeys
-from storage.records import FailureRecord
-from tasks.celery_app import app, configure
+from distillq.core.runtime.settings import Settings
+from distillq.storage import records, taskkeys
+from distillq.storage.records import FailureRecord
+from distillq.tasks.celery_app import app, configure
 from tests.conftest import job_with_cache
 
 
@@ -31,8 +31,8 @@ def configured(job):
 
 
 def test_each_task_names_its_work_from_its_own_arguments():
-    import tasks.student
-    import tasks.teacher  # noqa: F401  (registers the tasks)
+    import distillq.tasks.student
+    import distillq.tasks.teacher  # noqa: F401  (registers the tasks)
 
     cases = {
         "distillq.teacher_shard": (("j", 3), taskkeys.teacher(3)),
@@ -50,7 +50,7 @@ def test_each_task_names_its_work_from_its_own_arguments():
 
 
 def test_a_failure_is_recorded_under_the_task_key(job, configured):
-    import tasks.student  # noqa: F401  (registers merge_round, when this test runs alone)
+    import distillq.tasks.student  # noqa: F401  (registers merge_round, when this test runs alone)
 
     task = app.tasks["distillq.merge_round"]
     task.on_failure(ValueError("boom"), "tid-1", ([{}], job.id, "s", 0), {}, None)
@@ -61,6 +61,6 @@ def test_a_failure_is_recorded_under_the_task_key(job, configured):
 
 def test_a_failure_that_cannot_be_recorded_is_logged_not_swallowed(configured, caplog):
     task = app.tasks["distillq.teacher_shard"]
-    with caplog.at_level(logging.ERROR, logger="tasks.base"):
+    with caplog.at_level(logging.ERROR, logger="distillq.tasks.base"):
         task.on_failure(RuntimeError("disk on fire"), "tid-2", ("no-such-job", 0), {}, None)
     assert "could not be written" in caplog.text and "disk on fire" in caplog.text

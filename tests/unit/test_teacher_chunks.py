@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.data import TokenizeStats, tokenize_record
-from core.models import load_causal_lm, load_tokenizer
-from core.teacher import chunk_positions, score_batch
+from distillq.core.job.data import TokenizeStats, tokenize_record
+from distillq.core.job.models import load_causal_lm, load_tokenizer
+from distillq.core.targets.topk import TopK
+from distillq.core.teacher.local import chunk_positions, score_batch
 
 
 def test_chunked_head_gives_the_same_targets(tiny_models, text_records):
@@ -19,8 +20,8 @@ def test_chunked_head_gives_the_same_targets(tiny_models, text_records):
     vocab = model.get_output_embeddings().weight.shape[0]
     small = 7 * vocab * 4 * 3  # 7 positions per chunk: a batch of ~500 goes in ~70 chunks
     assert chunk_positions(vocab, small) == 7
-    whole = score_batch(model, samples, 16, 1.0)
-    chunked = score_batch(model, samples, 16, 1.0, budget=small)
+    whole = score_batch(model, samples, TopK(16), 1.0)
+    chunked = score_batch(model, samples, TopK(16), 1.0, budget=small)
     for a, b in zip(whole, chunked, strict=True):
         assert a.ids.shape == b.ids.shape
         np.testing.assert_allclose(

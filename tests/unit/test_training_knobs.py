@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from core import student
-from core.spec import StudentSpec
-from errors import SpecError
-from storage.cache import CacheReader
-from storage.padding import PaddingCount, batch_groups
+from distillq.core.job.spec import StudentSpec
+from distillq.core.maths.batching import PaddingCount, batch_groups
+from distillq.core.student import train as student
+from distillq.core.targets.shard import Shard
+from distillq.errors import SpecError
 from tests.conftest import job_with_cache
 
 
@@ -75,14 +75,14 @@ def assert_same_step(a, b):
 
 
 def first_batch(job, n=6):
-    with CacheReader(job.paths.shard(0)) as r:
+    with Shard(job.paths.shard(0)) as r:
         return [r.batch_of(np.arange(0, n))]
 
 
 def test_accumulated_micro_batches_equal_one_big_batch(job):
     loss = student.training_loss(job, job.spec.student("s"))
     t = trainer(job, max_grad_norm=0.0)
-    with CacheReader(job.paths.shard(0)) as r:
+    with Shard(job.paths.shard(0)) as r:
         whole = r.batch_of(np.arange(0, 8))
         # Micro-batches of unequal target positions: a plain mean of their means would differ.
         micro = [r.batch_of(np.arange(0, 3)), r.batch_of(np.arange(3, 8))]
@@ -173,7 +173,7 @@ def test_bad_knobs_are_refused_with_one_line(field, value, words):
 
 
 def test_an_unknown_dtype_is_refused_at_load(tmp_path, tiny_models):
-    from core.spec import load_spec
+    from distillq.core.job.spec import load_spec
 
     (tmp_path / "d.jsonl").write_text('{"text": "a"}\n')
     (tmp_path / "job.yaml").write_text(
@@ -187,8 +187,8 @@ def test_an_unknown_dtype_is_refused_at_load(tmp_path, tiny_models):
 def test_the_teacher_grouped_by_length_writes_the_same_cache(job, tmp_path):
     import contextlib
 
-    from core import stages
-    from storage.cache import read_stats
+    from distillq.core import stages
+    from distillq.storage.cache import read_stats
 
     teacher = dataclasses.replace(job.spec.teacher, group_by_length=False)
     plain = dataclasses.replace(job, spec=dataclasses.replace(job.spec, teacher=teacher))
@@ -196,7 +196,7 @@ def test_the_teacher_grouped_by_length_writes_the_same_cache(job, tmp_path):
     with contextlib.ExitStack() as stack:
         made, tok = stages._make_teacher(plain, stack)
         stages._write_cache(plain, made, tok, plain.split.shard_ids(0), out, 0)
-    with CacheReader(job.paths.shard(0)) as a, CacheReader(out) as b:
+    with Shard(job.paths.shard(0)) as a, Shard(out) as b:
         assert np.array_equal(a.input_ids, b.input_ids)
         assert np.array_equal(a.positions, b.positions)
         x, y = a.batch(0, len(a)), b.batch(0, len(b))

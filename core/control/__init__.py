@@ -1,0 +1,1 @@
+"""A running job seen from outside: pause and cancel, placement on nodes, status."""

@@ -1,0 +1,225 @@
+"""Create a job on storage: validate, fingerprint, freeze (``core.job.jobs`` loads it back).
+
+``create_job`` does every check that can fail before any compute: models and tokenizers exist,
+teacher and students share a tokenizer, the PEFT methods are known, the dataset parses, the
+split fits. Only then does ``job.yaml`` appear, last, so a job directory without it is junk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import math
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from distillq.core.job import sources
+from distillq.core.job.data import (
+    DatasetIndex,
+    Split,
+    index_dataset,
+    normalize_dataset,
+    plan_split,
+    scan_lengths,
+)
+from distillq.core.job.jobs import Job
+from distillq.core.job.models import (
+    check_weights,
+    config_vocab_size,
+    load_tokenizer,
+    model_fingerprint,
+    tokenizer_fingerprint,
+)
+from distillq.core.job.spec import JobSpec
+from distillq.core.student import peft_methods
+from distillq.core.targets import registry as targets
+from distillq.errors import DataError, DistillqError, ModelError
+from distillq.storage import records
+from distillq.storage.atomic import atomic_path, write_bytes
+from distillq.storage.cache import file_sha256
+from distillq.storage.layout import JobPaths, checks_memo, job_paths, staging_dataset
+from distillq.storage.records import DataNotes, Fingerprints, JobInfo, StudentFingerprint
+
+
+def _check_models(spec: JobSpec, peft_memo: Path) -> tuple[Fingerprints, Any, list[str]]:
+    """Load every tokenizer (cheap; no weights), compare fingerprints, check top_k. Raises.
+
+    Returns the fingerprints, the tokenizer the teacher stage tokenizes samples with, and
+    the peft option sets newly checked (remembered once the job exists).
+    """
+    students: dict[str, StudentFingerprint] = {}
+    teacher_fp, vocab_size = "", None
+    teacher_tok_fp = None
+    sample_tok = None
+    checked: list[str] = []
+    if spec.teacher and spec.teacher.is_endpoint:
+        t = spec.teacher
+        ref = t.tokenizer or spec.students[0].model
+        tok = sample_tok = load_tokenizer(ref, "teacher tokenizer", light=True)
+        teacher_tok_fp = tokenizer_fingerprint(tok)
+        vocab_size = _vocab_of(ref, tok)
+        # A served model is named, not hashed: its identity is the name on its servers.
+        teacher_fp = hashlib.sha256(f"endpoint:{t.model}".encode()).hexdigest()[:16]
+    elif spec.teacher:
+        tok = sample_tok = load_tokenizer(spec.teacher.model, "teacher model", light=True)
+        teacher_tok_fp = tokenizer_fingerprint(tok)
+        vocab = config_vocab_size(spec.teacher.model)
+        targets.check_vocabulary(spec.teacher, vocab)
+        check_weights(spec.teacher.model, "teacher model")
+        teacher_fp, vocab_size = model_fingerprint(spec.teacher.model), vocab
+    for s in spec.students:
+        if (digest := peft_methods.check(s.peft, peft_memo, s.model)) is not None:
+            checked.append(digest)
+        tok = load_tokenizer(s.model, f"student {s.name!r} model", light=True)
+        fp = tokenizer_fingerprint(tok)
+        if teacher_tok_fp is not None and fp != teacher_tok_fp:
+            raise ModelError(
+                f"student {s.name!r} ({s.model}) has a different tokenizer than the teacher "
+                f"({spec.teacher.model if spec.teacher else ''}): distillq needs a shared tokenizer; "
+                "pick a student from the teacher's model family"
+            )
+        check_weights(s.model, f"student {s.name!r} model")
+        students[s.name] = StudentFingerprint(model=model_fingerprint(s.model), tokenizer=fp)
+        sample_tok = sample_tok or tok
+    fps = Fingerprints(
+        tokenizer=teacher_tok_fp or students[spec.students[0].name].tokenizer,
+        students=students,
+        teacher=teacher_fp,
+        vocab_size=vocab_size,
+    )
+    return fps, sample_tok, checked
+
+
+def _vocab_of(ref: str, tok: Any) -> int:
+    try:
+        return config_vocab_size(ref)
+    except DistillqError:
+        return len(tok)  # a tokenizer-only directory: its own size
+
+
+def _check_lengths(spec: JobSpec, data: Path, index: DatasetIndex, tok: Any) -> DataNotes:
+    """Measure every sample against the token limit; refuse per ``spec.overlong``. Raises.
+
+    Done at enqueue, although it tokenizes the dataset once more, because this is where the
+    user still reads the output: a worker's truncation count lands in a log nobody opens.
+    """
+    limit, key = spec.sample_max_length, spec.max_length_key
+    generating = bool(spec.teacher and spec.teacher.generate)
+    scan = scan_lengths(data, index.rows, tok, limit, generating)
+    if scan.first_overlong and spec.overlong == "refuse":
+        line, n = scan.first_overlong
+        raise DataError(
+            f"dataset line {line} is {n} tokens, over {key}={limit} ({scan.overlong} records exceed it); "
+            f"raise {key}, shorten those records, or set overlong: truncate"
+        )
+    if scan.no_target == scan.records:
+        raise DataError(
+            f"no record of dataset {spec.dataset} has a training target within its first {limit} "
+            f"tokens (prompts too long, or no response/assistant turn); raise {key} or fix the data"
+        )
+    return DataNotes(
+        records=len(index.rows),
+        skipped_lines=len(index.skipped),
+        first_skipped_lines=[int(x) for x in index.skipped[:10]],
+        max_length=limit,
+        truncated=scan.overlong,
+        no_target=scan.no_target,
+    )
+
+
+def _total_steps(spec: JobSpec, split: Split) -> dict[str, int]:
+    """Optimizer steps a track takes over the job (sets the LR schedule's length)."""
+    out = {}
+    for s in spec.students:
+        steps = 0
+        for a, b in split.shards:
+            per_replica = math.ceil((b - a) / s.replicas)
+            steps += math.ceil(math.ceil(per_replica / s.batch_size) / s.grad_accum) * s.epochs
+        out[s.name] = steps
+    return out
+
+
+def new_job_id(name: str) -> str:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{name}-{stamp}-{secrets.token_hex(2)}"
+
+
+def create_job(
+    storage: Path, spec: JobSpec, job_id: str | None = None, skip_bad_lines: bool = False
+) -> Job:
+    """Validate everything, then write the job's directory. Returns the frozen job.
+
+    ``skip_bad_lines``: leave malformed or shapeless dataset lines out (counted in
+    ``info.data``) instead of refusing the dataset.
+    """
+    src = Path(spec.dataset)
+    staged = None
+    if sources.kind(src) == "jsonl" and not spec.columns:
+        data, index = src, index_dataset(src, skip_bad=skip_bad_lines)
+    else:
+        # Any other format is streamed into the job's own JSONL once, here: from then on
+        # every stage reads records by byte offset, whatever the user's format was.
+        staged = data = staging_dataset(storage, secrets.token_hex(4))
+        data.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if staged is not None:
+            index = normalize_dataset(src, spec.columns, staged, skip_bad=skip_bad_lines)
+        split = plan_split(len(index.rows), spec.shards, spec.eval_fraction)
+        peft_memo = checks_memo(storage, "peft")
+        fingerprints, tok, peft_checked = _check_models(spec, peft_memo)
+        info = JobInfo(
+            fingerprints=fingerprints,
+            total_steps=_total_steps(spec, split),
+            data=_check_lengths(spec, data, index, tok),
+        )
+        if spec.teacher and spec.teacher.is_endpoint:
+            from distillq.core.teacher import served  # only here: it pulls in the HTTP client
+
+            info = dataclasses.replace(info, teacher_dialect=served.probe(spec.teacher, tok))
+        paths = job_paths(storage, job_id or new_job_id(spec.name))
+        paths.root.mkdir(parents=True, exist_ok=False)
+        try:
+            job = _write_job(paths, spec, data, index.rows, split, info)
+        except BaseException:
+            # The directory is ours (exist_ok=False): a disk-full or interrupted write leaves no junk.
+            shutil.rmtree(paths.root, ignore_errors=True)
+            raise
+    finally:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
+    peft_methods.remember(peft_memo, peft_checked)
+    return job
+
+
+def _write_job(
+    paths: JobPaths, spec: JobSpec, data: Path, index: np.ndarray, split: Split, info: JobInfo
+) -> Job:
+    with atomic_path(paths.dataset) as tmp:
+        shutil.copyfile(data, tmp)
+    info = dataclasses.replace(
+        info,
+        fingerprints=dataclasses.replace(
+            info.fingerprints, dataset_sha256=file_sha256(paths.dataset)
+        ),
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    with atomic_path(paths.root / "index.npy") as tmp, tmp.open("wb") as f:
+        np.save(f, index)
+    frozen = {
+        "job_id": paths.job_id,
+        "spec": spec.to_dict(),
+        "split": {
+            "n_records": split.n_records,
+            "eval_stride": split.eval_stride,
+            "shards": [list(x) for x in split.shards],
+        },
+        "info": records.to_json(info),
+    }
+    write_bytes(paths.spec, yaml.safe_dump(frozen, sort_keys=False).encode())
+    return Job(paths, spec, split, info)

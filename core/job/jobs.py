@@ -1,0 +1,80 @@
+"""A job on storage as workers see it: load it back anywhere, list jobs, say what enqueue did."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from distillq.core.job.data import Split
+from distillq.core.job.spec import JobSpec, spec_from_dict
+from distillq.errors import JobNotFound
+from distillq.storage import records
+from distillq.storage.layout import JobPaths, job_paths, jobs_root
+from distillq.storage.records import JobInfo
+
+
+@dataclass(frozen=True)
+class Job:
+    """A frozen job as workers see it: spec, split, fingerprints and paths."""
+
+    paths: JobPaths
+    spec: JobSpec
+    split: Split
+    info: JobInfo
+
+    @property
+    def id(self) -> str:
+        return self.paths.job_id
+
+    @cached_property
+    def index(self) -> np.ndarray:
+        return np.load(self.paths.root / "index.npy")
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.split.shards)
+
+
+def load_job(storage: Path, job_id: str) -> Job:
+    paths = job_paths(storage, job_id)
+    if not paths.spec.exists():
+        raise JobNotFound(
+            f"job {job_id!r} does not exist under {jobs_root(storage)}; `distillq jobs` lists jobs"
+        )
+    raw = yaml.safe_load(paths.spec.read_text())
+    s = raw["split"]
+    split = Split(s["n_records"], s["eval_stride"], tuple(tuple(x) for x in s["shards"]))
+    info = records.from_json(JobInfo, raw["info"], f"{paths.spec}: info")
+    return Job(paths, spec_from_dict(raw["spec"]), split, info)
+
+
+def list_jobs(storage: Path) -> list[str]:
+    root = jobs_root(storage)
+    if not root.exists():
+        return []
+    return sorted(d.name for d in root.iterdir() if (d / "job.yaml").exists())
+
+
+def data_notes(job: Job) -> list[str]:
+    """What enqueue did to the dataset, in lines for the user (empty when nothing)."""
+    d = job.info.data
+    notes = []
+    if d.skipped_lines:
+        lines = d.first_skipped_lines
+        more = ", ..." if d.skipped_lines > len(lines) else ""
+        notes.append(
+            f"skipped {d.skipped_lines} bad dataset line(s): {', '.join(map(str, lines))}{more}"
+        )
+    if d.truncated:
+        notes.append(
+            f"{d.truncated} of {d.records} records are longer than "
+            f"{job.spec.max_length_key}={d.max_length} tokens and will be truncated "
+            "(overlong: refuse stops instead)"
+        )
+    if d.no_target:
+        notes.append(f"{d.no_target} records have no training target and will be dropped")
+    return notes

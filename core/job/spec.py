@@ -1,0 +1,518 @@
+"""The job spec: parse YAML (+ ``--set key=value``), validate, freeze.
+
+The YAML shape is the user-facing contract (issue 2); fields can be added, never renamed::
+
+    name: my-job
+    dataset: data/train.jsonl
+    shards: 4
+    mode: teacher_student            # teacher_student | data_parallel | hybrid
+    eval_fraction: 0.05
+    teacher: {model: path/or/hub-id, top_k: 64, temperature: 1.0, batch_size: 4, max_length: 512}
+    # or a served teacher: {endpoint: http://gpu-box:8000/v1, model: served-name, top_k: 20,
+    #   api_key_env: VAR, max_concurrent: 8, dialect: auto}   (docs/DESIGN.md §4b)
+    # and for prompt-only data: teacher.generate: {max_new_tokens: 128, temperature: 0.7, seed: 0}
+    students:
+      - {name: small, model: path/or/hub-id, peft: {method: lora, r: 8, alpha: 16}, replicas: 1,
+         lr: 1.0e-3, epochs: 1, batch_size: 4}
+    loss: {kind: forward_kl, alpha: 0.5, temperature: 1.0}
+    overlong: truncate               # truncate | refuse samples over the token limit
+    columns: {prompt: instruction, response: output}   # the dataset's own column names
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from distillq.core.targets import registry as targets
+from distillq.errors import DistillqError, ModelError, SpecError
+from distillq.storage.layout import check_name
+
+Mode = Literal["teacher_student", "data_parallel", "hybrid"]
+LossKind = Literal["forward_kl", "reverse_kl", "jsd"]
+Overlong = Literal["truncate", "refuse"]
+Dialect = Literal["auto", "vllm", "llama_cpp", "openai", "text"]
+StudentDtype = Literal["float32", "bfloat16"]
+TargetMethod = Literal["topk", "sampled"]
+"""The names in ``core/targets/registry.py``."""
+
+
+@dataclass(frozen=True)
+class GenerateSpec:
+    """The teacher writes the responses: for records with a prompt and no response."""
+
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    """Sampling temperature of the generation (0: greedy). The stored targets are the teacher's
+    raw distribution at ``teacher.temperature``, never the sampling-processed one."""
+    top_p: float = 1.0
+    seed: int = 0
+    """Seeds every draw: a retried shard generates the same text."""
+    n: int = 1
+    """Responses per prompt (each becomes a sample of its own)."""
+
+    def __post_init__(self) -> None:
+        _positive("teacher.generate.max_new_tokens", self.max_new_tokens)
+        _positive("teacher.generate.n", self.n)
+        if self.temperature < 0:
+            raise SpecError(
+                f"teacher.generate.temperature={self.temperature} must be 0 (greedy) or more"
+            )
+        if not 0.0 < self.top_p <= 1.0:
+            raise SpecError(f"teacher.generate.top_p={self.top_p} must lie in (0, 1]")
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    model: str
+    """Local directory of a causal LM (or a hub id already in the Hugging Face cache); with
+    ``endpoint``, the model's name on the server."""
+    top_k: int = 64
+    """Teacher tokens kept per target position (``target_method: topk``)."""
+    target_method: TargetMethod = "topk"
+    """``topk``: the k most likely tokens, the rest as one tail bucket (biased, deterministic).
+    ``sampled``: ``samples`` tokens drawn from the teacher's distribution per position, stored
+    as unique ids with counts: the student's loss is an unbiased estimate of the dense one
+    (Random-Sampling KD, Anshumann et al., ACL 2025; docs/DESIGN.md §6b). Local teachers only."""
+    samples: int | None = None
+    """Draws per position with ``target_method: sampled`` (default 12, at most 255)."""
+    proposal_temperature: float | None = None
+    """Temperature of the distribution the draws come from (default: ``temperature``, the
+    teacher's own). Hotter spreads the draws over more tokens; importance weights keep the
+    estimate unbiased."""
+    seed: int = 0
+    """Seeds the draws of ``sampled``: the same record always draws the same tokens."""
+    temperature: float = 1.0
+    """τ at which the stored log-probs are normalised (over the full vocabulary)."""
+    batch_size: int = 4
+    max_length: int = 512
+    """Samples longer than this (in tokens) are truncated."""
+    endpoint: tuple[str, ...] = ()
+    """Base URL(s) of a server that already serves the teacher (``http://host:8000/v1``);
+    several replicas of one model share the requests."""
+    api_key_env: str | None = None
+    """The environment variable that holds the endpoint's API key (never the key itself)."""
+    max_concurrent: int = 8
+    """Requests in flight per endpoint, per teacher task."""
+    timeout_s: float = 120.0
+    retries: int = 8
+    """Attempts per request on connection errors, timeouts, 429 and 5xx (exponential backoff)."""
+    retry_budget_s: float = 300.0
+    """Longest a request keeps retrying before the shard task fails into the task retry path."""
+    dialect: Dialect = "auto"
+    """How the server returns log-probs: vllm (prompt_logprobs), llama_cpp (llama-cpp-python's
+    echo + logprobs), openai (legacy completions, echo), text (no log-probs: generation only,
+    sequence-level KD); auto asks the server."""
+    tokenizer: str | None = None
+    """Local tokenizer of an endpoint teacher (default: the first student's model)."""
+    generate: GenerateSpec | None = None
+    group_by_length: bool = True
+    """Score samples in batches of similar length (less padding); the cache keeps record order."""
+
+    @property
+    def is_endpoint(self) -> bool:
+        return bool(self.endpoint)
+
+    def __post_init__(self) -> None:
+        _positive("teacher.top_k", self.top_k)
+        _positive("teacher.batch_size", self.batch_size)
+        _positive("teacher.max_length", self.max_length)
+        _positive("teacher.temperature", self.temperature)
+        _positive("teacher.max_concurrent", self.max_concurrent)
+        _positive("teacher.timeout_s", self.timeout_s)
+        _positive("teacher.retries", self.retries)
+        for url in self.endpoint:
+            if not url.startswith(("http://", "https://")):
+                raise SpecError(
+                    f"teacher.endpoint {url!r} must be an http(s) URL such as http://host:8000/v1"
+                )
+        if self.is_endpoint and self.temperature != 1.0:
+            raise SpecError(
+                f"teacher.temperature={self.temperature} with an endpoint: servers return "
+                "log-probs at τ = 1 and only their top-k, which cannot be renormalised at "
+                "another τ; set teacher.temperature: 1.0"
+            )
+        if not self.is_endpoint and self.dialect != "auto":
+            raise SpecError(
+                f"teacher.dialect={self.dialect} applies to an endpoint teacher: add "
+                "teacher.endpoint, or remove teacher.dialect"
+            )
+        targets.check(self)
+        if self.dialect == "text" and self.generate is None:
+            raise SpecError(
+                "teacher.dialect: text gives no log-probs, so it cannot score responses: add "
+                "teacher.generate (the teacher writes responses, the student learns its text)"
+            )
+
+    @property
+    def width(self) -> int:
+        """Columns of the cache's target datasets: k, or the draws (unique ids fit in them)."""
+        return targets.width(self)
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    kind: LossKind = "forward_kl"
+    """D(teacher ‖ student): forward_kl, reverse_kl or jsd (generalised JSD with ``beta``)."""
+    alpha: float = 0.5
+    """Weight of hard-label CE; (1 − alpha) weighs the distillation term."""
+    temperature: float | None = None
+    """τ of the KD term; must equal the teacher cache's τ (default: that τ)."""
+    beta: float = 0.5
+    """Mixture weight of the generalised JSD (ignored by the KLs)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise SpecError(f"loss.alpha={self.alpha} must lie in [0, 1]; 1 means CE only")
+        if not 0.0 < self.beta < 1.0:
+            raise SpecError(f"loss.beta={self.beta} must lie strictly between 0 and 1")
+        if self.temperature is not None:
+            _positive("loss.temperature", self.temperature)
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    name: str
+    model: str
+    """Local directory (or a cached hub id); must share the teacher's tokenizer."""
+    peft: dict[str, Any] = field(default_factory=lambda: {"method": "lora"})
+    """``method`` (lora, prefix, prompt, ia3, adaption_prompt, any peft type, or full) + its options."""
+    replicas: int = 1
+    """R: replicas that each train on 1/R of a shard, then merge (local SGD outer step)."""
+    lr: float = 1e-3
+    epochs: int = 1
+    """Passes over each shard within a round."""
+    batch_size: int = 4
+    outer_lr: float = 1.0
+    """Step size of the merge: global += outer_lr · mean(replica deltas)."""
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    seed: int = 0
+    loss: LossSpec | None = None
+    """Overrides the job's loss for this track (e.g. alpha: 1.0 for a CE-only baseline)."""
+    checkpoint_every: float = 300.0
+    """Seconds of training between a replica's in-round checkpoints: a killed or cancelled
+    replica redoes at most this much when it is delivered again."""
+    checkpoint_every_steps: int = 0
+    """Optimizer steps between in-round checkpoints instead of seconds (0: use seconds)."""
+    grad_accum: int = 1
+    """Micro-batches of ``batch_size`` per optimizer step: the step sees
+    ``grad_accum × batch_size`` samples, weighted by target positions as one batch would be."""
+    gradient_checkpointing: bool = False
+    """Recompute the model body's activations in the backward: less memory, ~30% more time."""
+    dtype: StudentDtype = "float32"
+    """Compute dtype of the forward and backward: float32, or bfloat16 under autocast (the
+    weights and optimizer stay float32; where the device has no bfloat16, the replica stops
+    with one line that says so)."""
+    max_grad_norm: float = 1.0
+    """Clip the gradient's global norm to this (0: no clipping)."""
+    group_by_length: bool = True
+    """Batch samples of similar length together (less padding); the batch order stays seeded."""
+
+    def __post_init__(self) -> None:
+        _safe("track name", self.name)
+        if "method" not in self.peft:
+            raise SpecError(f"students[{self.name}].peft needs a 'method' (lora, full, ...)")
+        _positive(f"students[{self.name}].replicas", self.replicas)
+        _positive(f"students[{self.name}].epochs", self.epochs)
+        _positive(f"students[{self.name}].batch_size", self.batch_size)
+        _positive(f"students[{self.name}].lr", self.lr)
+        _positive(f"students[{self.name}].outer_lr", self.outer_lr)
+        _positive(f"students[{self.name}].checkpoint_every", self.checkpoint_every)
+        _positive(f"students[{self.name}].grad_accum", self.grad_accum)
+        if self.max_grad_norm < 0:
+            raise SpecError(
+                f"students[{self.name}].max_grad_norm={self.max_grad_norm} must be 0 (no "
+                "clipping) or more"
+            )
+        if self.checkpoint_every_steps < 0:
+            raise SpecError(
+                f"students[{self.name}].checkpoint_every_steps={self.checkpoint_every_steps} "
+                "must be 0 (use seconds) or more"
+            )
+
+    @property
+    def method(self) -> str:
+        return str(self.peft["method"]).lower()
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    dataset: str
+    students: tuple[StudentSpec, ...]
+    shards: int = 4
+    mode: Mode = "teacher_student"
+    eval_fraction: float = 0.05
+    teacher: TeacherSpec | None = None
+    loss: LossSpec = field(default_factory=LossSpec)
+    max_length: int = 512
+    """Token limit of samples when there is no teacher (data_parallel)."""
+    overlong: Overlong = "truncate"
+    """Samples over the token limit: ``truncate`` them (counted at enqueue) or ``refuse`` the job."""
+    seed: int = 0
+    columns: dict[str, str] = field(default_factory=dict)
+    """The dataset's own column names for our fields, e.g. ``{prompt: instruction, response:
+    output}`` (Alpaca); fields: text, prompt, response, messages."""
+    curve_samples: int = 32
+    """Held-out samples evaluated after each merged round, for the report's held-out curve
+    (bounded so a merge stays cheap); 0 turns the curve off."""
+
+    def __post_init__(self) -> None:
+        _safe("job name", self.name)
+        unknown = set(self.columns) - {"text", "prompt", "response", "messages"}
+        if unknown:
+            raise SpecError(
+                f"columns maps unknown fields {sorted(unknown)}: map text, prompt, response "
+                "or messages to your column names, e.g. columns: {prompt: instruction}"
+            )
+        if self.curve_samples < 0:
+            raise SpecError(f"curve_samples={self.curve_samples} must be 0 (off) or more")
+        _positive("shards", self.shards)
+        if not 0.0 <= self.eval_fraction < 0.5:
+            raise SpecError(f"eval_fraction={self.eval_fraction} must lie in [0, 0.5)")
+        if not self.students:
+            raise SpecError("students is empty: add at least one {name, model} entry")
+        names = [s.name for s in self.students]
+        if len(set(names)) != len(names):
+            raise SpecError(f"student names must be unique, got {names}")
+        if self.mode == "data_parallel" and self.teacher is not None:
+            raise SpecError(
+                "mode data_parallel trains without a teacher: remove 'teacher', "
+                "or use mode teacher_student / hybrid"
+            )
+        if self.mode != "data_parallel" and self.teacher is None:
+            raise SpecError(f"mode {self.mode} needs a 'teacher: {{model: ...}}' entry")
+        if self.mode == "hybrid" and all(s.replicas == 1 for s in self.students):
+            raise SpecError(
+                "mode hybrid means teacher + several replicas: set replicas > 1 on a student, "
+                "or use mode teacher_student"
+            )
+        for s in self.students:
+            t = self.loss_for(s).temperature
+            if self.teacher and t is not None and t != self.teacher.temperature:
+                raise SpecError(
+                    f"loss temperature {t} differs from teacher.temperature "
+                    f"{self.teacher.temperature}: the cache stores log-probs at the teacher's τ, "
+                    "so set both to the same value"
+                )
+
+    @property
+    def has_teacher(self) -> bool:
+        return self.teacher is not None
+
+    @property
+    def sample_max_length(self) -> int:
+        return self.teacher.max_length if self.teacher else self.max_length
+
+    @property
+    def max_length_key(self) -> str:
+        """The spec key that sets :attr:`sample_max_length`, for messages."""
+        return "teacher.max_length" if self.teacher else "max_length"
+
+    def loss_for(self, student: StudentSpec) -> LossSpec:
+        if self.mode == "data_parallel":
+            return LossSpec(alpha=1.0)
+        return student.loss or self.loss
+
+    def student(self, name: str) -> StudentSpec:
+        for s in self.students:
+            if s.name == name:
+                return s
+        raise SpecError(
+            f"no student track named {name!r}; tracks: {[s.name for s in self.students]}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["students"] = [asdict(s) for s in self.students]
+        if d.get("teacher"):
+            d["teacher"]["endpoint"] = list(d["teacher"]["endpoint"])  # YAML has no tuples
+        return d
+
+
+def _safe(kind: str, value: str) -> None:
+    try:
+        check_name(kind, value)
+    except DistillqError as e:
+        raise SpecError(str(e)) from None
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise SpecError(f"{name}={value} must be positive; set it above 0")
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def load_spec(path: Path, overrides: list[str] | None = None) -> JobSpec:
+    """Read a YAML job spec, apply ``key=value`` overrides, validate. Raises :class:`SpecError`."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"job spec {path} does not exist; pass the path of a YAML file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None)
+        why = f" ({problem})" if problem else ""
+        raise SpecError(
+            f"job spec {path} is not valid YAML{where}{why}: fix the syntax there"
+        ) from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"job spec {path} must be a YAML mapping (name:, dataset:, students:, ...)")
+    for item in overrides or []:
+        apply_override(raw, item)
+    spec_from_dict(raw)  # validate as written, so errors name the user's own values
+    return spec_from_dict(resolve_paths(raw, path.parent.resolve()))
+
+
+def local_model(ref: str, base: Path, what: str) -> str:
+    """A model reference resolved against the spec's directory: the absolute path where the
+    directory exists there, else the hub id as written when it is in the local Hugging Face
+    cache. ``org/name`` reads both ways: the directory wins. Raises ModelError naming the
+    resolved path when it is neither."""
+    p = Path(ref).expanduser()
+    local = p if p.is_absolute() else (base / p).resolve()
+    if local.exists():
+        return str(local)
+    from distillq.core.job.models import (
+        hub_like,
+        in_hub_cache,  # only here: most specs name local dirs,
+    )
+
+    looks_like_hub = not p.is_absolute() and hub_like(ref)
+    if looks_like_hub and in_hub_cache(ref):
+        return ref
+    hub = ", nor in the Hugging Face cache" if looks_like_hub else ""
+    raise ModelError(
+        f"{what} {ref!r} does not exist: not found locally (no directory {local}; model "
+        f"paths are relative to the job spec){hub}; distillq does not download models: "
+        "pass a local directory"
+    )
+
+
+def resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Every path in a raw spec, made absolute against ``base`` (the spec file's directory),
+    as the dataset always was: a job means the same thing from whatever directory it is
+    enqueued, and ``job.yaml`` freezes absolute paths."""
+    out = dict(raw)
+    if isinstance(out.get("dataset"), str):
+        out["dataset"] = str((base / Path(out["dataset"]).expanduser()).resolve())
+    t = out.get("teacher")
+    if isinstance(t, dict) and t.get("endpoint"):
+        # A served teacher's model is a name on the server; only its tokenizer is local.
+        if isinstance(t.get("tokenizer"), str):
+            out["teacher"] = {
+                **t,
+                "tokenizer": local_model(t["tokenizer"], base, "teacher tokenizer"),
+            }
+    elif isinstance(t, dict) and isinstance(t.get("model"), str):
+        out["teacher"] = {**t, "model": local_model(t["model"], base, "teacher model")}
+    if isinstance(out.get("students"), list):
+        out["students"] = [
+            {**s, "model": local_model(s["model"], base, f"student {s.get('name')!r} model")}
+            if isinstance(s, dict) and isinstance(s.get("model"), str)
+            else s
+            for s in out["students"]
+        ]
+    return out
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply ``a.b.0.c=value`` to a raw spec mapping (value parsed as YAML)."""
+    if "=" not in item:
+        raise SpecError(f"--set {item!r} must look like key=value (e.g. students.0.lr=1e-4)")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise SpecError(f"--set {key}: {part!r} is not an index of a list of {len(node)}")
+            if last:
+                node[int(part)] = yaml.safe_load(value)
+            else:
+                node = node[int(part)]
+        else:
+            if last:
+                node[part] = yaml.safe_load(value)
+            else:
+                node = node.setdefault(part, {})
+
+
+def spec_from_dict(raw: dict[str, Any]) -> JobSpec:
+    return _build(JobSpec, raw, "")
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where or 'job spec'} must be a mapping, got {type(raw).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            hint = _did_you_mean(key, known, where) or f"; known keys: {sorted(known)}"
+            raise SpecError(f"unknown key {where + str(key)!r} in job spec{hint}")
+        kwargs[key] = _convert(hints[key], value, f"{where}{key}")
+    for name, f in known.items():
+        if name not in kwargs and f.default is MISSING and f.default_factory is MISSING:
+            raise SpecError(f"job spec is missing {where + name!r}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise SpecError(f"job spec {where or ''}: {e}") from None
+
+
+def _did_you_mean(value: Any, choices: Any, prefix: str = "") -> str:
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    return f"; did you mean {prefix + close[0]!r}?" if close else ""
+
+
+def _convert(typ: Any, value: Any, where: str) -> Any:
+    origin = get_origin(typ)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(typ) if a is not type(None)]
+        return None if value is None else _convert(args[0], value, where)
+    if origin is Literal:
+        choices = list(get_args(typ))
+        if value not in choices:
+            hint = _did_you_mean(value, choices)
+            raise SpecError(f"{where}={value!r} is not one of {choices}{hint}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str) and get_args(typ)[0] is str:
+            value = [value]  # `endpoint: http://...` means a list of one
+        if not isinstance(value, list):
+            raise SpecError(f"{where} must be a list")
+        (item,) = get_args(typ)[:1]
+        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise SpecError(f"{where} must be a mapping")
+        return dict(value)
+    if isinstance(typ, type) and hasattr(typ, "__dataclass_fields__"):
+        return _build(typ, value, f"{where}.")
+    if typ is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if typ is float and isinstance(value, str):
+        # YAML 1.1 reads `1e-4` (no dot) as a string; users write it that way all the time.
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if typ is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if typ is str and isinstance(value, str | int | float):
+        return str(value)
+    if typ is bool and isinstance(value, bool):
+        return value
+    raise SpecError(f"{where}={value!r} should be a {getattr(typ, '__name__', typ)}")

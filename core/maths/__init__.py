@@ -1,0 +1,1 @@
+"""Pure maths on tensors and arrays: KD losses, the chunked head loss, batching."""

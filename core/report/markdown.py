@@ -1,0 +1,156 @@
+"""``report.md``: the report as a person reads it — what each student learned, the held-out
+curve, and what the teacher and each student write on the same held-out prompts."""
+
+from __future__ import annotations
+
+from distillq.core.targets import registry as targets
+from distillq.storage.records import CacheSummary, Report
+
+
+def _loss(v: float | None) -> str:
+    return f"{v:.4f}" if v is not None else "n/a"
+
+
+def _fence(text: str) -> str:
+    body = text.replace("```", "` ` `")  # a fence inside generated code must not close ours
+    return f"```\n{body}\n```"
+
+
+def _learned(data: Report) -> list[str]:
+    teacher = data.teacher.eval_loss if data.teacher else None
+    lines = [
+        "| track | method | α | untrained | final | change | share of the gap to the teacher closed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, st in data.students.items():
+        change, closed = "", ""
+        if st.baseline_loss is not None and st.eval_loss is not None:
+            change = f"{st.eval_loss - st.baseline_loss:+.4f}"
+            if teacher is not None and st.baseline_loss > teacher:
+                closed = f"{(st.baseline_loss - st.eval_loss) / (st.baseline_loss - teacher):.0%}"
+        lines.append(
+            f"| {name} | {st.method} | {st.loss.alpha} | {_loss(st.baseline_loss)} | "
+            f"{_loss(st.eval_loss)} | {change} | {closed} |"
+        )
+    if teacher is not None:
+        lines.append(f"| teacher | | | | {teacher:.4f} | | |")
+    if data.ce_track and teacher is not None:
+        ce = data.students[data.ce_track].eval_loss
+        said = ", ".join(f"**{n}** {v:.0%}" for n, v in data.ce_gap_closed.items())
+        lines += [
+            "",
+            f"Share of the held-out gap between the CE-only track {data.ce_track} "
+            f"({_loss(ce)}) and the teacher ({teacher:.4f}) that distillation closed, "
+            f"(CE − track) / (CE − teacher): {said}.",
+        ]
+    return lines
+
+
+def targets_word(c: CacheSummary) -> str:
+    """What the cache holds per position, in a few words."""
+    return targets.describe(c.method, c.k)
+
+
+def _curve(data: Report) -> list[str]:
+    tracks = [
+        (n, dict((int(s), v) for s, v in st.heldout_curve)) for n, st in data.students.items()
+    ]
+    steps = sorted({s for _, c in tracks for s in c})
+    if not steps:
+        return ["(no held-out curve: `curve_samples` is 0, or no round merged)"]
+    lines = [
+        "| step | " + " | ".join(n for n, _ in tracks) + " |",
+        "|---" * (len(tracks) + 1) + "|",
+    ]
+    for step in steps:
+        lines.append(f"| {step} | " + " | ".join(_loss(c.get(step)) for _, c in tracks) + " |")
+    return lines
+
+
+def _generations(data: Report) -> list[str]:
+    models = {n: st.generations for n, st in data.students.items()}
+    if data.teacher and data.teacher.generations:
+        models = {"teacher": data.teacher.generations, **models}
+    n = max((len(g) for g in models.values()), default=0)
+    if not n:
+        return ["(no held-out prompts)"]
+    first = next(g for g in models.values() if g)
+    lines: list[str] = []
+    for i in range(n):
+        lines += [
+            f"### prompt {i + 1}",
+            "",
+            _fence(first[i].prompt),
+            "",
+            "reference (the data):",
+            "",
+        ]
+        lines += [_fence(first[i].reference), ""]
+        for name, gens in models.items():
+            if i < len(gens):
+                lines += [f"**{name}**:", "", _fence(gens[i].text), ""]
+    return lines
+
+
+KIND_TEXT = {
+    "scored": "samples scored as given",
+    "generated": "responses the teacher wrote, with its {targets}",
+    "generated_text": "responses the teacher wrote as text only (sequence-level KD: CE)",
+}
+
+
+def _targets(c: CacheSummary) -> str:
+    return targets.plain(c.method)
+
+
+def render(data: Report) -> str:
+    wall = f", {data.wall_seconds:.0f} s" if data.wall_seconds is not None else ""
+    lines = [f"# distillq report: {data.job_id}", ""]
+    lines.append(
+        f"{data.mode}, {data.records} records in {data.shards} shards, "
+        f"{data.eval_samples} held-out samples{wall}."
+    )
+    lines.append("")
+    for w in data.warnings:
+        lines += [f"> **Warning:** {w}", ""]
+    c = data.cache
+    if c.targets:
+        kinds = ", ".join(
+            f"{n} {KIND_TEXT.get(k, k).format(targets=_targets(c))} "
+            f"(shards {', '.join(map(str, c.shard_targets.get(k, [])))})"
+            for k, n in c.targets.items()
+        )
+        fb = (
+            f"; {c.fallback_positions} positions had no teacher distribution and trained with CE"
+            if c.fallback_positions
+            else ""
+        )
+        lines += [
+            f"Teacher targets from {', '.join(c.sources)} ({targets_word(c)}): {kinds}{fb}.",
+            "",
+        ]
+    padded = [("teacher", data.teacher.padding)] if data.teacher else []
+    padded += [(name, st.padding) for name, st in data.students.items()]
+    if any(p for _, p in padded):
+        said = "; ".join(f"{n} {p[0]:.1%} ({p[1]:.1%})" for n, p in padded if p)
+        lines += [
+            f"Padding, share of batch cells (had batches been consecutive samples): {said}.",
+            "",
+        ]
+    lines += ["![report](report.png)", "", "## What each student learned", ""]
+    lines += [
+        "Held-out CE (nats/token) on every held-out sample, before round 1 and at the end.",
+        "",
+    ]
+    lines += [*_learned(data), "", "## Held-out curve", ""]
+    lines += ["Loss on the first held-out samples after each merged round (step 0: untrained).", ""]
+    lines += [*_curve(data), "", "## Generations", ""]
+    lines += ["Greedy continuations of held-out prompts.", ""]
+    lines += _generations(data)
+    outputs = {n: st.outputs for n, st in data.students.items() if st.outputs}
+    if outputs:
+        lines += ["## Outputs", ""]
+        for name, out in outputs.items():
+            lines.append(f"- **{name}**: " + ", ".join(f"{k} `{v}`" for k, v in out.items() if v))
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,103 @@
+"""Live state of running jobs in Redis: task progress, per-track locks, attempt counters.
+
+Keys come from ``storage/keys.py``; the connection from ``core/broker.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from distillq.errors import Superseded
+from distillq.storage import keys
+from distillq.storage.records import Progress
+
+PROGRESS_TTL = 24 * 3600
+
+
+def set_progress(r: redis.Redis, job_id: str, task: str, record: Progress) -> None:
+    r.set(keys.progress(job_id, task), json.dumps(record), ex=PROGRESS_TTL)
+
+
+def clear_progress(r: redis.Redis, job_id: str, task: str) -> None:
+    r.delete(keys.progress(job_id, task))
+
+
+def progress(r: redis.Redis, job_id: str) -> dict[str, Progress]:
+    """Progress of the job's running tasks, by task key."""
+    out = {}
+    prefix = keys.progress(job_id, "")
+    for key in r.scan_iter(match=keys.progress_pattern(job_id), count=500):
+        raw = r.get(key)
+        if raw:
+            name = key.decode()[len(prefix) :]
+            out[name] = json.loads(raw)
+    return out
+
+
+LOCK_SECONDS = 600  # a holder of a track lock longer than this is presumed dead
+
+
+def track_lock(r: redis.Redis, job_id: str, track: str) -> Any:
+    """The per-track lock: merges and round scheduling of one track never interleave."""
+    return r.lock(
+        keys.track_lock(job_id, track), timeout=LOCK_SECONDS, blocking_timeout=LOCK_SECONDS
+    )
+
+
+def reset_attempts(r: redis.Redis, job_id: str) -> None:
+    for key in r.scan_iter(match=keys.attempts_pattern(job_id), count=500):
+        r.delete(key)
+
+
+def next_attempt(r: redis.Redis, job_id: str, task: str, ttl: int) -> int:
+    """Count one more delivery of ``task``; returns the attempt number (1 for the first)."""
+    key = keys.attempts(job_id, task)
+    n = int(r.incr(key))
+    r.expire(key, ttl)
+    return n
+
+
+def attempts(r: redis.Redis, job_id: str) -> dict[str, int]:
+    """Task key → deliveries counted so far, for every task of the job."""
+    prefix = keys.attempts(job_id, "")
+    return {
+        k.decode()[len(prefix) :]: int(r.get(k) or 0)
+        for k in r.scan_iter(match=keys.attempts_pattern(job_id))
+    }
+
+
+def check_fence(r: redis.Redis, job_id: str, task: str, attempt: int) -> None:
+    """Raise Superseded if a later delivery of ``task`` started than ``attempt``: the work was
+    handed to another node while this one was presumed dead. A counter that is gone (expired,
+    flushed) fences nothing: both attempts then write the same deterministic result."""
+    now = int(r.get(keys.attempts(job_id, task)) or 0)
+    if now > attempt:
+        raise Superseded(
+            f"{task}: attempt {attempt} was superseded by attempt {now} (a later delivery of the "
+            "same work: this node was presumed dead, or the work was queued twice); its result "
+            "is discarded, the later one stands"
+        )
+
+
+def mark_unable(r: redis.Redis, job_id: str, node: str, ref: str, reason: str) -> None:
+    r.hset(keys.unable(job_id), f"{node}\t{ref}", reason)
+    r.expire(keys.unable(job_id), PROGRESS_TTL)
+
+
+def unable_nodes(r: redis.Redis, job_id: str) -> dict[str, set[str]]:
+    """Model reference → the nodes that said they cannot load it."""
+    out: dict[str, set[str]] = {}
+    for field in r.hkeys(keys.unable(job_id)):
+        node, _, ref = field.decode().partition("\t")
+        out.setdefault(ref, set()).add(node)
+    return out
+
+
+def count_handback(r: redis.Redis, job_id: str, task: str, ttl: int) -> int:
+    key = keys.handbacks(job_id, task)
+    n = int(r.incr(key))
+    r.expire(key, ttl)
+    return n

@@ -1,0 +1,1 @@
+"""The student stage: build, train on cached targets, merge replicas, evaluate, initialise."""

@@ -1,0 +1,152 @@
+"""Held-out evaluation: next-token CE over the training-target tokens of the eval slice, and
+greedy generations on held-out prompts, so a report shows what a model learned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distillq.core.job.data import Sample, TokenizeStats, padded, read_records, tokenize_record
+from distillq.core.job.jobs import Job
+from distillq.core.job.models import on_device
+from distillq.core.job.spec import LossSpec, StudentSpec
+from distillq.core.student import train as student
+from distillq.core.targets.shard import Shard
+from distillq.storage.records import EvalResult, Generation
+
+GENERATION_PROMPTS = 3
+"""Held-out prompts every model of a job continues for the report."""
+NEW_TOKENS = 40
+PROMPT_TOKENS = 48
+"""A text record (no prompt of its own) is cut here into a prompt and its reference."""
+
+
+def eval_samples(job: Job, tok: Any, limit: int | None = None) -> list[Sample]:
+    """The held-out slice's samples (its first ``limit`` records when given).
+
+    Where the teacher writes the responses, the held-out samples are the ones it wrote
+    (``teacher/eval.h5``); none until the teacher eval has written them."""
+    t = job.spec.teacher
+    if t is not None and t.generate is not None:
+        return cached_samples(job.paths.teacher_eval_cache, limit)
+    stats = TokenizeStats()
+    out = []
+    ids = job.split.eval_ids()[:limit]
+    for rid, record in read_records(job.paths.dataset, job.index, ids):
+        s = tokenize_record(record, rid, tok, job.spec.sample_max_length, stats)
+        if s is not None:
+            out.append(s)
+    return out
+
+
+def cached_samples(path: Path, limit: int | None = None) -> list[Sample]:
+    """Samples of a cache file, rebuilt from its ids and target positions."""
+    if not path.exists():
+        return []
+    with Shard(path) as r:
+        out = []
+        for j in range(len(r) if limit is None else min(limit, len(r))):
+            lo, hi = r.offsets[j], r.offsets[j + 1]
+            ids = r.sample_ids(j).tolist()
+            mask = [False] * len(ids)
+            for p in r.positions[(r.positions >= lo) & (r.positions < hi)] - lo:
+                mask[int(p) + 1] = True
+            out.append(Sample(r.record_id(j), ids, mask))
+    return out
+
+
+def cached_teacher_loss(path: Path) -> EvalResult:
+    """A served teacher's held-out CE, from its cached log-probs: −log p(true token) where the
+    server listed the true token (positions where it did not are left out and counted)."""
+    with Shard(path) as r:
+        batch = r.batch(0, len(r))
+        labels = batch.padded.labels
+        assert batch.target_ids is not None and batch.target_logprobs is not None
+        lps = batch.target_logprobs
+        finite = np.isfinite(lps)
+        # A CE-fallback row (the true token alone at log-prob 0) is no teacher measurement.
+        fallback = (finite.sum(axis=1) == 1) & (lps[:, 0] == 0.0)
+        listed = (batch.target_ids == labels[:, None]) & finite
+        found = listed.any(axis=1) & ~fallback
+        nll = -np.where(listed, batch.target_logprobs, 0.0).sum(axis=1)
+        return EvalResult(
+            loss=float(nll[found].mean()) if found.any() else float("nan"),
+            tokens=int(found.sum()),
+            samples=len(r),
+        )
+
+
+@torch.no_grad()
+def eval_loss(model: Any, samples: list[Sample], batch_size: int = 8) -> EvalResult:
+    """Token-weighted mean CE of ``model`` on ``samples`` (works for PEFT-wrapped models too)."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    total, count = 0.0, 0
+    ce_only = LossSpec(alpha=1.0, temperature=1.0)
+    for i in range(0, len(samples), batch_size):
+        ids, mask, rows, cols, labels = on_device(padded(samples[i : i + batch_size]), dev)
+        mean, _ = student.position_loss(model, ids, mask, rows, cols, labels, None, None, ce_only)
+        total += float(mean) * len(labels)
+        count += len(labels)
+    model.train(was_training)
+    return EvalResult(loss=total / max(count, 1), tokens=count, samples=len(samples))
+
+
+def student_losses(
+    spec: StudentSpec, params: list[dict[str, torch.Tensor]], samples: list[Sample]
+) -> list[float]:
+    """Held-out loss of track ``spec`` under each set of trainable parameters, on one model."""
+    model = student.build(spec)
+    out = []
+    for p in params:
+        student.load_params(model, p)
+        out.append(eval_loss(model, samples).loss)
+    return out
+
+
+def prompts(
+    samples: list[Sample], n: int = GENERATION_PROMPTS
+) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, reference ids) for the first ``n`` held-out samples.
+
+    A sample with a prompt (prompt/response, chat) is cut where its first target starts; a
+    text record, where everything is a target, after ``PROMPT_TOKENS`` tokens (or half of it).
+    """
+    out = []
+    for s in samples[:n]:
+        first = next((t for t in range(1, len(s.input_ids)) if s.target_mask[t]), 1)
+        cut = first if first > 1 else min(PROMPT_TOKENS, len(s.input_ids) // 2)
+        out.append((s.input_ids[:cut], s.input_ids[cut : cut + NEW_TOKENS]))
+    return out
+
+
+@torch.no_grad()
+def generate(model: Any, tok: Any, samples: list[Sample]) -> list[Generation]:
+    """Greedy continuations of the held-out prompts of ``samples`` (``NEW_TOKENS`` each)."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    for prompt, reference in prompts(samples):
+        ids = torch.tensor([prompt], device=dev)
+        seq = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
+        new = seq[0, len(prompt) :]  # generate returns the prompt, then what it added
+        out.append(
+            Generation(
+                prompt=tok.decode(prompt),
+                reference=tok.decode(reference),
+                text=tok.decode(new.tolist()),
+            )
+        )
+    model.train(was_training)
+    return out

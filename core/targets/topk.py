@@ -1,0 +1,52 @@
+"""Top-k targets: the k most likely tokens at each position, the rest as one tail bucket.
+
+Deterministic and biased (the tail is lumped); the loss takes the divergence of the k + 1
+bucket distributions (``core/maths/losses.py``). The cache stores ids and log-probs only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from distillq.core.maths.losses import Estimator, bucketed
+from distillq.core.targets.records import SparseTargets
+from distillq.storage.cache import Column
+
+
+@dataclass(frozen=True)
+class TopK:
+    name: ClassVar[str] = "topk"
+    words: ClassVar[str] = "top-k"
+    width: int
+    head_copies: int = 3
+    """The logits, their log-softmax and the top-k's temporaries."""
+    estimator: Estimator = bucketed
+
+    def uniforms(self, rows: Sequence[tuple[int, int, int]]) -> torch.Tensor | None:
+        return None
+
+    def select(self, logp: torch.Tensor, u: torch.Tensor | None) -> SparseTargets:
+        # Sorted descending: the cache's delta coding of log-probs compresses best that way.
+        # (An unsorted top-k plus a sort of the k winners measured no cheaper on CPU.)
+        top = torch.topk(logp, k=self.width, dim=-1)
+        return SparseTargets(top.indices.cpu().numpy(), top.values.to(torch.float16).cpu().numpy())
+
+    def columns(self) -> tuple[Column, ...]:
+        return ()
+
+    def stored(self, t: SparseTargets) -> dict[str, np.ndarray]:
+        return {}
+
+    def attrs(self) -> dict[str, int | float | str]:
+        return {}
+
+    def weights(self, rows: Callable[[str], np.ndarray], logprobs: np.ndarray) -> np.ndarray | None:
+        return None
+
+    def describe(self) -> str:
+        return f"top-{self.width}"
