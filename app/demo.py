@@ -80,7 +80,7 @@ def prepare(storage: Path, records: int) -> dict[str, Any]:
 def enqueue_demo(settings: Settings, quick: bool = False) -> str:
     """Prepare the demo on storage and submit it to whatever workers are running (compose)."""
     from distillq.core.create import create_job
-    from distillq.core.job.spec import spec_from_dict
+    from distillq.core.job.load import spec_from_dict
     from distillq.tasks import pipeline
     from distillq.tasks.celery_app import app
 
@@ -108,7 +108,7 @@ def run_demo(settings: Settings, quick: bool = False) -> int:
     from distillq.app.view import follow, run_hints
     from distillq.core.control.status import job_status
     from distillq.core.create import create_job
-    from distillq.core.job.spec import spec_from_dict
+    from distillq.core.job.load import spec_from_dict
     from distillq.core.report import report
     from distillq.core.runtime import broker
     from distillq.tasks import pipeline

@@ -101,12 +101,18 @@ def measure(root: Path, repeats: int, before: Path | None = None) -> dict[str, A
             # The same commands from another checkout (the tree before a change), same run;
             # run from inside it, or `python -m` would find this tree's packages first.
             old = {**env, "PYTHONPATH": str(before)}
+            # A tree from before the distillq namespace has its CLI at app/cli.py.
+            main = "distillq" if (before / "distillq" / "__main__.py").exists() else "app.cli"
+            was = [sys.executable, "-m", main]
             rows["before: enqueue (10 records)"] = _time(
-                [*cli, "enqueue", str(small)], old, repeats, before
+                [*was, "enqueue", str(small)], old, repeats, before
             )
             for name in ("--help", "jobs", "nodes"):
-                rows[f"before: {name}"] = _time([*cli, name], old, repeats, before)
-            rows["before: status"] = _time([*cli, "status", job], old, repeats, before)
+                rows[f"before: {name}"] = _time([*was, name], old, repeats, before)
+            rows["before: status"] = _time([*was, "status", job], old, repeats, before)
+            rows["before: watch (first frame)"] = _time(
+                [*was, "watch", job, "--timeout", "0"], old, repeats, before
+            )
     for r in rows.values():
         r.pop("out")
     scan = rows["enqueue (300 records)"]["median_s"] - rows["enqueue (10 records)"]["median_s"]

@@ -12,7 +12,7 @@ import yaml
 
 from distillq.core.create import create_job
 from distillq.core.job.jobs import Job, load_job
-from distillq.core.job.spec import load_spec
+from distillq.core.job.load import load_spec
 from distillq.core.runtime import broker
 from distillq.core.runtime.settings import Settings
 from distillq.storage import keys

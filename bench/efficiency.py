@@ -94,10 +94,10 @@ def bare_student(root: Path, shard_file: Path) -> float:
 
 
 def build_student(root: Path) -> Any:
-    from distillq.core.job.spec import StudentSpec
+    from distillq.core.job.spec import PeftSpec, StudentSpec
     from distillq.core.student.train import build
 
-    return build(StudentSpec(name="s", model=models(root)["student"], peft={"method": "full"}))
+    return build(StudentSpec(name="s", model=models(root)["student"], peft=PeftSpec(method="full")))
 
 
 def measure(root: Path, cluster: Cluster, records: int = 480, repeats: int = 3) -> dict[str, Any]:

@@ -24,7 +24,7 @@ torch.set_num_threads(1)
 from pathlib import Path
 from distillq.core.create import create_job
 from distillq.core.job.jobs import load_job
-from distillq.core.job.spec import load_spec
+from distillq.core.job.load import load_spec
 storage, spec_path, stage = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 if stage == "teacher":
     from distillq.core import stages

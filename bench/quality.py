@@ -26,7 +26,7 @@ import torch
 from bench.common import batches, dataset, models, samples, sgd_step, write_targets
 from distillq.app import demo_models
 from distillq.core.job.models import load_causal_lm, load_tokenizer
-from distillq.core.job.spec import StudentSpec
+from distillq.core.job.spec import PeftSpec, StudentSpec
 from distillq.core.student.train import build, lr_at, target_logits
 from distillq.core.targets.records import SparseTargets
 from distillq.core.targets.sampled import Sampled
@@ -80,7 +80,7 @@ def student_model(root: Path, seed: int) -> Any:
     path = root / "models" / f"quality-student-{seed}"
     if not (path / "config.json").exists():
         demo_models.build_student(path, seed=1234 + seed)
-    return build(StudentSpec(name="s", model=str(path), peft={"method": "full"}))
+    return build(StudentSpec(name="s", model=str(path), peft=PeftSpec(method="full")))
 
 
 def train(

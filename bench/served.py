@@ -27,7 +27,7 @@ import torch
 from bench import common
 from distillq.core.job.data import Prompt, TokenizeStats, encode_prompt, tokenize_record
 from distillq.core.job.models import load_causal_lm, load_tokenizer
-from distillq.core.job.spec import GenerateSpec, TeacherSpec
+from distillq.core.job.spec import GenerateSpec, ServedTeacherSpec
 from distillq.core.targets.topk import TopK
 from distillq.core.teacher.endpoint import Pool
 from distillq.core.teacher.local import LocalTeacher, write_shard
@@ -94,7 +94,7 @@ def measure(root: Path, records: int = 24, k: int = 20) -> dict[str, Any]:
                     for s in servers[:n_servers]
                 ]
                 for c in CONCURRENCY:
-                    spec = TeacherSpec(
+                    spec = ServedTeacherSpec(
                         model=SERVED_NAME,
                         endpoint=tuple(p.url for p in proxies),
                         top_k=k,

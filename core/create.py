@@ -36,7 +36,7 @@ from distillq.core.job.models import (
     model_fingerprint,
     tokenizer_fingerprint,
 )
-from distillq.core.job.spec import JobSpec
+from distillq.core.job.spec import JobSpec, ServedTeacherSpec
 from distillq.core.student import peft_methods
 from distillq.core.targets import registry as targets
 from distillq.errors import DataError, DistillqError, ModelError
@@ -58,7 +58,7 @@ def _check_models(spec: JobSpec, peft_memo: Path) -> tuple[Fingerprints, Any, li
     teacher_tok_fp = None
     sample_tok = None
     checked: list[str] = []
-    if spec.teacher and spec.teacher.is_endpoint:
+    if isinstance(spec.teacher, ServedTeacherSpec):
         t = spec.teacher
         ref = t.tokenizer or spec.students[0].model
         tok = sample_tok = load_tokenizer(ref, "teacher tokenizer", light=True)
@@ -178,7 +178,7 @@ def create_job(
             total_steps=_total_steps(spec, split),
             data=_check_lengths(spec, data, index, tok),
         )
-        if spec.teacher and spec.teacher.is_endpoint:
+        if isinstance(spec.teacher, ServedTeacherSpec):
             from distillq.core.teacher import served  # only here: it pulls in the HTTP client
 
             info = dataclasses.replace(info, teacher_dialect=served.probe(spec.teacher, tok))

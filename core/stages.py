@@ -22,6 +22,7 @@ from distillq.core.export.outputs import Outputs, export_gguf_outputs, export_tr
 from distillq.core.job.data import TokenizeStats
 from distillq.core.job.jobs import Job
 from distillq.core.job.models import load_causal_lm, load_tokenizer
+from distillq.core.job.spec import ServedTeacherSpec
 from distillq.core.report import report
 from distillq.core.student import evaluate
 from distillq.core.student import train as student
@@ -62,7 +63,7 @@ def _make_teacher(
     t = job.spec.teacher
     if t is None:
         return None, load_tokenizer(job.spec.students[0].model)
-    if t.is_endpoint:
+    if isinstance(t, ServedTeacherSpec):
         tok = load_tokenizer(t.tokenizer or job.spec.students[0].model)
         http = stack.enter_context(served.pool(t, on_error))
         dialect = job.info.teacher_dialect or t.dialect
@@ -117,7 +118,7 @@ def teacher_shard(
                 "tokens": tokens,
                 "tokens_per_s": round(rate, 1),
             }
-            if t is not None and t.is_endpoint:
+            if isinstance(t, ServedTeacherSpec):
                 fields["endpoint"] = ",".join(t.endpoint)
                 if last_error:
                     fields["last_error"] = last_error

@@ -2,21 +2,21 @@
 
 Each record is a frozen dataclass with one writer and one reader (named in its docstring), so
 mypy checks the scheduling instead of a dict whose keys are spelled in five files. On disk and
-over Redis they stay JSON: ``to_json`` is ``asdict``; ``from_json`` ignores keys it does not
-know (a newer writer) and fills fields an older writer did not have from their defaults. A
-record missing a field with no default raises ``RecordError`` naming the file.
+over Redis they stay JSON: ``to_json`` is ``asdict``; ``from_json`` validates through pydantic
+(``distillq/typed.py``): it ignores keys it does not know (a newer writer) and fills fields an
+older writer did not have from their defaults. A record missing a field with no default, or
+holding a value of the wrong type, raises ``RecordError`` naming the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypedDict, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypedDict, TypeVar
 
+from distillq import typed
 from distillq.errors import RecordError
 from distillq.storage.atomic import read_json, write_json
 
@@ -29,19 +29,23 @@ def to_json(record: Any) -> dict[str, Any]:
 
 def from_json(cls: type[R], raw: Any, where: str) -> R:
     """Build ``cls`` from decoded JSON ``raw``; ``where`` names the source in errors."""
+    from pydantic import ValidationError  # here: pydantic is paid for by readers only
+
     if not isinstance(raw, dict):
         raise RecordError(f"{where}: expected a JSON object for {cls.__name__}, got {raw!r:.60}")
-    hints = _hints(cls)  # type: ignore[arg-type]
-    values = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if f.name in raw:
-            values[f.name] = _convert(hints[f.name], raw[f.name], f"{where}: {f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+    try:
+        return typed.build(cls, raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        if err["type"] == "missing" and len(err["loc"]) == 1:
             raise RecordError(
-                f"{where}: {cls.__name__} has no {f.name!r} (written by an older distillq?); "
-                "`distillq resume` the job to redo that step"
-            )
-    return cls(**values)
+                f"{where}: {cls.__name__} has no {err['loc'][0]!r} (written by an older "
+                "distillq?); `distillq resume` the job to redo that step"
+            ) from None
+        raise RecordError(
+            f"{where}: {typed.where(err['loc'])} of {cls.__name__}: {err['msg']}; "
+            "`distillq resume` the job to redo that step"
+        ) from None
 
 
 def read_if_exists(cls: type[R], path: Path) -> R | None:
@@ -54,26 +58,6 @@ def write(path: Path, record: Any) -> None:
 
 def read(cls: type[R], path: Path) -> R:
     return from_json(cls, read_json(path), str(path))
-
-
-@functools.cache
-def _hints(cls: Any) -> dict[str, Any]:
-    return get_type_hints(cls)
-
-
-def _convert(typ: Any, value: Any, where: str) -> Any:
-    origin, args = get_origin(typ), get_args(typ)
-    if dataclasses.is_dataclass(typ):
-        return from_json(typ, value, where)  # type: ignore[arg-type]
-    if origin in (Union, types.UnionType):
-        if value is None:
-            return None
-        return _convert(next(a for a in args if a is not type(None)), value, where)
-    if origin is list and args and dataclasses.is_dataclass(args[0]):
-        return [_convert(args[0], v, where) for v in value]
-    if origin is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]):
-        return {k: _convert(args[1], v, where) for k, v in value.items()}
-    return value
 
 
 # --- teacher stage ------------------------------------------------------------------------

@@ -26,6 +26,16 @@ from distillq.app.demo_models import (
 )
 from distillq.core.runtime.settings import Settings
 
+# A test's folder says what it is: `-m "not e2e"` (make test-fast) must be able to trust it.
+FOLDER_MARKS = {"integration": ("integration",), "e2e": ("e2e", "integration")}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for mark in FOLDER_MARKS.get(item.path.parent.name, ()):
+            item.add_marker(mark)
+
+
 TINY_TEACHER = TinyLlama(hidden=64, layers=2, heads=4, intermediate=128, max_positions=256)
 TINY_STUDENT = TinyLlama(hidden=32, layers=1, heads=2, intermediate=64, max_positions=256)
 # Slow enough per shard that teacher work visibly outlasts a student worker's start-up.
@@ -113,7 +123,7 @@ def job_with_cache(root: Path, records: list[dict], spec: dict):  # -> app.job_s
 
     from distillq.core import stages
     from distillq.core.create import create_job
-    from distillq.core.job.spec import load_spec
+    from distillq.core.job.load import load_spec
 
     spec = {**spec, "dataset": str(write_jsonl(root / "d.jsonl", records))}
     (root / "job.yaml").write_text(yaml.safe_dump(spec))

@@ -10,7 +10,8 @@ import numpy as np
 import yaml
 
 from distillq.core.job.data import Split
-from distillq.core.job.spec import JobSpec, spec_from_dict
+from distillq.core.job.load import spec_from_stored
+from distillq.core.job.spec import JobSpec
 from distillq.errors import JobNotFound
 from distillq.storage import records
 from distillq.storage.layout import JobPaths, job_paths, jobs_root
@@ -49,7 +50,7 @@ def load_job(storage: Path, job_id: str) -> Job:
     s = raw["split"]
     split = Split(s["n_records"], s["eval_stride"], tuple(tuple(x) for x in s["shards"]))
     info = records.from_json(JobInfo, raw["info"], f"{paths.spec}: info")
-    return Job(paths, spec_from_dict(raw["spec"]), split, info)
+    return Job(paths, spec_from_stored(raw["spec"]), split, info)
 
 
 def list_jobs(storage: Path) -> list[str]:

@@ -1,4 +1,4 @@
-"""The job spec: parse YAML (+ ``--set key=value``), validate, freeze.
+"""The job spec: typed, frozen records of what a job is (``core/job/load.py`` reads them).
 
 The YAML shape is the user-facing contract (issue 2); fields can be added, never renamed::
 
@@ -21,17 +21,19 @@ The YAML shape is the user-facing contract (issue 2); fields can be added, never
 
 from __future__ import annotations
 
-import difflib
-import types
-from dataclasses import MISSING, asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Literal
 
-import yaml
+from pydantic import BaseModel, ConfigDict, Discriminator, Tag
 
+from distillq import typed
 from distillq.core.targets import registry as targets
-from distillq.errors import DistillqError, ModelError, SpecError
+from distillq.errors import DistillqError, SpecError
 from distillq.storage.layout import check_name
+
+# Every spec record refuses keys it does not know; numbers are accepted where text is meant
+# (a model named 7 is "7"), and YAML's `1e-4` (a string to YAML 1.1) is read as a float.
+_STRICT = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
 Mode = Literal["teacher_student", "data_parallel", "hybrid"]
 LossKind = Literal["forward_kl", "reverse_kl", "jsd"]
@@ -45,6 +47,8 @@ TargetMethod = Literal["topk", "sampled"]
 @dataclass(frozen=True)
 class GenerateSpec:
     """The teacher writes the responses: for records with a prompt and no response."""
+
+    __pydantic_config__ = _STRICT
 
     max_new_tokens: int = 128
     temperature: float = 1.0
@@ -68,7 +72,13 @@ class GenerateSpec:
 
 
 @dataclass(frozen=True)
-class TeacherSpec:
+class _Teacher:
+    """What every teacher takes: a local model (``LocalTeacherSpec``) or a served one
+    (``ServedTeacherSpec``, chosen by ``endpoint``)."""
+
+    __pydantic_config__ = _STRICT
+    is_endpoint: ClassVar[bool] = False
+
     model: str
     """Local directory of a causal LM (or a hub id already in the Hugging Face cache); with
     ``endpoint``, the model's name on the server."""
@@ -92,6 +102,34 @@ class TeacherSpec:
     batch_size: int = 4
     max_length: int = 512
     """Samples longer than this (in tokens) are truncated."""
+    generate: GenerateSpec | None = None
+    group_by_length: bool = True
+    """Score samples in batches of similar length (less padding); the cache keeps record order."""
+
+    def __post_init__(self) -> None:
+        _positive("teacher.top_k", self.top_k)
+        _positive("teacher.batch_size", self.batch_size)
+        _positive("teacher.max_length", self.max_length)
+        _positive("teacher.temperature", self.temperature)
+        targets.check(self)
+
+    @property
+    def width(self) -> int:
+        """Columns of the cache's target datasets: k, or the draws (unique ids fit in them)."""
+        return targets.width(self)
+
+
+@dataclass(frozen=True)
+class LocalTeacherSpec(_Teacher):
+    """A transformers model that every teacher node loads."""
+
+
+@dataclass(frozen=True)
+class ServedTeacherSpec(_Teacher):
+    """A server that already serves the teacher (vLLM, llama.cpp, an OpenAI-style API)."""
+
+    is_endpoint: ClassVar[bool] = True
+
     endpoint: tuple[str, ...] = ()
     """Base URL(s) of a server that already serves the teacher (``http://host:8000/v1``);
     several replicas of one model share the requests."""
@@ -110,19 +148,8 @@ class TeacherSpec:
     sequence-level KD); auto asks the server."""
     tokenizer: str | None = None
     """Local tokenizer of an endpoint teacher (default: the first student's model)."""
-    generate: GenerateSpec | None = None
-    group_by_length: bool = True
-    """Score samples in batches of similar length (less padding); the cache keeps record order."""
-
-    @property
-    def is_endpoint(self) -> bool:
-        return bool(self.endpoint)
 
     def __post_init__(self) -> None:
-        _positive("teacher.top_k", self.top_k)
-        _positive("teacher.batch_size", self.batch_size)
-        _positive("teacher.max_length", self.max_length)
-        _positive("teacher.temperature", self.temperature)
         _positive("teacher.max_concurrent", self.max_concurrent)
         _positive("teacher.timeout_s", self.timeout_s)
         _positive("teacher.retries", self.retries)
@@ -131,32 +158,55 @@ class TeacherSpec:
                 raise SpecError(
                     f"teacher.endpoint {url!r} must be an http(s) URL such as http://host:8000/v1"
                 )
-        if self.is_endpoint and self.temperature != 1.0:
+        if self.temperature != 1.0:
             raise SpecError(
                 f"teacher.temperature={self.temperature} with an endpoint: servers return "
                 "log-probs at τ = 1 and only their top-k, which cannot be renormalised at "
                 "another τ; set teacher.temperature: 1.0"
             )
-        if not self.is_endpoint and self.dialect != "auto":
-            raise SpecError(
-                f"teacher.dialect={self.dialect} applies to an endpoint teacher: add "
-                "teacher.endpoint, or remove teacher.dialect"
-            )
-        targets.check(self)
+        super().__post_init__()
         if self.dialect == "text" and self.generate is None:
             raise SpecError(
                 "teacher.dialect: text gives no log-probs, so it cannot score responses: add "
                 "teacher.generate (the teacher writes responses, the student learns its text)"
             )
 
+
+def _teacher_kind(raw: Any) -> str:
+    if isinstance(raw, dict):
+        return "served" if raw.get("endpoint") else "local"
+    return "served" if isinstance(raw, ServedTeacherSpec) else "local"
+
+
+TeacherSpec = LocalTeacherSpec | ServedTeacherSpec
+"""A teacher spec: local or served, told apart by ``endpoint`` (a tagged union)."""
+_TeacherField = Annotated[
+    Annotated[LocalTeacherSpec, Tag("local")] | Annotated[ServedTeacherSpec, Tag("served")],
+    Discriminator(_teacher_kind),
+]
+
+
+class PeftSpec(BaseModel):
+    """A student's adapter: ``method`` (lora, prefix, prompt, ia3, adaption_prompt, any peft
+    type, or full) and that method's own options, passed to its peft config."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", coerce_numbers_to_str=True)
+
+    method: str = "lora"
+
     @property
-    def width(self) -> int:
-        """Columns of the cache's target datasets: k, or the draws (unique ids fit in them)."""
-        return targets.width(self)
+    def options(self) -> dict[str, Any]:
+        """The method's options (everything but ``method``)."""
+        return dict(self.model_extra or {})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"method": self.method, **self.options}
 
 
 @dataclass(frozen=True)
 class LossSpec:
+    __pydantic_config__ = _STRICT
+
     kind: LossKind = "forward_kl"
     """D(teacher ‖ student): forward_kl, reverse_kl or jsd (generalised JSD with ``beta``)."""
     alpha: float = 0.5
@@ -177,10 +227,12 @@ class LossSpec:
 
 @dataclass(frozen=True)
 class StudentSpec:
+    __pydantic_config__ = _STRICT
+
     name: str
     model: str
     """Local directory (or a cached hub id); must share the teacher's tokenizer."""
-    peft: dict[str, Any] = field(default_factory=lambda: {"method": "lora"})
+    peft: PeftSpec = field(default_factory=PeftSpec)
     """``method`` (lora, prefix, prompt, ia3, adaption_prompt, any peft type, or full) + its options."""
     replicas: int = 1
     """R: replicas that each train on 1/R of a shard, then merge (local SGD outer step)."""
@@ -216,8 +268,6 @@ class StudentSpec:
 
     def __post_init__(self) -> None:
         _safe("track name", self.name)
-        if "method" not in self.peft:
-            raise SpecError(f"students[{self.name}].peft needs a 'method' (lora, full, ...)")
         _positive(f"students[{self.name}].replicas", self.replicas)
         _positive(f"students[{self.name}].epochs", self.epochs)
         _positive(f"students[{self.name}].batch_size", self.batch_size)
@@ -238,18 +288,20 @@ class StudentSpec:
 
     @property
     def method(self) -> str:
-        return str(self.peft["method"]).lower()
+        return self.peft.method.lower()
 
 
 @dataclass(frozen=True)
 class JobSpec:
+    __pydantic_config__ = _STRICT
+
     name: str
     dataset: str
     students: tuple[StudentSpec, ...]
     shards: int = 4
     mode: Mode = "teacher_student"
     eval_fraction: float = 0.05
-    teacher: TeacherSpec | None = None
+    teacher: _TeacherField | None = None
     loss: LossSpec = field(default_factory=LossSpec)
     max_length: int = 512
     """Token limit of samples when there is no teacher (data_parallel)."""
@@ -329,10 +381,8 @@ class JobSpec:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["students"] = [asdict(s) for s in self.students]
-        if d.get("teacher"):
-            d["teacher"]["endpoint"] = list(d["teacher"]["endpoint"])  # YAML has no tuples
+        """The spec as YAML-ready data (``job.yaml``): what :func:`spec_from_dict` reads."""
+        d: dict[str, Any] = typed.dump(self)
         return d
 
 
@@ -346,173 +396,3 @@ def _safe(kind: str, value: str) -> None:
 def _positive(name: str, value: float) -> None:
     if value <= 0:
         raise SpecError(f"{name}={value} must be positive; set it above 0")
-
-
-# ---------------------------------------------------------------- parsing
-
-
-def load_spec(path: Path, overrides: list[str] | None = None) -> JobSpec:
-    """Read a YAML job spec, apply ``key=value`` overrides, validate. Raises :class:`SpecError`."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"job spec {path} does not exist; pass the path of a YAML file") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None)
-        why = f" ({problem})" if problem else ""
-        raise SpecError(
-            f"job spec {path} is not valid YAML{where}{why}: fix the syntax there"
-        ) from None
-    if not isinstance(raw, dict):
-        raise SpecError(f"job spec {path} must be a YAML mapping (name:, dataset:, students:, ...)")
-    for item in overrides or []:
-        apply_override(raw, item)
-    spec_from_dict(raw)  # validate as written, so errors name the user's own values
-    return spec_from_dict(resolve_paths(raw, path.parent.resolve()))
-
-
-def local_model(ref: str, base: Path, what: str) -> str:
-    """A model reference resolved against the spec's directory: the absolute path where the
-    directory exists there, else the hub id as written when it is in the local Hugging Face
-    cache. ``org/name`` reads both ways: the directory wins. Raises ModelError naming the
-    resolved path when it is neither."""
-    p = Path(ref).expanduser()
-    local = p if p.is_absolute() else (base / p).resolve()
-    if local.exists():
-        return str(local)
-    from distillq.core.job.models import (
-        hub_like,
-        in_hub_cache,  # only here: most specs name local dirs,
-    )
-
-    looks_like_hub = not p.is_absolute() and hub_like(ref)
-    if looks_like_hub and in_hub_cache(ref):
-        return ref
-    hub = ", nor in the Hugging Face cache" if looks_like_hub else ""
-    raise ModelError(
-        f"{what} {ref!r} does not exist: not found locally (no directory {local}; model "
-        f"paths are relative to the job spec){hub}; distillq does not download models: "
-        "pass a local directory"
-    )
-
-
-def resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Every path in a raw spec, made absolute against ``base`` (the spec file's directory),
-    as the dataset always was: a job means the same thing from whatever directory it is
-    enqueued, and ``job.yaml`` freezes absolute paths."""
-    out = dict(raw)
-    if isinstance(out.get("dataset"), str):
-        out["dataset"] = str((base / Path(out["dataset"]).expanduser()).resolve())
-    t = out.get("teacher")
-    if isinstance(t, dict) and t.get("endpoint"):
-        # A served teacher's model is a name on the server; only its tokenizer is local.
-        if isinstance(t.get("tokenizer"), str):
-            out["teacher"] = {
-                **t,
-                "tokenizer": local_model(t["tokenizer"], base, "teacher tokenizer"),
-            }
-    elif isinstance(t, dict) and isinstance(t.get("model"), str):
-        out["teacher"] = {**t, "model": local_model(t["model"], base, "teacher model")}
-    if isinstance(out.get("students"), list):
-        out["students"] = [
-            {**s, "model": local_model(s["model"], base, f"student {s.get('name')!r} model")}
-            if isinstance(s, dict) and isinstance(s.get("model"), str)
-            else s
-            for s in out["students"]
-        ]
-    return out
-
-
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Apply ``a.b.0.c=value`` to a raw spec mapping (value parsed as YAML)."""
-    if "=" not in item:
-        raise SpecError(f"--set {item!r} must look like key=value (e.g. students.0.lr=1e-4)")
-    key, value = item.split("=", 1)
-    parts = key.strip().split(".")
-    node: Any = raw
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise SpecError(f"--set {key}: {part!r} is not an index of a list of {len(node)}")
-            if last:
-                node[int(part)] = yaml.safe_load(value)
-            else:
-                node = node[int(part)]
-        else:
-            if last:
-                node[part] = yaml.safe_load(value)
-            else:
-                node = node.setdefault(part, {})
-
-
-def spec_from_dict(raw: dict[str, Any]) -> JobSpec:
-    return _build(JobSpec, raw, "")
-
-
-def _build(cls: type, raw: Any, where: str) -> Any:
-    if not isinstance(raw, dict):
-        raise SpecError(f"{where or 'job spec'} must be a mapping, got {type(raw).__name__}")
-    hints = get_type_hints(cls)
-    known = {f.name: f for f in fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in known:
-            hint = _did_you_mean(key, known, where) or f"; known keys: {sorted(known)}"
-            raise SpecError(f"unknown key {where + str(key)!r} in job spec{hint}")
-        kwargs[key] = _convert(hints[key], value, f"{where}{key}")
-    for name, f in known.items():
-        if name not in kwargs and f.default is MISSING and f.default_factory is MISSING:
-            raise SpecError(f"job spec is missing {where + name!r}")
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise SpecError(f"job spec {where or ''}: {e}") from None
-
-
-def _did_you_mean(value: Any, choices: Any, prefix: str = "") -> str:
-    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-    return f"; did you mean {prefix + close[0]!r}?" if close else ""
-
-
-def _convert(typ: Any, value: Any, where: str) -> Any:
-    origin = get_origin(typ)
-    if origin in (Union, types.UnionType):
-        args = [a for a in get_args(typ) if a is not type(None)]
-        return None if value is None else _convert(args[0], value, where)
-    if origin is Literal:
-        choices = list(get_args(typ))
-        if value not in choices:
-            hint = _did_you_mean(value, choices)
-            raise SpecError(f"{where}={value!r} is not one of {choices}{hint}")
-        return value
-    if origin is tuple:
-        if isinstance(value, str) and get_args(typ)[0] is str:
-            value = [value]  # `endpoint: http://...` means a list of one
-        if not isinstance(value, list):
-            raise SpecError(f"{where} must be a list")
-        (item,) = get_args(typ)[:1]
-        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise SpecError(f"{where} must be a mapping")
-        return dict(value)
-    if isinstance(typ, type) and hasattr(typ, "__dataclass_fields__"):
-        return _build(typ, value, f"{where}.")
-    if typ is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if typ is float and isinstance(value, str):
-        # YAML 1.1 reads `1e-4` (no dot) as a string; users write it that way all the time.
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if typ is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if typ is str and isinstance(value, str | int | float):
-        return str(value)
-    if typ is bool and isinstance(value, bool):
-        return value
-    raise SpecError(f"{where}={value!r} should be a {getattr(typ, '__name__', typ)}")

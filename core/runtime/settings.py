@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from distillq import typed
 from distillq.errors import DistillqError
 
 DEFAULT_STORAGE = "./distillq-data"
@@ -113,15 +114,25 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from ``DISTILLQ_<FIELD>`` variables, then non-None ``overrides`` on top."""
+        from pydantic import ValidationError  # here: `--help` does not read settings
+
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(f"DISTILLQ_{f.name.upper()}")
-            if raw is None or raw == "":
-                continue
-            values[f.name] = _convert(f.name, raw, f.type)
+            if raw is not None and raw != "":
+                values[f.name] = raw
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        try:
+            return typed.build(cls, values)
+        except ValidationError as e:
+            err = e.errors()[0]
+            name = f"DISTILLQ_{str(err['loc'][0]).upper()}"
+            raise DistillqError(
+                f"{name}={err['input']!r} is not a whole number; set it to one"
+                if err["type"].startswith("int")
+                else f"{name}={err['input']!r}: {err['msg']}; fix it"
+            ) from None
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -129,14 +140,3 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         """The ``DISTILLQ_*`` variables that reproduce these settings in a child process."""
         return {f"DISTILLQ_{k.upper()}": str(v) for k, v in asdict(self).items() if v is not None}
-
-
-def _convert(name: str, raw: str, typ: Any) -> Any:
-    if typ in (int, "int", "int | None"):
-        try:
-            return int(raw)
-        except ValueError:
-            raise DistillqError(
-                f"DISTILLQ_{name.upper()}={raw!r} is not a whole number; set it to one"
-            ) from None
-    return raw

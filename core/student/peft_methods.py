@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from distillq.core.job.spec import PeftSpec
 from distillq.errors import SpecError
 from distillq.storage.atomic import read_json, write_json
 
@@ -68,8 +69,9 @@ def resolve(method: str) -> str:
     raise SpecError(f"unknown PEFT method {method!r}; valid: {', '.join(valid_methods())}")
 
 
-def make_config(options: dict[str, Any]) -> Any:
-    """A peft config for ``{"method": ..., **options}`` (None for full). Raises SpecError."""
+def make_config(peft: PeftSpec) -> Any:
+    """A peft config for ``peft`` (None for full). Raises SpecError."""
+    options = peft.as_dict()
     ptype = resolve(str(options["method"]))
     if ptype == FULL:
         extra = set(options) - {"method"}
@@ -98,10 +100,8 @@ def make_config(options: dict[str, Any]) -> Any:
         raise SpecError(f"peft {ptype} options are invalid: {e}") from None
 
 
-def check(
-    options: dict[str, Any], memo: Path | None = None, model: str | None = None
-) -> str | None:
-    """Raise SpecError unless ``options`` make a valid peft config (by building it) that
+def check(peft: PeftSpec, memo: Path | None = None, model: str | None = None) -> str | None:
+    """Raise SpecError unless ``peft`` makes a valid peft config (by building it) that
     applies to ``model``'s architecture (by attaching it to the model built on the meta
     device: no weights are read, no memory is taken).
 
@@ -112,15 +112,15 @@ def check(
     """
     arch = _config_text(model) if model else ""
     key = json.dumps(
-        {"peft": _installed("peft"), "options": options, "defaults": DEFAULTS, "arch": arch},
+        {"peft": _installed("peft"), "options": peft.as_dict(), "defaults": DEFAULTS, "arch": arch},
         sort_keys=True,
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     if digest in _known(memo):
         return None
-    config = make_config(options)
+    config = make_config(peft)
     if config is not None and model:
-        _applies(config, options, model)
+        _applies(config, peft.method, model)
     return digest
 
 
@@ -132,7 +132,7 @@ def _config_text(model: str) -> str:
         return model  # a hub id: its config is found when the model loads
 
 
-def _applies(config: Any, options: dict[str, Any], model: str) -> None:
+def _applies(config: Any, method: str, model: str) -> None:
     import torch
     from peft import get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -153,7 +153,7 @@ def _applies(config: Any, options: dict[str, Any], model: str) -> None:
     except (ValueError, TypeError, KeyError, AttributeError, NotImplementedError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SpecError(
-            f"peft {options['method']} cannot be applied to {model} "
+            f"peft {method} cannot be applied to {model} "
             f"({model_config.model_type}): {reason}; choose lora, ia3, prefix, prompt or full, "
             "or set its target_modules"
         ) from None
@@ -184,11 +184,11 @@ def _installed(package: str) -> str:
         return "absent"
 
 
-def wrap(base: Any, options: dict[str, Any], seed: int) -> Any:
+def wrap(base: Any, peft: PeftSpec, seed: int) -> Any:
     """``base`` with the adapter attached (or all parameters trainable for full), seeded init."""
     import torch
 
-    config = make_config(options)
+    config = make_config(peft)
     if config is None:
         base.requires_grad_(True)
         return base
@@ -199,6 +199,6 @@ def wrap(base: Any, options: dict[str, Any], seed: int) -> Any:
         return get_peft_model(base, config)
     except (ValueError, TypeError, KeyError) as e:
         raise SpecError(
-            f"peft {options['method']} cannot be applied to this model ({e}); "
+            f"peft {peft.method} cannot be applied to this model ({e}); "
             "set target_modules or choose another method"
         ) from None

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from distillq.core.job.data import Prompt, Sample
-from distillq.core.job.spec import TeacherSpec
+from distillq.core.job.spec import ServedTeacherSpec
 from distillq.core.maths.batching import PaddingCount
 from distillq.core.targets.records import SparseTargets, draw_seed
 from distillq.core.teacher import dialects
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 1, 2, 3!"
 
 
-def api_key(spec: TeacherSpec) -> str | None:
+def api_key(spec: ServedTeacherSpec) -> str | None:
     """The key from the environment variable the spec names (the spec never holds it)."""
     if not spec.api_key_env:
         return None
@@ -46,7 +46,7 @@ def api_key(spec: TeacherSpec) -> str | None:
     return key
 
 
-def pool(spec: TeacherSpec, on_error: Callable[[str], None] | None = None) -> Pool:
+def pool(spec: ServedTeacherSpec, on_error: Callable[[str], None] | None = None) -> Pool:
     return Pool(
         spec.endpoint,
         api_key=api_key(spec),
@@ -72,7 +72,7 @@ def detect_dialect(models: Any) -> str:
 class EndpointTeacher:
     def __init__(
         self,
-        spec: TeacherSpec,
+        spec: ServedTeacherSpec,
         tok: Any,
         http: Pool,
         dialect: str,
@@ -203,7 +203,7 @@ def _choice_text(resp: Any) -> str:
 # ---------------------------------------------------------------- the enqueue probe
 
 
-def probe(spec: TeacherSpec, tok: Any) -> str:
+def probe(spec: ServedTeacherSpec, tok: Any) -> str:
     """Check the endpoint before any compute. Returns the dialect to use. Raises one line."""
     url = spec.endpoint[0]
     key = api_key(spec)

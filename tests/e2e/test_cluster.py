@@ -15,8 +15,6 @@ from distillq.workers.cluster import alive
 from tests.conftest import run_cli
 from tests.e2e.test_pipeline import enqueue
 
-pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
 
 def flower_get(url: str, path: str, auth: tuple[str, str] | None) -> tuple[int, object]:
     import base64

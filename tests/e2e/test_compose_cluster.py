@@ -22,7 +22,7 @@ from distillq.workers.redis_server import EmbeddedRedis, free_port
 from tests.e2e.test_cluster import flower_get
 from tests.unit.test_compose import ENV, load_compose
 
-pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def test_compose_services_run_as_local_processes(tmp_path):

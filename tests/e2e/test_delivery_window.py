@@ -13,8 +13,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from distillq.core.control.status import job_status
 from distillq.core.job.jobs import load_job
 from distillq.core.runtime import broker, live
@@ -22,8 +20,6 @@ from distillq.core.runtime.settings import Settings
 from tests.conftest import Workers
 from tests.e2e.test_faults import all_logs, assert_landed_once, own_redis  # noqa: F401
 from tests.e2e.test_pipeline import enqueue
-
-pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 STEPS = ("deliver", "received", "reply", "ack")
 TASKS = ("distillq.teacher_shard", "distillq.train_replica")

@@ -27,8 +27,6 @@ from tests.conftest import Workers, run_cli
 from tests.e2e.test_pipeline import enqueue, enqueue_medium
 from tests.progress import wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
 
 def assert_landed_once(job: Job, track: str = "s") -> None:
     """Every shard cached and verified once, every round merged exactly once, no temp files."""

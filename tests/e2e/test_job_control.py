@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from distillq.core.control.status import job_status
 from distillq.core.job.jobs import load_job
 from distillq.core.runtime import broker
@@ -14,8 +12,6 @@ from tests.conftest import run_cli
 from tests.e2e.test_faults import all_logs, assert_landed_once, wait_for
 from tests.e2e.test_pipeline import enqueue_medium
 from tests.progress import Pulse
-
-pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
 def snapshot(job) -> dict:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import redis
 
 from distillq.core.job.jobs import load_job
@@ -14,8 +13,6 @@ from distillq.storage.atomic import read_json
 from tests.conftest import run_cli
 from tests.e2e.test_pipeline import enqueue
 from tests.progress import wait_for
-
-pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
 def test_hybrid_mode_with_two_replicas_and_an_ensemble(settings, make_spec, workers, tiny_models):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from transformers import AutoTokenizer
 
 from distillq.core.job.jobs import load_job
@@ -16,8 +15,6 @@ from tests.conftest import run_cli
 from tests.e2e.test_pipeline import enqueue
 from tests.llama_cpp_check import compare, llama_cpp, load
 from tests.tiny_arch import save_tiny_arch
-
-pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 PROMPT = "import os\n\ndef main():\n"
 

@@ -28,11 +28,7 @@ from tests.e2e.test_faults import assert_landed_once, wait_for
 from tests.e2e.test_pipeline import enqueue
 
 NO_NAMESPACES = netns.unavailable()
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.integration,
-    pytest.mark.skipif(bool(NO_NAMESPACES), reason=str(NO_NAMESPACES)),
-]
+pytestmark = pytest.mark.skipif(bool(NO_NAMESPACES), reason=str(NO_NAMESPACES))
 
 CUT_TEACHER, CUT_STUDENT = "cut-teacher@test", "cut-student@test"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
 import redis
 
 from distillq.core.job.jobs import load_job
@@ -14,8 +13,6 @@ from distillq.storage.atomic import read_json
 from distillq.storage.records import Report
 from tests.conftest import run_cli
 from tests.progress import Pulse, wait_for
-
-pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
 def enqueue(settings, spec_path, *sets: str) -> str:

@@ -15,8 +15,6 @@ from distillq.storage import cache, checkpoints, keys
 from tests.conftest import run_cli
 from tests.e2e.test_pipeline import enqueue
 
-pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
 
 def _until(what: str, check, progress, stall: float = 120.0) -> None:
     """Wait for ``check()``; fail only when ``progress()`` has not changed for ``stall`` s."""

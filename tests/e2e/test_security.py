@@ -22,8 +22,6 @@ from tests.e2e.test_cluster import flower_get
 from tests.e2e.test_pipeline import enqueue
 from tests.progress import wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
 REFUSAL = "Refusing to deserialize untrusted content of type pickle"
 
 

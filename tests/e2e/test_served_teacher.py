@@ -26,8 +26,6 @@ from tests.e2e.test_pipeline import enqueue
 from tests.llama_server import SERVED_NAME, FaultProxy, LlamaServer, serve_gguf
 from tests.progress import wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
 KEY_ENV = "DISTILLQ_TEST_TEACHER_KEY"
 KEY = "sk-test-3f9a1c"
 

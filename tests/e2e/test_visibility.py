@@ -8,13 +8,9 @@ import signal
 import threading
 import time
 
-import pytest
-
 from distillq.core.runtime.settings import Settings
 from tests.conftest import Workers, run_cli
 from tests.e2e.test_pipeline import enqueue
-
-pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
 def test_a_dead_node_shows_as_gone_then_disappears(redis_server, tmp_path):

@@ -14,12 +14,10 @@ import pytest
 
 from distillq.core.create import create_job
 from distillq.core.job.jobs import load_job
-from distillq.core.job.spec import load_spec
+from distillq.core.job.load import load_spec
 from distillq.core.runtime.settings import Settings
 from tests.conftest import run_cli
 from tests.integration.test_cli_errors import one_line_error
-
-pytestmark = pytest.mark.integration
 
 
 def storage_files(storage: Path) -> dict[str, bytes]:

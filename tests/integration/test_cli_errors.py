@@ -9,8 +9,6 @@ import pytest
 from distillq.core.runtime.settings import Settings
 from tests.conftest import run_cli
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def foreign_student(tmp_path_factory):

@@ -11,14 +11,12 @@ import pytest
 import redis
 
 from distillq.core.create import create_job
-from distillq.core.job.spec import load_spec
+from distillq.core.job.load import load_spec
 from distillq.storage import checkpoints, records
 from distillq.storage.records import CheckpointMeta, RoundMarker, ShardStats
 from distillq.tasks import pipeline
 from distillq.tasks.celery_app import app, configure
 from tests.conftest import replica_stats
-
-pytestmark = pytest.mark.integration
 
 
 @pytest.fixture

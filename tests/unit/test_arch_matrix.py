@@ -155,7 +155,7 @@ def test_every_cell_loads_with_plain_transformers_and_peft():
 @pytest.mark.parametrize("arch", ["qwen2", "phi"])
 def test_a_cell_that_cannot_work_is_refused_at_enqueue(tmp_path, tiny_models, models, arch):
     from distillq.core.create import create_job
-    from distillq.core.job.spec import load_spec
+    from distillq.core.job.load import load_spec
 
     (tmp_path / "d.jsonl").write_text('{"text": "a b c"}\n' * 4)
     (tmp_path / "job.yaml").write_text(

@@ -9,7 +9,7 @@ import torch
 
 from distillq.core.job.data import TokenizeStats, padded, tokenize_record
 from distillq.core.job.models import on_device
-from distillq.core.job.spec import StudentSpec
+from distillq.core.job.spec import PeftSpec, StudentSpec
 from distillq.core.maths import head_loss
 from distillq.core.maths.losses import kd_loss
 from distillq.core.student import train as student
@@ -43,7 +43,7 @@ def batch(tok, text_records):
 def test_chunked_head_loss_equals_one_pass(method, which, tiny_models, untied, text_records):
     path = tiny_models["student"] if which == "tied" else untied
     peft = {"method": method, **({"num_virtual_tokens": 4} if method == "prompt" else {})}
-    model = student.build(StudentSpec(name="s", model=path, peft=peft))
+    model = student.build(StudentSpec(name="s", model=path, peft=PeftSpec(**peft)))
     from distillq.core.job.models import load_tokenizer
 
     ids, mask, rows, cols, labels, t_ids, t_lps = batch(load_tokenizer(path), text_records)
@@ -75,7 +75,7 @@ def test_eval_loss_through_chunks_equals_cross_entropy(tiny_models, text_records
     from distillq.core.student.evaluate import eval_loss
 
     path = tiny_models["student"]
-    model = student.build(StudentSpec(name="s", model=path, peft={"method": "lora"}))
+    model = student.build(StudentSpec(name="s", model=path, peft=PeftSpec(method="lora")))
     tok = load_tokenizer(path)
     samples = [
         tokenize_record(r, i, tok, 48, TokenizeStats()) for i, r in enumerate(text_records[:6])

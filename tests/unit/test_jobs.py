@@ -1,6 +1,6 @@
 import pytest
 
-from distillq.core.job.spec import apply_override, load_spec, spec_from_dict
+from distillq.core.job.load import apply_override, load_spec, spec_from_dict
 from distillq.errors import SpecError
 
 
@@ -116,3 +116,79 @@ def test_model_paths_resolve_against_the_spec_file_from_any_directory(
     assert spec.teacher.model == str(project / "models" / "student")
     assert spec.students[0].model == spec.teacher.model
     load_tokenizer(spec.students[0].model)  # loads, wherever the command runs
+
+
+def test_a_teacher_is_local_or_served_and_each_takes_only_its_own_keys():
+    from distillq.core.job.spec import LocalTeacherSpec, PeftSpec, ServedTeacherSpec
+
+    local = spec_from_dict(base()).teacher
+    served = spec_from_dict(
+        base(teacher={"model": "t", "endpoint": "http://h:8000/v1", "max_concurrent": 2})
+    ).teacher
+    assert isinstance(local, LocalTeacherSpec) and not local.is_endpoint
+    assert isinstance(served, ServedTeacherSpec) and served.is_endpoint
+    assert served.endpoint == ("http://h:8000/v1",) and served.max_concurrent == 2
+    for key, value in (("max_concurrent", 2), ("dialect", "vllm"), ("api_key_env", "K")):
+        with pytest.raises(
+            SpecError,
+            match=rf"teacher\.{key}={value} applies to an endpoint teacher: add "
+            rf"teacher\.endpoint, or remove teacher\.{key}",
+        ):
+            spec_from_dict(base(teacher={"model": "t", key: value}))
+    with pytest.raises(SpecError, match=r"teacher\.temperature=2\.0 with an endpoint"):
+        spec_from_dict(base(teacher={"model": "t", "endpoint": ["http://h/v1"], "temperature": 2}))
+    # peft options are a typed record: the method, and the rest as that method's options
+    peft = spec_from_dict(
+        base(students=[{"name": "s", "model": "m", "peft": {"method": "LoRA", "r": 4}}])
+    )
+    assert peft.students[0].peft == PeftSpec(method="LoRA", r=4)
+    assert peft.students[0].method == "lora" and peft.students[0].peft.options == {"r": 4}
+
+
+def test_wrong_types_and_shapes_get_one_line_naming_the_key():
+    cases = [
+        (base(shards="many"), "shards='many' should be a int"),
+        (
+            base(students=[{"name": "s", "model": "m", "lr": "fast"}]),
+            r"students\[0\]\.lr='fast' should be a float",
+        ),
+        (base(students="s"), "students must be a list"),
+        (base(teacher=["t"]), "teacher must be a mapping, got list"),
+        (
+            {"dataset": "/d", "students": [{"name": "s", "model": "m"}]},
+            "job spec is missing 'name'",
+        ),
+        (
+            base(teacher={"model": "t", "endpoint": ["http://h/v1"], "dialect": "vlm"}),
+            r"teacher\.dialect='vlm' is not one of .*did you mean 'vllm'",
+        ),
+    ]
+    for raw, msg in cases:
+        with pytest.raises(SpecError, match=msg):
+            spec_from_dict(raw)
+    # YAML 1.1 reads `1e-4` as a string; the spec reads it as the float it means.
+    s = spec_from_dict(base(students=[{"name": "s", "model": "m", "lr": "1e-4"}]))
+    assert s.students[0].lr == 1e-4
+
+
+def test_a_job_frozen_before_teachers_were_a_union_still_loads():
+    """job.yaml of an earlier version kept every served key, at its default, on a local
+    teacher; a job resumed after the upgrade must load as it was."""
+    from distillq.core.job.load import spec_from_stored
+
+    old = base(
+        teacher={
+            "model": "t",
+            "endpoint": [],
+            "api_key_env": None,
+            "max_concurrent": 8,
+            "timeout_s": 120.0,
+            "retries": 8,
+            "retry_budget_s": 300.0,
+            "dialect": "auto",
+            "tokenizer": None,
+        }
+    )
+    spec = spec_from_stored(old)
+    assert spec.teacher is not None and spec.teacher.model == "t" and not spec.teacher.is_endpoint
+    assert spec_from_dict(spec.to_dict()) == spec

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from distillq.core.job.spec import PeftSpec
 from distillq.core.student import merge
 from distillq.core.student import train as student
 from distillq.core.student.peft_methods import make_config, valid_methods
@@ -92,7 +93,7 @@ def test_method_trains_merges_and_exports(job, tiny_models, i):
 
 def test_unknown_method_lists_valid_ones():
     with pytest.raises(SpecError, match=r"valid: .*lora.*prefix"):
-        make_config({"method": "lorra"})
+        make_config(PeftSpec(method="lorra"))
     assert {"lora", "prefix", "prompt", "ia3", "adaption_prompt", "full", "loha", "vera"} <= set(
         valid_methods()
     )
@@ -100,7 +101,7 @@ def test_unknown_method_lists_valid_ones():
 
 def test_unknown_option_lists_the_method_options():
     with pytest.raises(SpecError, match="not an option of LORA"):
-        make_config({"method": "lora", "rank": 4})
+        make_config(PeftSpec(method="lora", rank=4))
 
 
 def test_a_checked_option_set_is_remembered_so_enqueue_skips_importing_peft(tmp_path):
@@ -111,19 +112,20 @@ def test_a_checked_option_set_is_remembered_so_enqueue_skips_importing_peft(tmp_
 
     memo = tmp_path / "peft-checked.json"
     with pytest.raises(SpecError, match="not an option of LORA"):
-        check({"method": "lora", "rank": 4}, memo)
-    digest = check({"method": "lora", "r": 4}, memo)
+        check(PeftSpec(method="lora", rank=4), memo)
+    digest = check(PeftSpec(method="lora", r=4), memo)
     assert digest is not None and not memo.exists()  # written once the job exists
     remember(memo, [digest])
-    assert check({"method": "lora", "r": 4}, memo) is None
+    assert check(PeftSpec(method="lora", r=4), memo) is None
     probe = (
         "import sys; from distillq.core.student.peft_methods import check; "
-        f"check({{'method': 'lora', 'r': 4}}, __import__('pathlib').Path({str(memo)!r})); "
+        "from distillq.core.job.spec import PeftSpec; "
+        f"check(PeftSpec(method='lora', r=4), __import__('pathlib').Path({str(memo)!r})); "
         "print('peft' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     # Another option set is built (and checked) again.
-    probe = probe.replace("'r': 4", "'r': 8")
+    probe = probe.replace("r=4", "r=8")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"

@@ -185,7 +185,15 @@ def test_mixed_loss_is_ce_plus_the_estimate():
     loss, ce, d = kd_terms(
         z, labels, ids, lps, alpha=0.3, temperature=1.0, weights=w, estimator=estimated
     )
-    torch.testing.assert_close(float(loss), 0.3 * float(ce) + 0.7 * float(d))
+    # Each part by hand, not from the function's own outputs: CE on the labels, and the
+    # paper's forward-KL estimate Σ w (log p − log s) over the drawn ids.
+    log_s = torch.log_softmax(z.float(), dim=-1)
+    ce_by_hand = torch.nn.functional.nll_loss(log_s, labels)
+    lp = torch.where(w > 0, lps.float(), 0.0)
+    kd_by_hand = (w * (lp - log_s.gather(-1, ids))).sum(-1).mean()
+    torch.testing.assert_close(ce, ce_by_hand)
+    torch.testing.assert_close(d, kd_by_hand)
+    torch.testing.assert_close(float(loss), 0.3 * float(ce_by_hand) + 0.7 * float(kd_by_hand))
 
 
 def test_draws_are_unique_ids_with_counts_that_sum_to_n():
@@ -299,12 +307,29 @@ def test_a_proposal_temperature_gives_importance_weights(tmp_path, tiny_models, 
         assert abs(float(b.target_weights.sum(1).mean()) - 1.0) < 0.15
 
 
-def test_a_student_round_trains_on_sampled_targets(sampled_job):
+def test_a_student_round_trains_on_sampled_targets(sampled_job, monkeypatch):
+    from distillq.core.maths.losses import estimated
     from distillq.core.student import merge
     from distillq.core.student import train as student
     from distillq.storage import checkpoints
 
+    # Watch what the replica hands its loss (the real loss still runs): the shard's weights
+    # and the sampled estimator, never the top-k bucketing of unweighted targets.
+    seen: list[tuple[object, object]] = []
+    real = student.position_loss
+
+    def watched(*args: object) -> object:
+        seen.append((args[9], args[10]))
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(student, "position_loss", watched)
     stats = student.train_replica(sampled_job, "s", 0, 0)
+    assert seen and all(w is not None and e is estimated for w, e in seen)
+    with Shard(sampled_job.paths.shard(0)) as r:
+        whole = r.batch(0, len(r)).target_weights
+    assert whole is not None
+    assert sum(len(w) for w, _ in seen) == len(whole)  # type: ignore[arg-type]
+    assert np.isclose(sum(float(w.sum()) for w, _ in seen), float(whole.sum()))  # type: ignore[union-attr]
     merge.merge_round(sampled_job, "s", 0)
     assert stats.steps > 0 and stats.curve
     assert all(math.isfinite(x) for point in stats.curve for x in point)
@@ -321,7 +346,7 @@ def test_draw_record():
 
 
 def test_sampled_is_refused_for_an_endpoint_and_its_keys_need_it():
-    from distillq.core.job.spec import spec_from_dict
+    from distillq.core.job.load import spec_from_dict
     from distillq.errors import SpecError
 
     def teacher(**t):

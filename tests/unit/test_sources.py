@@ -15,7 +15,7 @@ import yaml
 from distillq.core import stages
 from distillq.core.create import create_job
 from distillq.core.job import sources
-from distillq.core.job.spec import load_spec
+from distillq.core.job.load import load_spec
 from distillq.errors import DataError
 from tests.conftest import write_jsonl
 

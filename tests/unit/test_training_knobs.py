@@ -173,7 +173,7 @@ def test_bad_knobs_are_refused_with_one_line(field, value, words):
 
 
 def test_an_unknown_dtype_is_refused_at_load(tmp_path, tiny_models):
-    from distillq.core.job.spec import load_spec
+    from distillq.core.job.load import load_spec
 
     (tmp_path / "d.jsonl").write_text('{"text": "a"}\n')
     (tmp_path / "job.yaml").write_text(

@@ -1,0 +1,93 @@
+"""Commands that follow a job: status, watch, wait."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from distillq.app.commands.common import Add, job_and_redis, job_arg, json_flag
+from distillq.app.view import EXIT_FAILED, EXIT_TIMEOUT
+
+
+def register(add: Add) -> None:
+    st = add("status", cmd_status, "per-shard and per-track state (exit 1 if the job failed)")
+    job_arg(st)
+    json_flag(st, "the status")
+    wa = add("watch", cmd_watch, "live progress until the job ends")
+    job_arg(wa)
+    wa.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    wa.add_argument(
+        "--timeout", type=float, default=None, help="give up after this many seconds (exit 3)"
+    )
+    wt = add("wait", cmd_wait, "block until the job is done; non-zero on failure or timeout")
+    job_arg(wt)
+    wt.add_argument(
+        "--timeout", type=float, default=3600.0, help="give up after this many seconds (exit 3)"
+    )
+    wt.add_argument(
+        "--stall",
+        type=float,
+        default=None,
+        help="give up once the job has not moved for this many seconds: no shard, round or "
+        "task progress (exit 3); for CI, where a slow machine must not fail a job that moves",
+    )
+    wt.add_argument("--interval", type=float, default=1.0, help="seconds between checks")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from distillq.app.view import dumps, render
+    from distillq.core.control.status import job_status
+
+    job, r = job_and_redis(args)
+    st = job_status(job, r)
+    print(dumps(st) if args.json else render(st))
+    return EXIT_FAILED if st.state == "failed" else 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from distillq.app.view import follow
+    from distillq.core.control.status import job_status
+
+    job, r = job_and_redis(args)
+    return follow(lambda: job_status(job, r), args.interval, args.timeout)
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    from distillq.core.control.status import job_status, pulse
+
+    job, r = job_and_redis(args)
+    deadline = time.time() + args.timeout
+    last_pulse, moved_at = "", time.time()
+    while True:
+        st = job_status(job, r)
+        if (now := pulse(st)) != last_pulse:
+            last_pulse, moved_at = now, time.time()
+        if st.state == "done":
+            print(f"job {job.id} done: {st.report}")
+            return 0
+        if st.state == "failed":
+            for key, f in st.failures.items():
+                print(f"job {job.id} failed: {key}: {f.error}", file=sys.stderr)
+            return EXIT_FAILED
+        if st.state == "cancelled":
+            print(f"job {job.id} was cancelled", file=sys.stderr)
+            return EXIT_FAILED
+        if time.time() > deadline:
+            print(
+                f"job {job.id} not done after {args.timeout:.0f} s (state {st.state}); `distillq status {job.id}` shows where it is",
+                file=sys.stderr,
+            )
+            for line in st.unheard:
+                print(line, file=sys.stderr)
+            return EXIT_TIMEOUT
+        if args.stall and time.time() - moved_at > args.stall:
+            print(
+                f"job {job.id} has not moved for {args.stall:.0f} s (state {st.state}): no shard, "
+                f"round or task progress; `distillq status {job.id}` shows where it is",
+                file=sys.stderr,
+            )
+            for line in [*st.unheard, *st.waiting]:
+                print(line, file=sys.stderr)
+            return EXIT_TIMEOUT
+        time.sleep(args.interval)
