@@ -19,6 +19,7 @@ from typing import Any
 from distillq.app import demo_models
 from distillq.core.runtime.settings import Settings
 from distillq.storage.layout import models_root
+from distillq.storage.records import Outputs
 
 DEMO_RECORDS, QUICK_RECORDS = 2400, 240
 
@@ -179,6 +180,6 @@ def run_demo(settings: Settings, quick: bool = False) -> int:
             f"report: {job.paths.report_md}\nplot:   {job.paths.report_png}\noutputs: {job.paths.root / 'students'}"
         )
         print("\nthe distilled student (kd), for llama.cpp and Ollama:")
-        print(run_hints(data.students["kd"].outputs or {}))
+        print(run_hints(data.students["kd"].outputs or Outputs()))
         print(f"demo wall time: {time.time() - t0:.0f} s")
     return 0

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only a type here: `distillq --help` must not load the job machinery
     from distillq.core.control.status import JobStatus
+    from distillq.storage.records import Outputs
 
 EXIT_FAILED, EXIT_TIMEOUT = 1, 3
 TERMINAL = ("done", "failed", "cancelled")
@@ -111,21 +112,21 @@ def follow(get: Callable[[], JobStatus], interval: float, timeout: float | None 
         time.sleep(interval)
 
 
-def run_hints(outputs: dict[str, str | None]) -> str:
+def run_hints(outputs: Outputs) -> str:
     """Where a track's exported files are, and the command that runs each."""
-    lines = [f"  {k:<10} {v}" for k, v in outputs.items() if v and k != "gguf_skipped"]
-    if outputs.get("gguf_skipped"):
-        lines.append(f"  no GGUF: {outputs['gguf_skipped']}")
-    gguf = outputs.get("gguf_q8_0") or outputs.get("gguf_f16")
+    lines = [f"  {k:<10} {v}" for k, v in outputs.entries() if k != "gguf_skipped"]
+    if outputs.gguf_skipped:
+        lines.append(f"  no GGUF: {outputs.gguf_skipped}")
+    gguf = outputs.gguf_q8_0 or outputs.gguf_f16
     if gguf:
         lines.append(f"  run with llama.cpp:  llama-cli -m {gguf} -p 'def main():' -n 64")
         lines.append(
             f'  from Python:         python -c "from llama_cpp import Llama; '
             f"print(Llama(model_path='{gguf}')('def main():', max_tokens=64))\""
         )
-    if outputs.get("modelfile"):
+    if outputs.modelfile:
         lines.append(
-            f"  with Ollama:         ollama create distilled -f {outputs['modelfile']} "
+            f"  with Ollama:         ollama create distilled -f {outputs.modelfile} "
             "&& ollama run distilled"
         )
     return "\n".join(lines)

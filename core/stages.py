@@ -18,7 +18,7 @@ import numpy as np
 
 from distillq.core import faults
 from distillq.core.export.gguf import Quant
-from distillq.core.export.outputs import Outputs, export_gguf_outputs, export_track, without_gguf
+from distillq.core.export.outputs import export_gguf_outputs, export_track
 from distillq.core.job.data import TokenizeStats
 from distillq.core.job.jobs import Job
 from distillq.core.job.models import load_causal_lm, load_tokenizer
@@ -29,19 +29,22 @@ from distillq.core.student import train as student
 from distillq.core.targets import registry as targets
 from distillq.core.targets.method import shard_fields
 from distillq.core.teacher import served
+from distillq.core.teacher.endpoint import PoolStats
 from distillq.core.teacher.local import LocalTeacher, Teacher, TeacherStats, write_shard
 from distillq.core.teacher.served import EndpointTeacher
 from distillq.errors import DistillqError
 from distillq.storage import cache, checkpoints, records
 from distillq.storage.atomic import clear_stale
 from distillq.storage.records import (
+    EndpointStats,
     EvalResult,
     OnProgress,
+    Outputs,
     ProgressFields,
     ReplicaOutcome,
-    Report,
     ShardStats,
 )
+from distillq.storage.report_records import Report
 
 log = logging.getLogger(__name__)
 
@@ -133,29 +136,8 @@ def teacher_shard(
         teacher, tok = _make_teacher(job, stack, on_error, lambda: progress(*counts_now))
         meta, (counts, tstats, made) = _write_cache(job, teacher, tok, ids, out, shard, progress)
         http = teacher.http.stats if isinstance(teacher, EndpointTeacher) else None
-    seconds = time.time() - started
-    record = cache.write_stats(
-        stats_file,
-        out,
-        **counts,
-        shard=shard,
-        truncated=tstats.truncated,
-        dropped_no_target=tstats.dropped_no_target,
-        seconds=round(seconds, 3),
-        tokens_per_s=round(counts["tokens"] / max(seconds, 1e-9), 1),
-        started_at=started,
-        finished_at=time.time(),
-        k=meta.width,
-        source=meta.source,
-        targets={k: v for k, v in made.kinds.items() if v},
-        k_obtained=round(made.obtained / made.positions, 2)
-        if teacher is not None and teacher.source != "local" and made.positions
-        else None,
-        fallback_positions=made.fallback_positions,
-        dropped_entries=made.dropped_entries,
-        endpoint=dataclasses.asdict(http) if http else {},
-        **made.padding.as_fields(),
-    )
+    stats = _shard_record(shard, started, meta, counts, tstats, made, http)
+    record = cache.write_stats(stats_file, out, stats)
     log.info(
         "job %s shard %d: %d samples, %d tokens, %.0f tok/s, %d bytes",
         job.id,
@@ -166,6 +148,43 @@ def teacher_shard(
         record.bytes,
     )
     return record, False
+
+
+def _shard_record(
+    shard: int,
+    started: float,
+    meta: cache.ShardMeta,
+    counts: dict[str, int],
+    tokenized: TokenizeStats,
+    made: TeacherStats,
+    http: PoolStats | None,
+) -> ShardStats:
+    """The sidecar of a shard just written (its sha256 and size: ``cache.write_stats``)."""
+    seconds = time.time() - started
+    padding, padding_ungrouped = made.padding.fractions()
+    return ShardStats(
+        samples=counts["samples"],
+        tokens=counts["tokens"],
+        target_positions=counts["target_positions"],
+        shard=shard,
+        truncated=tokenized.truncated,
+        dropped_no_target=tokenized.dropped_no_target,
+        seconds=round(seconds, 3),
+        tokens_per_s=round(counts["tokens"] / max(seconds, 1e-9), 1),
+        started_at=started,
+        finished_at=time.time(),
+        k=meta.width,
+        source=meta.source,
+        targets={k: v for k, v in made.kinds.items() if v},
+        k_obtained=round(made.obtained / made.positions, 2)
+        if meta.source not in ("local", "none") and made.positions
+        else None,
+        fallback_positions=made.fallback_positions,
+        dropped_entries=made.dropped_entries,
+        endpoint=EndpointStats(**dataclasses.asdict(http)) if http else None,
+        padding=padding,
+        padding_ungrouped=padding_ungrouped,
+    )
 
 
 def check_or_quarantine(job: Job, shard: int) -> Literal["ok", "missing", "quarantined"]:
@@ -316,7 +335,9 @@ def finalize(job: Job) -> Report:
         generations = evaluate.generate(model, tok, samples)
         # Exported last: merge_and_unload folds the adapter into the model in place.
         outputs = export_track(model, spec, job.paths.final_dir(spec.name))
-        outputs |= export_gguf_outputs(outputs["merged"], job.paths.gguf_dir(spec.name), spec.name)
+        outputs = outputs.with_(
+            export_gguf_outputs(outputs.merged, job.paths.gguf_dir(spec.name), spec.name)
+        )
         records.write(
             eval_file,
             dataclasses.replace(
@@ -341,9 +362,9 @@ def export_finished(job: Job, tracks: list[str], quants: tuple[Quant, ...]) -> d
             raise DistillqError(
                 f"track {name} of job {job.id} has not finished; `distillq wait {job.id}` first"
             )
-        outputs = without_gguf(ev.outputs or {})
-        outputs |= export_gguf_outputs(
-            outputs.get("merged"), job.paths.gguf_dir(spec.name), spec.name, quants
+        kept = (ev.outputs or Outputs()).without_gguf()
+        outputs = kept.with_(
+            export_gguf_outputs(kept.merged, job.paths.gguf_dir(spec.name), spec.name, quants)
         )
         records.write(job.paths.student_eval(name), dataclasses.replace(ev, outputs=outputs))
         done[name] = outputs

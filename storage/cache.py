@@ -60,6 +60,7 @@ targets per batch, so memory stays flat however large a shard is.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,9 +298,11 @@ class CacheWriter:
         }
 
 
-def write_stats(path: Path, shard_file: Path, **fields: Any) -> ShardStats:
-    """Write the sidecar that marks a shard as done: ``fields`` + the file's sha256 and size."""
-    record = ShardStats(**fields, sha256=file_sha256(shard_file), bytes=shard_file.stat().st_size)
+def write_stats(path: Path, shard_file: Path, stats: ShardStats) -> ShardStats:
+    """Write the sidecar that marks a shard as done: ``stats`` with the file's sha256 and size."""
+    record = dataclasses.replace(
+        stats, sha256=file_sha256(shard_file), bytes=shard_file.stat().st_size
+    )
     records.write(path, record)
     return record
 

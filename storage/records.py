@@ -64,6 +64,18 @@ def read(cls: type[R], path: Path) -> R:
 
 
 @dataclass(frozen=True)
+class EndpointStats:
+    """What an endpoint teacher's pool met over a shard (``core/teacher/endpoint.py::PoolStats``)."""
+
+    requests: int = 0
+    retries: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    """Retried failures by kind: "429", "503", "timeout", "connect", ..."""
+    last_error: str = ""
+    """The last failure, as ``<url>: <what>`` (never carries the key)."""
+
+
+@dataclass(frozen=True)
 class ShardStats:
     """``teacher/shard-NNNNN.json``, the sidecar that marks a shard done.
 
@@ -79,8 +91,9 @@ class ShardStats:
     tokens_per_s: float
     started_at: float
     finished_at: float
-    sha256: str
-    bytes: int
+    sha256: str = ""
+    """The shard file's; ``storage.cache.write_stats`` fills it and ``bytes``."""
+    bytes: int = 0
     k: int = 0
     truncated: int = 0
     dropped_no_target: int = 0
@@ -95,12 +108,41 @@ class ShardStats:
     """Target positions with no teacher distribution, trained with CE on the token."""
     dropped_entries: int = 0
     """Server top-k entries whose token text names no single id (left in the tail)."""
-    endpoint: dict[str, Any] = field(default_factory=dict)
-    """An endpoint teacher's requests, retries by kind and last error."""
+    endpoint: EndpointStats | None = None
+    """An endpoint teacher's requests, retries by kind and last error (None: a local one)."""
     padding: float | None = None
     """Share of the local teacher's padded batch cells that were padding."""
     padding_ungrouped: float | None = None
     """The same, had its batches been consecutive samples (``teacher.group_by_length`` off)."""
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What a finished track left on storage: paths, or why it has no GGUF.
+
+    Writer: ``core/export/outputs.py`` (``export_track``, ``export_gguf_outputs``); kept in
+    the track's ``EvalResult`` and the report. One field per GGUF type the export writes."""
+
+    adapter: str | None = None
+    merged: str | None = None
+    gguf_f16: str | None = None
+    gguf_q8_0: str | None = None
+    gguf_f32: str | None = None
+    modelfile: str | None = None
+    gguf_skipped: str | None = None
+    """Why no GGUF was written (a model llama.cpp cannot take, no merged model)."""
+
+    def entries(self) -> list[tuple[str, str]]:
+        """The outputs there are, by name, in field order."""
+        return [(k, v) for k, v in dataclasses.asdict(self).items() if v]
+
+    def without_gguf(self) -> Outputs:
+        """These outputs less what a GGUF export wrote, before it writes them again."""
+        return Outputs(adapter=self.adapter, merged=self.merged)
+
+    def with_(self, other: Outputs) -> Outputs:
+        """These outputs with every output ``other`` has."""
+        return dataclasses.replace(self, **{k: v for k, v in other.entries()})
 
 
 @dataclass(frozen=True)
@@ -122,7 +164,7 @@ class EvalResult:
     loss: float
     tokens: int
     version: int | None = None  # the student's checkpoint version it was measured on
-    outputs: dict[str, str | None] | None = None  # exported adapter / merged model / GGUF paths
+    outputs: Outputs | None = None  # exported adapter / merged model / GGUF paths
     baseline: float | None = None
     """The untrained student's loss on the same samples (students only)."""
     samples: int = 0
@@ -361,148 +403,3 @@ class ReplicaOutcome:
         if raw.get("skipped"):
             return ReplicaOutcome(skipped=raw["skipped"])
         return ReplicaOutcome(stats=from_json(ReplicaStats, raw, "replica result"))
-
-
-# --- the report ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TeacherSummary:
-    model: str
-    eval_loss: float | None
-    tokens: int
-    tokens_per_s: float | None
-    generations: list[Generation] = field(default_factory=list)
-    padding: list[float] | None = None
-    """(share of the batches' cells that were padding, the share had batches been consecutive)."""
-
-
-@dataclass(frozen=True)
-class CacheSummary:
-    bytes: int
-    target_positions: int
-    bytes_per_position: float | None
-    k: int
-    sources: list[str] = field(default_factory=list)
-    """Where the shards' targets came from ("local", "endpoint llama_cpp http://...")."""
-    targets: dict[str, int] = field(default_factory=dict)
-    """Samples by kind of target over all shards (scored, generated, generated_text)."""
-    shard_targets: dict[str, list[int]] = field(default_factory=dict)
-    """The shards holding each kind of target."""
-    fallback_positions: int = 0
-    """Positions with no teacher distribution (trained with CE on their token)."""
-    method: str = "topk"
-    """``topk`` (k = the k most likely tokens) or ``sampled`` (k = the draws per position)."""
-
-
-@dataclass(frozen=True)
-class LossSummary:
-    kind: str
-    alpha: float
-
-
-@dataclass(frozen=True)
-class StudentSummary:
-    model: str
-    method: str
-    replicas: int
-    loss: LossSummary
-    eval_loss: float | None
-    version: int
-    steps: int
-    tokens: int
-    tokens_per_s: float | None
-    first_step_at: float | None = None
-    outputs: dict[str, str | None] | None = None
-    baseline_loss: float | None = None
-    """Held-out loss of the untrained student: what ``eval_loss`` is to be read against."""
-    heldout_curve: list[list[float]] = field(default_factory=list)
-    """(optimizer step, held-out loss on the curve's samples) after each merged round."""
-    generations: list[Generation] = field(default_factory=list)
-    padding: list[float] | None = None
-    """(share of the batches' cells that were padding, the share had batches been consecutive)."""
-
-
-@dataclass(frozen=True)
-class Report:
-    """``report.json``, written last by finalize: it marks the job done.
-
-    Writer: ``core.report.write``; readers: `distillq report`, the demo, `status` (its path).
-    """
-
-    job_id: str
-    mode: str
-    records: int
-    eval_records: int
-    shards: int
-    cache: CacheSummary
-    students: dict[str, StudentSummary]
-    teacher: TeacherSummary | None = None
-    vocab_size: int | None = None
-    wall_seconds: float | None = None
-    first_shard_done_at: float | None = None
-    last_shard_done_at: float | None = None
-    eval_samples: int = 0
-    """Held-out samples the losses are measured on (records with a target left)."""
-    warnings: list[str] = field(default_factory=list)
-    """What makes a number above hard to trust: too few held-out samples, a track that
-    learned nearly nothing."""
-    ce_track: str | None = None
-    """The CE-only track (α = 1) the others are measured against, where there is one."""
-    ce_gap_closed: dict[str, float] = field(default_factory=dict)
-    """Per distilled track: the share of the held-out gap between the CE-only track and the
-    teacher that it closed, (CE − track) / (CE − teacher)."""
-
-
-# --- nodes ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Gpu:
-    name: str
-    memory_mb: int
-
-
-@dataclass(frozen=True)
-class NodeLoad:
-    """What a node is using now, measured at each heartbeat."""
-
-    cpu_percent: float
-    """The whole machine's CPU use since the last beat (all cores: 100% each)."""
-    rss_mb: float
-    """Resident memory of the worker and its pool processes."""
-    gpu_used_mb: list[int] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    """``keys.node(hostname)`` in Redis: a worker node's registry entry.
-
-    Writer: ``workers.node.Heartbeat`` (every beat); reader: ``workers.node.list_nodes``.
-    """
-
-    hostname: str
-    host: str
-    pid: int
-    cpus: int
-    ram_gb: float
-    queues: list[str]
-    concurrency: int
-    version: str
-    started_at: float
-    gpus: list[Gpu] = field(default_factory=list)
-    heartbeat_at: float = 0.0
-    interval: float = 10.0
-    load: NodeLoad | None = None
-
-
-@dataclass(frozen=True)
-class NodeView:
-    """A registry entry as `nodes` shows it: ``state`` is up, or gone after missed beats."""
-
-    info: NodeInfo
-    age_s: float
-    state: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {**to_json(self.info), "age_s": self.age_s, "state": self.state}

@@ -19,7 +19,7 @@ import psutil
 
 from distillq.core.runtime.registry import FORGET_AFTER, GONE_AFTER
 from distillq.storage import keys, records
-from distillq.storage.records import Gpu, NodeInfo, NodeLoad
+from distillq.storage.node_records import Gpu, NodeInfo, NodeLoad
 
 log = logging.getLogger(__name__)
 

@@ -92,7 +92,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     for name, outputs in done.items():
         print(f"track {name}:")
         print(run_hints(outputs))
-        failed |= "gguf_skipped" in outputs
+        failed |= outputs.gguf_skipped is not None
     return EXIT_FAILED if failed else 0
 
 

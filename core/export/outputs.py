@@ -20,16 +20,9 @@ from distillq.core.job.models import load_tokenizer
 from distillq.core.student import peft_methods
 from distillq.errors import ExportError
 from distillq.storage.atomic import atomic_dir
+from distillq.storage.records import Outputs
 
 log = logging.getLogger(__name__)
-
-Outputs = dict[str, str | None]
-"""Output name (adapter, merged, gguf_f16, gguf_q8_0, modelfile, gguf_skipped) → path or note."""
-
-
-def without_gguf(outputs: Outputs) -> Outputs:
-    """``outputs`` less what ``export_gguf_outputs`` wrote, before it writes them again."""
-    return {k: v for k, v in outputs.items() if not k.startswith("gguf") and k != "modelfile"}
 
 
 def _publish(final: Path, save: Any) -> Path:
@@ -44,13 +37,13 @@ def export_track(model: Any, spec: Any, out: Path) -> Outputs:
     """Save adapter and/or merged model of a trained student under ``out``. Returns their paths."""
     tok = load_tokenizer(spec.model)
     full = peft_methods.resolve(spec.method) == peft_methods.FULL
-    result: Outputs = {"adapter": None, "merged": None}
+    adapter = None
     if not full:
-        result["adapter"] = str(_publish(out / "adapter", lambda d: model.save_pretrained(d)))
+        adapter = str(_publish(out / "adapter", lambda d: model.save_pretrained(d)))
     if full:
         merged = model
     elif not callable(getattr(model.base_model, "merge_and_unload", None)):
-        return result  # virtual tokens / adapter prompts live outside the base weights
+        return Outputs(adapter=adapter)  # virtual tokens / adapter prompts live outside the base
     else:
         # merge_and_unload folds the adapter into the base weights in place: do it last.
         merged = model.merge_and_unload()
@@ -59,8 +52,7 @@ def export_track(model: Any, spec: Any, out: Path) -> Outputs:
         merged.save_pretrained(d, safe_serialization=True)
         tok.save_pretrained(d)
 
-    result["merged"] = str(_publish(out / "merged", save_merged))
-    return result
+    return Outputs(adapter=adapter, merged=str(_publish(out / "merged", save_merged)))
 
 
 def export_gguf_outputs(
@@ -70,12 +62,17 @@ def export_gguf_outputs(
     ``modelfile``); where there is none, ``gguf_skipped`` says why in one line. Never raises
     ExportError: a model llama.cpp cannot take must not fail the job that trained it."""
     if merged is None:
-        return {
-            "gguf_skipped": "no merged model: this PEFT method keeps its weights outside the base model"
-        }
+        return Outputs(
+            gguf_skipped="no merged model: this PEFT method keeps its weights outside the base model"
+        )
     try:
         files = export_gguf(Path(merged), out, stem, quants)
     except ExportError as e:
         log.warning("%s: %s", stem, e)
-        return {"gguf_skipped": str(e)}
-    return {**{f"gguf_{q}": p for q, p in files.files.items()}, "modelfile": files.modelfile}
+        return Outputs(gguf_skipped=str(e))
+    return Outputs(
+        gguf_f16=files.files.get("f16"),
+        gguf_q8_0=files.files.get("q8_0"),
+        gguf_f32=files.files.get("f32"),
+        modelfile=files.modelfile,
+    )

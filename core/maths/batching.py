@@ -68,11 +68,6 @@ class PaddingCount:
         plain = batch_groups(lengths, batch_size, by_length=False)
         self.cells_ungrouped += sum(len(g) * int(lens[g].max()) for g in plain if len(g))
 
-    def as_fields(self) -> dict[str, float | None]:
-        """``padding`` and ``padding_ungrouped``, the fields ShardStats and ReplicaStats share."""
-        ran, ungrouped = self.fractions()
-        return {"padding": ran, "padding_ungrouped": ungrouped}
-
     def fractions(self) -> tuple[float | None, float | None]:
         """(padding of the batches run, padding had they been consecutive), or Nones."""
         if not self.cells:

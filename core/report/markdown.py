@@ -4,7 +4,7 @@ curve, and what the teacher and each student write on the same held-out prompts.
 from __future__ import annotations
 
 from distillq.core.targets import registry as targets
-from distillq.storage.records import CacheSummary, Report
+from distillq.storage.report_records import CacheSummary, Report
 
 
 def _loss(v: float | None) -> str:
@@ -151,6 +151,6 @@ def render(data: Report) -> str:
     if outputs:
         lines += ["## Outputs", ""]
         for name, out in outputs.items():
-            lines.append(f"- **{name}**: " + ", ".join(f"{k} `{v}`" for k, v in out.items() if v))
+            lines.append(f"- **{name}**: " + ", ".join(f"{k} `{v}`" for k, v in out.entries()))
         lines.append("")
     return "\n".join(lines)

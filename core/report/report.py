@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from distillq.core.job.jobs import Job
+from distillq.core.job.spec import StudentSpec
 from distillq.core.report import markdown as report_md
 from distillq.core.targets import registry as targets
 from distillq.storage import cache, checkpoints, records
 from distillq.storage.atomic import atomic_path, write_bytes
-from distillq.storage.records import (
+from distillq.storage.records import CheckpointMeta, EvalResult, ShardStats
+from distillq.storage.report_records import (
     CacheSummary,
-    CheckpointMeta,
-    EvalResult,
     LossSummary,
     Report,
-    ShardStats,
     StudentSummary,
     TeacherSummary,
 )
@@ -34,20 +34,28 @@ def _shard_stats(job: Job) -> list[ShardStats]:
 Curves = dict[str, list[list[float]]]
 
 
-def _targets(shards: list[ShardStats]) -> dict[str, Any]:
-    """What kind of targets the shards hold, and where they came from."""
+def _cache_summary(job: Job, shards: list[ShardStats]) -> CacheSummary:
+    """What the cache holds: its size, what kind of targets, and where they came from."""
+    positions = sum(s.target_positions for s in shards)
+    cache_bytes = sum(s.bytes for s in shards)
     kinds: dict[str, int] = {}
     where: dict[str, list[int]] = {}
     for st in shards:
         for kind, n in st.targets.items():
             kinds[kind] = kinds.get(kind, 0) + n
             where.setdefault(kind, []).append(st.shard)
-    return {
-        "sources": sorted({st.source for st in shards}),
-        "targets": kinds,
-        "shard_targets": where,
-        "fallback_positions": sum(st.fallback_positions for st in shards),
-    }
+    t = job.spec.teacher
+    return CacheSummary(
+        bytes=cache_bytes,
+        target_positions=positions,
+        bytes_per_position=round(cache_bytes / positions, 1) if positions and t else None,
+        k=t.width if t else 0,
+        method=t.target_method if t else targets.TOPK,
+        sources=sorted({st.source for st in shards}),
+        targets=kinds,
+        shard_targets=where,
+        fallback_positions=sum(st.fallback_positions for st in shards),
+    )
 
 
 def _padding(parts: list[tuple[int, float | None, float | None]]) -> list[float] | None:
@@ -61,67 +69,74 @@ def _padding(parts: list[tuple[int, float | None, float | None]]) -> list[float]
     return [round(1 - tokens / cells, 4), round(1 - tokens / plain, 4)]
 
 
+def _teacher_summary(job: Job, shards: list[ShardStats]) -> TeacherSummary | None:
+    if not job.spec.teacher:
+        return None
+    t_tokens = sum(s.tokens for s in shards)
+    t_seconds = sum(s.seconds for s in shards)
+    ev = records.read_if_exists(EvalResult, job.paths.teacher_eval)
+    return TeacherSummary(
+        model=job.spec.teacher.model,
+        eval_loss=ev.loss if ev else None,
+        tokens=t_tokens,
+        tokens_per_s=round(t_tokens / t_seconds, 1) if t_seconds else None,
+        generations=ev.generations if ev else [],
+        padding=_padding([(s.tokens, s.padding, s.padding_ungrouped) for s in shards]),
+    )
+
+
+@dataclass
+class _Track:
+    """A track as the report sees it: its summary, curve, and when its work ran."""
+
+    summary: StudentSummary
+    curve: list[list[float]]
+    started: list[float]
+    merged: list[float]
+    eval: EvalResult | None
+
+
+def _track(job: Job, spec: StudentSpec) -> _Track:
+    ckpt = checkpoints.latest(job.paths, spec.name)
+    rounds = ckpt.meta.rounds if ckpt else []
+    reps = [r for rd in rounds for r in rd.replicas]
+    tokens = sum(r.tokens for r in reps)
+    seconds = sum(r.seconds for r in reps)
+    sev = records.read_if_exists(EvalResult, job.paths.student_eval(spec.name))
+    loss = job.spec.loss_for(spec)
+    summary = StudentSummary(
+        model=spec.model,
+        method=spec.method,
+        replicas=spec.replicas,
+        loss=LossSummary(kind=loss.kind, alpha=loss.alpha),
+        eval_loss=sev.loss if sev else None,
+        version=ckpt.version if ckpt else 0,
+        steps=ckpt.meta.step if ckpt else 0,
+        tokens=tokens,
+        tokens_per_s=round(tokens / seconds, 1) if seconds else None,
+        first_step_at=min((r.started_at for r in reps), default=None),
+        outputs=sev.outputs if sev else None,
+        baseline_loss=sev.baseline if sev else None,
+        heldout_curve=_heldout_curve(ckpt.meta) if ckpt else [],
+        generations=sev.generations if sev else [],
+        padding=_padding([(r.tokens, r.padding, r.padding_ungrouped) for r in reps]),
+    )
+    curve = [p for rd in rounds for p in rd.curve]
+    return _Track(
+        summary, curve, [r.started_at for r in reps], [rd.merged_at for rd in rounds], sev
+    )
+
+
 def collect(job: Job) -> tuple[Report, Curves]:
     """The report of ``job`` from storage, and each track's training curve (for the plot)."""
     shards = _shard_stats(job)
-    positions = sum(s.target_positions for s in shards)
-    cache_bytes = sum(s.bytes for s in shards)
-    t_tokens = sum(s.tokens for s in shards)
-    t_seconds = sum(s.seconds for s in shards)
-    teacher = None
-    if job.spec.teacher:
-        ev = records.read_if_exists(EvalResult, job.paths.teacher_eval)
-        teacher = TeacherSummary(
-            model=job.spec.teacher.model,
-            eval_loss=ev.loss if ev else None,
-            tokens=t_tokens,
-            tokens_per_s=round(t_tokens / t_seconds, 1) if t_seconds else None,
-            generations=ev.generations if ev else [],
-            padding=_padding([(s.tokens, s.padding, s.padding_ungrouped) for s in shards]),
-        )
-    students, curves = {}, {}
-    starts = [s.started_at for s in shards]
-    ends = []
-    for spec in job.spec.students:
-        ckpt = checkpoints.latest(job.paths, spec.name)
-        rounds = ckpt.meta.rounds if ckpt else []
-        reps = [r for rd in rounds for r in rd.replicas]
-        tokens = sum(r.tokens for r in reps)
-        seconds = sum(r.seconds for r in reps)
-        sev = records.read_if_exists(EvalResult, job.paths.student_eval(spec.name))
-        loss = job.spec.loss_for(spec)
-        starts += [r.started_at for r in reps]
-        ends += [rd.merged_at for rd in rounds]
-        students[spec.name] = StudentSummary(
-            model=spec.model,
-            method=spec.method,
-            replicas=spec.replicas,
-            loss=LossSummary(kind=loss.kind, alpha=loss.alpha),
-            eval_loss=sev.loss if sev else None,
-            version=ckpt.version if ckpt else 0,
-            steps=ckpt.meta.step if ckpt else 0,
-            tokens=tokens,
-            tokens_per_s=round(tokens / seconds, 1) if seconds else None,
-            first_step_at=min((r.started_at for r in reps), default=None),
-            outputs=sev.outputs if sev else None,
-            baseline_loss=sev.baseline if sev else None,
-            heldout_curve=_heldout_curve(ckpt.meta) if ckpt else [],
-            generations=sev.generations if sev else [],
-            padding=_padding([(r.tokens, r.padding, r.padding_ungrouped) for r in reps]),
-        )
-        curves[spec.name] = [p for rd in rounds for p in rd.curve]
-    timing: dict[str, float | None] = {}
-    if starts and ends:
-        timing = {
-            "wall_seconds": round(max(ends) - min(starts), 1),
-            "first_shard_done_at": min((s.finished_at for s in shards), default=None),
-            "last_shard_done_at": max((s.finished_at for s in shards), default=None),
-        }
-    evals = [
-        records.read_if_exists(EvalResult, job.paths.student_eval(s.name))
-        for s in job.spec.students
-    ]
-    eval_samples = max((e.samples for e in evals if e is not None), default=0)
+    teacher = _teacher_summary(job, shards)
+    tracks = {spec.name: _track(job, spec) for spec in job.spec.students}
+    students = {name: tr.summary for name, tr in tracks.items()}
+    starts = [s.started_at for s in shards] + [x for tr in tracks.values() for x in tr.started]
+    ends = [x for tr in tracks.values() for x in tr.merged]
+    timed = bool(starts and ends)
+    eval_samples = max((tr.eval.samples for tr in tracks.values() if tr.eval), default=0)
     ce_track, closed = ce_gap(students, teacher)
     vocab = job.info.fingerprints.vocab_size
     report = Report(
@@ -131,25 +146,18 @@ def collect(job: Job) -> tuple[Report, Curves]:
         eval_records=len(job.split.eval_ids()),
         shards=job.n_shards,
         teacher=teacher,
-        cache=CacheSummary(
-            bytes=cache_bytes,
-            target_positions=positions,
-            bytes_per_position=round(cache_bytes / positions, 1)
-            if positions and job.spec.has_teacher
-            else None,
-            k=job.spec.teacher.width if job.spec.teacher else 0,
-            method=job.spec.teacher.target_method if job.spec.teacher else targets.TOPK,
-            **_targets(shards),
-        ),
+        cache=_cache_summary(job, shards),
         students=students,
         vocab_size=vocab,
         eval_samples=eval_samples,
         warnings=warnings(eval_samples, students, teacher, vocab),
         ce_track=ce_track,
         ce_gap_closed=closed,
-        **timing,
+        wall_seconds=round(max(ends) - min(starts), 1) if timed else None,
+        first_shard_done_at=min((s.finished_at for s in shards), default=None) if timed else None,
+        last_shard_done_at=max((s.finished_at for s in shards), default=None) if timed else None,
     )
-    return report, curves
+    return report, {name: tr.curve for name, tr in tracks.items()}
 
 
 def ce_gap(

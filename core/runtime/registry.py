@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from distillq.storage import keys, records
-from distillq.storage.records import NodeInfo, NodeView
+from distillq.storage.node_records import NodeInfo, NodeView
 
 GONE_AFTER = 3  # missed intervals before a node shows as gone
 FORGET_AFTER = 10  # missed intervals before its entry expires from Redis

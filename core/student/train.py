@@ -355,6 +355,7 @@ def save(
     seconds = time.time() - started
     after = snapshot(t.model)
     delta = {n: after[n] - t.before[n] for n in after}
+    padding, padding_ungrouped = loop.padding.fractions()
     stats = ReplicaStats(
         track=t.spec.name,
         shard=shard,
@@ -369,7 +370,8 @@ def save(
         finished_at=time.time(),
         curve=_thin(loop.curve),
         resumed_from=loop.resumed_from,
-        **loop.padding.as_fields(),
+        padding=padding,
+        padding_ungrouped=padding_ungrouped,
     )
     checkpoints.write_replica(
         job.paths, t.spec.name, shard, replica, delta, t.opt.state_dict(), stats

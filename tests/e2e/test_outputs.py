@@ -10,7 +10,8 @@ from transformers import AutoTokenizer
 
 from distillq.core.job.jobs import load_job
 from distillq.storage import records
-from distillq.storage.records import Report
+from distillq.storage.records import Outputs
+from distillq.storage.report_records import Report
 from tests.conftest import run_cli
 from tests.e2e.test_pipeline import enqueue
 from tests.llama_cpp_check import compare, llama_cpp, load
@@ -56,16 +57,16 @@ def test_a_finished_job_runs_in_llama_cpp_and_reports_what_it_learned(
     ids = AutoTokenizer.from_pretrained(llama_dir)(PROMPT)["input_ids"]
 
     for track in ("llama", "qwen"):
-        out = report.students[track].outputs or {}
-        gguf = Path(out["gguf_f16"] or "")
+        out = report.students[track].outputs or Outputs()
+        gguf = Path(out.gguf_f16 or "")
         assert gguf == job.paths.gguf_dir(track) / f"{track}-f16.gguf"
-        assert Path(out["gguf_q8_0"] or "").exists() and Path(out["modelfile"] or "").exists()
+        assert Path(out.gguf_q8_0 or "").exists() and Path(out.modelfile or "").exists()
         # llama.cpp computes what transformers computes from the merged student
-        rt = compare(gguf, Path(out["merged"] or ""), ids)
+        rt = compare(gguf, Path(out.merged or ""), ids)
         print(f"{track}: max |logit diff| {rt.max_logit_diff:.2e}")
         assert rt.max_logit_diff < 1e-2
         assert rt.llama_greedy == rt.hf_greedy
-        load(Path(out["gguf_q8_0"] or "")).eval(ids)  # the q8_0 file loads and runs
+        load(Path(out.gguf_q8_0 or "")).eval(ids)  # the q8_0 file loads and runs
 
         st = report.students[track]
         assert st.baseline_loss is not None and st.eval_loss is not None
@@ -98,8 +99,8 @@ def test_a_finished_job_runs_in_llama_cpp_and_reports_what_it_learned(
     res = run_cli(settings, "export", job_id, "--track", "qwen", "--quant", "q8_0")
     assert res.returncode == 0, res.stderr
     assert "llama-cli -m" in res.stdout and "ollama create" in res.stdout
-    again = records.read(Report, job.paths.report).students["qwen"].outputs or {}
-    assert "gguf_f16" not in again and Path(again["gguf_q8_0"] or "").exists()
+    again = records.read(Report, job.paths.report).students["qwen"].outputs or Outputs()
+    assert again.gguf_f16 is None and Path(again.gguf_q8_0 or "").exists()
     assert (
         (job.paths.gguf_dir("qwen") / "Modelfile").read_text().startswith("FROM ./qwen-q8_0.gguf")
     )

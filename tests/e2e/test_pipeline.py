@@ -10,7 +10,7 @@ import redis
 from distillq.core.job.jobs import load_job
 from distillq.storage import checkpoints, records
 from distillq.storage.atomic import read_json
-from distillq.storage.records import Report
+from distillq.storage.report_records import Report
 from tests.conftest import run_cli
 from tests.progress import Pulse, wait_for
 

@@ -8,6 +8,7 @@ MLP names). They share the demo tokenizer, so one teacher cache serves all 25 tr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -130,9 +131,9 @@ def test_cell_trains_merges_and_exports(job, models, arch, method):
     print(f"{track}: {before:.3f} -> {after:.3f}")
     assert after < before - 0.01, (before, after)
     out = export_track(model, spec, job.paths.final_dir(track))
-    assert (out["adapter"] is None) == (method == "full")
-    assert (out["merged"] is None) == (method in ("prefix", "prompt"))
-    OUTPUTS[track] = (models[arch], out)
+    assert (out.adapter is None) == (method == "full")
+    assert (out.merged is None) == (method in ("prefix", "prompt"))
+    OUTPUTS[track] = (models[arch], dataclasses.asdict(out))
 
 
 def test_every_cell_loads_with_plain_transformers_and_peft():

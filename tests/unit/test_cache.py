@@ -14,6 +14,7 @@ from distillq.storage.cache import (
     verified,
     write_stats,
 )
+from distillq.storage.records import ShardStats
 
 
 def meta(k=4, vocab=300):
@@ -135,7 +136,7 @@ def test_sidecar_verification_detects_flipped_bytes(tmp_path):
     path, stats = tmp_path / "s.h5", tmp_path / "s.json"
     written(path, 2)
     counts = dict(samples=3, tokens=19, target_positions=11, seconds=0.1, tokens_per_s=190.0)
-    write_stats(stats, path, shard=0, started_at=1.0, finished_at=2.0, **counts)
+    write_stats(stats, path, ShardStats(shard=0, started_at=1.0, finished_at=2.0, **counts))
     assert verified(path, stats).samples == 3
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF

@@ -117,6 +117,7 @@ def test_bf16_checkpoints_read_exactly(tmp_path: Path) -> None:
 
 def test_a_job_whose_student_llama_cpp_cannot_take_still_finishes(tmp_path: Path) -> None:
     from distillq.core.export.outputs import export_gguf_outputs
+    from distillq.storage.records import Outputs
 
     model = tmp_path / "phi"
     shutil.copytree(TEACHER_ASSET, model)
@@ -124,13 +125,12 @@ def test_a_job_whose_student_llama_cpp_cannot_take_still_finishes(tmp_path: Path
     cfg["architectures"] = ["PhiForCausalLM"]
     (model / "config.json").write_text(json.dumps(cfg))
     out = export_gguf_outputs(str(model), tmp_path / "gguf", "s")
-    assert out == {
-        "gguf_skipped": "GGUF export does not support architecture PhiForCausalLM: supported are "
+    assert out == Outputs(
+        gguf_skipped="GGUF export does not support architecture PhiForCausalLM: supported are "
         "LlamaForCausalLM, Qwen2ForCausalLM; the safetensors model is still in final/merged"
-    }
-    assert export_gguf_outputs(None, tmp_path / "gguf", "s")["gguf_skipped"].startswith(
-        "no merged model"
     )
+    skipped = export_gguf_outputs(None, tmp_path / "gguf", "s").gguf_skipped
+    assert skipped is not None and skipped.startswith("no merged model")
 
 
 def test_conversion_imports_no_torch(tmp_path: Path) -> None:

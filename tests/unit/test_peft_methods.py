@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -76,17 +77,23 @@ def test_method_trains_merges_and_exports(job, tiny_models, i):
 
     out = export_track(model, job.spec.student(track), job.paths.final_dir(track))
     method = METHODS[i]["method"]
-    assert (out["adapter"] is None) == (method == "full")
-    assert (out["merged"] is None) == (method in ("prefix", "prompt", "adaption_prompt"))
+    assert (out.adapter is None) == (method == "full")
+    assert (out.merged is None) == (method in ("prefix", "prompt", "adaption_prompt"))
     res = subprocess.run(
-        [sys.executable, "-c", LOAD_WITHOUT_DISTILLQ, tiny_models["student"], json.dumps(out)],
+        [
+            sys.executable,
+            "-c",
+            LOAD_WITHOUT_DISTILLQ,
+            tiny_models["student"],
+            json.dumps(dataclasses.asdict(out)),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     logits = json.loads(res.stdout.strip().splitlines()[-1])
-    if out["adapter"] and out["merged"]:
+    if out.adapter and out.merged:
         # The merged model computes what base + adapter computes.
         assert logits["adapter_logits"] == pytest.approx(logits["merged_logits"], abs=1e-4)
 

@@ -7,9 +7,9 @@ import types
 from distillq.core.report import markdown as report_md
 from distillq.core.report import report
 from distillq.storage.layout import JobPaths
-from distillq.storage.records import (
+from distillq.storage.records import Generation
+from distillq.storage.report_records import (
     CacheSummary,
-    Generation,
     LossSummary,
     Report,
     StudentSummary,
