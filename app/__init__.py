@@ -1,0 +1,1 @@
+"""Entry points: the `distillq` CLI and its commands, terminal rendering, the demo."""

@@ -1,0 +1,1 @@
+"""Nodes: the worker launcher, heartbeats, the dead-node reaper, the local cluster, Redis."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -127,23 +128,13 @@ def position_loss(
     chunks of positions (``core/maths/head_loss.py``) wherever the model allows it;
     ``estimator``: the target method's (``Batch.estimator``)."""
     assert loss.temperature is not None
+    loss_of: Callable[..., tuple[torch.Tensor, dict[str, float]]]
     if head_loss.chunkable(model):
         hidden, head = head_loss.target_hidden(model, ids, mask, rows, cols)
-        return head_loss.chunked_loss(
-            hidden,
-            head,
-            labels,
-            target_ids,
-            target_logprobs,
-            alpha=loss.alpha,
-            temperature=loss.temperature,
-            kind=loss.kind,
-            beta=loss.beta,
-            weights=target_weights,
-            estimator=estimator,
-        )
-    return kd_loss(
-        target_logits(model, ids, mask, rows, cols),
+        loss_of = functools.partial(head_loss.chunked_loss, hidden, head)
+    else:
+        loss_of = functools.partial(kd_loss, target_logits(model, ids, mask, rows, cols))
+    return loss_of(
         labels,
         target_ids,
         target_logprobs,

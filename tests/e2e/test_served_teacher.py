@@ -187,7 +187,8 @@ def test_a_served_job_rides_out_429s_stalls_and_a_server_restart(
         st = cache.verified(job.paths.shard(shard), job.paths.shard_stats(shard))
         assert st is not None  # every shard whole and checked against its sha256
         assert st.samples == len(job.split.shard_ids(shard))  # nothing lost on the way
-        for kind, n in st.endpoint.get("by_status", {}).items():
+        assert st.endpoint is not None  # a served shard records what its pool met
+        for kind, n in st.endpoint.by_status.items():
             total[kind] = total.get(kind, 0) + n
     assert total.get("429", 0) > 0 and total.get("timeout", 0) > 0, total
     assert proxy.injected["429"] > 0 and proxy.injected["stall"] > 0

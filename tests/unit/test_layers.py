@@ -16,6 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 # Higher imports lower, never the reverse. bench/ is an entry point like app/.
 RANK = {"bench": 5, "app": 5, "workers": 4, "tasks": 3, "core": 2, "storage": 1, "errors": 0}
+# The distillq package's own modules: leaves, but for `python -m distillq` (the CLI's door).
+RANK |= {"distillq": 0, "typed": 0, "__main__": 5}
 CORE_RANK = {
     "stages": 5,
     "create": 5,
@@ -39,11 +41,13 @@ def name_of(f: Path) -> str:
     if parts[0] == "distillq":
         parts = parts[1:]
     name = ".".join(parts).removesuffix(".__init__")
-    return f"distillq.{name}" if parts[0] in PACKAGE or name == "errors" else name
+    if f.parent == ROOT / "distillq":
+        return "distillq" if name == "__init__" else f"distillq.{name}"
+    return f"distillq.{name}" if parts[0] in PACKAGE else name
 
 
 def modules() -> dict[str, Path]:
-    out = {"distillq.errors": ROOT / "distillq" / "errors.py"}
+    out = {name_of(f): f for f in (ROOT / "distillq").glob("*.py")}
     for top in RANK:
         for f in (ROOT / top).rglob("*.py") if (ROOT / top).is_dir() else []:
             out[name_of(f)] = f
