@@ -7,7 +7,6 @@ spec is checked by `status` and `enqueue`, which must not pay a second for torch
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from distillq.errors import CacheError, SpecError
@@ -58,7 +57,7 @@ def check(o: Options) -> None:
             "draw can be made from them): use target_method: topk with an endpoint, or a "
             "local teacher model"
         )
-    n = o.samples if o.samples is not None else DEFAULT_SAMPLES
+    n = width(o)
     if not 1 <= n <= MAX_SAMPLES:
         raise SpecError(
             f"teacher.samples={n} must lie in [1, {MAX_SAMPLES}] (counts take one byte); "
@@ -123,35 +122,17 @@ def from_attrs(attrs: Mapping[str, Any], path: object = "") -> TargetMethod:
 
 
 def describe(name: str, width: int) -> str:
-    """A method's targets in a few words from its name and width (records keep both)."""
-    return _of(name, width).describe()
+    """A method's targets in a few words from its name and width (what records keep)."""
+    return _classes()[name].describe_width(width)
 
 
 def plain(name: str) -> str:
     """What a method's targets are, for a sentence of the report."""
-    return _of(name, 1).words
+    return _classes()[name].words
 
 
-def _of(name: str, width: int) -> TargetMethod:
-    """A method of ``name`` that keeps ``width`` columns (for words, not for targets)."""
-    return build(_Named(name, width))
+def _classes() -> dict[str, Any]:
+    from distillq.core.targets.sampled import Sampled
+    from distillq.core.targets.topk import TopK
 
-
-@dataclass(frozen=True)
-class _Named:
-    """Options with only a method's name and width: what a shard's summary records keep."""
-
-    target_method: str
-    width: int
-    seed: int = 0
-    temperature: float = 1.0
-    proposal_temperature: float | None = None
-    is_endpoint: bool = False
-
-    @property
-    def top_k(self) -> int:
-        return self.width
-
-    @property
-    def samples(self) -> int | None:
-        return self.width
+    return {TOPK: TopK, SAMPLED: Sampled}

@@ -99,7 +99,11 @@ class Sampled:
         return sample_weights(rows("target_counts"), self.samples, logprobs, offset, self.ratio)
 
     def describe(self) -> str:
-        return f"{self.samples} draws per position, sampled"
+        return self.describe_width(self.samples)
+
+    @staticmethod
+    def describe_width(width: int) -> str:
+        return f"{width} draws per position, sampled"
 
 
 def sample_weights(

@@ -49,4 +49,8 @@ class TopK:
         return None
 
     def describe(self) -> str:
-        return f"top-{self.width}"
+        return self.describe_width(self.width)
+
+    @staticmethod
+    def describe_width(width: int) -> str:
+        return f"top-{width}"
