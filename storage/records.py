@@ -374,6 +374,11 @@ class JobInfo:
     created: str = ""
     teacher_dialect: str = ""
     """An endpoint teacher's dialect, as the enqueue probe resolved ``auto``."""
+    teacher_quantization: str = ""
+    """A GGUF teacher's weight type (q8_0, q4_k_m...), as its file says."""
+    cache_job: str = ""
+    """The job whose teacher cache this job reads (``teacher: {from_job: ...}``); "" when it
+    owns its own."""
 
 
 # --- task results (JSON over the result backend) --------------------------------------------

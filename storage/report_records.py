@@ -18,6 +18,8 @@ class TeacherSummary:
     generations: list[Generation] = field(default_factory=list)
     padding: list[float] | None = None
     """(share of the batches' cells that were padding, the share had batches been consecutive)."""
+    quantization: str = ""
+    """A GGUF teacher's weight type (q8_0, q4_1...); "" for a transformers or served one."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class CacheSummary:
     """Positions with no teacher distribution (trained with CE on their token)."""
     method: str = "topk"
     """``topk`` (k = the k most likely tokens) or ``sampled`` (k = the draws per position)."""
+    cache_job: str = ""
+    """The job that owns the cache, where this job reused another's (``teacher.from_job``)."""
 
 
 @dataclass(frozen=True)

@@ -29,14 +29,29 @@ from distillq.tasks.celery_app import settings_of
 log = logging.getLogger(__name__)
 
 
+def missing_shards(job: Job) -> list[int]:
+    """Shards with no verified cache yet (all of them, unless the job reads another's cache)."""
+    return [
+        shard
+        for shard in range(job.n_shards)
+        if cache.verified(job.paths.shard(shard), job.paths.shard_stats(shard)) is None
+    ]
+
+
 def submit(
     app: Celery, job: Job, shards: list[int] | None = None, teacher_eval: bool = True
-) -> None:
-    """Queue the teacher stage: one task per shard, plus the teacher's eval."""
-    for shard in range(job.n_shards) if shards is None else shards:
+) -> list[int]:
+    """Queue the teacher stage: one task per shard the cache lacks, plus the teacher's eval
+    where it has none. A job reading another's cache starts its rounds on the shards there.
+    Returns the shards queued."""
+    todo = missing_shards(job) if shards is None else shards
+    for shard in todo:
         app.signature("distillq.teacher_shard", args=(job.id, shard)).apply_async()
-    if job.spec.has_teacher and teacher_eval:
+    if job.spec.has_teacher and teacher_eval and not job.paths.teacher_eval.exists():
         app.signature("distillq.teacher_eval", args=(job.id,)).apply_async()
+    if shards is None and len(todo) < job.n_shards:
+        on_shard_ready(app, job)
+    return todo
 
 
 def launch_round(app: Celery, job: Job, track: str, shard: int) -> None:
@@ -67,19 +82,34 @@ def advance(app: Celery, job: Job, track: str) -> int | None:
         inflight = records.read_if_exists(RoundMarker, marker)
         if inflight is not None and inflight.shard not in merged:
             return None
-        ready = [
-            (cache.read_stats(job.paths.shard_stats(i)).finished_at, i)
-            for i in range(job.n_shards)
-            if i not in merged and job.paths.shard_stats(i).exists()
-        ]
-        if not ready:
+        shard = next_round(job, track, merged)
+        if shard is None:
             marker.unlink(missing_ok=True)
             return None
-        shard = min(ready)[1]
         records.write(marker, RoundMarker(shard=shard, queued_at=time.time()))
         launch_round(app, job, track, shard)
         log.info("job %s track %s: round on shard %d queued", job.id, track, shard)
         return shard
+
+
+def next_round(job: Job, track: str, merged: set[int]) -> int | None:
+    """The round ``track`` runs next, if one is ready: in the first dataset epoch, the
+    unmerged shard that finished first; in later ones (once the previous epoch is merged),
+    the shards again in that same order, read from the cache."""
+    n = job.n_shards
+    finished = {
+        i: cache.read_stats(job.paths.shard_stats(i)).finished_at
+        for i in range(n)
+        if job.paths.shard_stats(i).exists()
+    }
+    order = sorted(finished, key=lambda i: (finished[i], i))
+    for epoch in range(job.spec.student(track).dataset_epochs):
+        todo = [epoch * n + i for i in order if epoch * n + i not in merged]
+        if todo:
+            return todo[0]
+        if len(order) < n:
+            return None  # the epoch's last shards are not written yet
+    return None
 
 
 def merge_if_complete(app: Celery, job: Job, track: str, shard: int) -> bool:
@@ -120,6 +150,8 @@ def regenerate_shard(app: Celery, job: Job, shard: int) -> None:
 def on_shard_ready(app: Celery, job: Job) -> None:
     for spec in job.spec.students:
         advance(app, job, spec.name)
+    if not job.spec.students:
+        maybe_finalize(app, job)  # a cache-only job ends when its last shard lands
 
 
 def _redis(app: Celery) -> Any:
@@ -127,8 +159,12 @@ def _redis(app: Celery) -> Any:
 
 
 def ready_to_finalize(job: Job) -> bool:
-    everything = set(range(job.n_shards))
-    if any(checkpoints.merged_shards(job.paths, s.name) != everything for s in job.spec.students):
+    if any(
+        checkpoints.merged_shards(job.paths, s.name) != set(range(job.rounds(s.name)))
+        for s in job.spec.students
+    ):
+        return False
+    if not job.spec.students and missing_shards(job):
         return False
     return not job.spec.has_teacher or job.paths.teacher_eval.exists()
 
@@ -160,11 +196,7 @@ def resubmit(app: Celery, job: Job) -> Resubmitted:
     for f in job.paths.failures_dir.glob("*.json") if job.paths.failures_dir.exists() else []:
         f.unlink()
     live.reset_attempts(_redis(app), job.id)
-    todo_teacher = [
-        shard
-        for shard in range(job.n_shards)
-        if cache.verified(job.paths.shard(shard), job.paths.shard_stats(shard)) is None
-    ]
+    todo_teacher = missing_shards(job)
     rounds: dict[str, int | None] = {}
     for spec in job.spec.students:
         # A round in flight when Redis lost its queue will never merge: start it again.

@@ -39,7 +39,7 @@ def train_replica(
     with self.attempt(job, key, needs=placement.student_needs(job, track)) as n:
         outcome = stages.replica(job, track, shard, replica, self.progress(job, key))
     if outcome.skipped == "regenerate":
-        pipeline.regenerate_shard(self.app, job, shard)
+        pipeline.regenerate_shard(self.app, job, job.cache_shard(shard))
     elif n > 1:
         # An earlier delivery died, or its result never reached Redis: Celery may have failed
         # the chord, so its merge may never come. Storage knows whether the round is complete.

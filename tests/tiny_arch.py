@@ -20,16 +20,20 @@ def save_tiny_arch(
     init: float = 0.15,
     half: bool = True,
     pad_vocab: int = 0,
+    no_bos: bool = False,
 ) -> Path:
     """A GQA model (4 heads, 2 kv heads) saved with the demo tokenizer. ``init``: a wider
     initialisation than the default 0.02 gives peaked next-token distributions, so greedy
     decoding is not decided by rounding. Qwen2's q/k/v biases get random values too.
-    ``pad_vocab``: rows of the embedding beyond the tokenizer, as Qwen ships its checkpoints."""
+    ``pad_vocab``: rows of the embedding beyond the tokenizer, as Qwen ships its checkpoints.
+    ``no_bos``: a tokenizer without a BOS token (GPT-2, Qwen2 and SmolLM2 have none)."""
     import torch
     import transformers
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(TEACHER_ASSET)
+    if no_bos:
+        tok.bos_token = None
     name = {"llama": "Llama", "qwen2": "Qwen2", "gpt2": "GPT2", "gemma": "Gemma", "phi": "Phi"}[
         arch
     ]
@@ -40,7 +44,7 @@ def save_tiny_arch(
         vocab_size=len(tok) + pad_vocab,
         tie_word_embeddings=tied,
         initializer_range=init,
-        bos_token_id=tok.eos_token_id,
+        bos_token_id=None if no_bos else tok.eos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.eos_token_id,
     )

@@ -37,26 +37,35 @@ def register(add: Add) -> None:
         ("cancel", cmd_cancel, "stop the job: running tasks stop at their next batch"),
     ]:
         job_arg(add(name, fn, help))
-    add("jobs", cmd_jobs, "list jobs on storage")
+    add("jobs", cmd_jobs, "list jobs on storage, and which share a teacher cache")
+    job_arg(add("remove", cmd_remove, "delete a finished or cancelled job from storage"))
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
     from distillq.core.create import create_job
+    from distillq.core.job import reuse
     from distillq.core.job.jobs import data_notes
     from distillq.core.job.load import load_spec
     from distillq.tasks import pipeline
     from distillq.tasks.celery_app import app
 
     # The spec first: fixing a typo in it should not need a running Redis.
-    spec = load_spec(Path(args.spec), args.set)
+    storage = settings_from(args).storage
+    spec = load_spec(Path(args.spec), args.set, lambda raw: reuse.resolve(raw, storage))
     s = ready(settings_from(args))
     check_writable(s.storage)
     job = create_job(s.storage, spec, skip_bad_lines=args.skip_bad_lines)
-    pipeline.submit(app, job)
+    queued = len(pipeline.submit(app, job))
     for note in data_notes(job):
         print(note, file=sys.stderr)
+    reused = (
+        f", {job.n_shards - queued} read from job {job.info.cache_job}'s cache"
+        if job.info.cache_job
+        else ""
+    )
     print(
-        f"queued {job.n_shards} teacher shards, {len(spec.students)} student track(s); storage {job.paths.root}",
+        f"queued {queued} teacher shards{reused}, {len(spec.students)} student track(s); "
+        f"storage {job.paths.root}",
         file=sys.stderr,
     )
     from distillq.core.runtime import broker, registry
@@ -107,8 +116,38 @@ def _stop(args: argparse.Namespace, new: str, what: str) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from distillq.core.job.jobs import list_jobs
+    from distillq.core.job.jobs import cache_sharing, list_jobs
 
-    for j in list_jobs(settings_from(args).storage):
-        print(j)
+    storage = settings_from(args).storage
+    owners, readers = cache_sharing(storage)
+    for j in list_jobs(storage):
+        notes = []
+        if j in owners:
+            notes.append(f"reads the cache of {owners[j]}")
+        if readers.get(j):
+            notes.append(f"its cache is read by {', '.join(readers[j])}")
+        print(f"{j}  ({'; '.join(notes)})" if notes else j)
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    import shutil
+
+    from distillq.core.control import state as control
+    from distillq.core.job.jobs import cache_sharing, load_job
+
+    s = settings_from(args)
+    job = load_job(s.storage, args.job)
+    _, readers = cache_sharing(s.storage)
+    if readers.get(job.id):
+        raise DistillqError(
+            f"job {job.id}'s teacher cache is read by {', '.join(readers[job.id])}: remove "
+            "those jobs first (their students train on it)"
+        )
+    if not job.paths.report.exists() and control.state(job) != control.CANCELLED:
+        raise DistillqError(
+            f"job {job.id} is still running; `distillq cancel {job.id}` first, then remove it"
+        )
+    shutil.rmtree(job.paths.root)
+    print(f"job {job.id} removed from {s.storage}", file=sys.stderr)
     return 0

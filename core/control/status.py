@@ -112,7 +112,7 @@ def job_status(job: Job, redis_client: Any | None = None) -> JobStatus:
         )
         tracks[spec.name] = TrackState(
             rounds_merged=len(merged),
-            rounds=job.n_shards,
+            rounds=job.rounds(spec.name),
             merged_shards=merged,
             running=live_replicas,
             replicas=spec.replicas,

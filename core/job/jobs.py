@@ -39,6 +39,15 @@ class Job:
     def n_shards(self) -> int:
         return len(self.split.shards)
 
+    def rounds(self, track: str) -> int:
+        """Rounds of ``track``: one per shard per dataset epoch. Round ``e·n + s`` is shard
+        ``s`` in epoch ``e`` (what ``merged_shards``, round directories and task keys count)."""
+        return self.n_shards * self.spec.student(track).dataset_epochs
+
+    def cache_shard(self, round_: int) -> int:
+        """The cache shard round ``round_`` trains on."""
+        return round_ % self.n_shards
+
 
 def load_job(storage: Path, job_id: str) -> Job:
     paths = job_paths(storage, job_id)
@@ -50,6 +59,8 @@ def load_job(storage: Path, job_id: str) -> Job:
     s = raw["split"]
     split = Split(s["n_records"], s["eval_stride"], tuple(tuple(x) for x in s["shards"]))
     info = records.from_json(JobInfo, raw["info"], f"{paths.spec}: info")
+    if info.cache_job:
+        paths = job_paths(storage, job_id, info.cache_job)
     return Job(paths, spec_from_stored(raw["spec"]), split, info)
 
 
@@ -58,6 +69,19 @@ def list_jobs(storage: Path) -> list[str]:
     if not root.exists():
         return []
     return sorted(d.name for d in root.iterdir() if (d / "job.yaml").exists())
+
+
+def cache_sharing(storage: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Which job reads which one's teacher cache: (reader → owner, owner → readers)."""
+    owners: dict[str, str] = {}
+    for j in list_jobs(storage):
+        info = yaml.safe_load(job_paths(storage, j).spec.read_text()).get("info", {})
+        if info.get("cache_job"):
+            owners[j] = str(info["cache_job"])
+    readers: dict[str, list[str]] = {}
+    for reader, owner in owners.items():
+        readers.setdefault(owner, []).append(reader)
+    return owners, readers
 
 
 def data_notes(job: Job) -> list[str]:

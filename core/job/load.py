@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
 
@@ -19,8 +20,15 @@ TEACHER_TAGS = ("local", "served")
 """The tags of the teacher union, which pydantic puts in an error's location."""
 
 
-def load_spec(path: Path, overrides: list[str] | None = None) -> JobSpec:
-    """Read a YAML job spec, apply ``key=value`` overrides, validate. Raises :class:`SpecError`."""
+def load_spec(
+    path: Path,
+    overrides: list[str] | None = None,
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> JobSpec:
+    """Read a YAML job spec, apply ``key=value`` overrides, validate. Raises :class:`SpecError`.
+
+    ``prepare``: what completes the raw spec before it is validated (enqueue passes
+    ``core.job.reuse.resolve``, which fills a ``from_job`` teacher from that job)."""
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -37,6 +45,8 @@ def load_spec(path: Path, overrides: list[str] | None = None) -> JobSpec:
         raise SpecError(f"job spec {path} must be a YAML mapping (name:, dataset:, students:, ...)")
     for item in overrides or []:
         apply_override(raw, item)
+    if prepare is not None:
+        raw = prepare(raw)
     spec_from_dict(raw)  # validate as written, so errors name the user's own values
     return spec_from_dict(resolve_paths(raw, path.parent.resolve()))
 
@@ -82,7 +92,12 @@ def resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
                 "tokenizer": local_model(t["tokenizer"], base, "teacher tokenizer"),
             }
     elif isinstance(t, dict) and isinstance(t.get("model"), str):
-        out["teacher"] = {**t, "model": local_model(t["model"], base, "teacher model")}
+        t = {**t}
+        if not t["model"].startswith("ollama:"):  # a tag in Ollama's store, resolved there
+            t["model"] = local_model(t["model"], base, "teacher model")
+        if isinstance(t.get("tokenizer"), str):
+            t["tokenizer"] = local_model(t["tokenizer"], base, "teacher tokenizer")
+        out["teacher"] = t
     if isinstance(out.get("students"), list):
         out["students"] = [
             {**s, "model": local_model(s["model"], base, f"student {s.get('name')!r} model")}

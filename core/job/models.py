@@ -154,6 +154,24 @@ def load_tokenizer(ref: str, what: str = "model", light: bool = False) -> Any:
     return tok
 
 
+def cpu_has_bf16() -> bool:
+    """This CPU computes bfloat16 natively (avx512_bf16, or AMX's tiles): where bf16 matmuls
+    run faster than float32 instead of being emulated (measured in bench/teacher_cpu.py)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def teacher_dtype(choice: str) -> str:
+    """``teacher.dtype`` resolved on this node: ``auto`` is bfloat16 on a GPU and on a CPU with
+    native bfloat16, else float32."""
+    if choice != "auto":
+        return choice
+    return "bfloat16" if device() == "cuda" or cpu_has_bf16() else "float32"
+
+
 def load_causal_lm(ref: str, what: str = "model", dtype: Any = None) -> Any:
     """A causal LM in eval mode on :func:`device`. float32 on CPU (fp16 matmuls crawl there)."""
     import torch

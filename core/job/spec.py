@@ -41,6 +41,7 @@ Overlong = Literal["truncate", "refuse"]
 Dialect = Literal["auto", "vllm", "llama_cpp", "openai", "text"]
 StudentDtype = Literal["float32", "bfloat16"]
 TargetMethod = Literal["topk", "sampled"]
+TeacherDtype = Literal["auto", "float32", "bfloat16"]
 """The names in ``core/targets/registry.py``."""
 
 
@@ -80,7 +81,8 @@ class _Teacher:
     is_endpoint: ClassVar[bool] = False
 
     model: str
-    """Local directory of a causal LM (or a hub id already in the Hugging Face cache); with
+    """Local directory of a causal LM (or a hub id already in the Hugging Face cache), a
+    ``.gguf`` file, or ``ollama:NAME[:TAG]`` (a model in Ollama's store, read from disk); with
     ``endpoint``, the model's name on the server."""
     top_k: int = 64
     """Teacher tokens kept per target position (``target_method: topk``)."""
@@ -105,6 +107,12 @@ class _Teacher:
     generate: GenerateSpec | None = None
     group_by_length: bool = True
     """Score samples in batches of similar length (less padding); the cache keeps record order."""
+    tokenizer: str | None = None
+    """The tokenizer samples are tokenized with, where the teacher brings none of its own:
+    an endpoint or GGUF teacher (default: the first student's model, else the GGUF's own)."""
+    from_job: str | None = None
+    """The job whose cache this teacher is: set by enqueue from ``teacher: {from_job: ID}``
+    (the rest of the teacher is that job's, checked against what the spec says)."""
 
     def __post_init__(self) -> None:
         _positive("teacher.top_k", self.top_k)
@@ -114,6 +122,13 @@ class _Teacher:
         targets.check(self)
 
     @property
+    def is_gguf(self) -> bool:
+        """Run by llama.cpp in process (``core/teacher/gguf.py``), not by transformers."""
+        return not self.is_endpoint and (
+            self.model.startswith("ollama:") or self.model.lower().endswith(".gguf")
+        )
+
+    @property
     def width(self) -> int:
         """Columns of the cache's target datasets: k, or the draws (unique ids fit in them)."""
         return targets.width(self)
@@ -121,7 +136,24 @@ class _Teacher:
 
 @dataclass(frozen=True)
 class LocalTeacherSpec(_Teacher):
-    """A transformers model that every teacher node loads."""
+    """A model every teacher node loads: transformers, or llama.cpp for a GGUF."""
+
+    dtype: TeacherDtype = "auto"
+    """Compute dtype of a transformers teacher: ``auto`` takes bfloat16 on a GPU and on a CPU
+    with native bfloat16 (avx512_bf16 or AMX), else float32. A GGUF runs at its own types."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.tokenizer is not None and not self.is_gguf:
+            raise SpecError(
+                f"teacher.tokenizer={self.tokenizer} applies to a GGUF or endpoint teacher; a "
+                "transformers teacher brings its own: remove teacher.tokenizer"
+            )
+        if self.dtype != "auto" and self.is_gguf:
+            raise SpecError(
+                f"teacher.dtype={self.dtype} applies to a transformers teacher; a GGUF runs at "
+                "its own quantization: remove teacher.dtype"
+            )
 
 
 @dataclass(frozen=True)
@@ -146,8 +178,6 @@ class ServedTeacherSpec(_Teacher):
     """How the server returns log-probs: vllm (prompt_logprobs), llama_cpp (llama-cpp-python's
     echo + logprobs), openai (legacy completions, echo), text (no log-probs: generation only,
     sequence-level KD); auto asks the server."""
-    tokenizer: str | None = None
-    """Local tokenizer of an endpoint teacher (default: the first student's model)."""
 
     def __post_init__(self) -> None:
         _positive("teacher.max_concurrent", self.max_concurrent)
@@ -238,7 +268,11 @@ class StudentSpec:
     """R: replicas that each train on 1/R of a shard, then merge (local SGD outer step)."""
     lr: float = 1e-3
     epochs: int = 1
-    """Passes over each shard within a round."""
+    """Passes over each shard within its round (per-shard epochs; what the HF Trainer calls
+    ``num_train_epochs`` is ``dataset_epochs``)."""
+    dataset_epochs: int = 1
+    """Passes over the whole dataset: the rounds walk every shard again, in the same order,
+    from the cache (no teacher work), E times. What other trainers call epochs."""
     batch_size: int = 4
     outer_lr: float = 1.0
     """Step size of the merge: global += outer_lr · mean(replica deltas)."""
@@ -270,6 +304,7 @@ class StudentSpec:
         _safe("track name", self.name)
         _positive(f"students[{self.name}].replicas", self.replicas)
         _positive(f"students[{self.name}].epochs", self.epochs)
+        _positive(f"students[{self.name}].dataset_epochs", self.dataset_epochs)
         _positive(f"students[{self.name}].batch_size", self.batch_size)
         _positive(f"students[{self.name}].lr", self.lr)
         _positive(f"students[{self.name}].outer_lr", self.outer_lr)
@@ -328,8 +363,11 @@ class JobSpec:
         _positive("shards", self.shards)
         if not 0.0 <= self.eval_fraction < 0.5:
             raise SpecError(f"eval_fraction={self.eval_fraction} must lie in [0, 0.5)")
-        if not self.students:
-            raise SpecError("students is empty: add at least one {name, model} entry")
+        if not self.students and self.teacher is None:
+            raise SpecError(
+                "students is empty: add at least one {name, model} entry (a job without "
+                "students builds a teacher cache, so it needs a teacher)"
+            )
         names = [s.name for s in self.students]
         if len(set(names)) != len(names):
             raise SpecError(f"student names must be unique, got {names}")
@@ -340,7 +378,7 @@ class JobSpec:
             )
         if self.mode != "data_parallel" and self.teacher is None:
             raise SpecError(f"mode {self.mode} needs a 'teacher: {{model: ...}}' entry")
-        if self.mode == "hybrid" and all(s.replicas == 1 for s in self.students):
+        if self.mode == "hybrid" and self.students and all(s.replicas == 1 for s in self.students):
             raise SpecError(
                 "mode hybrid means teacher + several replicas: set replicas > 1 on a student, "
                 "or use mode teacher_student"

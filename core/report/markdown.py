@@ -103,6 +103,20 @@ def _targets(c: CacheSummary) -> str:
     return targets.plain(c.method)
 
 
+def _teacher_line(data: Report) -> str:
+    t, c = data.teacher, data.cache
+    assert t is not None
+    how = t.quantization
+    rate = f", {t.tokens_per_s:,.0f} tokens/s" if t.tokens_per_s else ""
+    per = f", {c.bytes_per_position:.1f} bytes per target position" if c.bytes_per_position else ""
+    shared = f" (the cache of job {c.cache_job}, reused)" if c.cache_job else ""
+    return (
+        f"Teacher {t.model}{f' ({how})' if how else ''}: held-out CE {_loss(t.eval_loss)}"
+        f"{rate}. Cache{shared}: {c.bytes / 1e6:,.1f} MB over {c.target_positions:,} target "
+        f"positions{per}."
+    )
+
+
 def render(data: Report) -> str:
     wall = f", {data.wall_seconds:.0f} s" if data.wall_seconds is not None else ""
     lines = [f"# distillq report: {data.job_id}", ""]
@@ -129,6 +143,8 @@ def render(data: Report) -> str:
             f"Teacher targets from {', '.join(c.sources)} ({targets_word(c)}): {kinds}{fb}.",
             "",
         ]
+    if data.teacher:
+        lines += [_teacher_line(data), ""]
     padded = [("teacher", data.teacher.padding)] if data.teacher else []
     padded += [(name, st.padding) for name, st in data.students.items()]
     if any(p for _, p in padded):
@@ -137,6 +153,8 @@ def render(data: Report) -> str:
             f"Padding, share of batch cells (had batches been consecutive samples): {said}.",
             "",
         ]
+    if not data.students:
+        return "\n".join(lines)  # a cache-only job: the teacher and its cache are the report
     lines += ["![report](report.png)", "", "## What each student learned", ""]
     lines += [
         "Held-out CE (nats/token) on every held-out sample, before round 1 and at the end.",

@@ -55,6 +55,7 @@ def _cache_summary(job: Job, shards: list[ShardStats]) -> CacheSummary:
         targets=kinds,
         shard_targets=where,
         fallback_positions=sum(st.fallback_positions for st in shards),
+        cache_job=job.info.cache_job,
     )
 
 
@@ -82,6 +83,7 @@ def _teacher_summary(job: Job, shards: list[ShardStats]) -> TeacherSummary | Non
         tokens_per_s=round(t_tokens / t_seconds, 1) if t_seconds else None,
         generations=ev.generations if ev else [],
         padding=_padding([(s.tokens, s.padding, s.padding_ungrouped) for s in shards]),
+        quantization=job.info.teacher_quantization,
     )
 
 
@@ -135,6 +137,8 @@ def collect(job: Job) -> tuple[Report, Curves]:
     students = {name: tr.summary for name, tr in tracks.items()}
     starts = [s.started_at for s in shards] + [x for tr in tracks.values() for x in tr.started]
     ends = [x for tr in tracks.values() for x in tr.merged]
+    if not tracks:  # a cache-only job ends with its last shard
+        ends = [s.finished_at for s in shards]
     timed = bool(starts and ends)
     eval_samples = max((tr.eval.samples for tr in tracks.values() if tr.eval), default=0)
     ce_track, closed = ce_gap(students, teacher)

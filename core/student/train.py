@@ -423,7 +423,7 @@ def train_replica(
     t = restore(job, track)
     started = time.time()
     resume = _resume_point(job, t, shard, replica)
-    with Shard(job.paths.shard(shard)) as reader:
+    with Shard(job.paths.shard(job.cache_shard(shard))) as reader:
         loop = train_loop(
             t,
             reader,

@@ -241,22 +241,7 @@ def _llama_cpp_prompt(
             "llama-server refuses echo: serve with llama-cpp-python (python -m llama_cpp.server) "
             "or vLLM, or have the teacher generate (teacher.generate + dialect: text)"
         )
-    lead = 1 if ids and table.bos_id is not None and ids[0] == table.bos_id else 0
-    sent = ids[lead:]
-    # Which ids the server leaves out of the list: its BOS id. Try ours, then id 0 (what a
-    # GGUF whose tokenizer has no BOS of its own gets), and keep the one that lines up.
-    for skip in dict.fromkeys([table.bos_id, 0, None]):
-        kept = [i for i, t in enumerate(sent) if t != skip]
-        if len(tokens) >= len(kept) and all(
-            tokens[j] == table.pieces[sent[i]] for j, i in enumerate(kept)
-        ):
-            break
-    else:
-        kept = [i for i, t in enumerate(sent) if t != table.bos_id]
-        for j, i in enumerate(kept):
-            if j >= len(tokens) or tokens[j] != table.pieces[sent[i]]:
-                got = tokens[j] if j < len(tokens) else "<end>"
-                raise _mismatch(where, i + lead, got, table.pieces[sent[i]])
+    kept = _listed(ids, tokens, table, where)
     dists: Dists = {}
     dropped = 0
     for j, i in enumerate(kept):
@@ -266,9 +251,46 @@ def _llama_cpp_prompt(
         pairs_ids, pairs_lps, d = table.ids(top)
         dropped += d
         # entry idx of the unfiltered list is the distribution after prompt token idx; with a
-        # BOS-led prompt that list starts after the BOS, i.e. at position idx + lead - lead.
+        # BOS-led prompt that list starts after the BOS: either way, at position idx of ids.
         dists[i] = list(zip(pairs_ids, pairs_lps, strict=True))
     return dists, dropped
+
+
+def _listed(ids: list[int], tokens: list[Any], table: TokenTable, where: str) -> list[int]:
+    """Which entries of the unfiltered list the server listed, as indices into it.
+
+    The server drops a leading token whose id is its BOS id (then the list starts one later),
+    and leaves out every other token with that id. Its BOS id is ours where we have one; a
+    GGUF whose tokenizer has none gets llama.cpp's default for its vocabulary type (11 for
+    byte-level BPE, 0 elsewhere: a real token of ours), so it is learned from the answer: the
+    id of the first token the list lacks, kept where the whole list then lines up."""
+    candidates: list[int | None] = list(dict.fromkeys([table.bos_id, 0, None]))
+    first_gap: tuple[int, Any] | None = None
+    tried: set[int | None] = set()
+    while candidates:
+        skip = candidates.pop(0)
+        if skip in tried:
+            continue
+        tried.add(skip)
+        lead = 1 if ids and skip is not None and ids[0] == skip else 0
+        sent = ids[lead:]
+        kept = [i for i, t in enumerate(sent) if t != skip]
+        gap = next(
+            (
+                j
+                for j, i in enumerate(kept)
+                if j >= len(tokens) or tokens[j] != table.pieces[sent[i]]
+            ),
+            None,
+        )
+        if gap is None:
+            return kept
+        if skip is None:
+            first_gap = (kept[gap] + lead, tokens[gap] if gap < len(tokens) else "<end>")
+            candidates.append(sent[kept[gap]])  # the server's BOS id, if that is what it lacks
+    assert first_gap is not None
+    pos, got = first_gap
+    raise _mismatch(where, pos, got, table.pieces[ids[pos]])
 
 
 def _openai_prompt(

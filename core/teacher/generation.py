@@ -59,6 +59,7 @@ def generate_batch(
     )
     new = out.sequences[:, width:].cpu()
     logits = torch.stack(out.logits, dim=1).float()  # [B, steps, V], raw
+    logits[..., len(tok) :] = float("-inf")  # a padded head's rows are never a target
     if temperature != 1.0:
         logits = logits / temperature
     eos = tok.eos_token_id

@@ -73,6 +73,7 @@ def score_batch(
     method: TargetMethod,
     temperature: float,
     budget: int = LOGITS_BUDGET_BYTES,
+    limit: int | None = None,
 ) -> list[SparseTargets]:
     """One padded forward over ``samples``; the targets ``method`` keeps (``core/targets/``)
     at each sample's target positions.
@@ -81,6 +82,8 @@ def score_batch(
     stored values are true probabilities and 1 − Σ is the tail mass the student loss needs.
     The LM head, log-softmax and selection run over chunks of positions sized from V and
     ``budget``: memory O(chunk × V), whatever the batch, with the same output as one pass.
+    ``limit``: the tokenizer's size; the head's rows past it (a vocabulary padded to a multiple
+    of 64 or 128) get no mass, so no target names an id a smaller student head lacks.
     """
     dev = next(model.parameters()).device
     ids, mask, rows, cols, _ = on_device(padded(samples), dev)
@@ -97,20 +100,22 @@ def score_batch(
     # 2.5x cheaper than a separate logsumexp at V = 4,096, for one more [chunk, V] copy.
     parts = [
         method.select(
-            torch.log_softmax(_scaled(head(at[a : a + step]), temperature), dim=-1),
+            torch.log_softmax(_scaled(head(at[a : a + step]), temperature, limit), dim=-1),
             None if u is None else u[a : a + step],
         )
         for a in range(0, max(len(at), 1), step)  # one empty chunk keeps the shapes
     ]
-    return _split(concat(parts), positions)
+    return split_targets(concat(parts), positions)
 
 
-def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def _scaled(logits: torch.Tensor, temperature: float, limit: int | None = None) -> torch.Tensor:
     logits = logits.float()
+    if limit is not None and limit < logits.shape[-1]:
+        logits[:, limit:] = float("-inf")
     return logits / temperature if temperature != 1.0 else logits
 
 
-def _split(t: SparseTargets, positions: list[Any]) -> list[SparseTargets]:
+def split_targets(t: SparseTargets, positions: list[Any]) -> list[SparseTargets]:
     """The batch's targets [P, k], cut back into each sample's [P_j, k]."""
     out: list[SparseTargets] = []
     start = 0
@@ -135,7 +140,6 @@ class LocalTeacher:
     window of ``GROUP_WINDOW`` batches (less padding, so fewer wasted FLOPs), and their targets
     still come out in item order: the cache is the same either way."""
 
-    source = "local"
     GROUP_WINDOW = 16
 
     def __init__(
@@ -151,6 +155,8 @@ class LocalTeacher:
         method: TargetMethod,
     ) -> None:
         self.model, self.tok = model, tok
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        self.source = f"local {dtype}"  # the shard's stats say what precision made it
         self.temperature = temperature
         self.batch_size, self.max_length = batch_size, max_length
         self.gen = generate
@@ -183,7 +189,9 @@ class LocalTeacher:
             made: list[SparseTargets | None] = [None] * len(samples)
             for g in groups:
                 group = [samples[i] for i in g]
-                scored = score_batch(self.model, group, self.method, self.temperature)
+                scored = score_batch(
+                    self.model, group, self.method, self.temperature, limit=len(self.tok)
+                )
                 for i, sparse in zip(g, scored, strict=True):
                     made[i] = sparse
             for s, t in zip(samples, made, strict=True):

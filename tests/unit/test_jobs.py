@@ -40,7 +40,7 @@ def test_unknown_key_suggests_the_close_one():
         ({"loss": {"alpha": 1.5}}, r"loss.alpha=1.5 must lie in \[0, 1\]"),
         ({"mode": "data_parallel"}, "remove 'teacher'"),
         ({"mode": "hybrid"}, "replicas > 1"),
-        ({"students": []}, "students is empty"),
+        ({"students": [], "mode": "data_parallel", "teacher": None}, "students is empty"),
         ({"students": [{"name": "../x", "model": "m"}]}, "not allowed"),
         ({"name": "a/b"}, "not allowed"),
         ({"loss": {"temperature": 2.0}}, "set both to the same value"),

@@ -1,0 +1,281 @@
+"""A GGUF teacher run by llama.cpp in this process (llama-cpp-python's low-level API).
+
+No server, no HTTP, no Python sort of the vocabulary: the samples of a batch are decoded
+together (one sequence id each, one shared KV cache), a piece of at most ``chunk`` tokens per
+``llama_decode``, asking for logits only at target positions; each piece's [rows, V] logits go
+through the same log-softmax and target method as a transformers teacher's (``core/targets``),
+so memory stays O(chunk × V) and the cache is the one the local teacher would write.
+
+Generation (``teacher.generate``) samples in torch from the same full logits, seeded per
+(record, copy), and stores the raw distribution at each generated position, as
+``core/teacher/generation.py`` does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from distillq.core.job.data import Prompt, Sample
+from distillq.core.job.gguf_models import GgufInfo
+from distillq.core.job.spec import GenerateSpec
+from distillq.core.maths.batching import PaddingCount
+from distillq.core.targets.method import TargetMethod, concat
+from distillq.core.targets.records import SparseTargets, draw_seed
+from distillq.core.teacher.local import CACHE_ROWS, Item, chunk_positions, split_targets
+from distillq.core.teacher.records import Target, generated_sample
+from distillq.errors import ModelError
+from distillq.storage.records import Generation
+
+log = logging.getLogger(__name__)
+
+
+def _llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except ImportError:
+        raise ModelError(
+            "a GGUF teacher runs in llama.cpp: install it on teacher nodes with "
+            "`pip install 'distillq[llama]'` (or `make llama-cpp`)"
+        ) from None
+    global _quiet
+    if _quiet is None:
+        # llama.cpp logs every tensor it loads to stderr: a worker's log keeps its errors only.
+        @llama_cpp.llama_log_callback
+        def _errors_only(level: int, text: bytes, _: Any) -> None:
+            if level == LOG_ERROR and text:
+                log.error("llama.cpp: %s", text.decode(errors="replace").rstrip())
+
+        _quiet = _errors_only  # referenced, or ctypes frees it under llama.cpp's feet
+        llama_cpp.llama_log_set(_quiet, ctypes.c_void_p(0))
+    return llama_cpp
+
+
+_quiet: Any = None
+LOG_ERROR = 4
+"""ggml's log level of errors (GGML_LOG_LEVEL_ERROR)."""
+
+
+class GgufRunner:
+    """One GGUF loaded by llama.cpp: decodes packs of sequences, hands back logits rows."""
+
+    def __init__(self, info: GgufInfo, *, n_ctx: int, n_seq: int, chunk: int, threads: int) -> None:
+        ll = self.ll = _llama_cpp()
+        ll.llama_backend_init()
+        mp = ll.llama_model_default_params()
+        mp.n_gpu_layers = 0
+        self.model = ll.llama_model_load_from_file(str(info.path).encode(), mp)
+        if not self.model:
+            raise ModelError(f"llama.cpp could not load the GGUF teacher {info.path}")
+        cp = ll.llama_context_default_params()
+        cp.n_ctx = n_ctx
+        cp.n_batch = cp.n_ubatch = chunk
+        cp.n_seq_max = n_seq
+        cp.kv_unified = True  # the pack's sequences share the cache: n_ctx cells in all
+        cp.n_threads = cp.n_threads_batch = threads
+        cp.no_perf = True
+        self.ctx = ll.llama_init_from_model(self.model, cp)
+        if not self.ctx:
+            raise ModelError(f"llama.cpp could not make a context for {info.path} (n_ctx {n_ctx})")
+        self.vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(self.model))
+        self.n_ctx, self.n_seq, self.chunk = n_ctx, n_seq, chunk
+        self.batch = ll.llama_batch_init(chunk, 0, 1)
+
+    def close(self) -> None:
+        if getattr(self, "ctx", None) and self.ll.llama_free is not None:
+            self.ll.llama_batch_free(self.batch)
+            self.ll.llama_free(self.ctx)
+            self.ll.llama_model_free(self.model)
+            self.ctx = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    def clear(self) -> None:
+        self.ll.llama_memory_clear(self.ll.llama_get_memory(self.ctx), True)
+
+    def decode(self, tokens: list[tuple[int, int, int, bool]]) -> torch.Tensor:
+        """Decode (token, position, sequence, wants logits) entries, at most ``chunk``; the
+        float32 logits [wanted, V] of the wanted ones, in order (a copy)."""
+        b = self.batch
+        b.n_tokens = len(tokens)
+        wanted = 0
+        for i, (tok, pos, seq, want) in enumerate(tokens):
+            b.token[i], b.pos[i], b.n_seq_id[i] = tok, pos, 1
+            b.seq_id[i][0] = seq
+            b.logits[i] = want
+            wanted += want
+        rc = self.ll.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with {rc} ({len(tokens)} tokens)")
+        if not wanted:
+            return torch.empty(0, self.vocab)
+        ptr = self.ll.llama_get_logits(self.ctx)
+        flat = np.ctypeslib.as_array(
+            ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(wanted * self.vocab,)
+        )
+        return torch.from_numpy(flat.reshape(wanted, self.vocab).copy())
+
+
+def _masked(logits: torch.Tensor, limit: int, temperature: float) -> torch.Tensor:
+    """Logits at τ, with the rows past the tokenizer's (a padded vocabulary) never a target."""
+    if limit < logits.shape[-1]:
+        logits[:, limit:] = float("-inf")
+    return logits / temperature if temperature != 1.0 else logits
+
+
+class GgufTeacher:
+    """The ``Teacher`` protocol (``core/teacher/local.py``) over a :class:`GgufRunner`."""
+
+    def __init__(
+        self,
+        info: GgufInfo,
+        tok: Any,
+        *,
+        temperature: float,
+        batch_size: int,
+        max_length: int,
+        generate: GenerateSpec | None,
+        method: TargetMethod,
+        threads: int,
+    ) -> None:
+        self.info, self.tok = info, tok
+        self.source = f"gguf {info.quantization}"
+        self.temperature, self.batch_size, self.max_length = temperature, batch_size, max_length
+        self.gen, self.method = generate, method
+        self.limit = len(tok)
+        chunk = min(
+            CACHE_ROWS, chunk_positions(max(len(info.tokens), 1), copies=method.head_copies)
+        )
+        self.runner = GgufRunner(
+            info,
+            n_ctx=max_length * batch_size,
+            n_seq=batch_size,
+            chunk=max(chunk, 1),
+            threads=threads,
+        )
+
+    def run(
+        self, items: Iterable[Item], padding: PaddingCount | None = None
+    ) -> Iterator[list[Target]]:
+        pack: list[Sample] = []
+        for item in items:
+            if isinstance(item, Prompt):
+                yield from self._score(pack)
+                pack = []
+                yield self._generate(item)
+                continue
+            pack.append(item)
+            if len(pack) == self.batch_size:
+                yield from self._score(pack)
+                pack = []
+        yield from self._score(pack)
+
+    def _score(self, samples: list[Sample]) -> Iterator[list[Target]]:
+        """One pack: every sample a sequence of the shared cache; nothing is padded."""
+        if not samples:
+            return
+        positions = [s.target_positions() for s in samples]
+        want = [set(map(int, p)) for p in positions]
+        flat = [
+            (tok, pos, seq, pos in want[seq])
+            for seq, s in enumerate(samples)
+            for pos, tok in enumerate(s.input_ids)
+        ]
+        u = self.method.uniforms(
+            [(s.record_id, len(p), 0) for s, p in zip(samples, positions, strict=True)]
+        )
+        self.runner.clear()
+        parts: list[SparseTargets] = []
+        done = 0
+        step = self.runner.chunk
+        for a in range(0, len(flat), step):
+            logits = self.runner.decode(flat[a : a + step])
+            n = len(logits)
+            if n:
+                logp = torch.log_softmax(_masked(logits, self.limit, self.temperature), dim=-1)
+                parts.append(self.method.select(logp, None if u is None else u[done : done + n]))
+                done += n
+        if not parts:  # no target position in the pack: keep the shapes
+            parts.append(self.method.select(torch.zeros(0, self.runner.vocab), u))
+        # Outputs come sample by sample, position by position: the order of target_positions.
+        for s, t in zip(samples, split_targets(concat(parts), positions), strict=True):
+            yield [Target(s, t)]
+
+    def _generate(self, p: Prompt) -> list[Target]:
+        gen = self.gen
+        assert gen is not None
+        eos = self.tok.eos_token_id
+        out = []
+        for c in range(gen.n):
+            g = torch.Generator().manual_seed(draw_seed(gen.seed, p.record_id, c))
+            budget = max(min(gen.max_new_tokens, self.max_length - len(p.input_ids)), 1)
+            new, rows = self._continue(
+                list(p.input_ids), budget, functools.partial(_sample, gen=gen, g=g)
+            )
+            stopped = new[-1] == eos
+            sample = generated_sample(p, new, False, eos)
+            u = self.method.uniforms([(p.record_id, len(new), c)])
+            logp = torch.log_softmax(torch.stack(rows) / self.temperature, dim=-1)
+            t = self.method.select(logp, u)
+            text = str(self.tok.decode(new[:-1] if stopped else new, skip_special_tokens=True))
+            out.append(Target(sample, t, "generated", text))
+        return out
+
+    def _continue(
+        self, prompt: list[int], budget: int, pick: Callable[[torch.Tensor], int]
+    ) -> tuple[list[int], list[torch.Tensor]]:
+        """Up to ``budget`` tokens after ``prompt`` (ending at EOS), each chosen by ``pick``
+        from the raw logits that predicted it; those logits too."""
+        self.runner.clear()
+        step = self.runner.chunk
+        logits = torch.empty(0)
+        for a in range(0, len(prompt), step):
+            piece = prompt[a : a + step]
+            last = a + len(piece) == len(prompt)
+            entries = [(t, a + i, 0, last and i == len(piece) - 1) for i, t in enumerate(piece)]
+            logits = self.runner.decode(entries)
+        new: list[int] = []
+        rows: list[torch.Tensor] = []
+        while True:
+            raw = _masked(logits, self.limit, 1.0)[0]
+            rows.append(raw)
+            new.append(pick(raw))
+            if new[-1] == self.tok.eos_token_id or len(new) >= budget:
+                return new, rows
+            logits = self.runner.decode([(new[-1], len(prompt) + len(new) - 1, 0, True)])
+
+    def continuations(
+        self, prompts: list[tuple[list[int], list[int]]], new_tokens: int
+    ) -> list[Generation]:
+        """Greedy continuations of (prompt, reference) ids, for the report."""
+        out = []
+        for prompt, reference in prompts:
+            new, _ = self._continue(prompt, new_tokens, lambda r: int(torch.argmax(r)))
+            out.append(
+                Generation(
+                    prompt=self.tok.decode(prompt),
+                    reference=self.tok.decode(reference),
+                    text=self.tok.decode(new, skip_special_tokens=True),
+                )
+            )
+        return out
+
+
+def _sample(logits: torch.Tensor, *, gen: GenerateSpec, g: torch.Generator) -> int:
+    """The next token as ``model.generate`` would pick it: greedy at temperature 0, else
+    softmax at the temperature, nucleus-filtered at top_p."""
+    if gen.temperature == 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / gen.temperature, dim=-1)
+    if gen.top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_p, 0) - sorted_p < gen.top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+    return int(torch.multinomial(probs, 1, generator=g))
