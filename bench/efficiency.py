@@ -43,7 +43,14 @@ def spec(
         "dataset": str(dataset(root, records)),
         "shards": shards,
         "eval_fraction": 0.0,
-        "teacher": {"model": m["teacher"], "top_k": 64, "batch_size": BATCH, "max_length": 256},
+        # float32 as the bare loop: the ratio measures the task around equal compute
+        "teacher": {
+            "model": m["teacher"],
+            "top_k": 64,
+            "batch_size": BATCH,
+            "max_length": 256,
+            "dtype": "float32",
+        },
         "students": [student],
         "loss": {"alpha": alpha},
     }

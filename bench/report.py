@@ -308,6 +308,7 @@ def write_markdown(r: dict[str, Any], path: Path, command: str) -> None:
         *_vocab_section(r.get("vocab_memory")),
         *_init_section(r.get("init_student")),
         *_overhead_section(r.get("teacher_overhead")),
+        *_teacher_cpu_section(r.get("teacher_cpu")),
         *_notes(path.parent / "NOTES.md"),
         "",
     ]
@@ -473,3 +474,57 @@ def quality_findings(q: dict[str, Any]) -> list[str]:
             f"{_range(arms[t]['share_of_dense_gain'], '{:.0%}')} of dense KD's gain."
         )
     return [*out, ""]
+
+
+def _teacher_cpu_section(v: dict[str, Any] | None) -> list[str]:
+    if not v:
+        return []
+    rows = [
+        f"| {name} | {x['tokens_per_s']} | **{x['vs_float32']}×** | {x['top1']} | {x['max_dlogp']} | "
+        f"{x['rss_growth_mib'] if x['rss_growth_mib'] is not None else 'n/a (own process)'} |"
+        for name, x in v["paths"].items()
+        if "error" not in x
+    ] + [
+        f"| {name} | failed: {x['error']} | | | | |"
+        for name, x in v["paths"].items()
+        if "error" in x
+    ]
+    return [
+        "## What each CPU teacher path costs",
+        "",
+        f"`python -m bench.run --only teacher_cpu`: one Llama of {v['parameters'] / 1e6:.0f}M "
+        f"parameters (random weights, V = {v['vocab']:,}), {v['samples']} samples, {v['tokens']:,} "
+        f"tokens, top-k 16, batch 8, {v['threads']} threads (the server: 1, its default here); this "
+        f"CPU has native bfloat16: {'yes' if v['cpu_bf16'] else 'no'}. Agreement is against "
+        "transformers float32: the share of positions with the same top token, and the largest "
+        "|Δ log p| of the top entry (the server's over positions 1.., which echo scores, on the "
+        "first 12 samples of at most 160 tokens: it failed longer ones here).",
+        "",
+        "| path | tokens/s | ÷ float32 | top-1 agreement | max abs Δ log p | RSS growth, MiB |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Fastest path at top-1 agreement ≥ 0.98: **{v['fastest']}**, "
+        f"**{v['fastest_vs_float32']}×** transformers float32 (goal ≥ 2×).",
+        "",
+        *_generation_rows(v.get("generation")),
+    ]
+
+
+def _generation_rows(g: dict[str, Any] | None) -> list[str]:
+    if not g:
+        return []
+    paths = [k for k, x in g.items() if isinstance(x, dict)]
+    return [
+        f"Writing responses (`teacher.generate`): {g['prompts']} prompts, {g['new_tokens']} new "
+        "tokens each, greedy, batch 8 (llama.cpp decodes the rows together, one token per row "
+        "per step).",
+        "",
+        "| path | new tokens/s | ÷ float32 | same text as float32 |",
+        "|---|---|---|---|",
+        *[
+            f"| {k} | {g[k]['tokens_per_s']} | **{g[k]['vs_float32']}×** | {g[k]['same_text_as_float32']} |"
+            for k in paths
+        ],
+        "",
+    ]

@@ -27,6 +27,7 @@ from bench import (
     pipeline,
     quality,
     served,
+    teacher_cpu,
     teacher_overhead,
     vocab_memory,
 )
@@ -43,6 +44,8 @@ def run_only(out: Path, name: str) -> dict[str, Any]:
         "init_student": lambda root: init_student.measure(root),
         "teacher_overhead": lambda root: teacher_overhead.measure(root),
         "quality": lambda root: quality.measure(root),
+        "teacher_cpu": lambda root: teacher_cpu.measure(root),
+        "efficiency": lambda root: _efficiency(root),
     }
     if name not in steps:
         raise SystemExit(f"--only {name}: choose one of {', '.join(steps)}")
@@ -95,6 +98,7 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
         step("vocab_memory", vocab_memory.measure)
         step("init_student", lambda: init_student.measure(root))
         step("teacher_overhead", lambda: teacher_overhead.measure(root))
+        step("teacher_cpu", lambda: teacher_cpu.measure(root))
         results["seconds"] = round(time.time() - t0)
     out.mkdir(parents=True, exist_ok=True)
     (out / "RESULTS.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -103,6 +107,11 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
         results, out / "RESULTS.md", command="make bench" + (" BENCH_ARGS=--quick" if quick else "")
     )
     return results
+
+
+def _efficiency(root: Path) -> dict[str, Any]:
+    with cluster(root / "cluster") as c:
+        return efficiency.measure(root, c, 480, repeats=5)
 
 
 def trl_column(root: Path, records: int) -> dict[str, Any]:

@@ -82,7 +82,14 @@ def spec(root: Path, name: str, shards: int) -> dict[str, Any]:
         "dataset": str(dataset(root, RECORDS)),
         "shards": shards,
         "eval_fraction": 0.0,
-        "teacher": {"model": model, "top_k": K, "batch_size": BATCH, "max_length": 256},
+        # float32 as the bare loop: the ratio measures the task around equal compute
+        "teacher": {
+            "model": model,
+            "top_k": K,
+            "batch_size": BATCH,
+            "max_length": 256,
+            "dtype": "float32",
+        },
         "students": [{"name": "s", "model": model}],
     }
 

@@ -320,7 +320,10 @@ def teacher_eval(job: Job) -> EvalResult:
         if not out.exists() and len(ids):
             _write_cache(job, teacher, tok, ids, out, -1)
         samples = evaluate.eval_samples(job, tok)
-        if isinstance(teacher, EndpointTeacher | GgufTeacher):
+        if isinstance(teacher, GgufTeacher):
+            result = teacher.eval_loss(samples)  # its full logits: the exact CE
+            gens = teacher.continuations(evaluate.prompts(samples), evaluate.NEW_TOKENS)
+        elif isinstance(teacher, EndpointTeacher):
             result = (
                 evaluate.cached_teacher_loss(out) if out.exists() else EvalResult(float("nan"), 0)
             )

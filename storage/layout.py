@@ -2,7 +2,8 @@
 
 <storage>/jobs/<job_id>/
   job.yaml, dataset.jsonl            frozen spec + fingerprints, the dataset copied in
-  teacher/shard-00003.h5 (+ .json)   verified cache shards (+ their stats)
+  teacher/shard-00003.h5 (+ .json)   verified cache shards (+ their stats); a from_job job reads its
+                                     cache job's teacher/ instead (JobPaths.cache_root)
   teacher/eval.json                  the teacher's held-out loss
   teacher/eval.h5                    held-out samples as a served or generating teacher made them
   students/<track>/global/v0007/     a track's checkpoint after 7 merged rounds

@@ -14,7 +14,6 @@ Generation (``teacher.generate``) samples in torch from the same full logits, se
 from __future__ import annotations
 
 import ctypes
-import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -31,7 +30,7 @@ from distillq.core.targets.records import SparseTargets, draw_seed
 from distillq.core.teacher.local import CACHE_ROWS, Item, chunk_positions, split_targets
 from distillq.core.teacher.records import Target, generated_sample
 from distillq.errors import ModelError
-from distillq.storage.records import Generation
+from distillq.storage.records import EvalResult, Generation
 
 log = logging.getLogger(__name__)
 
@@ -164,69 +163,142 @@ class GgufTeacher:
     def run(
         self, items: Iterable[Item], padding: PaddingCount | None = None
     ) -> Iterator[list[Target]]:
-        pack: list[Sample] = []
+        pending: list[Item] = []
         for item in items:
-            if isinstance(item, Prompt):
-                yield from self._score(pack)
-                pack = []
-                yield self._generate(item)
-                continue
-            pack.append(item)
-            if len(pack) == self.batch_size:
-                yield from self._score(pack)
-                pack = []
-        yield from self._score(pack)
+            if pending and type(pending[0]) is not type(item):
+                yield from self._flush(pending)
+                pending = []
+            pending.append(item)
+            if len(pending) == self.batch_size:
+                yield from self._flush(pending)
+                pending = []
+        yield from self._flush(pending)
+
+    def _flush(self, pending: list[Item]) -> Iterator[list[Target]]:
+        samples = [x for x in pending if isinstance(x, Sample)]
+        prompts = [x for x in pending if isinstance(x, Prompt)]
+        yield from self._score(samples)
+        if prompts:
+            yield from self._generate(prompts)
+
+    def eval_loss(self, samples: list[Sample]) -> EvalResult:
+        """Token-weighted mean CE at every target position, over the full vocabulary (what
+        ``core/student/evaluate.eval_loss`` gives a transformers model)."""
+        total, count = 0.0, 0
+        for a in range(0, len(samples), self.batch_size):
+            pack = samples[a : a + self.batch_size]
+            labels = [int(s.input_ids[p + 1]) for s in pack for p in s.target_positions()]
+            rows = torch.cat(list(self._logits(pack))) if labels else torch.empty(0)
+            if len(rows):
+                logp = torch.log_softmax(_masked(rows, self.limit, 1.0), dim=-1)
+                total -= float(logp[torch.arange(len(labels)), torch.tensor(labels)].sum())
+                count += len(labels)
+        return EvalResult(loss=total / max(count, 1), tokens=count, samples=len(samples))
+
+    def _logits(self, samples: list[Sample]) -> Iterator[torch.Tensor]:
+        """Raw logits at the target positions of ``samples`` (one pack), a piece at a time,
+        sample by sample and position by position."""
+        want = [set(map(int, s.target_positions())) for s in samples]
+        flat = [
+            (tok, pos, seq, pos in want[seq])
+            for seq, s in enumerate(samples)
+            for pos, tok in enumerate(s.input_ids)
+        ]
+        self.runner.clear()
+        step = self.runner.chunk
+        for a in range(0, len(flat), step):
+            logits = self.runner.decode(flat[a : a + step])
+            if len(logits):
+                yield logits
 
     def _score(self, samples: list[Sample]) -> Iterator[list[Target]]:
         """One pack: every sample a sequence of the shared cache; nothing is padded."""
         if not samples:
             return
         positions = [s.target_positions() for s in samples]
-        want = [set(map(int, p)) for p in positions]
-        flat = [
-            (tok, pos, seq, pos in want[seq])
-            for seq, s in enumerate(samples)
-            for pos, tok in enumerate(s.input_ids)
-        ]
         u = self.method.uniforms(
             [(s.record_id, len(p), 0) for s, p in zip(samples, positions, strict=True)]
         )
-        self.runner.clear()
         parts: list[SparseTargets] = []
         done = 0
-        step = self.runner.chunk
-        for a in range(0, len(flat), step):
-            logits = self.runner.decode(flat[a : a + step])
+        for logits in self._logits(samples):
             n = len(logits)
-            if n:
-                logp = torch.log_softmax(_masked(logits, self.limit, self.temperature), dim=-1)
-                parts.append(self.method.select(logp, None if u is None else u[done : done + n]))
-                done += n
+            logp = torch.log_softmax(_masked(logits, self.limit, self.temperature), dim=-1)
+            parts.append(self.method.select(logp, None if u is None else u[done : done + n]))
+            done += n
         if not parts:  # no target position in the pack: keep the shapes
             parts.append(self.method.select(torch.zeros(0, self.runner.vocab), u))
         # Outputs come sample by sample, position by position: the order of target_positions.
         for s, t in zip(samples, split_targets(concat(parts), positions), strict=True):
             yield [Target(s, t)]
 
-    def _generate(self, p: Prompt) -> list[Target]:
+    def _generate(self, prompts: list[Prompt]) -> Iterator[list[Target]]:
+        """``gen.n`` responses per prompt, the rows decoded together (one sequence each, one
+        token per row per step), each row sampled from its own generator."""
         gen = self.gen
         assert gen is not None
+        rows = [(p, c) for p in prompts for c in range(gen.n)]
+        made: dict[tuple[int, int], Target] = {}
+        for a in range(0, len(rows), self.batch_size):
+            made.update(self._generate_pack(rows[a : a + self.batch_size], gen))
+        for p in prompts:
+            yield [made[(id(p), c)] for c in range(gen.n)]
+
+    def _generate_pack(
+        self, rows: list[tuple[Prompt, int]], gen: GenerateSpec
+    ) -> dict[tuple[int, int], Target]:
         eos = self.tok.eos_token_id
-        out = []
-        for c in range(gen.n):
-            g = torch.Generator().manual_seed(draw_seed(gen.seed, p.record_id, c))
-            budget = max(min(gen.max_new_tokens, self.max_length - len(p.input_ids)), 1)
-            new, rows = self._continue(
-                list(p.input_ids), budget, functools.partial(_sample, gen=gen, g=g)
+        step = self.runner.chunk
+        self.runner.clear()
+        prefill = [
+            (t, i, seq, i == len(p.input_ids) - 1)
+            for seq, (p, _) in enumerate(rows)
+            for i, t in enumerate(p.input_ids)
+        ]
+        last = torch.cat(
+            [self.runner.decode(prefill[a : a + step]) for a in range(0, len(prefill), step)]
+        )
+        cur = dict(enumerate(last))
+        gens = [torch.Generator().manual_seed(draw_seed(gen.seed, p.record_id, c)) for p, c in rows]
+        budget = [
+            max(min(gen.max_new_tokens, self.max_length - len(p.input_ids)), 1) for p, _ in rows
+        ]
+        new: list[list[int]] = [[] for _ in rows]
+        raws: list[list[torch.Tensor]] = [[] for _ in rows]
+        active = list(range(len(rows)))
+        while active:
+            entries, still = [], []
+            for seq in active:
+                raw = _masked(cur[seq][None], self.limit, 1.0)[0]
+                raws[seq].append(raw)
+                new[seq].append(_sample(raw, gen=gen, g=gens[seq]))
+                if new[seq][-1] != eos and len(new[seq]) < budget[seq]:
+                    at = len(rows[seq][0].input_ids) + len(new[seq]) - 1
+                    entries.append((new[seq][-1], at, seq, True))
+                    still.append(seq)
+            if still:
+                out = torch.cat(
+                    [
+                        self.runner.decode(entries[a : a + step])
+                        for a in range(0, len(entries), step)
+                    ]
+                )
+                cur = dict(zip(still, out, strict=True))
+            active = still
+        made = {}
+        for seq, (p, c) in enumerate(rows):
+            toks = new[seq]
+            stopped = toks[-1] == eos
+            u = self.method.uniforms([(p.record_id, len(toks), c)])
+            logp = torch.log_softmax(torch.stack(raws[seq]) / self.temperature, dim=-1)
+            text = str(self.tok.decode(toks[:-1] if stopped else toks, skip_special_tokens=True))
+            made[(id(p), c)] = Target(
+                generated_sample(p, toks, False, eos),
+                self.method.select(logp, u),
+                "generated",
+                text,
             )
-            stopped = new[-1] == eos
-            sample = generated_sample(p, new, False, eos)
-            u = self.method.uniforms([(p.record_id, len(new), c)])
-            logp = torch.log_softmax(torch.stack(rows) / self.temperature, dim=-1)
-            t = self.method.select(logp, u)
-            text = str(self.tok.decode(new[:-1] if stopped else new, skip_special_tokens=True))
-            out.append(Target(sample, t, "generated", text))
-        return out
+        return made
 
     def _continue(
         self, prompt: list[int], budget: int, pick: Callable[[torch.Tensor], int]

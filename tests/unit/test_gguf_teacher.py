@@ -23,6 +23,7 @@ from distillq.core.job.gguf_models import check_tokenizer, read_info
 from distillq.core.job.load import load_spec
 from distillq.core.job.models import load_causal_lm, load_tokenizer
 from distillq.core.job.spec import GenerateSpec
+from distillq.core.student.evaluate import eval_loss
 from distillq.core.targets.shard import Shard
 from distillq.core.targets.topk import TopK
 from distillq.core.teacher.gguf import GgufTeacher
@@ -78,6 +79,11 @@ def test_an_f32_gguf_teacher_gives_the_transformers_teachers_targets(
         for x, y in zip(local, got, strict=True):
             assert x.ids.shape == y.ids.shape
             assert np.all(np.exp(y.logprobs).sum(axis=1) <= 1 + 1e-4)
+    # The held-out CE from its full logits is transformers' own.
+    want = eval_loss(model, samples)
+    got_loss = _gguf_teacher(ggufs["f32"], tok).eval_loss(samples)
+    assert got_loss.tokens == want.tokens
+    assert abs(got_loss.loss - want.loss) < 1e-3 * want.loss
 
 
 def test_a_q8_0_teacher_agrees_with_the_f32_one(tiny_models, ggufs, text_records):
@@ -169,3 +175,23 @@ def test_the_real_q4_1_smollm2_scores_and_answers(smollm2_gguf, smollm2_student)
     row = list(sample.target_positions()).index(at)
     assert t.ids[row, 0] == paris
     assert np.exp(t.logprobs[row, 0]) > 0.3
+
+
+def test_gguf_generation_is_seeded_per_record_whatever_the_pack(tiny_models, ggufs, text_records):
+    """Responses are decoded several rows at a time; each row draws from its own generator,
+    so a record's responses do not depend on what it was batched with (a retried shard
+    writes the same text)."""
+    tok = load_tokenizer(tiny_models["medium_teacher"])
+    prompts = [Prompt(i, tok(r["text"])["input_ids"][:12]) for i, r in enumerate(text_records[:6])]
+    gen = GenerateSpec(max_new_tokens=10, temperature=0.9, seed=3, n=2)
+    runs = [
+        list(_gguf_teacher(ggufs["f32"], tok, batch_size=b, generate=gen).run(prompts))
+        for b in (4, 1)
+    ]
+    for packed, alone in zip(*runs, strict=True):
+        assert [t.text for t in packed] == [t.text for t in alone]
+        assert len(packed) == 2 and packed[0].kind == "generated"
+        for x, y in zip(packed, alone, strict=True):
+            assert x.sample.input_ids == y.sample.input_ids
+            assert np.allclose(x.targets.logprobs, y.targets.logprobs, atol=2e-2)  # float16
+    assert len({t.text for ts in runs[0] for t in ts}) > 6  # sampled, not all alike

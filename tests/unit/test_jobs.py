@@ -1,4 +1,5 @@
 import pytest
+from pathlib import Path
 
 from distillq.core.job.load import apply_override, load_spec, spec_from_dict
 from distillq.errors import SpecError
@@ -48,6 +49,10 @@ def test_unknown_key_suggests_the_close_one():
         ({"shards": -2}, "shards=-2 must be positive; set it above 0"),
         ({"loss": {"kind": "forward-kl"}}, "did you mean 'forward_kl'"),
         ({"overlong": "cut"}, r"overlong='cut' is not one of \['truncate', 'refuse'\]"),
+        ({"teacher": {"model": "t", "tokenizer": "tok"}}, "applies to a GGUF or endpoint teacher"),
+        ({"teacher": {"model": "t.gguf", "dtype": "float32"}}, "runs at its own quantization"),
+        ({"teacher": {"model": "t", "dtype": "fp16"}}, "not one of"),
+        ({"students": [{"name": "s", "model": "m", "dataset_epochs": 0}]}, "must be positive"),
     ],
 )
 def test_bad_specs_name_the_problem(over, msg):
@@ -192,3 +197,15 @@ def test_a_job_frozen_before_teachers_were_a_union_still_loads():
     spec = spec_from_stored(old)
     assert spec.teacher is not None and spec.teacher.model == "t" and not spec.teacher.is_endpoint
     assert spec_from_dict(spec.to_dict()) == spec
+
+
+def test_a_cache_only_spec_and_the_teacher_dtype_resolved_here(monkeypatch):
+    from distillq.core.job.models import cpu_has_bf16, teacher_dtype
+
+    spec = spec_from_dict(base(students=[]))
+    assert spec.students == () and spec.teacher is not None
+    monkeypatch.setenv("DISTILLQ_DEVICE", "cpu")
+    assert teacher_dtype("auto") == ("bfloat16" if cpu_has_bf16() else "float32")
+    assert teacher_dtype("float32") == "float32"
+    flags = Path("/proc/cpuinfo").read_text().split()
+    assert cpu_has_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
