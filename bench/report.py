@@ -498,7 +498,10 @@ def _teacher_cpu_section(v: dict[str, Any] | None) -> list[str]:
         f"CPU has native bfloat16: {'yes' if v['cpu_bf16'] else 'no'}. Agreement is against "
         "transformers float32: the share of positions with the same top token, and the largest "
         "|Δ log p| of the top entry (the server's over positions 1.., which echo scores, on the "
-        "first 12 samples of at most 160 tokens: it failed longer ones here).",
+        "first 12 samples of at most 160 tokens: it failed longer ones here). The server keys "
+        "its top entries by text, and a text several ids share is dropped "
+        "(`core/teacher/dialects.py`): where the teacher's top token is such a token, the "
+        "server's top entry is the next one, hence its largest |Δ log p|.",
         "",
         "| path | tokens/s | ÷ float32 | top-1 agreement | max abs Δ log p | RSS growth, MiB |",
         "|---|---|---|---|---|---|",

@@ -1,4 +1,4 @@
-"""What each CPU teacher path costs: the same ~110M-parameter model (random weights: the
+"""What each CPU teacher path costs: the same ~100M-parameter model (random weights: the
 matmuls dominate, which is what is measured) as transformers float32 and bfloat16, llama.cpp
 f16 and q8_0 in process (``core/teacher/gguf.py``), and the llama-cpp-python server
 (``EndpointTeacher``), scoring the same samples at top-k 16. Tokens/s and the process's peak
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from distillq.core.teacher.local import LocalTeacher
 from distillq.core.teacher.served import EndpointTeacher
 from tests.llama_server import SERVED_NAME, LlamaServer
 
-SHAPE = TinyLlama(hidden=768, layers=12, heads=12, intermediate=2048, max_positions=512)
+SHAPE = TinyLlama(hidden=768, layers=14, heads=12, intermediate=2048, max_positions=512)
 K, BATCH, MAX_LENGTH = 16, 8, 256
 RECORDS, SERVER_RECORDS, SERVER_TOKENS = 48, 12, 160
 GEN_TOKENS = 32
@@ -140,7 +141,7 @@ def _generation(ref: Path, tok: Any, samples: list[Any]) -> dict[str, Any]:
     prompts = [Prompt(s.record_id, list(s.input_ids[:32])) for s in samples[:8]]
     gen = GenerateSpec(max_new_tokens=GEN_TOKENS, temperature=0.0)
     out: dict[str, Any] = {"prompts": len(prompts), "new_tokens": GEN_TOKENS}
-    makers = {
+    makers: dict[str, Callable[[], Any]] = {
         "transformers float32": lambda: LocalTeacher(
             load_causal_lm(str(ref), dtype=torch.float32),
             tok,

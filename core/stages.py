@@ -20,9 +20,14 @@ from distillq.core import faults
 from distillq.core.export.gguf import Quant
 from distillq.core.export.outputs import export_gguf_outputs, export_track
 from distillq.core.job.data import TokenizeStats
-from distillq.core.job.gguf_models import load_gguf_tokenizer, read_info
+from distillq.core.job.gguf_models import read_info
 from distillq.core.job.jobs import Job
-from distillq.core.job.models import load_causal_lm, load_tokenizer, teacher_dtype
+from distillq.core.job.models import (
+    load_causal_lm,
+    load_tokenizer,
+    sample_tokenizer,
+    teacher_dtype,
+)
 from distillq.core.job.spec import LocalTeacherSpec, ServedTeacherSpec
 from distillq.core.report import report
 from distillq.core.student import evaluate
@@ -62,20 +67,6 @@ def _load_teacher(ref: str, dtype: str) -> tuple[Any, Any]:
 def _teacher(t: LocalTeacherSpec) -> tuple[Any, Any]:
     """The teacher model and tokenizer, loaded once per worker process, at ``teacher.dtype``."""
     return _load_teacher(t.model, teacher_dtype(t.dtype))
-
-
-def sample_tokenizer(job: Job) -> Any:
-    """The tokenizer samples are tokenized with: a transformers teacher's own; otherwise
-    ``teacher.tokenizer``, else the first student's, else a GGUF's own."""
-    t = job.spec.teacher
-    if isinstance(t, LocalTeacherSpec) and not t.is_gguf:
-        return _teacher(t)[1]
-    if t is not None and t.tokenizer:
-        return load_tokenizer(t.tokenizer, "teacher tokenizer")
-    if job.spec.students:
-        return load_tokenizer(job.spec.students[0].model)
-    assert isinstance(t, LocalTeacherSpec)
-    return load_gguf_tokenizer(t.model)
 
 
 _gguf: dict[tuple[Any, ...], GgufTeacher] = {}
@@ -120,7 +111,7 @@ def _make_teacher(
     if t is None:
         return None, load_tokenizer(job.spec.students[0].model)
     if isinstance(t, ServedTeacherSpec):
-        tok = sample_tokenizer(job)
+        tok = sample_tokenizer(job.spec)
         http = stack.enter_context(served.pool(t, on_error))
         dialect = job.info.teacher_dialect or t.dialect
         served_teacher = EndpointTeacher(
@@ -128,7 +119,7 @@ def _make_teacher(
         )
         return served_teacher, tok
     if t.is_gguf:
-        tok = sample_tokenizer(job)
+        tok = sample_tokenizer(job.spec)
         return _gguf_teacher(job, t, tok), tok
     model, tok = _teacher(t)
     local = LocalTeacher(

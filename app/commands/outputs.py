@@ -98,17 +98,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from distillq.core.job.jobs import load_job
-    from distillq.core.job.models import load_tokenizer
-    from distillq.core.job.spec import ServedTeacherSpec
+    from distillq.core.job.models import sample_tokenizer
     from distillq.core.report.show import show
 
     job = load_job(settings_from(args).storage, args.job)
-    t = job.spec.teacher
-    if isinstance(t, ServedTeacherSpec):
-        ref = t.tokenizer or job.spec.students[0].model
-    else:
-        ref = t.model if t else job.spec.students[0].model
-    for s in show(job, args.shard, args.record, load_tokenizer(ref)):
+    for s in show(job, args.shard, args.record, sample_tokenizer(job.spec)):
         print(f"record {s.record_id} ({s.kind})")
         print("--- prompt\n" + s.prompt)
         print("--- response\n" + s.response)

@@ -172,6 +172,21 @@ def teacher_dtype(choice: str) -> str:
     return "bfloat16" if device() == "cuda" or cpu_has_bf16() else "float32"
 
 
+def sample_tokenizer(spec: Any) -> Any:
+    """The tokenizer a job's samples are tokenized with (``spec``: a JobSpec): a transformers
+    teacher's own; otherwise ``teacher.tokenizer``, else the first student's, else a GGUF's own."""
+    t = spec.teacher
+    if t is not None and not t.is_endpoint and not t.is_gguf:
+        return load_tokenizer(t.model, "teacher model")
+    if t is not None and t.tokenizer:
+        return load_tokenizer(t.tokenizer, "teacher tokenizer")
+    if spec.students:
+        return load_tokenizer(spec.students[0].model)
+    from distillq.core.job.gguf_models import load_gguf_tokenizer
+
+    return load_gguf_tokenizer(t.model)
+
+
 def load_causal_lm(ref: str, what: str = "model", dtype: Any = None) -> Any:
     """A causal LM in eval mode on :func:`device`. float32 on CPU (fp16 matmuls crawl there)."""
     import torch

@@ -11,9 +11,11 @@ The YAML shape is the user-facing contract (issue 2); fields can be added, never
     # or a served teacher: {endpoint: http://gpu-box:8000/v1, model: served-name, top_k: 20,
     #   api_key_env: VAR, max_concurrent: 8, dialect: auto}   (docs/DESIGN.md §4b)
     # and for prompt-only data: teacher.generate: {max_new_tokens: 128, temperature: 0.7, seed: 0}
-    students:
+    # a GGUF (model: t.gguf) or an Ollama tag (model: "ollama:qwen2.5:7b"), run by llama.cpp;
+    # another job's cache: teacher: {from_job: JOB_ID} (completed from it at enqueue)
+    students:                        # [] builds the teacher cache only
       - {name: small, model: path/or/hub-id, peft: {method: lora, r: 8, alpha: 16}, replicas: 1,
-         lr: 1.0e-3, epochs: 1, batch_size: 4}
+         lr: 1.0e-3, epochs: 1, dataset_epochs: 1, batch_size: 4}
     loss: {kind: forward_kl, alpha: 0.5, temperature: 1.0}
     overlong: truncate               # truncate | refuse samples over the token limit
     columns: {prompt: instruction, response: output}   # the dataset's own column names

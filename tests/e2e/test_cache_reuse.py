@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,8 +14,8 @@ import yaml
 
 from distillq.core.job.jobs import load_job
 from distillq.storage import checkpoints
-from distillq.storage.report_records import Report
 from distillq.storage.records import read_if_exists
+from distillq.storage.report_records import Report
 from distillq.tasks.celery_app import app
 from tests.conftest import run_cli, write_jsonl
 from tests.e2e.test_pipeline import enqueue

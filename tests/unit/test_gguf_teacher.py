@@ -156,7 +156,7 @@ def test_the_real_q4_1_smollm2_scores_and_answers(smollm2_gguf, smollm2_student)
     info = read_info(str(smollm2_gguf))
     assert (info.quantization, info.architecture, len(info.tokens)) == ("q4_1", "llama", 49152)
     tok = load_tokenizer(smollm2_student)
-    assert tok.bos_token_id is None or not tok("a")["input_ids"][:1] == [tok.bos_token_id]
+    assert tok.bos_token_id is None or tok("a")["input_ids"][:1] != [tok.bos_token_id]
     teacher = _gguf_teacher(smollm2_gguf, tok, threads=2, max_length=96, generate=GenerateSpec(max_new_tokens=8, temperature=0.0))  # fmt: skip
     # Its chat format, without the default system turn (with it, this 135M model rambles).
     chat = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"

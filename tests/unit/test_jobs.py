@@ -1,5 +1,6 @@
-import pytest
 from pathlib import Path
+
+import pytest
 
 from distillq.core.job.load import apply_override, load_spec, spec_from_dict
 from distillq.errors import SpecError
