@@ -39,6 +39,7 @@ def test_a_queue_with_a_live_node_is_not_named(settings, make_spec):
     r = broker.client(settings.broker_url)
     beat = Heartbeat(r, node_info("t@test", ["teacher"], 1), interval=5)
     beat.beat()  # registered as a worker registers itself
+    beat.start()  # and alive as long as enqueue takes, however busy the machine
     try:
         res = run_cli(settings, "enqueue", str(make_spec(n_records=20, shards=1)))
         assert res.returncode == 0, res.stderr
