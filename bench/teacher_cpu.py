@@ -60,6 +60,19 @@ def _run(teacher: Any, samples: list[Any]) -> tuple[list[Any], float, float]:
     return got, sum(len(s.input_ids) for s in samples) / seconds, peak / 2**20
 
 
+def _local(ref: Path, tok: Any, dtype: torch.dtype, gen: GenerateSpec | None = None) -> Any:
+    model = load_causal_lm(str(ref), dtype=dtype)
+    return LocalTeacher(model, tok, temperature=1.0, batch_size=BATCH, max_length=MAX_LENGTH, generate=gen, method=TopK(K))  # fmt: skip
+
+
+def _gguf(ref: Path, tok: Any, quant: str, gen: GenerateSpec | None = None) -> Any:
+    """The model as a GGUF of ``quant`` (written once), run in process."""
+    path = ref.parent / f"teacher-{quant}.gguf"
+    if not path.exists():
+        write_gguf(ref, path, quant)  # type: ignore[arg-type]
+    return GgufTeacher(read_info(str(path)), tok, temperature=1.0, batch_size=BATCH, max_length=MAX_LENGTH, generate=gen, method=TopK(K), threads=2)  # fmt: skip
+
+
 def _agree(ref: list[Any], got: list[Any]) -> tuple[float, float]:
     """Over positions where ``got`` has a distribution (a server's CE-fallback rows, the true
     token alone at log-prob 0, are no measurement)."""
@@ -82,19 +95,11 @@ def measure(root: Path) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
     base: list[Any] = []
 
-    def local(dtype: torch.dtype) -> LocalTeacher:
-        model = load_causal_lm(str(ref), dtype=dtype)
-        return LocalTeacher(model, tok, temperature=1.0, batch_size=BATCH, max_length=MAX_LENGTH, generate=None, method=TopK(K))  # fmt: skip
-
-    def gguf(quant: str) -> GgufTeacher:
-        path = write_gguf(ref, root / f"teacher-{quant}.gguf", quant)  # type: ignore[arg-type]
-        return GgufTeacher(read_info(str(path)), tok, temperature=1.0, batch_size=BATCH, max_length=MAX_LENGTH, generate=None, method=TopK(K), threads=2)  # fmt: skip
-
     paths = [
-        ("transformers float32", lambda: local(torch.float32)),
-        ("transformers bfloat16", lambda: local(torch.bfloat16)),
-        ("llama.cpp f16, in process", lambda: gguf("f16")),
-        ("llama.cpp q8_0, in process", lambda: gguf("q8_0")),
+        ("transformers float32", lambda: _local(ref, tok, torch.float32)),
+        ("transformers bfloat16", lambda: _local(ref, tok, torch.bfloat16)),
+        ("llama.cpp f16, in process", lambda: _gguf(ref, tok, "f16")),
+        ("llama.cpp q8_0, in process", lambda: _gguf(ref, tok, "q8_0")),
     ]
     for name, make in paths:
         teacher = make()
@@ -142,35 +147,9 @@ def _generation(ref: Path, tok: Any, samples: list[Any]) -> dict[str, Any]:
     gen = GenerateSpec(max_new_tokens=GEN_TOKENS, temperature=0.0)
     out: dict[str, Any] = {"prompts": len(prompts), "new_tokens": GEN_TOKENS}
     makers: dict[str, Callable[[], Any]] = {
-        "transformers float32": lambda: LocalTeacher(
-            load_causal_lm(str(ref), dtype=torch.float32),
-            tok,
-            temperature=1.0,
-            batch_size=BATCH,
-            max_length=MAX_LENGTH,
-            generate=gen,
-            method=TopK(K),
-        ),
-        "llama.cpp f16, in process": lambda: GgufTeacher(
-            read_info(str(ref.parent / "teacher-f16.gguf")),
-            tok,
-            temperature=1.0,
-            batch_size=BATCH,
-            max_length=MAX_LENGTH,
-            generate=gen,
-            method=TopK(K),
-            threads=2,
-        ),
-        "llama.cpp q8_0, in process": lambda: GgufTeacher(
-            read_info(str(ref.parent / "teacher-q8_0.gguf")),
-            tok,
-            temperature=1.0,
-            batch_size=BATCH,
-            max_length=MAX_LENGTH,
-            generate=gen,
-            method=TopK(K),
-            threads=2,
-        ),
+        "transformers float32": lambda: _local(ref, tok, torch.float32, gen),
+        "llama.cpp f16, in process": lambda: _gguf(ref, tok, "f16", gen),
+        "llama.cpp q8_0, in process": lambda: _gguf(ref, tok, "q8_0", gen),
     }
     texts: dict[str, list[str]] = {}
     for name, make in makers.items():
