@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -237,12 +237,18 @@ class GgufTeacher:
         token per row per step), each row sampled from its own generator."""
         gen = self.gen
         assert gen is not None
-        rows = [(p, c) for p in prompts for c in range(gen.n)]
+        made = self._generate_rows([(p, c) for p in prompts for c in range(gen.n)], gen)
+        for p in prompts:
+            yield [made[(id(p), c)] for c in range(gen.n)]
+
+    def _generate_rows(
+        self, rows: list[tuple[Prompt, int]], gen: GenerateSpec
+    ) -> dict[tuple[int, int], Target]:
+        """(prompt, copy) rows, ``batch_size`` at a time; keyed by (id(prompt), copy)."""
         made: dict[tuple[int, int], Target] = {}
         for a in range(0, len(rows), self.batch_size):
             made.update(self._generate_pack(rows[a : a + self.batch_size], gen))
-        for p in prompts:
-            yield [made[(id(p), c)] for c in range(gen.n)]
+        return made
 
     def _generate_pack(
         self, rows: list[tuple[Prompt, int]], gen: GenerateSpec
@@ -300,44 +306,21 @@ class GgufTeacher:
             )
         return made
 
-    def _continue(
-        self, prompt: list[int], budget: int, pick: Callable[[torch.Tensor], int]
-    ) -> tuple[list[int], list[torch.Tensor]]:
-        """Up to ``budget`` tokens after ``prompt`` (ending at EOS), each chosen by ``pick``
-        from the raw logits that predicted it; those logits too."""
-        self.runner.clear()
-        step = self.runner.chunk
-        logits = torch.empty(0)
-        for a in range(0, len(prompt), step):
-            piece = prompt[a : a + step]
-            last = a + len(piece) == len(prompt)
-            entries = [(t, a + i, 0, last and i == len(piece) - 1) for i, t in enumerate(piece)]
-            logits = self.runner.decode(entries)
-        new: list[int] = []
-        rows: list[torch.Tensor] = []
-        while True:
-            raw = _masked(logits, self.limit, 1.0)[0]
-            rows.append(raw)
-            new.append(pick(raw))
-            if new[-1] == self.tok.eos_token_id or len(new) >= budget:
-                return new, rows
-            logits = self.runner.decode([(new[-1], len(prompt) + len(new) - 1, 0, True)])
-
     def continuations(
         self, prompts: list[tuple[list[int], list[int]]], new_tokens: int
     ) -> list[Generation]:
-        """Greedy continuations of (prompt, reference) ids, for the report."""
-        out = []
-        for prompt, reference in prompts:
-            new, _ = self._continue(prompt, new_tokens, lambda r: int(torch.argmax(r)))
-            out.append(
-                Generation(
-                    prompt=self.tok.decode(prompt),
-                    reference=self.tok.decode(reference),
-                    text=self.tok.decode(new, skip_special_tokens=True),
-                )
+        """Greedy continuations of (prompt, reference) ids, for the report: the same batched
+        decoding as responses, at temperature 0."""
+        rows = [(Prompt(i, list(prompt)), 0) for i, (prompt, _) in enumerate(prompts)]
+        made = self._generate_rows(rows, GenerateSpec(max_new_tokens=new_tokens, temperature=0.0))
+        return [
+            Generation(
+                prompt=self.tok.decode(prompt),
+                reference=self.tok.decode(reference),
+                text=made[(id(row), 0)].text,
             )
-        return out
+            for (row, _), (prompt, reference) in zip(rows, prompts, strict=True)
+        ]
 
 
 def _sample(logits: torch.Tensor, *, gen: GenerateSpec, g: torch.Generator) -> int:

@@ -70,16 +70,24 @@ def _wait(settings, job_id: str, workers) -> None:
     assert res.returncode == 0, res.stderr + workers.log("teacher") + workers.log("student")
 
 
+def _run_to_report(settings, workers, tmp_path, name: str, spec: dict) -> tuple[Any, Report]:
+    """Teacher and student workers, the job enqueued and waited for; the job and its report."""
+    workers.start("teacher", "teacher")
+    workers.start("student", "student")
+    job_id = enqueue(settings, _write(tmp_path, name, spec))
+    _wait(settings, job_id, workers)
+    job = load_job(settings.storage, job_id)
+    report = read_if_exists(Report, job.paths.report)
+    assert report is not None
+    return job, report
+
+
 def test_a_cache_only_job_then_a_job_on_its_cache_runs_no_teacher_task(
     settings, workers, tmp_path, tiny_models, teacher_only
 ):
-    workers.start("teacher", "teacher")
-    workers.start("student", "student")
-    first = enqueue(settings, _write(tmp_path, "first", teacher_only))
-    _wait(settings, first, workers)
-    job = load_job(settings.storage, first)
-    report = read_if_exists(Report, job.paths.report)
-    assert report is not None and report.students == {}
+    job, report = _run_to_report(settings, workers, tmp_path, "first", teacher_only)
+    first = job.id
+    assert report.students == {}
     assert report.teacher is not None and report.teacher.eval_loss is not None
     assert report.cache.bytes > 0
     md = job.paths.report_md.read_text()
@@ -153,14 +161,11 @@ def test_a_real_quantized_gguf_teacher_end_to_end(
         "students": [{"name": "s", "model": smollm2_student, "peft": {"method": "lora", "r": 4},
                       "batch_size": 4}],
     }  # fmt: skip
-    workers.start("teacher", "teacher")
-    workers.start("student", "student")
-    job_id = enqueue(settings, _write(tmp_path, "smol", spec))
-    _wait(settings, job_id, workers)
-    job = load_job(settings.storage, job_id)
-    report = read_if_exists(Report, job.paths.report)
-    assert report is not None and report.teacher is not None
+    job, report = _run_to_report(settings, workers, tmp_path, "smol", spec)
+    assert report.teacher is not None
     assert report.teacher.quantization == "q4_1"
+    # The teacher's greedy continuations of held-out prompts (llama.cpp, batched), for the report.
+    assert report.teacher.generations and all(g.text for g in report.teacher.generations)
     assert report.cache.sources == ["gguf q4_1"]
     # A real English model: its held-out CE on English text is far below uniform (ln V ≈ 10.8).
     assert report.teacher.eval_loss is not None and report.teacher.eval_loss < 5.0
