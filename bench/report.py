@@ -309,6 +309,7 @@ def write_markdown(r: dict[str, Any], path: Path, command: str) -> None:
         *_init_section(r.get("init_student")),
         *_overhead_section(r.get("teacher_overhead")),
         *_teacher_cpu_section(r.get("teacher_cpu")),
+        *_generation_vocab_section(r.get("generation_vocab")),
         *_notes(path.parent / "NOTES.md"),
         "",
     ]
@@ -529,5 +530,30 @@ def _generation_rows(g: dict[str, Any] | None) -> list[str]:
             f"| {k} | {g[k]['tokens_per_s']} | **{g[k]['vs_float32']}×** | {g[k]['same_text_as_float32']} |"
             for k in paths
         ],
+        "",
+    ]
+
+
+def _generation_vocab_section(v: dict[str, Any] | None) -> list[str]:
+    if not v:
+        return []
+    rows = [
+        f"| {int(vocab):,} | {x['head_vs_body']} | {x['bare_tokens_per_s']} | "
+        f"{x['stage_tokens_per_s']} | **{x['stage_vs_bare']}** |"
+        for vocab, x in v["vocabs"].items()
+    ]
+    return [
+        "## Writing responses at a large vocabulary",
+        "",
+        f"`python -m bench.run --only generation_vocab`: a {v['shape']} (Gemma-3-270M's shape) "
+        f"whose head has V rows; {v['prompts']} prompts of {v['prompt_tokens']} tokens, "
+        f"{v['new_tokens']} new tokens each, batch {v['batch']}, sampled at temperature 1, two "
+        "threads. The stage (`LocalTeacher.run`, which keeps the top-"
+        f"{v['top_k']} of every generated position) against a bare `model.generate` on the same "
+        "prompts; best of two each, interleaved. Goal: ≥ 0.9 at 150k–260k.",
+        "",
+        "| V | head ÷ body parameters | bare new tokens/s | stage new tokens/s | stage ÷ bare |",
+        "|---|---|---|---|---|",
+        *rows,
         "",
     ]

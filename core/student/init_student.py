@@ -3,7 +3,9 @@
 ``distillq init-student TEACHER --out DIR [--layers N] [--hidden H] [--from-teacher-layers]``.
 A student must share the teacher's tokenizer; this is the way to get one without writing a
 script. The shape keeps the teacher's head size (so narrower means fewer heads, with the
-teacher's ratio of query to key/value heads) and scales the MLP with the width.
+teacher's ratio of query to key/value heads) and scales the MLP with the width. Where heads
+and width are decoupled (heads x head size != width: Gemma 3, Qwen3), any width up to the
+teacher's is accepted and the heads scale with it.
 
 ``--from-teacher-layers`` initialises from the teacher, as DistilBERT did: student layer j
 takes teacher layer ``round(j · L_t / N)`` (every other layer at half depth), embeddings,
@@ -40,13 +42,20 @@ def shape_for(cfg: Any, layers: int | None, hidden: int | None) -> StudentShape:
     h = hidden or t_hidden
     if not 1 <= n <= t_layers:
         raise ModelError(f"--layers {n}: choose 1 to {t_layers} (the teacher's depth)")
-    if h > t_hidden or h % head_dim:
-        raise ModelError(
-            f"--hidden {h}: choose a multiple of the teacher's head size {head_dim}, at most "
-            f"its width {t_hidden}"
-        )
-    heads = h // head_dim
     group = max(1, t_heads // t_kv)
+    if t_heads * head_dim != t_hidden:
+        # Decoupled heads (Gemma 3, Qwen3: heads x head size != width): the width need not be
+        # a multiple of the head size; the heads shrink with the width, whole GQA groups.
+        if not 1 <= h <= t_hidden:
+            raise ModelError(f"--hidden {h}: choose 1 to {t_hidden} (the teacher's width)")
+        heads = max(group, round(t_heads * h / t_hidden / group) * group)
+    else:
+        if h > t_hidden or h % head_dim:
+            raise ModelError(
+                f"--hidden {h}: choose a multiple of the teacher's head size {head_dim}, at "
+                f"most its width {t_hidden}"
+            )
+        heads = h // head_dim
     kv = max(1, heads // group)
     inter = int(cfg.intermediate_size) * h // t_hidden
     return StudentShape(n, h, heads, kv, inter - inter % 8 or 8, head_dim)
@@ -84,11 +93,15 @@ def init_student(
     small.intermediate_size = shape.intermediate
     if getattr(cfg, "head_dim", None):
         small.head_dim = shape.head_dim
+    picked = layer_map(cfg.num_hidden_layers, shape.layers)
+    if getattr(cfg, "layer_types", None):
+        # Per-layer attention kinds (sliding or full: Gemma 3, Qwen3) follow the layers taken.
+        small.layer_types = [cfg.layer_types[i] for i in picked]
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(small, dtype=torch.float32)
     if from_teacher:
         big = load_causal_lm(teacher, "teacher model")
-        _copy_from(big, model, layer_map(cfg.num_hidden_layers, shape.layers))
+        _copy_from(big, model, picked)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)

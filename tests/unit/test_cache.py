@@ -181,3 +181,16 @@ def test_demo_teacher_cache_fits_160_bytes_per_position_at_k64(tmp_path):
     )
     assert counts["target_positions"] > 2000
     assert out.stat().st_size / counts["target_positions"] <= 160
+
+
+def test_the_teachers_responses_read_back_as_the_text_it_wrote(tmp_path):
+    """The text is stored as UTF-8 bytes (vlen uint8): it reads back as that text, not as the
+    array of its bytes (what `distillq show` printed until a real model wrote English)."""
+    path = tmp_path / "shard-00002.h5"
+    data = sample_data(np.random.default_rng(0))
+    texts = ["Paris is the capital of France.", "", "naïve café — ok"]
+    with CacheWriter(path, meta()) as w:
+        for (rid, ids, pos, t_ids, t_lp), text in zip(data, texts, strict=True):
+            w.add(rid, ids, pos, t_ids, t_lp, text=text, kind=1 if text else 0)
+    with Shard(path) as r:
+        assert [r.generated(j) for j in range(len(r))] == [(1, texts[0]), (0, ""), (1, texts[2])]

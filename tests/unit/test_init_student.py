@@ -59,3 +59,29 @@ def test_random_init_and_refusals(tmp_path):
         shape_for(cfg, None, 100)
     with pytest.raises(ModelError, match="choose 1 to 6"):
         shape_for(cfg, 9, None)
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gemma3"])
+def test_decoupled_heads_take_the_default_width(tmp_path, arch):
+    """Heads x head size != width (Gemma 3: 4 x 256 at width 640): the default student and a
+    narrower one are built, cut from the teacher, and run; per-layer attention kinds follow."""
+    from tests.tiny_arch import save_tiny_arch
+
+    teacher = str(save_tiny_arch(tmp_path / "t", arch, 0, True, hidden=48, layers=4))
+    cfg = load_causal_lm(teacher).config
+    assert cfg.num_attention_heads * cfg.head_dim != cfg.hidden_size
+    out, shape = init_student(teacher, tmp_path / "d", layers=None, hidden=None, from_teacher=True)
+    assert (shape.layers, shape.hidden, shape.heads, shape.kv_heads) == (2, 48, 4, 2)
+    narrow, small = init_student(teacher, tmp_path / "n", layers=2, hidden=24, from_teacher=True)
+    assert (small.hidden, small.heads, small.kv_heads, small.head_dim) == (24, 2, 1, 32)
+    ids = torch.tensor([load_tokenizer(teacher)("def main():")["input_ids"]])
+    for path in (out, narrow):
+        s = load_causal_lm(str(path))
+        assert s.config.layer_types == [cfg.layer_types[i] for i in layer_map(4, 2)]
+        assert torch.isfinite(s(ids).logits).all()
+    sw = load_causal_lm(str(narrow)).state_dict()
+    tw = load_causal_lm(teacher).state_dict()
+    torch.testing.assert_close(  # student layer 1 is teacher layer 2: its leading heads and rows
+        sw["model.layers.1.self_attn.q_proj.weight"],
+        tw["model.layers.2.self_attn.q_proj.weight"][:64, :24],
+    )
