@@ -195,6 +195,6 @@ def run_demo(settings: Settings, quick: bool = False, teacher: str = "stdlib") -
             f"report: {job.paths.report_md}\nplot:   {job.paths.report_png}\noutputs: {job.paths.root / 'students'}"
         )
         print("\nthe distilled student (kd), for llama.cpp and Ollama:")
-        print(run_hints(data.students["kd"].outputs or Outputs()))
+        print(run_hints(data.students["kd"].outputs or Outputs(), chat=teacher != "stdlib"))
         print(f"demo wall time: {time.time() - t0:.0f} s")
     return 0

@@ -24,7 +24,7 @@ from distillq.app.demo_models import stdlib_files
 from distillq.app.real_models import Fetched, fetch
 from distillq.storage.layout import models_root
 
-REAL_RECORDS, REAL_QUICK_RECORDS = 200, 48
+REAL_RECORDS, REAL_QUICK_RECORDS = 210, 48
 STUDENT_LAYERS = 6
 """Of the teacher's 30, at its width: 49M parameters of its 135M, a third of its compute."""
 
@@ -85,8 +85,8 @@ def real_spec(
     track = {
         "model": str(student),
         "peft": {"method": "full"},
-        "lr": 1e-4,
-        "epochs": 2,
+        "lr": 5e-4,
+        "epochs": 3,
         "batch_size": 8,
         "warmup_steps": 4,
         "seed": seed,
@@ -96,7 +96,7 @@ def real_spec(
         "dataset": str(storage / "demo" / f"smollm2-prompts-{records}.jsonl"),
         "shards": 4,
         "mode": "teacher_student",
-        "eval_fraction": 0.1,
+        "eval_fraction": 0.15,
         "teacher": {
             "model": str(fetched.gguf),
             "top_k": 16,

@@ -112,13 +112,21 @@ def follow(get: Callable[[], JobStatus], interval: float, timeout: float | None 
         time.sleep(interval)
 
 
-def run_hints(outputs: Outputs) -> str:
-    """Where a track's exported files are, and the command that runs each."""
+def run_hints(outputs: Outputs, chat: bool = False) -> str:
+    """Where a track's exported files are, and the command that runs each. ``chat``: the model
+    has a chat template (carried into its GGUF): talk to it rather than continue text."""
     lines = [f"  {k:<10} {v}" for k, v in outputs.entries() if k != "gguf_skipped"]
     if outputs.gguf_skipped:
         lines.append(f"  no GGUF: {outputs.gguf_skipped}")
     gguf = outputs.gguf_q8_0 or outputs.gguf_f16
-    if gguf:
+    if gguf and chat:
+        ask = "[{'role': 'user', 'content': 'What is the capital of France?'}]"
+        lines.append(f"  run with llama.cpp:  llama-cli -m {gguf} -cnv")
+        lines.append(
+            f'  from Python:         python -c "from llama_cpp import Llama; '
+            f"print(Llama(model_path='{gguf}').create_chat_completion({ask}))\""
+        )
+    elif gguf:
         lines.append(f"  run with llama.cpp:  llama-cli -m {gguf} -p 'def main():' -n 64")
         lines.append(
             f'  from Python:         python -c "from llama_cpp import Llama; '

@@ -310,6 +310,7 @@ def write_markdown(r: dict[str, Any], path: Path, command: str) -> None:
         *_overhead_section(r.get("teacher_overhead")),
         *_teacher_cpu_section(r.get("teacher_cpu")),
         *_generation_vocab_section(r.get("generation_vocab")),
+        *_real_model_section(r.get("real_model")),
         *_notes(path.parent / "NOTES.md"),
         "",
     ]
@@ -555,5 +556,52 @@ def _generation_vocab_section(v: dict[str, Any] | None) -> list[str]:
         "| V | head ÷ body parameters | bare new tokens/s | stage new tokens/s | stage ÷ bare |",
         "|---|---|---|---|---|",
         *rows,
+        "",
+    ]
+
+
+def _real_model_section(v: dict[str, Any] | None) -> list[str]:
+    if not v:
+        return []
+    t, q = v["throughput"], v["quality"]
+    scoring = [
+        f"| {name} | {x['tokens_per_s']} | **{x['vs_float32']}×** | {x['top1']} | {x['max_dlogp']} |"
+        for name, x in t["scoring"].items()
+    ]
+    gen = [
+        f"| {name} | {x['tokens_per_s']} | **{x['vs_float32']}×** | {x['first']!r} |"
+        for name, x in t["generation"].items()
+    ]
+    seeds = sorted({k.split("-s")[1] for k in q["heldout"]})
+    quality = [
+        f"| {s} | {q['heldout'][f'kd-s{s}']} | {q['heldout'][f'ce-s{s}']} | "
+        f"{q['kd_gap_closed'].get(s, q['kd_gap_closed'].get(int(s), 'n/a'))} |"
+        for s in seeds
+    ]
+    return [
+        "## A real teacher: SmolLM2-135M-Instruct",
+        "",
+        "`python -m bench.run --only real_model` (`bench/real_model.py`). Scoring "
+        f"{t['samples']} records of given English ({t['tokens']:,} tokens) at top-16, batch 8, "
+        "two threads; agreement against transformers float32 (the dequantized conversion of "
+        "the same Q4_1 weights):",
+        "",
+        "| path | tokens/s | ÷ float32 | top-1 agreement | max abs Δ log p |",
+        "|---|---|---|---|---|",
+        *scoring,
+        "",
+        "Writing responses to 8 chat prompts (32 new tokens, greedy):",
+        "",
+        "| path | new tokens/s | ÷ float32 | first answer |",
+        "|---|---|---|---|",
+        *gen,
+        "",
+        f"Quality: the real demo's job on {q['records']} prompts ({q['eval_samples']} held out), "
+        f"`kd` and `ce` at three seeds on one cache; teacher held-out {q['teacher_heldout']}, "
+        f"untrained student {q['untrained']}. KD beats CE at {q['kd_beats_ce']} of 3 seeds.",
+        "",
+        "| seed | kd held-out | ce held-out | share of the ce→teacher gap kd closes |",
+        "|---|---|---|---|",
+        *quality,
         "",
     ]

@@ -27,6 +27,7 @@ from bench import (
     online,
     pipeline,
     quality,
+    real_model,
     served,
     teacher_cpu,
     teacher_overhead,
@@ -47,6 +48,7 @@ def run_only(out: Path, name: str) -> dict[str, Any]:
         "quality": lambda root: quality.measure(root),
         "teacher_cpu": lambda root: teacher_cpu.measure(root),
         "generation_vocab": lambda root: generation_vocab.measure(root),
+        "real_model": lambda root: real_model.measure(root),
         "efficiency": lambda root: _efficiency(root),
     }
     if name not in steps:
@@ -102,6 +104,7 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
         step("teacher_overhead", lambda: teacher_overhead.measure(root))
         step("teacher_cpu", lambda: teacher_cpu.measure(root))
         step("generation_vocab", lambda: generation_vocab.measure(root))
+        step("real_model", lambda: real_model.measure(root))
         results["seconds"] = round(time.time() - t0)
     out.mkdir(parents=True, exist_ok=True)
     (out / "RESULTS.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,15 @@ def real(smollm2, tmp_path_factory) -> dict[str, Any]:
         "student": str(student),
         "prompts": write_prompts(root / "prompts.jsonl", PROMPTS),
     }
+
+
+@pytest.fixture(scope="module")
+def server(real, tmp_path_factory) -> Iterator[LlamaServer]:
+    """llama-cpp-python's server on the shipped Q4_1 GGUF, as is."""
+    llama_cpp()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with LlamaServer(real["gguf"], log, n_ctx=256) as srv:
+        yield srv
 
 
 def _words(text: str) -> int:
@@ -117,11 +127,10 @@ def _english(n: int) -> list[dict]:
     return [{"text": " ".join(qs[4 * i : 4 * i + 4])} for i in range(n)]
 
 
-def test_the_real_teacher_scores_english_locally_and_served_alike(real, tmp_path):
+def test_the_real_teacher_scores_english_locally_and_served_alike(real, server, tmp_path):
     """Given English text: the held-out loss is far below a random model's, and the server on
     the real Q4_1 GGUF (a tokenizer with no BOS: llama-cpp-python's echo shifts such prompts)
     gives the local float32 teacher's targets, up to 4-bit quantization."""
-    llama_cpp()
     recs = _english(10)
     base = {"name": "en", "shards": 1, "eval_fraction": 0.2,
             "students": [{"name": "s", "model": real["student"]}]}  # fmt: skip
@@ -132,9 +141,8 @@ def test_the_real_teacher_scores_english_locally_and_served_alike(real, tmp_path
     local = job_with_cache(tmp_path / "local", recs, {**base, "teacher": here})
     held_out = stages.teacher_eval(local).loss
     assert held_out < 0.5 * math.log(49_152), held_out  # uniform: ln V = 10.8
-    with LlamaServer(real["gguf"], tmp_path / "server.log", n_ctx=256) as srv:
-        teacher = {"endpoint": srv.url, "model": SERVED_NAME, "tokenizer": real["hf"], **shape}
-        served = job_with_cache(tmp_path / "served", recs, {**base, "teacher": teacher})
+    teacher = {"endpoint": server.url, "model": SERVED_NAME, "tokenizer": real["hf"], **shape}
+    served = job_with_cache(tmp_path / "served", recs, {**base, "teacher": teacher})
     a, b = Shard(local.paths.shard(0)), Shard(served.paths.shard(0))
     assert np.array_equal(a.input_ids, b.input_ids)
     la, lb = a.batch(0, len(a)), b.batch(0, len(b))
@@ -148,3 +156,31 @@ def test_the_real_teacher_scores_english_locally_and_served_alike(real, tmp_path
     # A log-prob read one position off (the no-BOS echo bug) agrees on almost nothing.
     assert len(top1) > 0.9 * len(la.target_ids)
     assert np.mean(top1) >= 0.85 and np.median(diffs) < 0.1
+
+
+def test_the_served_real_teacher_writes_the_answers_a_student_learns(
+    real, server, settings, workers, tmp_path
+):
+    """Prompt-only chat through the server on the real GGUF: it writes English answers with
+    its top-k (echo on a prompt with no BOS), and the student learns them."""
+    spec = {
+        "name": "served", "dataset": str(real["prompts"]), "shards": 2, "eval_fraction": 0.25,
+        "teacher": {"endpoint": server.url, "model": SERVED_NAME, "tokenizer": real["hf"],
+                    "top_k": 8, "max_length": 160,
+                    "generate": {"max_new_tokens": 16, "temperature": 0.7, "seed": 3}},
+        "students": [{"name": "s", "model": real["student"], "peft": {"method": "full"},
+                      "lr": 3e-4, "epochs": 3, "batch_size": 4}],
+    }  # fmt: skip
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+    workers.start("teacher,student", "both")
+    job_id = enqueue(settings, tmp_path / "job.yaml")
+    res = run_cli(settings, "wait", job_id, "--stall", "300")
+    assert res.returncode == 0, res.stderr + workers.log("both")
+    job = load_job(settings.storage, job_id)
+    with Shard(job.paths.shard(0)) as r:
+        texts = [r.generated(j)[1] for j in range(len(r))]
+        assert r.k == 8
+    assert texts and all(_words(t) >= 3 for t in texts), texts
+    s = records.read(Report, job.paths.report).students["s"]
+    assert s.baseline_loss is not None and s.eval_loss is not None
+    assert s.eval_loss < 0.8 * s.baseline_loss, (s.baseline_loss, s.eval_loss)
