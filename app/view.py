@@ -44,6 +44,8 @@ def render(status: JobStatus) -> str:
     partial = sum(p.get("samples", 0) / max(1, p.get("of", 1)) for p in running)
     rates = [p.get("tokens_per_s", 0.0) for p in running]
     lines = [f"{status.job_id}  {status.state}"]
+    if status.data.of_records:
+        lines[0] += f"  (first {status.data.records} of {status.data.of_records} records)"
     if status.state in STOPPED:
         lines[0] += f"  (`distillq resume {status.job_id}` continues it)"
     lines.append(

@@ -237,6 +237,9 @@ def create_job(
     try:
         if staged is not None:
             index = normalize_dataset(src, spec.columns, staged, skip_bad=skip_bad_lines)
+        total = len(index.rows)
+        if spec.max_records is not None and total > spec.max_records:
+            index = dataclasses.replace(index, rows=index.rows[: spec.max_records])
         split = plan_split(len(index.rows), spec.shards, spec.eval_fraction)
         peft_memo = checks_memo(storage, "peft")
         fingerprints, tok, peft_checked = _check_models(spec, peft_memo)
@@ -245,7 +248,10 @@ def create_job(
         info = JobInfo(
             fingerprints=fingerprints,
             total_steps=_total_steps(spec, split),
-            data=_check_lengths(spec, data, index, tok),
+            data=dataclasses.replace(
+                _check_lengths(spec, data, index, tok),
+                of_records=total if len(index.rows) < total else 0,
+            ),
         )
         if spec.teacher is not None and spec.teacher.is_gguf:
             info = dataclasses.replace(

@@ -359,6 +359,8 @@ class DataNotes:
     max_length: int = 0
     truncated: int = 0
     no_target: int = 0
+    of_records: int = 0
+    """The dataset's records where ``max_records`` kept only the first ``records`` (else 0)."""
 
 
 @dataclass(frozen=True)

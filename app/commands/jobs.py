@@ -23,6 +23,12 @@ def register(add: Add) -> None:
         help="override a spec field, e.g. students.0.lr=1e-4 (repeatable)",
     )
     e.add_argument(
+        "--max-records",
+        type=int,
+        metavar="N",
+        help="a quick try: only the dataset's first N records (the spec's max_records)",
+    )
+    e.add_argument(
         "--skip-bad-lines",
         action="store_true",
         help="leave out malformed dataset lines (counted) instead of refusing the dataset",
@@ -51,7 +57,11 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 
     # The spec first: fixing a typo in it should not need a running Redis.
     storage = settings_from(args).storage
-    spec = load_spec(Path(args.spec), args.set, lambda raw: reuse.resolve(raw, storage))
+    overrides = [
+        *args.set,
+        *([f"max_records={args.max_records}"] if args.max_records is not None else []),
+    ]
+    spec = load_spec(Path(args.spec), overrides, lambda raw: reuse.resolve(raw, storage))
     s = ready(settings_from(args))
     check_writable(s.storage)
     job = create_job(s.storage, spec, skip_bad_lines=args.skip_bad_lines)

@@ -88,6 +88,8 @@ def data_notes(job: Job) -> list[str]:
     """What enqueue did to the dataset, in lines for the user (empty when nothing)."""
     d = job.info.data
     notes = []
+    if d.of_records:
+        notes.append(f"a quick try: the first {d.records} of {d.of_records} records (max_records)")
     if d.skipped_lines:
         lines = d.first_skipped_lines
         more = ", ..." if d.skipped_lines > len(lines) else ""

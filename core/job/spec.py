@@ -345,6 +345,8 @@ class JobSpec:
     overlong: Overlong = "truncate"
     """Samples over the token limit: ``truncate`` them (counted at enqueue) or ``refuse`` the job."""
     seed: int = 0
+    max_records: int | None = None
+    """A quick try: only the dataset's first N records (`enqueue --max-records N`)."""
     columns: dict[str, str] = field(default_factory=dict)
     """The dataset's own column names for our fields, e.g. ``{prompt: instruction, response:
     output}`` (Alpaca); fields: text, prompt, response, messages."""
@@ -363,6 +365,8 @@ class JobSpec:
         if self.curve_samples < 0:
             raise SpecError(f"curve_samples={self.curve_samples} must be 0 (off) or more")
         _positive("shards", self.shards)
+        if self.max_records is not None:
+            _positive("max_records", self.max_records)
         if not 0.0 <= self.eval_fraction < 0.5:
             raise SpecError(f"eval_fraction={self.eval_fraction} must lie in [0, 0.5)")
         if not self.students and self.teacher is None:

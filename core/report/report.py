@@ -9,6 +9,7 @@ from typing import Any
 
 from distillq.core.job.jobs import Job
 from distillq.core.job.spec import StudentSpec
+from distillq.core.report import card
 from distillq.core.report import markdown as report_md
 from distillq.core.targets import registry as targets
 from distillq.storage import cache, checkpoints, records
@@ -234,6 +235,7 @@ def write(job: Job) -> Report:
     data, curves = collect(job)
     plot(job, data, curves, _timeline(job))
     write_bytes(job.paths.report_md, report_md.render(data).encode())
+    card.write_cards(job.spec, data)
     records.write(job.paths.report, data)  # last: report.json is what marks the job done
     return data
 

@@ -74,6 +74,17 @@ def test_a_finished_job_runs_in_llama_cpp_and_reports_what_it_learned(
         assert st.heldout_curve[0][0] == 0 and len(st.heldout_curve) == 1 + job.n_shards
         assert len(st.generations) == 3 and all(g.prompt for g in st.generations)
     assert report.teacher is not None and len(report.teacher.generations) == 3
+    # Every output directory has a model card the Hub's own parser reads.
+    from huggingface_hub import ModelCard
+
+    for track, kind, library in (("llama", "adapter", "peft"), ("llama", "merged", "transformers"),
+                                 ("qwen", "merged", "transformers")):  # fmt: skip
+        card = ModelCard.load(job.paths.final_dir(track) / kind / "README.md")
+        assert card.data.library_name == library and card.data.pipeline_tag == "text-generation"
+        assert "distillation" in card.data.tags and card.data.base_model
+        held_out = card.data.eval_results[0].metric_value
+        assert held_out == round(report.students[track].eval_loss or 0, 4)
+        assert "| **" + track in card.text and "How to use it" in card.text
     # the adapter loads from any directory: its base model path is absolute
     adapter = json.loads(
         (job.paths.final_dir("llama") / "adapter" / "adapter_config.json").read_text()

@@ -164,3 +164,23 @@ def test_storage_on_a_read_only_filesystem_is_one_line(settings, make_spec, comm
         "point DISTILLQ_STORAGE (or --storage) at a writable directory that every node shares",
     )
     assert not any(settings.storage.iterdir())  # nothing half made
+
+
+def test_a_quick_try_on_the_first_records(settings, make_spec):
+    """`enqueue --max-records N`: the job takes the dataset's first N records, says so at
+    enqueue and in `status`; N = 0 is refused in one line and creates nothing."""
+    spec = make_spec(n_records=48)
+    res = run_cli(settings, "enqueue", str(spec), "--max-records", "0")
+    assert res.returncode != 0 and "max_records" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    jobs = settings.storage / "jobs"
+    assert not jobs.exists() or not any(jobs.iterdir())
+    res = run_cli(settings, "enqueue", str(spec), "--max-records", "10")
+    assert res.returncode == 0, res.stderr
+    assert "the first 10 of 48 records" in res.stderr
+    job_id = res.stdout.strip().splitlines()[-1]
+    from distillq.core.job.jobs import load_job
+
+    assert load_job(settings.storage, job_id).split.n_records == 10
+    st = run_cli(settings, "status", job_id)
+    assert "(first 10 of 48 records)" in st.stdout, st.stdout

@@ -119,3 +119,30 @@ def test_legends_sit_outside_every_plot(tmp_path):
         assert box.x0 >= area.x1 - 1, f"legend of {ax.get_title()!r} overlaps its plot"
     assert legends == 2
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_a_model_card_parses_with_the_hubs_parser_and_says_what_the_model_is():
+    import dataclasses
+
+    from huggingface_hub import ModelCard
+
+    from distillq.core.job.load import spec_from_dict
+    from distillq.core.report.card import render
+
+    spec = spec_from_dict({
+        "name": "x", "dataset": "/d/stories.jsonl", "teacher": {"model": "/t"},
+        "students": [{"name": "kd", "model": "/m", "peft": {"method": "lora"}},
+                     {"name": "ce", "model": "/m", "loss": {"alpha": 1.0}}],
+    })  # fmt: skip
+    data = _report(60, {"kd": _student(8.0, 4.0), "ce": _student(8.0, 5.0)})
+    data = dataclasses.replace(data, ce_track="ce", ce_gap_closed={"kd": 0.5})
+    card = ModelCard(render(spec, data, "kd", "adapter"))
+    assert card.data.library_name == "peft" and card.data.base_model == "/m"
+    assert card.data.datasets == ["stories"] and card.data.pipeline_tag == "text-generation"
+    assert card.data.eval_results[0].metric_value == 4.0
+    assert "| ce (same student, CE only) | 5.0000 |" in card.text
+    assert "closes 50% of the held-out gap" in card.text
+    assert "PeftModel.from_pretrained" in card.text
+    merged = ModelCard(render(spec, data, "ce", "merged"))
+    assert merged.data.library_name == "transformers"
+    assert "AutoModelForCausalLM.from_pretrained" in merged.text
