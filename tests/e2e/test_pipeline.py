@@ -80,14 +80,17 @@ def test_students_wait_in_their_queue_until_a_student_worker_starts(settings, ma
 
 
 def test_students_start_before_the_last_teacher_shard_is_done(
-    settings, make_spec, workers, tiny_models
+    settings, make_spec, workers, tiny_models, tmp_path
 ):
     workers.start("student", "student")
-    # A heavier teacher and more shards: teacher work must outlast a student's start-up. The
-    # teacher node starts after `enqueue` returns, so a busy machine, where enqueue itself
-    # takes seconds, cannot let the whole teacher pass finish before anyone looks.
     job_id = enqueue_medium(settings, make_spec, tiny_models)
-    workers.start("teacher", "teacher")
+    # The last shard holds (a `pause` failpoint) until a student has stepped: on a busy machine
+    # a whole teacher pass can otherwise end before a student's start-up, and what is tested is
+    # that rounds start from finished shards, not which process wins a race.
+    drill = tmp_path / "drill"
+    drill.mkdir()
+    env = {"DISTILLQ_FAILPOINTS": "teacher_shard:5=pause", "DISTILLQ_FAILPOINTS_ONCE": str(drill)}
+    workers.start("teacher", "teacher", extra_env=env)
     # Live progress while it runs: a shard's samples/tokens, a replica's step/loss/throughput.
     from distillq.core.runtime import broker, live
     from distillq.storage import taskkeys
@@ -106,6 +109,8 @@ def test_students_start_before_the_last_teacher_shard_is_done(
             elif kind is not None and kind.kind == "replica":
                 seen_replica = seen_replica or p
         time.sleep(0.02)
+    for held in drill.glob("*.paused"):
+        held.unlink()  # a student has stepped: the last shard may finish
     assert seen_shard and {"samples", "of", "tokens", "tokens_per_s"} <= set(seen_shard), seen_shard
     assert seen_replica and {"step", "steps", "loss", "ce", "kd"} <= set(seen_replica), seen_replica
 
