@@ -40,6 +40,7 @@ from distillq.core.job.models import (
 from distillq.core.job.spec import JobSpec, ServedTeacherSpec
 from distillq.core.student import peft_methods
 from distillq.core.targets import registry as targets
+from distillq.core.track import registry as tracking
 from distillq.errors import DataError, DistillqError, ModelError, SpecError
 from distillq.storage import records
 from distillq.storage.atomic import atomic_path, write_bytes
@@ -225,6 +226,7 @@ def create_job(
     ``info.data``) instead of refusing the dataset.
     """
     src = Path(spec.dataset)
+    tracking.check(spec.report_to)  # a tracker named but not installed: before any work
     source = _cache_source(storage, spec)
     staged = None
     if sources.kind(src) == "jsonl" and not spec.columns:

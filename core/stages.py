@@ -39,6 +39,7 @@ from distillq.core.teacher.endpoint import PoolStats
 from distillq.core.teacher.gguf import GgufTeacher
 from distillq.core.teacher.local import LocalTeacher, Teacher, TeacherStats, write_shard
 from distillq.core.teacher.served import EndpointTeacher
+from distillq.core.track import events as tracking
 from distillq.errors import DistillqError
 from distillq.storage import cache, checkpoints, records
 from distillq.storage.atomic import clear_stale
@@ -185,6 +186,7 @@ def teacher_shard(
         http = teacher.http.stats if isinstance(teacher, EndpointTeacher) else None
     stats = _shard_record(shard, started, meta, counts, tstats, made, http)
     record = cache.write_stats(stats_file, out, stats)
+    tracking.teacher_shard(job.spec.report_to, job.paths.tracking_dir, record)
     log.info(
         "job %s shard %d: %d samples, %d tokens, %.0f tok/s, %d bytes",
         job.id,
@@ -398,7 +400,11 @@ def finalize(job: Job) -> Report:
                 generations=generations,
             ),
         )
-    return report.write(job)
+    data = report.write(job)
+    if job.spec.report_to:
+        table = job.paths.report_md.read_text() if job.paths.report_md.exists() else ""
+        tracking.finished(job.spec.report_to, job.paths.tracking_dir, data, table)
+    return data
 
 
 def export_finished(job: Job, tracks: list[str], quants: tuple[Quant, ...]) -> dict[str, Outputs]:

@@ -161,6 +161,11 @@ class JobPaths:
         """The report to read: baseline → final per track, the held-out curve, generations."""
         return self.root / "report.md"
 
+    @property
+    def tracking_dir(self) -> Path:
+        """Experiment trackers' files (``report_to``): ``tensorboard/<track>/`` event files."""
+        return self.root / "tracking"
+
 
 def jobs_root(storage: Path) -> Path:
     return storage / "jobs"

@@ -23,7 +23,8 @@ from distillq.core.job.jobs import Job
 from distillq.core.job.models import load_tokenizer
 from distillq.core.job.spec import StudentSpec
 from distillq.core.student import evaluate
-from distillq.core.student.train import build, snapshot
+from distillq.core.student.train import build, lr_at, snapshot
+from distillq.core.track import events as tracking
 from distillq.storage import checkpoints, records
 from distillq.storage.records import CheckpointMeta, RoundInfo, RoundMarker
 
@@ -123,6 +124,10 @@ def merge_round(job: Job, track: str, shard: int) -> MergeResult:
     version = (current.version if current is not None else 0) + 1
     ckpt = checkpoints.write_version(job.paths, track, version, new, optim, meta)
     checkpoints.drop_round(job.paths, track, shard)
+    lr = lr_at(meta.step, job.spec.student(track), job.info.total_steps.get(track, meta.step))
+    tracking.round_merged(
+        job.spec.report_to, job.paths.tracking_dir, track, round_info, meta.step, lr
+    )
     log.info(
         "job %s track %s shard %d: merged %d replicas into v%04d",
         job.id,

@@ -30,6 +30,7 @@ CORE_RANK = {
     "targets": 1,
     "maths": 0,
     "runtime": 0,
+    "track": 0,
     "faults": 0,
 }
 # Folders mapped into the distillq namespace (setup.py); bench/ runs from the repository.

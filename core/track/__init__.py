@@ -1,0 +1,1 @@
+"""Experiment tracking: what a job logs to the trackers its spec names (``report_to``)."""

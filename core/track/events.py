@@ -1,0 +1,78 @@
+"""What a job logs to its trackers, called where each value is produced: a teacher shard's
+throughput and cache size, each merged round's losses, learning rate, tokens/s and held-out
+point, and at the end the report's table and the generations as text.
+
+Steps are the track's global optimizer steps (the teacher's: the shard index). Callers pass
+plain values (the job's ``report_to`` and tracking directory): this room sits below the rest
+of core, so a merge, a teacher task or finalize can each call it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from distillq.core.track import registry
+from distillq.storage.records import RoundInfo, ShardStats
+from distillq.storage.report_records import Report
+
+Names = tuple[str, ...]
+
+
+def teacher_shard(names: Names, root: Path, stats: ShardStats) -> None:
+    values = {
+        "teacher/tokens_per_s": stats.tokens_per_s,
+        "teacher/cache_bytes": float(stats.bytes),
+        "teacher/bytes_per_position": stats.bytes / max(1, stats.target_positions),
+    }
+    registry.log(names, root, lambda t: t.scalars("teacher", stats.shard, values))
+
+
+def round_merged(
+    names: Names, root: Path, track: str, info: RoundInfo, step: int, lr: float
+) -> None:
+    """Every logged training step of the round (replicas averaged), then the round's own
+    numbers (``lr``: the learning rate at ``step``) at the track's step after it."""
+    if not names:
+        return
+    by_step: dict[int, list[list[float]]] = defaultdict(list)
+    for point in info.curve:
+        by_step[int(point[0])].append(list(point[1:]))
+    seconds = max((r.seconds for r in info.replicas), default=0.0)
+    tokens = sum(r.tokens for r in info.replicas)
+    end: dict[str, float] = {
+        "train/tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+        "train/lr": lr,
+    }
+    if info.heldout is not None:
+        end["heldout/loss"] = info.heldout
+
+    def write(t: Any) -> None:
+        for s, points in sorted(by_step.items()):
+            n = len(points)
+            loss, ce, kd = (sum(p[i] for p in points) / n for i in range(3))
+            t.scalars(track, s, {"loss/mixed": loss, "loss/ce": ce, "loss/kd": kd})
+        t.scalars(track, step, end)
+
+    registry.log(names, root, write)
+
+
+def finished(names: Names, root: Path, data: Report, table: str) -> None:
+    """The report (``table``: its markdown) as text, each track's final held-out loss and its
+    generations."""
+    if not names:
+        return
+
+    def write(t: Any) -> None:
+        t.text("report", "report", table)
+        for name, st in data.students.items():
+            if st.eval_loss is not None:
+                t.scalars(name, st.steps, {"heldout/final": st.eval_loss})
+            gens = "\n\n".join(
+                f"**prompt** {g.prompt!r}\n\n**{name}** {g.text!r}" for g in st.generations
+            )
+            if gens:
+                t.text(name, "generations", gens, st.steps)
+
+    registry.log(names, root, write)

@@ -1,0 +1,53 @@
+"""Tracker backends by name (``report_to``), and the one call sites use: ``log``.
+
+A tracker that fails never fails the job: its error is one warning line in the worker's log.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from distillq.core.track.tracker import Tracker
+from distillq.errors import SpecError
+
+logger = logging.getLogger(__name__)
+
+BACKENDS: dict[str, tuple[str, str]] = {
+    # name: (module that must be importable, the install that provides it)
+    "tensorboard": ("tensorboard", "pip install 'distillq[tensorboard]'"),
+}
+
+
+def check(names: tuple[str, ...] | list[str]) -> None:
+    """At enqueue: every named backend is known and installed here. Raises SpecError."""
+    for name in names:
+        if name not in BACKENDS:
+            raise SpecError(
+                f"report_to: {name!r} is not a tracker distillq has; choose from "
+                f"{', '.join(sorted(BACKENDS))}"
+            )
+        module, install = BACKENDS[name]
+        if importlib.util.find_spec(module) is None:
+            raise SpecError(f"report_to: {name} needs the {module} package: {install}")
+
+
+def _make(name: str, root: Path) -> Tracker:
+    if name == "tensorboard":
+        from distillq.core.track.tensorboard import TensorBoard
+
+        return TensorBoard(root / "tensorboard")  # one run directory per track below
+    raise KeyError(name)
+
+
+def log(names: Any, root: Path, write: Callable[[Tracker], None]) -> None:
+    """``write`` to each backend in ``names`` (the job's ``report_to``; ``root``: the job's
+    tracking directory). Never raises."""
+    for name in names or ():
+        try:
+            write(_make(name, root))
+        except Exception as e:  # a tracker must never fail the job
+            logger.warning("tracker %s failed, the job goes on: %s", name, str(e).split("\n")[0])
