@@ -67,3 +67,15 @@ class EndpointError(DistillqError):
 
 class EndpointDown(EndpointError, TransientError):
     """Every endpoint of a teacher stayed unreachable through the retry budget."""
+
+
+class JobFailed(DistillqError):
+    """A task of the job failed for good (its attempts spent, or a user error in the data)."""
+
+
+class JobCancelled(DistillqError):
+    """The job was cancelled while someone waited for it."""
+
+
+class WaitTimeout(DistillqError):
+    """The job was not done within a wait's timeout, or stopped moving for its ``stall``."""

@@ -127,12 +127,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
-    from distillq.core.runtime import broker
-    from distillq.core.runtime.registry import list_nodes
+    from distillq.app.api import Client
 
-    s = settings_from(args)
-    broker.ping(s.broker_url)
-    nodes = list_nodes(broker.client(s.broker_url))
+    nodes = Client(args.broker, args.storage).nodes()
     if args.json:
         print(json.dumps([n.to_json() for n in nodes], indent=2))
         return 0

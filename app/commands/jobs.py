@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from distillq.app.commands.common import Add, job_arg, ready, settings_from
+from distillq.app.api import Client
+from distillq.app.commands.common import Add, job_arg, settings_from
 from distillq.errors import DistillqError
-from distillq.storage.layout import check_writable
 
 
 def register(add: Add) -> None:
@@ -47,41 +46,19 @@ def register(add: Add) -> None:
     job_arg(add("remove", cmd_remove, "delete a finished or cancelled job from storage"))
 
 
+def _client(args: argparse.Namespace) -> Client:
+    return Client(getattr(args, "broker", None), getattr(args, "storage", None))
+
+
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    from distillq.core.create import create_job
-    from distillq.core.job import reuse
-    from distillq.core.job.jobs import data_notes
-    from distillq.core.job.load import load_spec
-    from distillq.tasks import pipeline
-    from distillq.tasks.celery_app import app
-
-    # The spec first: fixing a typo in it should not need a running Redis.
-    storage = settings_from(args).storage
-    overrides = [
-        *args.set,
-        *([f"max_records={args.max_records}"] if args.max_records is not None else []),
-    ]
-    spec = load_spec(Path(args.spec), overrides, lambda raw: reuse.resolve(raw, storage))
-    s = ready(settings_from(args))
-    check_writable(s.storage)
-    job = create_job(s.storage, spec, skip_bad_lines=args.skip_bad_lines)
-    queued = len(pipeline.submit(app, job))
-    for note in data_notes(job):
+    job = _client(args).enqueue(
+        args.spec,
+        overrides=args.set,
+        max_records=args.max_records,
+        skip_bad_lines=args.skip_bad_lines,
+    )
+    for note in job.notes:
         print(note, file=sys.stderr)
-    reused = (
-        f", {job.n_shards - queued} read from job {job.info.cache_job}'s cache"
-        if job.info.cache_job
-        else ""
-    )
-    print(
-        f"queued {queued} teacher shards{reused}, {len(spec.students)} student track(s); "
-        f"storage {job.paths.root}",
-        file=sys.stderr,
-    )
-    from distillq.core.runtime import broker, registry
-
-    for line in registry.unheard(broker.client(s.broker_url), ["teacher", "student"]):
-        print(line, file=sys.stderr)
     print(job.id)
     return 0
 
@@ -89,39 +66,23 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from distillq.core.control import state as control
-    from distillq.core.job.jobs import load_job
-    from distillq.tasks import pipeline
-    from distillq.tasks.celery_app import app
-
-    s = ready(settings_from(args))
-    job = load_job(s.storage, args.job)
-    was = control.state(job)
-    control.set_state(job, control.RUNNING)
-    queued = pipeline.resubmit(app, job)
-    print(f"job {job.id} resumed (was {was})", file=sys.stderr)
+    was, queued = _client(args).job(args.job).resume()
+    print(f"job {args.job} resumed (was {was})", file=sys.stderr)
     print(json.dumps(dataclasses.asdict(queued)))
     return 0
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
-    return _stop(args, "paused", "running tasks finish; nothing new starts")
+    _client(args).job(args.job).pause()
+    print(f"job {args.job} paused: running tasks finish; nothing new starts; "
+          f"`distillq resume {args.job}` continues it")  # fmt: skip
+    return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    return _stop(args, "cancelled", "running tasks stop at their next batch")
-
-
-def _stop(args: argparse.Namespace, new: str, what: str) -> int:
-    from distillq.core.control import state as control
-    from distillq.core.job.jobs import load_job
-
-    s = settings_from(args)
-    job = load_job(s.storage, args.job)
-    if job.paths.report.exists():
-        raise DistillqError(f"job {job.id} is done already; nothing to {args.cmd}")
-    control.set_state(job, new, reason=f"distillq {args.cmd}")
-    print(f"job {job.id} {new}: {what}; `distillq resume {job.id}` continues it")
+    _client(args).job(args.job).cancel()
+    print(f"job {args.job} cancelled: running tasks stop at their next batch; "
+          f"`distillq resume {args.job}` continues it")  # fmt: skip
     return 0
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
+from distillq.app.api import Client
 from distillq.app.commands.common import Add, job_and_redis, job_arg, json_flag
 from distillq.app.view import EXIT_FAILED, EXIT_TIMEOUT
+from distillq.errors import JobCancelled, JobFailed, WaitTimeout
 
 
 def register(add: Add) -> None:
@@ -54,40 +55,14 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    from distillq.core.control.status import job_status, pulse
-
-    job, r = job_and_redis(args)
-    deadline = time.time() + args.timeout
-    last_pulse, moved_at = "", time.time()
-    while True:
-        st = job_status(job, r)
-        if (now := pulse(st)) != last_pulse:
-            last_pulse, moved_at = now, time.time()
-        if st.state == "done":
-            print(f"job {job.id} done: {st.report}")
-            return 0
-        if st.state == "failed":
-            for key, f in st.failures.items():
-                print(f"job {job.id} failed: {key}: {f.error}", file=sys.stderr)
-            return EXIT_FAILED
-        if st.state == "cancelled":
-            print(f"job {job.id} was cancelled", file=sys.stderr)
-            return EXIT_FAILED
-        if time.time() > deadline:
-            print(
-                f"job {job.id} not done after {args.timeout:.0f} s (state {st.state}); `distillq status {job.id}` shows where it is",
-                file=sys.stderr,
-            )
-            for line in st.unheard:
-                print(line, file=sys.stderr)
-            return EXIT_TIMEOUT
-        if args.stall and time.time() - moved_at > args.stall:
-            print(
-                f"job {job.id} has not moved for {args.stall:.0f} s (state {st.state}): no shard, "
-                f"round or task progress; `distillq status {job.id}` shows where it is",
-                file=sys.stderr,
-            )
-            for line in [*st.unheard, *st.waiting]:
-                print(line, file=sys.stderr)
-            return EXIT_TIMEOUT
-        time.sleep(args.interval)
+    job = Client(args.broker, args.storage).job(args.job)
+    try:
+        st = job.wait(args.timeout, stall=args.stall, interval=args.interval)
+    except WaitTimeout as e:
+        print(e, file=sys.stderr)
+        return EXIT_TIMEOUT
+    except (JobFailed, JobCancelled) as e:
+        print(e, file=sys.stderr)
+        return EXIT_FAILED
+    print(f"job {job.id} done: {st.report}")
+    return 0

@@ -3,6 +3,7 @@ into ``core/job/spec.py``'s records; its errors told in one line that names the 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 from collections.abc import Callable
@@ -43,12 +44,24 @@ def load_spec(
         ) from None
     if not isinstance(raw, dict):
         raise SpecError(f"job spec {path} must be a YAML mapping (name:, dataset:, students:, ...)")
+    return load_spec_dict(raw, overrides, prepare, path.parent.resolve())
+
+
+def load_spec_dict(
+    raw: dict[str, Any],
+    overrides: list[str] | None = None,
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    base: Path | None = None,
+) -> JobSpec:
+    """A spec given as a mapping (the Python API), as ``load_spec`` reads a file's; relative
+    paths resolve against ``base`` (the current directory by default)."""
+    raw = copy.deepcopy(raw)  # overrides edit it in place: the caller's dict stays as it was
     for item in overrides or []:
         apply_override(raw, item)
     if prepare is not None:
         raw = prepare(raw)
     spec_from_dict(raw)  # validate as written, so errors name the user's own values
-    return spec_from_dict(resolve_paths(raw, path.parent.resolve()))
+    return spec_from_dict(resolve_paths(raw, (base or Path.cwd()).resolve()))
 
 
 def local_model(ref: str, base: Path, what: str) -> str:

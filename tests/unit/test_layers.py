@@ -16,8 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 # Higher imports lower, never the reverse. bench/ is an entry point like app/.
 RANK = {"bench": 5, "app": 5, "workers": 4, "tasks": 3, "core": 2, "storage": 1, "errors": 0}
-# The distillq package's own modules: leaves, but for `python -m distillq` (the CLI's door).
-RANK |= {"distillq": 0, "typed": 0, "__main__": 5}
+# The distillq package's own modules: leaves (errors, typed), but for the doors.
+# The package's root is the API's door (`from distillq import Client`): it ranks with app/.
+RANK |= {"distillq": 5, "typed": 0, "__main__": 5}
 CORE_RANK = {
     "stages": 5,
     "create": 5,
@@ -62,8 +63,10 @@ def imports(path: Path, known: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from distillq.core.runtime import live` imports the module ...runtime.live
-            names = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+            # `from distillq.core.runtime import live` imports the module ...runtime.live;
+            # `from distillq.core.runtime.live import progress`, the module itself.
+            full = [f"{node.module}.{a.name}" for a in node.names]
+            names = [f if f in known else node.module for f in full]
         for n in names:
             while n and n not in known:
                 n = n.rpartition(".")[0]
