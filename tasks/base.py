@@ -19,6 +19,7 @@ from distillq.core.control import placement
 from distillq.core.control import state as control
 from distillq.core.job.jobs import Job, load_job
 from distillq.core.runtime import broker, live, registry
+from distillq.core.track import events as tracking
 from distillq.errors import DistillqError, JobNotFound, JobStopped, Superseded, TransientError
 from distillq.storage import atomic, records
 from distillq.storage.records import FailureRecord, OnProgress, Progress, ProgressFields
@@ -130,6 +131,18 @@ class JobTask(Task):
             self._hand_back(
                 job.id, key, ref, f"this node cannot load {what} {ref}: {reason}", give_up
             )
+
+    def log_nodes(self, job: Job) -> None:
+        """The nodes' load from their heartbeats, to the job's trackers (``report_to``)."""
+        if not job.spec.report_to:
+            return
+        try:  # the work is done and saved: a tracker's read of Redis must not fail the task
+            seconds = int(time.time() - job.paths.spec.stat().st_mtime)
+            views = registry.list_nodes(self.redis())
+        except Exception as e:
+            log.warning("job %s: node load not tracked: %s", job.id, e)
+            return
+        tracking.nodes(job.spec.report_to, job.paths.tracking_dir, seconds, views)
 
     @contextlib.contextmanager
     def attempt(

@@ -70,6 +70,7 @@ def merge_round(
         # a merge, with its held-out eval, takes seconds.
         self.progress(job, _merge_key(replicas, job_id, track, shard))({"step": 0, "steps": 1})
         result = merge.merge_round(job, track, shard)
+    self.log_nodes(job)
     pipeline.advance(self.app, job, track)
     pipeline.maybe_finalize(self.app, job)
     return records.to_json(result)

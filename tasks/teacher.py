@@ -27,6 +27,7 @@ def teacher_shard(self: JobTask, job_id: str, shard: int) -> dict[str, Any]:
     key = _shard_key(job_id, shard)
     with self.attempt(job, key, needs=placement.teacher_needs(job)):
         stats, skipped = stages.teacher_shard(job, shard, self.progress(job, key))
+    self.log_nodes(job)
     pipeline.on_shard_ready(self.app, job)
     return {**records.to_json(stats), "skipped": skipped}
 

@@ -346,7 +346,7 @@ class JobSpec:
     """Samples over the token limit: ``truncate`` them (counted at enqueue) or ``refuse`` the job."""
     seed: int = 0
     report_to: tuple[str, ...] = ()
-    """Experiment trackers to log to, by name (the HF Trainer's key): tensorboard."""
+    """Experiment trackers to log to, by name (the HF Trainer's key): tensorboard, mlflow."""
     max_records: int | None = None
     """A quick try: only the dataset's first N records (`enqueue --max-records N`)."""
     columns: dict[str, str] = field(default_factory=dict)

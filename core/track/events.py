@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from distillq.core.track import registry
+from distillq.storage.node_records import NodeView
 from distillq.storage.records import RoundInfo, ShardStats
 from distillq.storage.report_records import Report
 
@@ -56,6 +57,18 @@ def round_merged(
         t.scalars(track, step, end)
 
     registry.log(names, root, write)
+
+
+def nodes(names: Names, root: Path, seconds: int, views: list[NodeView]) -> None:
+    """Each live node's RSS and CPU from its last heartbeat (run ``nodes``; step: seconds
+    since the job was made), logged by the task that just finished a shard or a merge."""
+    values = {}
+    for n in views:
+        if n.state == "up" and n.info.load is not None:
+            values[f"rss_mb/{n.info.hostname}"] = n.info.load.rss_mb
+            values[f"cpu_percent/{n.info.hostname}"] = n.info.load.cpu_percent
+    if names and values:
+        registry.log(names, root, lambda t: t.scalars("nodes", seconds, values))
 
 
 def finished(names: Names, root: Path, data: Report, table: str) -> None:

@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 BACKENDS: dict[str, tuple[str, str]] = {
     # name: (module that must be importable, the install that provides it)
     "tensorboard": ("tensorboard", "pip install 'distillq[tensorboard]'"),
+    "mlflow": ("mlflow", "pip install 'distillq[mlflow]'"),
 }
 
 
@@ -40,6 +41,10 @@ def _make(name: str, root: Path) -> Tracker:
         from distillq.core.track.tensorboard import TensorBoard
 
         return TensorBoard(root / "tensorboard")  # one run directory per track below
+    if name == "mlflow":
+        from distillq.core.track.mlflow import Mlflow
+
+        return Mlflow(root, experiment=root.parent.name)  # the job's id
     raise KeyError(name)
 
 

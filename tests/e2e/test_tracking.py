@@ -1,6 +1,7 @@
-"""`report_to: [tensorboard]`: a job's numbers in TensorBoard, written where they are produced
-(the teacher task, each merge, finalize) by real workers, and read back by TensorBoard itself:
-its event-file reader, and `tensorboard --logdir` answering over HTTP."""
+"""`report_to: [tensorboard, mlflow]`: a job's numbers in TensorBoard and MLflow, written where
+they are produced (the teacher task, each merge, finalize) by real workers, and read back by the
+trackers themselves: TensorBoard's event-file reader, `tensorboard --logdir` answering over HTTP,
+and MLflow's client on its local file store."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import yaml
 
@@ -25,12 +27,12 @@ def load_checkpoint_step(job, track: str) -> int:
     return checkpoints.latest(job.paths, track).meta.step
 
 
-def test_every_rounds_losses_for_every_track_are_in_tensorboard(
-    settings, make_spec, workers, tmp_path
+def test_every_rounds_losses_for_every_track_are_in_tensorboard_and_mlflow(
+    settings, make_spec, workers, tmp_path, monkeypatch
 ):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    spec = make_spec(report_to=["tensorboard"], shards=2)
+    spec = make_spec(report_to=["tensorboard", "mlflow"], shards=2)
 
     raw = yaml.safe_load(spec.read_text())
     student = raw["students"][0]
@@ -66,6 +68,26 @@ def test_every_rounds_losses_for_every_track_are_in_tensorboard(
     report = EventAccumulator(str(logdir / "report"))
     report.Reload()
     assert "report/text_summary" in report.Tags()["tensors"]
+    # Node load from the heartbeats, logged by the tasks: one series per live node.
+    assert {"rss_mb/both@test", "cpu_percent/both@test"} <= set(scalars("nodes").Tags()["scalars"])
+
+    # MLflow: the same numbers, one experiment per job and one run per track.
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the local store distillq writes
+    ml = MlflowClient(tracking_uri=(job.paths.tracking_dir / "mlruns").as_uri())
+    exp = ml.get_experiment_by_name(job.id)
+    runs = {r.info.run_name: r for r in ml.search_runs([exp.experiment_id])}
+    assert set(runs) == {*TRACKS, "teacher", "report", "nodes"}  # each made once
+    for track in TRACKS:
+        run_id = runs[track].info.run_id
+        history = sorted(m.step for m in ml.get_metric_history(run_id, "loss/mixed"))
+        assert history == sorted(e.step for e in scalars(track).Scalars("loss/mixed"))
+        assert len(ml.get_metric_history(run_id, "heldout/loss")) == job.rounds(track)
+    teacher_run = runs["teacher"].info.run_id
+    assert len(ml.get_metric_history(teacher_run, "teacher/cache_bytes")) == job.n_shards
+    report_md = ml.download_artifacts(runs["report"].info.run_id, "report.md", str(tmp_path))
+    assert "held-out" in Path(report_md).read_text()
 
     # TensorBoard's own server reads the same files and serves the scalars.
     port = free_port()
