@@ -6,6 +6,8 @@ normal case) a failpoint costs one environment lookup. Actions:
 - ``crash``: SIGKILL this process, as the OOM killer or a power cut would;
 - ``raise``: a RuntimeError, an ordinary bug;
 - ``sleep:<s>``: hold the task, to kill or pause the worker at a known point;
+- ``hog:<MiB>``: take that much memory, page by page, as a batch too big for the node would
+  (under a memory limit the kernel's OOM killer ends the process; past it, ``raise``);
 - ``pause``: hold here until a drill lets go: leaves ``<name>.paused`` in the
   ``DISTILLQ_FAILPOINTS_ONCE`` directory and waits (at most ``PAUSE_MAX`` s) until the drill
   deletes it, having done its damage meanwhile (stopped Redis, cut a link).
@@ -50,6 +52,12 @@ def hit(name: str) -> None:
             time.sleep(0.05)
     elif action == "crash":
         os.kill(os.getpid(), signal.SIGKILL)
+    elif action.startswith("hog:"):
+        taken: list[bytearray] = []
+        for _ in range(int(action.split(":", 1)[1]) // 16):
+            taken.append(bytearray(16 * 2**20))  # zero-filled: every page is touched
+            time.sleep(0.005)
+        raise RuntimeError(f"failpoint {name} took {len(taken) * 16} MiB and lived")
     elif action.startswith("sleep:"):
         time.sleep(float(action.split(":", 1)[1]))
     else:

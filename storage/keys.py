@@ -33,6 +33,11 @@ def attempts(job_id: str, task: str) -> str:
     return f"{PREFIX}:job:{job_id}:attempts:{task}"
 
 
+def killed(job_id: str, task: str) -> str:
+    """How the last delivery of a task died, when SIGKILL ended it (``records.Killed``)."""
+    return f"{PREFIX}:job:{job_id}:killed:{task}"
+
+
 def attempts_pattern(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:attempts:*"
 

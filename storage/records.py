@@ -331,6 +331,23 @@ class Progress(ProgressFields):
     """The worker node running it (its -n hostname)."""
 
 
+@dataclass(frozen=True)
+class Killed:
+    """A delivery whose pool process died by SIGKILL (``keys.killed``): written by the worker's
+    main process, which outlives the child, and read when the work is delivered again.
+
+    Writer: ``tasks.base.KillAwareRequest``; reader: ``tasks.base.JobTask.attempt``."""
+
+    node: str
+    at: float
+    limit_mb: float
+    """The memory the node's worker may use (its cgroup's limit, else the machine's RAM)."""
+    peak_mb: float | None
+    """The cgroup's high-water mark (None without a cgroup)."""
+    oom: bool | None
+    """The cgroup counted an out-of-memory kill meanwhile (None: no cgroup to ask)."""
+
+
 # --- the job -------------------------------------------------------------------------------
 
 

@@ -12,17 +12,18 @@ from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 from celery import Task
-from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded, WorkerLostError
+from celery.worker.request import Request
 
 from distillq.core import faults
 from distillq.core.control import placement
 from distillq.core.control import state as control
 from distillq.core.job.jobs import Job, load_job
-from distillq.core.runtime import broker, live, registry
+from distillq.core.runtime import broker, live, memory, registry
 from distillq.core.track import events as tracking
 from distillq.errors import DistillqError, JobNotFound, JobStopped, Superseded, TransientError
 from distillq.storage import atomic, records
-from distillq.storage.records import FailureRecord, OnProgress, Progress, ProgressFields
+from distillq.storage.records import FailureRecord, Killed, OnProgress, Progress, ProgressFields
 from distillq.storage.taskkeys import TaskKey
 from distillq.tasks.celery_app import QUEUE_TASKS, settings_of
 
@@ -53,6 +54,76 @@ def _superseded(fence: Callable[[], None]) -> bool:
     return False
 
 
+_oom_kills_seen: list[int] = []  # the worker's cgroup's count when this process last looked
+
+
+class KillAwareRequest(Request):
+    """Runs in the worker's main process, which sees a pool child die: when SIGKILL ended a
+    task (the OOM killer's signal), it records how much memory the node had and used, so the
+    next delivery, and the failure after the last one, can say it was memory."""
+
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> Any:
+        exc = getattr(exc_info, "exception", None)
+        exc = getattr(exc, "exc", exc)  # billiard wraps it (ExceptionWithTraceback)
+        if isinstance(exc, WorkerLostError) and "SIGKILL" in str(exc):
+            try:
+                self._record_kill()
+            except Exception as e:  # a note for the next attempt: never in the way of requeue
+                log.warning("task %s: its kill was not recorded (%s)", self.id, e)
+        return super().on_failure(exc_info, send_failed_event, return_ok)
+
+    def _record_kill(self) -> None:
+        task = self.task
+        job_id, key = task.job_and_key(tuple(self.args), dict(self.kwargs))
+        mem = memory.now()
+        oom = None
+        if mem.peak_mb is not None:
+            oom = bool(_oom_kills_seen) and mem.oom_kills > _oom_kills_seen[0]
+            _oom_kills_seen[:] = [mem.oom_kills]
+        killed = Killed(
+            node=str(self.hostname or ""),
+            at=time.time(),
+            limit_mb=round(mem.limit_mb, 1),
+            peak_mb=None if mem.peak_mb is None else round(mem.peak_mb, 1),
+            oom=oom,
+        )
+        s = settings_of(task.app)
+        live.record_kill(broker.client(s.broker_url), job_id, str(key), killed, s.result_expires)
+
+
+def note_memory_baseline() -> None:
+    """The cgroup's OOM-kill count as a worker starts (``worker_init``): later kills are
+    counted from it."""
+    _oom_kills_seen[:] = [memory.now().oom_kills]
+
+
+def memory_hint(job: Job, work: TaskKey, killed: Killed) -> str:
+    """One clause: the last attempt's death, read as memory where the numbers say so, and the
+    knobs that lower it for this kind of work."""
+    peak = (
+        f", peak {killed.peak_mb / 1024:.2f} of {killed.limit_mb / 1024:.2f} GiB"
+        if killed.peak_mb
+        else ""
+    )
+    if killed.oom or (killed.peak_mb and killed.peak_mb >= 0.9 * killed.limit_mb):
+        why = f"the out-of-memory killer ended it on {killed.node}{peak}"
+    else:
+        why = f"SIGKILL ended it on {killed.node} (the out-of-memory killer, most likely{peak})"
+    if work.kind in ("teacher", "teacher-eval"):
+        knobs = "lower teacher.batch_size or teacher.max_length, or run the teacher on a node with more memory"
+    else:
+        i = next((n for n, st in enumerate(job.spec.students) if st.name == work.track), 0)
+        knobs = (
+            f"lower students.{i}.batch_size (raise students.{i}.grad_accum to keep the batch), "
+            f"set students.{i}.gradient_checkpointing: true, or add a node with more memory"
+        )
+        if work.kind == "merge":
+            knobs = "fewer replicas per round, or a node with more memory for the merge"
+    return f"{why}: {knobs}"
+
+
 class JobTask(Task):
     """Base of distillq tasks.
 
@@ -61,6 +132,7 @@ class JobTask(Task):
     """
 
     abstract = True
+    Request = "distillq.tasks.base:KillAwareRequest"
     max_retries = None  # attempt() enforces Settings.max_attempts across every kind of retry
     work_key: Callable[..., TaskKey]
 
@@ -167,11 +239,18 @@ class JobTask(Task):
             raise Ignore()
         self.place(job, key, needs or [])
         n = live.next_attempt(self.redis(), job.id, key, s.result_expires)
+        killed = live.last_kill(self.redis(), job.id, key) if n > 1 else None
         if n > s.max_attempts:
             # A task that kills its worker every time is re-queued by task_reject_on_worker_lost
             # with no exception to count; this counter is what stops it.
+            why = f"; {memory_hint(job, work, killed)}" if killed else ""
             raise GaveUp(
-                f"{key} was delivered {n} times (limit {s.max_attempts}); last attempts died without finishing"
+                f"{key} was delivered {n} times (limit {s.max_attempts}); last attempts died "
+                f"without finishing{why}"
+            )
+        if killed is not None:
+            log.warning(
+                "job %s %s: attempt %d: %s", job.id, key, n - 1, memory_hint(job, work, killed)
             )
         fence = functools.partial(live.check_fence, self.redis(), job.id, key, n)
         ours = True  # whether the progress entry is this attempt's to clear

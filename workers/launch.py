@@ -19,6 +19,7 @@ from celery import signals
 from distillq.core import faults
 from distillq.core.runtime import broker
 from distillq.core.runtime.settings import Settings
+from distillq.tasks.base import note_memory_baseline
 from distillq.tasks.celery_app import app, configure, settings_of
 from distillq.workers import devices, filing, lifeline
 from distillq.workers.node import Heartbeat, node_info
@@ -111,6 +112,8 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     then beat (a node must be seen alive before it holds any delivery, or peers would reap it)."""
     global _heartbeat, _reaper
     s = settings_of(app)
+    with contextlib.suppress(Exception):
+        note_memory_baseline()  # an OOM kill is told from the kills the cgroup had before
     w = app.conf.get("distillq_worker", {})
     hostname = getattr(sender, "hostname", None) or socket.gethostname()
     info = node_info(hostname, w.get("queues", []), w.get("concurrency", 1))

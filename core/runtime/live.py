@@ -11,8 +11,8 @@ from typing import Any
 import redis
 
 from distillq.errors import Superseded
-from distillq.storage import keys
-from distillq.storage.records import Progress
+from distillq.storage import keys, records
+from distillq.storage.records import Killed, Progress
 
 PROGRESS_TTL = 24 * 3600
 
@@ -58,6 +58,15 @@ def next_attempt(r: redis.Redis, job_id: str, task: str, ttl: int) -> int:
     n = int(r.incr(key))
     r.expire(key, ttl)
     return n
+
+
+def record_kill(r: redis.Redis, job_id: str, task: str, killed: Killed, ttl: int) -> None:
+    r.set(keys.killed(job_id, task), json.dumps(records.to_json(killed)), ex=ttl)
+
+
+def last_kill(r: redis.Redis, job_id: str, task: str) -> Killed | None:
+    raw = r.get(keys.killed(job_id, task))
+    return None if not raw else records.from_json(Killed, json.loads(raw), "killed record")
 
 
 def attempts(r: redis.Redis, job_id: str) -> dict[str, int]:

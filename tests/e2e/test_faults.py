@@ -227,6 +227,9 @@ def test_poison_shard_stops_after_bounded_attempts_and_status_names_it(
     status = run_cli(settings, "status", job_id)
     assert status.returncode != 0
     assert "FAILED teacher-00001" in status.stdout and "delivered" in status.stdout
+    # A SIGKILL is the OOM killer's signal: the failure says so and names the knobs.
+    assert "SIGKILL ended it on poisoned@test" in status.stdout, status.stdout
+    assert "lower teacher.batch_size or teacher.max_length" in status.stdout
 
     workers.stop_all()  # the poison is fixed: workers without it, then resume
     workers.start("teacher", "teacher")
