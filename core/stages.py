@@ -186,7 +186,7 @@ def teacher_shard(
         http = teacher.http.stats if isinstance(teacher, EndpointTeacher) else None
     stats = _shard_record(shard, started, meta, counts, tstats, made, http)
     record = cache.write_stats(stats_file, out, stats)
-    tracking.teacher_shard(job.spec.report_to, job.paths.tracking_dir, record)
+    tracking.teacher_shard(job.spec.report_to, job.paths, record)
     log.info(
         "job %s shard %d: %d samples, %d tokens, %.0f tok/s, %d bytes",
         job.id,
@@ -403,7 +403,7 @@ def finalize(job: Job) -> Report:
     data = report.write(job)
     if job.spec.report_to:
         table = job.paths.report_md.read_text() if job.paths.report_md.exists() else ""
-        tracking.finished(job.spec.report_to, job.paths.tracking_dir, data, table)
+        tracking.finished(job.spec.report_to, job.paths, data, table)
     return data
 
 

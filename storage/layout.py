@@ -162,6 +162,12 @@ class JobPaths:
         return self.root / "report.md"
 
     @property
+    def trackio_dir(self) -> Path:
+        """Trackio's store, shared by the storage's jobs (one database per job): ``trackio``
+        reads its directory once per process, and a worker serves one storage."""
+        return self.root.parent.parent / "trackio"
+
+    @property
     def tracking_dir(self) -> Path:
         """Experiment trackers' files (``report_to``): ``tensorboard/<track>/`` event files."""
         return self.root / "tracking"

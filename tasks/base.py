@@ -214,7 +214,7 @@ class JobTask(Task):
         except Exception as e:
             log.warning("job %s: node load not tracked: %s", job.id, e)
             return
-        tracking.nodes(job.spec.report_to, job.paths.tracking_dir, seconds, views)
+        tracking.nodes(job.spec.report_to, job.paths, seconds, views)
 
     @contextlib.contextmanager
     def attempt(

@@ -125,9 +125,7 @@ def merge_round(job: Job, track: str, shard: int) -> MergeResult:
     ckpt = checkpoints.write_version(job.paths, track, version, new, optim, meta)
     checkpoints.drop_round(job.paths, track, shard)
     lr = lr_at(meta.step, job.spec.student(track), job.info.total_steps.get(track, meta.step))
-    tracking.round_merged(
-        job.spec.report_to, job.paths.tracking_dir, track, round_info, meta.step, lr
-    )
+    tracking.round_merged(job.spec.report_to, job.paths, track, round_info, meta.step, lr)
     log.info(
         "job %s track %s shard %d: merged %d replicas into v%04d",
         job.id,

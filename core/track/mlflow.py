@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from distillq.core.track.tracker import Rows
+
 
 class Mlflow:
     name = "mlflow"
@@ -42,11 +44,13 @@ class Mlflow:
                 return str(found[0].info.run_id)
             return str(self.client.create_run(exp_id, run_name=run).info.run_id)
 
-    def scalars(self, run: str, step: int, values: dict[str, float]) -> None:
+    def scalars(self, run: str, rows: Rows) -> None:
         from mlflow.entities import Metric
 
         run_id, now = self._run_id(run), _millis()
-        metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
+        metrics = [
+            Metric(k, float(v), now, step) for step, values in rows for k, v in values.items()
+        ]
         self.client.log_batch(run_id, metrics=metrics)
 
     def text(self, run: str, tag: str, text: str, step: int = 0) -> None:

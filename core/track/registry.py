@@ -8,11 +8,11 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from distillq.core.track.tracker import Tracker
 from distillq.errors import SpecError
+from distillq.storage.layout import JobPaths
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +20,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
     # name: (module that must be importable, the install that provides it)
     "tensorboard": ("tensorboard", "pip install 'distillq[tensorboard]'"),
     "mlflow": ("mlflow", "pip install 'distillq[mlflow]'"),
+    "trackio": ("trackio", "pip install 'distillq[trackio]'"),
 }
 
 
@@ -36,23 +37,26 @@ def check(names: tuple[str, ...] | list[str]) -> None:
             raise SpecError(f"report_to: {name} needs the {module} package: {install}")
 
 
-def _make(name: str, root: Path) -> Tracker:
+def _make(name: str, paths: JobPaths) -> Tracker:
     if name == "tensorboard":
         from distillq.core.track.tensorboard import TensorBoard
 
-        return TensorBoard(root / "tensorboard")  # one run directory per track below
+        return TensorBoard(paths.tracking_dir / "tensorboard")  # a run directory per track
     if name == "mlflow":
         from distillq.core.track.mlflow import Mlflow
 
-        return Mlflow(root, experiment=root.parent.name)  # the job's id
+        return Mlflow(paths.tracking_dir, experiment=paths.job_id)
+    if name == "trackio":
+        from distillq.core.track.trackio import Trackio
+
+        return Trackio(paths.trackio_dir, project=paths.job_id)
     raise KeyError(name)
 
 
-def log(names: Any, root: Path, write: Callable[[Tracker], None]) -> None:
-    """``write`` to each backend in ``names`` (the job's ``report_to``; ``root``: the job's
-    tracking directory). Never raises."""
+def log(names: Any, paths: JobPaths, write: Callable[[Tracker], None]) -> None:
+    """``write`` to each backend in ``names`` (the job's ``report_to``). Never raises."""
     for name in names or ():
         try:
-            write(_make(name, root))
+            write(_make(name, paths))
         except Exception as e:  # a tracker must never fail the job
             logger.warning("tracker %s failed, the job goes on: %s", name, str(e).split("\n")[0])

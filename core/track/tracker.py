@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from typing import Protocol
 
+Rows = list[tuple[int, dict[str, float]]]
+"""(step, {tag: number}) in rising step order."""
+
 
 class Tracker(Protocol):
-    def scalars(self, run: str, step: int, values: dict[str, float]) -> None:
-        """``values`` (tag → number) at ``step`` of ``run`` (a track, or "teacher")."""
+    def scalars(self, run: str, rows: Rows) -> None:
+        """Numbers of ``run`` (a track, "teacher", "nodes") at their steps, as one write."""
         ...
 
     def text(self, run: str, tag: str, text: str, step: int = 0) -> None:

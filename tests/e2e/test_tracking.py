@@ -1,11 +1,12 @@
-"""`report_to: [tensorboard, mlflow]`: a job's numbers in TensorBoard and MLflow, written where
+"""`report_to: [tensorboard, mlflow, trackio]`: a job's numbers in TensorBoard, MLflow and Trackio, written where
 they are produced (the teacher task, each merge, finalize) by real workers, and read back by the
 trackers themselves: TensorBoard's event-file reader, `tensorboard --logdir` answering over HTTP,
-and MLflow's client on its local file store."""
+MLflow's client on its local file store, Trackio's reader on its SQLite store."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import urllib.request
@@ -27,12 +28,12 @@ def load_checkpoint_step(job, track: str) -> int:
     return checkpoints.latest(job.paths, track).meta.step
 
 
-def test_every_rounds_losses_for_every_track_are_in_tensorboard_and_mlflow(
+def test_every_rounds_losses_for_every_track_are_in_each_tracker(
     settings, make_spec, workers, tmp_path, monkeypatch
 ):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    spec = make_spec(report_to=["tensorboard", "mlflow"], shards=2)
+    spec = make_spec(report_to=["tensorboard", "mlflow", "trackio"], shards=2)
 
     raw = yaml.safe_load(spec.read_text())
     student = raw["students"][0]
@@ -89,6 +90,24 @@ def test_every_rounds_losses_for_every_track_are_in_tensorboard_and_mlflow(
     report_md = ml.download_artifacts(runs["report"].info.run_id, "report.md", str(tmp_path))
     assert "held-out" in Path(report_md).read_text()
 
+    # Trackio: its own reader, in a process whose TRACKIO_DIR is the storage's (it reads the
+    # variable once, at import).
+    read = (
+        "import json, sys; from trackio.sqlite_storage import SQLiteStorage as S; "
+        "print(json.dumps({r: S.get_logs(sys.argv[1], r) for r in sys.argv[2:]}))"
+    )
+    env = {**os.environ, "TRACKIO_DIR": str(job.paths.trackio_dir)}
+    out = subprocess.run(
+        [sys.executable, "-c", read, job.id, *TRACKS, "teacher"],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    logs = json.loads(out.stdout)
+    for track in TRACKS:
+        steps = sorted(row["step"] for row in logs[track] if "loss/mixed" in row)
+        assert steps == sorted(e.step for e in scalars(track).Scalars("loss/mixed"))
+        assert sum("heldout/loss" in row for row in logs[track]) == job.rounds(track)
+    assert sum("teacher/cache_bytes" in row for row in logs["teacher"]) == job.n_shards
+
     # TensorBoard's own server reads the same files and serves the scalars.
     port = free_port()
     tb = subprocess.Popen(
@@ -99,18 +118,20 @@ def test_every_rounds_losses_for_every_track_are_in_tensorboard_and_mlflow(
     try:
         url = f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?run=kd&tag=loss%2Fmixed"
 
+        want = sorted(e.step for e in scalars("kd").Scalars("loss/mixed"))
+
         def fetch() -> list | None:
+            """The served steps once they are all there: it loads a run's files one by one,
+            a moment after it starts listening."""
             assert tb.poll() is None, "tensorboard exited"
-            try:  # it loads the runs a moment after it starts listening
+            try:
                 with urllib.request.urlopen(url, timeout=5) as r:
-                    return json.loads(r.read()) or None
+                    steps = sorted(row[1] for row in json.loads(r.read()))
             except OSError:
                 return None
+            return steps if steps == want else None
 
-        got = wait_for(fetch, 60, "tensorboard to serve the kd run", every=0.5)
-        assert got and sorted(row[1] for row in got) == sorted(
-            e.step for e in scalars("kd").Scalars("loss/mixed")
-        )
+        assert wait_for(fetch, 60, "tensorboard to serve every step of the kd run", every=0.5)
     finally:
         tb.terminate()
         tb.wait(10)

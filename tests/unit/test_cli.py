@@ -52,7 +52,7 @@ def test_every_option_has_help_and_shows_a_real_default():
 
 
 def test_status_and_the_other_light_commands_import_no_heavy_library():
-    """`status`, `watch`, `nodes`, `jobs` and `--help` answer in well under a second because
+    """`status`, `watch`, `nodes`, `jobs`, `--help` and `from distillq import Client` answer in well under a second because
     nothing on their path imports torch, transformers, peft, h5py or matplotlib
     (bench/CLI.md measures them); this keeps it so."""
     import subprocess
@@ -62,6 +62,7 @@ def test_status_and_the_other_light_commands_import_no_heavy_library():
         "import sys; import distillq.app.cli, distillq.app.view, distillq.core.control.status, "
         "distillq.core.job.jobs, distillq.core.control.state, distillq.core.runtime.broker, "
         "distillq.workers.node, distillq.workers.cluster; "
+        "from distillq import Client, Job; Client(); "  # the Python API's door too
         "heavy = ('torch', 'transformers', 'peft', 'h5py', 'matplotlib'); "
         "print([m for m in heavy if m in sys.modules])"
     )

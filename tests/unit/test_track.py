@@ -9,6 +9,7 @@ import pytest
 
 from distillq.core.track import registry
 from distillq.errors import SpecError
+from distillq.storage.layout import job_paths
 
 
 def test_an_unknown_tracker_is_refused_naming_the_choices():
@@ -22,11 +23,11 @@ def test_a_failing_tracker_is_one_warning(tmp_path, caplog):
         raise OSError("disk full\nsecond line of a traceback")
 
     with caplog.at_level(logging.WARNING):
-        registry.log(("tensorboard",), tmp_path, write)  # does not raise
+        registry.log(("tensorboard",), job_paths(tmp_path, "j"), write)  # does not raise
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warned == ["tracker tensorboard failed, the job goes on: disk full"]
 
 
 def test_no_trackers_writes_nothing(tmp_path):
-    registry.log((), tmp_path, lambda t: t.scalars("s", 1, {"x": 1.0}))
+    registry.log((), job_paths(tmp_path, "j"), lambda t: t.scalars("s", [(1, {"x": 1.0})]))
     assert not any(tmp_path.iterdir())
