@@ -27,6 +27,12 @@ BACKENDS: dict[str, tuple[str, str]] = {
 def check(names: tuple[str, ...] | list[str]) -> None:
     """At enqueue: every named backend is known and installed here. Raises SpecError."""
     for name in names:
+        if name == "wandb":
+            raise SpecError(
+                "report_to: wandb runs are not written here (W&B's offline runs can only be read "
+                "by its service); name tensorboard and import its logs with `wandb sync` on "
+                "the job's tracking/tensorboard directory"
+            )
         if name not in BACKENDS:
             raise SpecError(
                 f"report_to: {name!r} is not a tracker distillq has; choose from "

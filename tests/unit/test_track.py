@@ -15,7 +15,9 @@ from distillq.storage.layout import job_paths
 def test_an_unknown_tracker_is_refused_naming_the_choices():
     with pytest.raises(SpecError, match=r"report_to: 'wandbb' .*choose from .*tensorboard"):
         registry.check(["wandbb"])
-    registry.check(["tensorboard"])  # installed with the dev extra
+    registry.check(["tensorboard", "mlflow", "trackio"])  # installed with the dev extra
+    with pytest.raises(SpecError, match=r"report_to: wandb .*name tensorboard .*wandb sync"):
+        registry.check(["wandb"])
 
 
 def test_a_failing_tracker_is_one_warning(tmp_path, caplog):
