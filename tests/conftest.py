@@ -264,6 +264,23 @@ def smollm2() -> Fetched:
 
 
 @pytest.fixture(scope="session")
+def real_tokenizers() -> Callable[[str], Any]:
+    """Real tokenizers of other families by name (gpt2, qwen2, phi3, llama3): llama.cpp's
+    vocab GGUFs from the llama-cpp-python sdist, converted once per machine
+    (``distillq.app.real_models.tokenizer``)."""
+    from transformers import AutoTokenizer
+
+    loaded: dict[str, Any] = {}
+
+    def get(family: str) -> Any:
+        if family not in loaded:
+            loaded[family] = AutoTokenizer.from_pretrained(str(real_models.tokenizer(family)))
+        return loaded[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def smollm2_gguf(smollm2: Fetched) -> Path:
     return smollm2.gguf
 

@@ -29,6 +29,7 @@ CORE_RANK = {
     "student": 3,
     "job": 2,
     "targets": 1,
+    "align": 1,
     "maths": 0,
     "runtime": 0,
     "track": 0,

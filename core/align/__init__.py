@@ -1,0 +1,1 @@
+"""Teacher and student of different tokenizers: the same text, two token sequences."""
