@@ -102,11 +102,7 @@ def _check_models(spec: JobSpec, peft_memo: Path) -> tuple[Fingerprints, Any, li
         tok = load_tokenizer(s.model, f"student {s.name!r} model", light=True)
         fp = tokenizer_fingerprint(tok)
         if teacher_tok_fp is not None and fp != teacher_tok_fp:
-            raise ModelError(
-                f"student {s.name!r} ({s.model}) has a different tokenizer than the teacher "
-                f"({spec.teacher.model if spec.teacher else ''}): distillq needs a shared tokenizer; "
-                "pick a student from the teacher's model family"
-            )
+            _check_crossing(spec, s.name, s.model)
         check_weights(s.model, f"student {s.name!r} model")
         head = _vocab_of(s.model, tok)
         if head < len(tok):
@@ -125,6 +121,18 @@ def _check_models(spec: JobSpec, peft_memo: Path) -> tuple[Fingerprints, Any, li
         vocab_size=vocab_size,
     )
     return fps, sample_tok, checked
+
+
+def _check_crossing(spec: JobSpec, name: str, model: str) -> None:
+    """A student of another tokenizer learns through alignment (core/align), which maps top-k
+    targets; refuse what it cannot map yet, in one line."""
+    t = spec.teacher
+    if t is not None and t.target_method != "topk":
+        raise ModelError(
+            f"student {name!r} ({model}) has a different tokenizer than the teacher, and "
+            f"cross-tokenizer targets are mapped from the top-k: set teacher.target_method: topk "
+            f"(not {t.target_method}), or pick a student of the teacher's tokenizer"
+        )
 
 
 def _vocab_of(ref: str, tok: Any) -> int:

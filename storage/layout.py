@@ -81,6 +81,11 @@ class JobPaths:
     def shard(self, shard: int) -> Path:
         return self.teacher_dir / f"shard-{shard:05d}.h5"
 
+    def aligned_shard(self, shard: int, tokenizer: str) -> Path:
+        """A shard's targets mapped onto a student tokenizer's tokens (``tokenizer``: its
+        fingerprint), written by the first replica that needs them (core/student/aligned.py)."""
+        return self.root / "aligned" / tokenizer[:16] / f"shard-{shard:05d}.h5"
+
     def shard_stats(self, shard: int) -> Path:
         return self.teacher_dir / f"shard-{shard:05d}.json"
 

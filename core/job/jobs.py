@@ -104,4 +104,24 @@ def data_notes(job: Job) -> list[str]:
         )
     if d.no_target:
         notes.append(f"{d.no_target} records have no training target and will be dropped")
-    return notes
+    return notes + alignment_notes(job)
+
+
+def alignment_notes(job: Job) -> list[str]:
+    """Which tracks learn across tokenizers, and how (said at enqueue)."""
+    fp, t = job.info.fingerprints, job.spec.teacher
+    out = []
+    for s in job.spec.students:
+        if fp.students[s.name].tokenizer == fp.tokenizer:
+            continue
+        if t is None or not t.top_k:
+            how = "it learns the data's text through its own tokenizer (CE only)"
+        else:
+            wrote = ", on the responses the teacher writes" if t.generate else ""
+            how = (
+                "logit-level cross-tokenizer KD: the teacher's top-k is mapped onto its tokens "
+                "by byte-aligned spans (exact matches, chain rule over merged tokens, prefix "
+                f"mass over split ones), positions that do not align fall back to CE{wrote}"
+            )
+        out.append(f"track {s.name}: its tokenizer is not the teacher cache's, so {how}")
+    return out

@@ -9,12 +9,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from distillq.core.job.data import Sample, TokenizeStats, padded, read_records, tokenize_record
+from distillq.core.job.data import (
+    Sample,
+    TokenizeStats,
+    padded,
+    read_records,
+    tokenize_record,
+    with_response,
+)
 from distillq.core.job.jobs import Job
-from distillq.core.job.models import on_device
+from distillq.core.job.models import on_device, tokenizer_fingerprint
 from distillq.core.job.spec import LossSpec, StudentSpec
 from distillq.core.student import train as student
 from distillq.core.targets.shard import Shard
+from distillq.storage.cache import CacheReader
 from distillq.storage.records import EvalResult, Generation
 
 GENERATION_PROMPTS = 3
@@ -31,7 +39,9 @@ def eval_samples(job: Job, tok: Any, limit: int | None = None) -> list[Sample]:
     (``teacher/eval.h5``); none until the teacher eval has written them."""
     t = job.spec.teacher
     if t is not None and t.generate is not None:
-        return cached_samples(job.paths.teacher_eval_cache, limit)
+        if tokenizer_fingerprint(tok) == job.info.fingerprints.tokenizer:
+            return cached_samples(job.paths.teacher_eval_cache, limit)
+        return _retokenized(job, tok, limit)  # a student of another tokenizer
     stats = TokenizeStats()
     out = []
     ids = job.split.eval_ids()[:limit]
@@ -39,6 +49,26 @@ def eval_samples(job: Job, tok: Any, limit: int | None = None) -> list[Sample]:
         s = tokenize_record(record, rid, tok, job.spec.sample_max_length, stats)
         if s is not None:
             out.append(s)
+    return out
+
+
+def _retokenized(job: Job, tok: Any, limit: int | None) -> list[Sample]:
+    """The teacher's written held-out responses, in ``tok``'s tokens."""
+    path = job.paths.teacher_eval_cache
+    if not path.exists():
+        return []
+    stats, out = TokenizeStats(), []
+    with CacheReader(path) as r:
+        rids = r.record_ids()
+        n = len(r) if limit is None else min(limit, len(r))
+        records = dict(read_records(job.paths.dataset, job.index, np.unique(rids[:n])))
+        for j in range(n):
+            rid = int(rids[j])
+            kind, text = r.generated(j)
+            record = with_response(records[rid], text) if kind else records[rid]
+            s = tokenize_record(record, rid, tok, job.spec.sample_max_length, stats)
+            if s is not None:
+                out.append(s)
     return out
 
 

@@ -29,7 +29,7 @@ from distillq.core.job.spec import LossSpec, StudentSpec
 from distillq.core.maths import head_loss
 from distillq.core.maths.batching import PaddingCount, batch_groups
 from distillq.core.maths.losses import Estimator, bucketed, kd_loss
-from distillq.core.student import peft_methods
+from distillq.core.student import aligned, peft_methods
 from distillq.core.targets.shard import Batch, Shard
 from distillq.errors import SpecError
 from distillq.storage import checkpoints
@@ -423,7 +423,7 @@ def train_replica(
     t = restore(job, track)
     started = time.time()
     resume = _resume_point(job, t, shard, replica)
-    with Shard(job.paths.shard(job.cache_shard(shard))) as reader:
+    with Shard(aligned.shard_for(job, track, shard)) as reader:
         loop = train_loop(
             t,
             reader,
