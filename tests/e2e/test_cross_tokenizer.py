@@ -15,7 +15,6 @@ from distillq.core.student import aligned
 from distillq.core.targets.shard import Shard
 from distillq.storage.atomic import read_json
 from tests.conftest import TINY_STUDENT, run_cli
-from tests.e2e.test_pipeline import enqueue
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +62,7 @@ def test_a_student_of_another_tokenizer_learns_from_the_mapped_cache(
             ids = r.sample_ids(0)
             # The student's own tokens: they spell the same text the teacher's do.
             assert student_tok.decode(ids, skip_special_tokens=True).strip()
-            assert int(np.max(r.rows("target_ids", r.spans(np.arange(len(r)))))) < len(
-                student_tok
-            )
+            assert int(np.max(r.rows("target_ids", r.spans(np.arange(len(r)))))) < len(student_tok)
 
     report = read_json(job.paths.report)
     for track in ("kd", "ce"):
