@@ -49,6 +49,23 @@ class LossSummary:
 
 
 @dataclass(frozen=True)
+class AlignmentSummary:
+    """A track of another tokenizer than the teacher cache's: its target positions by how they
+    were aligned (core/align), and what its mapped copy of the cache costs."""
+
+    exact: int
+    chain: int
+    split: int
+    none: int
+    bytes: int
+    """Bytes of the track's aligned shard files."""
+
+    @property
+    def positions(self) -> int:
+        return self.exact + self.chain + self.split + self.none
+
+
+@dataclass(frozen=True)
 class StudentSummary:
     model: str
     method: str
@@ -68,6 +85,8 @@ class StudentSummary:
     generations: list[Generation] = field(default_factory=list)
     padding: list[float] | None = None
     """(share of the batches' cells that were padding, the share had batches been consecutive)."""
+    alignment: AlignmentSummary | None = None
+    """Where the track's tokenizer is not the teacher cache's: how its positions aligned."""
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,10 @@ def register(add: Add) -> None:
     job_arg(sh)
     sh.add_argument("--shard", type=int, required=True, help="shard number (-1: held-out slice)")
     sh.add_argument("--record", type=int, required=True, help="dataset record id (0-based)")
+    sh.add_argument(
+        "--track",
+        help="a student track of another tokenizer: also its tokens beside the teacher's",
+    )
     rp = add("report", cmd_report, "rewrite and print a finished job's report")
     job_arg(rp)
     json_flag(rp, "the report")
@@ -110,6 +114,12 @@ def cmd_show(args: argparse.Namespace) -> int:
         for token, entries in s.targets:
             tops = ", ".join(f"{t!r} {p:.2f}" for t, p in entries)
             print(f"  {token!r:<16} [{tops}]")
+    if args.track:
+        from distillq.core.report.show import side_by_side
+
+        print(f"--- the teacher's tokens | student {args.track}'s tokens  (how they aligned)")
+        for t_text, s_text, kind in side_by_side(job, args.shard, args.record, args.track):
+            print(f"  {t_text:<28} | {s_text:<28} ({kind})")
     return 0
 
 

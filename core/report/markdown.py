@@ -117,6 +117,30 @@ def _teacher_line(data: Report) -> str:
     )
 
 
+def _alignment(data: Report) -> list[str]:
+    """Tracks of another tokenizer: how their positions aligned with the teacher's."""
+    rows = [(n, st.alignment) for n, st in data.students.items() if st.alignment]
+    if not rows:
+        return []
+    lines = [
+        "## Across tokenizers",
+        "",
+        "Target positions of each track whose tokenizer is not the teacher's, by how the "
+        "teacher's targets reached them: one token for one (exact), several teacher tokens "
+        "for one (chain rule), one for several (prefix mass), or not at all (CE only).",
+        "",
+        "| track | exact | chain | split | CE only | bytes per position |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, a in rows:
+        n = max(1, a.positions)
+        lines.append(
+            f"| {name} | {a.exact / n:.1%} | {a.chain / n:.1%} | {a.split / n:.1%} | "
+            f"{a.none / n:.1%} | {a.bytes / n:.1f} |"
+        )
+    return [*lines, ""]
+
+
 def render(data: Report) -> str:
     wall = f", {data.wall_seconds:.0f} s" if data.wall_seconds is not None else ""
     lines = [f"# distillq report: {data.job_id}", ""]
@@ -160,7 +184,9 @@ def render(data: Report) -> str:
         "Held-out CE (nats/token) on every held-out sample, before round 1 and at the end.",
         "",
     ]
-    lines += [*_learned(data), "", "## Held-out curve", ""]
+    lines += [*_learned(data), ""]
+    lines += _alignment(data)
+    lines += ["## Held-out curve", ""]
     lines += ["Loss on the first held-out samples after each merged round (step 0: untrained).", ""]
     lines += [*_curve(data), "", "## Generations", ""]
     lines += ["Greedy continuations of held-out prompts.", ""]

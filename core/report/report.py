@@ -11,11 +11,13 @@ from distillq.core.job.jobs import Job
 from distillq.core.job.spec import StudentSpec
 from distillq.core.report import card
 from distillq.core.report import markdown as report_md
+from distillq.core.student import aligned
 from distillq.core.targets import registry as targets
 from distillq.storage import cache, checkpoints, records
 from distillq.storage.atomic import atomic_path, write_bytes
 from distillq.storage.records import CheckpointMeta, EvalResult, ShardStats
 from distillq.storage.report_records import (
+    AlignmentSummary,
     CacheSummary,
     LossSummary,
     Report,
@@ -123,10 +125,27 @@ def _track(job: Job, spec: StudentSpec) -> _Track:
         heldout_curve=_heldout_curve(ckpt.meta) if ckpt else [],
         generations=sev.generations if sev else [],
         padding=_padding([(r.tokens, r.padding, r.padding_ungrouped) for r in reps]),
+        alignment=_alignment(job, spec.name),
     )
     curve = [p for rd in rounds for p in rd.curve]
     return _Track(
         summary, curve, [r.started_at for r in reps], [rd.merged_at for rd in rounds], sev
+    )
+
+
+def _alignment(job: Job, track: str) -> AlignmentSummary | None:
+    """Summed over the track's aligned shards (none where it shares the cache's tokenizer)."""
+    if not aligned.crosses(job, track):
+        return None
+    fp = job.info.fingerprints.students[track].tokenizer
+    files = [job.paths.aligned_shard(i, fp) for i in range(job.n_shards)]
+    shares = [aligned.read_shares(f) for f in files if f.exists()]
+    return AlignmentSummary(
+        exact=sum(s.exact for s in shares),
+        chain=sum(s.chain for s in shares),
+        split=sum(s.split for s in shares),
+        none=sum(s.none for s in shares),
+        bytes=sum(f.stat().st_size for f in files if f.exists()),
     )
 
 

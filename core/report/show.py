@@ -71,3 +71,51 @@ def show(
                 )
             )
     return out
+
+
+def side_by_side(
+    job: Job, shard: int, record: int, track: str, tokens: int = 16
+) -> list[tuple[str, str, str]]:
+    """The first target spans of ``record`` for a track of another tokenizer: (the teacher's
+    tokens, the student's, how they aligned)."""
+    from distillq.core.align.spans import align
+    from distillq.core.align.tokens import vocab_bytes
+    from distillq.core.job.models import load_tokenizer, sample_tokenizer
+    from distillq.core.student import aligned
+
+    if track not in job.info.fingerprints.students:
+        raise DistillqError(f"job {job.id} has no student track {track!r}")
+    if not aligned.crosses(job, track):
+        raise DistillqError(
+            f"track {track} shares the teacher cache's tokenizer: its tokens are the teacher's"
+        )
+    t_tok, s_tok = sample_tokenizer(job.spec), load_tokenizer(job.spec.student(track).model)
+    streams = []
+    for path in (job.paths.shard(shard), aligned.shard_for(job, track, shard)):
+        with Shard(path) as r:
+            rows = np.flatnonzero(r.record_ids() == record)
+            if not len(rows):
+                raise DistillqError(f"record {record} is not in shard {shard} of job {job.id}")
+            j = int(rows[0])
+            streams.append(r.sample_ids(j)[r.positions_of(j) + 1].tolist())
+    tb, sb = vocab_bytes(t_tok), vocab_bytes(s_tok)
+    spans = align([tb[i] for i in streams[0]], [sb[i] for i in streams[1]])
+
+    def text(vocab: list[bytes | None], tok: Any, ids: list[int]) -> str:
+        # From the vocabulary's bytes: decoding one SentencePiece token alone drops its space.
+        shown = []
+        for i in ids:
+            b = vocab[i]
+            shown.append(
+                repr(b.decode(errors="replace"))
+                if b is not None
+                else str(tok.convert_ids_to_tokens(i))
+            )
+        return " ".join(shown)
+
+    out: list[tuple[str, str, str]] = []
+    for sp in spans[:tokens]:
+        (a, b), (c, d) = sp.teacher, sp.student
+        t_text, s_text = text(tb, t_tok, streams[0][a:b]), text(sb, s_tok, streams[1][c:d])
+        out.append((t_text, s_text, sp.kind))
+    return out

@@ -68,3 +68,13 @@ def test_a_student_of_another_tokenizer_learns_from_the_mapped_cache(
     for track in ("kd", "ce"):
         st = report["students"][track]
         assert st["eval_loss"] < st["baseline_loss"]  # measured in the student's own tokens
+        a = st["alignment"]
+        assert a["exact"] > a["none"] and a["bytes"] > 0
+    md = job.paths.report_md.read_text()
+    assert "## Across tokenizers" in md and "| kd |" in md.split("## Across tokenizers")[1]
+
+    # `show` puts the teacher's tokens and the student's side by side.
+    show = run_cli(settings, "show", job_id, "--shard", "0", "--record", "0", "--track", "kd")
+    assert show.returncode == 0, show.stderr
+    assert "the teacher's tokens | student kd's tokens" in show.stdout
+    assert "(exact)" in show.stdout
