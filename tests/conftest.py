@@ -281,6 +281,21 @@ def real_tokenizers() -> Callable[[str], Any]:
 
 
 @pytest.fixture(scope="session")
+def phi3_student(
+    real_tokenizers: Callable[[str], Any], tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """A tiny random Llama on Phi-3's real tokenizer (SentencePiece with byte fallback,
+    32,064): a student of another family than SmolLM2 or the demo teacher."""
+    from distillq.app.demo_models import llama
+
+    tok = real_tokenizers("phi3")
+    out = tmp_path_factory.mktemp("phi3-student")
+    llama(TINY_STUDENT, len(tok), tok.eos_token_id, 11).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
 def smollm2_gguf(smollm2: Fetched) -> Path:
     return smollm2.gguf
 

@@ -6,25 +6,13 @@ mapped onto its own tokens, and the student learns from it."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import yaml
 
-from distillq.app.demo_models import llama
 from distillq.core.job.jobs import load_job
 from distillq.core.student import aligned
 from distillq.core.targets.shard import Shard
 from distillq.storage.atomic import read_json
-from tests.conftest import TINY_STUDENT, run_cli
-
-
-@pytest.fixture(scope="module")
-def phi3_student(real_tokenizers, tmp_path_factory) -> str:
-    """A tiny random Llama on Phi-3's real tokenizer."""
-    tok = real_tokenizers("phi3")
-    out = tmp_path_factory.mktemp("phi3-student")
-    llama(TINY_STUDENT, len(tok), tok.eos_token_id, 11).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+from tests.conftest import run_cli
 
 
 def test_a_student_of_another_tokenizer_learns_from_the_mapped_cache(

@@ -159,17 +159,20 @@ def test_the_real_teacher_scores_english_locally_and_served_alike(real, server, 
 
 
 def test_the_served_real_teacher_writes_the_answers_a_student_learns(
-    real, server, settings, workers, tmp_path
+    real, server, settings, workers, tmp_path, phi3_student
 ):
     """Prompt-only chat through the server on the real GGUF: it writes English answers with
-    its top-k (echo on a prompt with no BOS), and the student learns them."""
+    its top-k (echo on a prompt with no BOS), and the student learns them; so does a student
+    of another tokenizer family (Phi-3's), through the cache mapped onto its tokens."""
     spec = {
         "name": "served", "dataset": str(real["prompts"]), "shards": 2, "eval_fraction": 0.25,
         "teacher": {"endpoint": server.url, "model": SERVED_NAME, "tokenizer": real["hf"],
                     "top_k": 8, "max_length": 160,
                     "generate": {"max_new_tokens": 16, "temperature": 0.7, "seed": 3}},
         "students": [{"name": "s", "model": real["student"], "peft": {"method": "full"},
-                      "lr": 3e-4, "epochs": 3, "batch_size": 4}],
+                      "lr": 3e-4, "epochs": 3, "batch_size": 4},
+                     {"name": "x", "model": phi3_student, "peft": {"method": "full"},
+                      "lr": 3e-3, "epochs": 3, "batch_size": 4}],
     }  # fmt: skip
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
     workers.start("teacher,student", "both")
@@ -180,6 +183,12 @@ def test_the_served_real_teacher_writes_the_answers_a_student_learns(
     with Shard(job.paths.shard(0)) as r:
         texts = [r.generated(j)[1] for j in range(len(r))]
         assert r.k == 8
+    # Across tokenizers: the served teacher's answers, re-tokenized for Phi-3's vocabulary,
+    # with its top-k mapped onto them; the student learns them in its own tokens.
+    x = records.read(Report, job.paths.report).students["x"]
+    assert x.alignment is not None and x.alignment.exact > x.alignment.none, x.alignment
+    assert x.baseline_loss is not None and x.eval_loss is not None
+    assert x.eval_loss < x.baseline_loss - 0.05, (x.baseline_loss, x.eval_loss)  # 249 positions
     assert texts and all(_words(t) >= 3 for t in texts), texts
     s = records.read(Report, job.paths.report).students["s"]
     assert s.baseline_loss is not None and s.eval_loss is not None
