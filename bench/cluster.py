@@ -85,3 +85,14 @@ def cluster(root: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.close()
+
+
+def run_job(root: Path, spec: dict[str, Any], timeout: float = 5400) -> tuple[Job, float]:
+    """``spec`` through a cluster of two workers (a: teacher then student, b: student) to its
+    end; the job and its wall seconds."""
+    with cluster(root) as c:
+        c.worker("a", "teacher,student")
+        c.worker("b", "student")
+        job = c.job(spec)
+        c.submit(job)
+        return job, c.wait_done(job, timeout=timeout)

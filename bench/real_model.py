@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from bench.cluster import cluster
+from bench.cluster import run_job
 from bench.teacher_cpu import BATCH, MAX_LENGTH, K, _agree, _run
 from distillq.app import real_demo
 from distillq.app.real_models import fetch
@@ -110,12 +110,7 @@ def quality(root: Path) -> dict[str, Any]:
         {**t, "name": f"{t['name']}-s{seed}", "seed": seed} for seed in SEEDS for t in tracks
     ]
     spec["name"] = "bench-real-quality"
-    with cluster(root / "cluster") as c:
-        c.worker("a", "teacher,student")
-        c.worker("b", "student")
-        job = c.job(spec)
-        c.submit(job)
-        seconds = c.wait_done(job, timeout=5400)
+    job, seconds = run_job(root / "cluster", spec)
     from distillq.core.report import report
 
     data, _ = report.collect(job)

@@ -20,6 +20,7 @@ import torch
 
 from bench import (
     cache_size,
+    cross_tokenizer,
     efficiency,
     generation_vocab,
     init_student,
@@ -49,6 +50,7 @@ def run_only(out: Path, name: str) -> dict[str, Any]:
         "teacher_cpu": lambda root: teacher_cpu.measure(root),
         "generation_vocab": lambda root: generation_vocab.measure(root),
         "real_model": lambda root: real_model.measure(root),
+        "cross_tokenizer": lambda root: cross_tokenizer.measure(root),
         "efficiency": lambda root: _efficiency(root),
     }
     if name not in steps:
@@ -105,6 +107,7 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
         step("teacher_cpu", lambda: teacher_cpu.measure(root))
         step("generation_vocab", lambda: generation_vocab.measure(root))
         step("real_model", lambda: real_model.measure(root))
+        step("cross_tokenizer", lambda: cross_tokenizer.measure(root))
         results["seconds"] = round(time.time() - t0)
     out.mkdir(parents=True, exist_ok=True)
     (out / "RESULTS.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -1,10 +1,11 @@
 """Teacher targets (top-k in the teacher's vocabulary, at the teacher's positions) become the
 student's targets (in its vocabulary, at its positions), span by span (``spans.align``):
 
-- ``exact`` (one teacher token, one student token): each of the teacher's top-k ids whose bytes
-  are one student token maps to it (GOLD's exact-match part); the rest of the teacher's mass
-  goes to the tail bucket the loss already has, so the target stays a distribution over the
-  student's listed ids + "anything else";
+- ``exact`` (one teacher token, one student token): each of the teacher's top-k ids maps to
+  the student token its text starts with (``vocab_map``: itself where the student has it,
+  GOLD's exact-match part), masses of ids that meet adding up; the mass past the top-k stays
+  in the tail bucket the loss already has, so the target is a distribution over the student's
+  listed ids + "anything else";
 - ``chain`` (several teacher tokens, one student token): the student's token is those teacher
   tokens in a row, so its log-prob is the sum of theirs (each read from its position's top-k);
   one listed id, the rest is tail: a two-outcome distribution, still a proper one;
@@ -30,13 +31,30 @@ from distillq.core.align.spans import Span
 
 
 def vocab_map(teacher: list[bytes | None], student: list[bytes | None]) -> np.ndarray:
-    """Teacher id → the student id of the same bytes, or −1 (special tokens map to nothing).
-    Where the student has two ids of one text, the lower id is kept."""
+    """Teacher id → the student token its text starts with: the longest student token whose
+    bytes begin the teacher token's (the token itself where the student has it), or −1
+    (special tokens map to nothing). Where the student has two ids of one text, the lower.
+
+    Each teacher token goes to exactly one student token, so the mapped probabilities still sum
+    to at most 1: a teacher token the student spells in pieces (" Return" as " Ret" + "urn")
+    gives its mass to the student's first piece, as the student would start writing it.
+    Mapping only exact matches (that mass to the tail bucket) measured the same within the
+    seeds' spread (bench/RESULTS.md, "Across tokenizers"); this one is kept because it is what
+    the student's own distribution would show."""
     index: dict[bytes, int] = {}
     for i, b in enumerate(student):
-        if b is not None and b not in index:
+        if b and b not in index:
             index[b] = i
-    return np.asarray([index.get(b, -1) if b is not None else -1 for b in teacher], np.int64)
+    longest = max((len(b) for b in index), default=0)
+    out = np.full(len(teacher), -1, np.int64)
+    for i, b in enumerate(teacher):
+        if not b:
+            continue
+        for n in range(min(len(b), longest), 0, -1):
+            if (hit := index.get(b[:n])) is not None:
+                out[i] = hit
+                break
+    return out
 
 
 @dataclass
@@ -79,12 +97,14 @@ def student_targets(
         kind = sp.kind
         if kind == "exact":
             mapped = vmap[top_ids[a]]
-            keep = np.nonzero(mapped >= 0)[0]
-            # Two teacher ids of one text would list one student id twice: keep the likelier.
-            _, first = np.unique(mapped[keep], return_index=True)
-            keep = keep[np.sort(first)]
-            ids[c, : len(keep)] = mapped[keep]
-            lps[c, : len(keep)] = top_logprobs[a][keep]
+            keep = mapped >= 0
+            # Several teacher tokens may start with one student token: their masses add up.
+            sid, inverse = np.unique(mapped[keep], return_inverse=True)
+            mass = np.zeros(len(sid), np.float64)
+            np.add.at(mass, inverse, np.exp(top_logprobs[a][keep].astype(np.float64)))
+            order = np.argsort(-mass, kind="stable")
+            ids[c, : len(sid)] = sid[order]
+            lps[c, : len(sid)] = np.log(mass[order])
         elif kind == "chain":
             total = 0.0
             for r in range(a, b):

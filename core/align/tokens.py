@@ -20,7 +20,7 @@ _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
 @lru_cache(maxsize=1)
-def _unicode_to_byte() -> dict[str, int]:
+def unicode_to_byte() -> dict[str, int]:
     """GPT-2's table, inverted: the printable symbol byte-level BPE writes for each byte."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
     bs += list(range(ord("®"), ord("ÿ") + 1))
@@ -52,7 +52,7 @@ def vocab_bytes(tok: Any) -> list[bytes | None]:
     pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
     out: list[bytes | None] = []
     if is_byte_level(tok):
-        table = _unicode_to_byte()
+        table = unicode_to_byte()
         for i, p in enumerate(pieces):
             if i in special or p is None:
                 out.append(None)

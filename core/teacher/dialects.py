@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from distillq.core.align.tokens import unicode_to_byte
 from distillq.core.targets.records import Alignment
 from distillq.errors import EndpointError
 
@@ -46,24 +47,11 @@ MISSING_LOGPROB = float("-inf")
 """A slot with no teacher entry: the loss treats it as not listed (it stays in the tail)."""
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte-level alphabet: every byte as a printable character (as tokenizers do)."""
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
-    cs = list(bs)
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
-
-
 class TokenTable:
     """Token ids ↔ the texts llama.cpp-style servers key their top log-probs by."""
 
     def __init__(self, tok: Any) -> None:
-        byte_of = {c: b for b, c in _bytes_to_unicode().items()}
+        byte_of = unicode_to_byte()
         special = set(tok.all_special_ids)
         added = {i for i, t in tok.added_tokens_decoder.items() if t.special}
         n = len(tok)

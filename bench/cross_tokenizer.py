@@ -1,0 +1,173 @@
+"""Distillation across tokenizers, measured: does logit-level KD through the aligned cache buy
+a student of another tokenizer what same-tokenizer KD buys one of the teacher's?
+
+A real teacher (SmolLM2-135M-Instruct, byte-level BPE, 49,152) scores Python's stdlib text once (one
+job, one cache, two workers). Four arms train from random init, same shape, at three seeds:
+``same-kd`` / ``same-ce`` on SmolLM2's own tokenizer, ``cross-kd`` / ``cross-ce`` on Phi-3's
+real tokenizer (SentencePiece with byte fallback, 32,064: llama.cpp's vocab file). Held-out
+loss is compared in bits per byte (nats per target token × target tokens ÷ target bytes ÷
+ln 2), so tokenizers of different granularity compare. Goal: cross-tokenizer KD's gain over its
+CE twin is at least 70% of same-tokenizer KD's gain over its own.
+
+Also measured: what the choice of mapping at the student costs (bytes per position of the
+aligned copy against the teacher cache, replica tokens/s of cross and same tracks, and the
+one-time mapping of a shard against the teacher's own time on it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.cluster import run_job
+from distillq.app.demo_models import (
+    TinyLlama,
+    chunks,
+    in_demo_split,
+    llama,
+    read_text,
+    stdlib_files,
+)
+from distillq.app.real_models import fetch, tokenizer
+from distillq.core.align.tokens import vocab_bytes
+from distillq.core.job.models import load_tokenizer, sample_tokenizer
+from distillq.core.student import aligned, evaluate
+from distillq.storage import cache
+
+RECORDS = 240
+SEEDS = (0, 1, 2)
+SHAPE = TinyLlama(hidden=128, layers=4, heads=4, intermediate=384, max_positions=256)
+ARMS = ("same-kd", "same-ce", "cross-kd", "cross-ce")
+GOAL = 0.7
+EPOCHS = 2
+ALPHA = 0.5
+
+
+def _records(n: int) -> list[dict[str, str]]:
+    """Text that ships with Python and that SmolLM2 was trained on the like of: the standard
+    library's sources (code, comments, docstrings) in 300-character records, each once."""
+    out: list[dict[str, str]] = []
+    for p in stdlib_files():
+        if in_demo_split(p):
+            out += [{"text": c} for c in chunks(read_text(p), 300) if len(c) > 40]
+        if len(out) >= n:
+            break
+    return out[:n]
+
+
+def _write_jsonl(path: Path, records: list[dict[str, str]]) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def _student(out: Path, tok_dir: Path) -> str:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    llama(SHAPE, len(tok), tok.eos_token_id, 5).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def _bits_per_byte(job: Any, model: str, nats: float) -> tuple[float, int, int]:
+    """Held-out nats per target token → bits per byte of the same target text."""
+    tok = load_tokenizer(model)
+    vb = vocab_bytes(tok)
+    tokens = nbytes = 0
+    for s in evaluate.eval_samples(job, tok):
+        targets = [t for t, m in zip(s.input_ids, s.target_mask, strict=True) if m][1:]
+        tokens += len(targets)
+        nbytes += sum(len(vb[t] or b"") for t in targets)
+    return nats * tokens / max(1, nbytes) / math.log(2), tokens, nbytes
+
+
+def measure(root: Path) -> dict[str, Any]:
+    teacher = fetch("smollm2")
+    records = _records(RECORDS)
+    data = _write_jsonl(root / "stdlib.jsonl", records)
+    same = _student(root / "same-student", teacher.hf)
+    cross = _student(root / "cross-student", tokenizer("phi3"))
+    base = {"peft": {"method": "full"}, "lr": 2e-3, "epochs": EPOCHS, "batch_size": 8}
+    students = []
+    for seed in SEEDS:
+        for arm in ARMS:
+            model = same if arm.startswith("same") else cross
+            extra = {"loss": {"alpha": 1.0}} if arm.endswith("ce") else {}
+            students.append(
+                {**base, "name": f"{arm}-s{seed}", "model": model, "seed": seed, **extra}
+            )
+    spec = {
+        "name": "bench-cross-tokenizer",
+        "dataset": str(data),
+        "shards": 4,
+        "eval_fraction": 0.1,
+        "teacher": {"model": str(teacher.hf), "dtype": "float32", "top_k": 16, "batch_size": 8,
+                    "max_length": 128},
+        "students": students,
+        "loss": {"kind": "forward_kl", "alpha": ALPHA},
+    }  # fmt: skip
+    job, seconds = run_job(root / "cluster", spec)
+    from distillq.core.report import report
+
+    data_, _ = report.collect(job)
+    bpb: dict[str, float] = {}
+    counts: dict[str, tuple[int, int]] = {}
+    for name, st in data_.students.items():
+        value, tokens, nbytes = _bits_per_byte(job, st.model, st.eval_loss or float("nan"))
+        bpb[name] = round(value, 4)
+        counts[name.split("-s")[0].split("-")[0]] = (tokens, nbytes)
+    gains = {}
+    for seed in SEEDS:
+        same_gain = bpb[f"same-ce-s{seed}"] - bpb[f"same-kd-s{seed}"]
+        cross_gain = bpb[f"cross-ce-s{seed}"] - bpb[f"cross-kd-s{seed}"]
+        gains[seed] = {
+            "same": round(same_gain, 4),
+            "cross": round(cross_gain, 4),
+            "ratio": round(cross_gain / same_gain, 3) if same_gain > 0 else None,
+        }
+    a = data_.students["cross-kd-s0"].alignment
+    assert a is not None
+    teacher_bpp = data_.cache.bytes / max(1, data_.cache.target_positions)
+    speed = {
+        arm: round(
+            sum(data_.students[f"{arm}-s{s}"].tokens_per_s or 0 for s in SEEDS) / len(SEEDS), 1
+        )
+        for arm in ARMS
+    }
+    # The one-time mapping of a shard, timed alone, against the teacher's own time on it.
+    out = root / "remap.h5"
+    stats = cache.read_stats(job.paths.shard_stats(0))
+    t0 = time.perf_counter()
+    aligned.write(
+        job, job.paths.shard(0), out, sample_tokenizer(job.spec), load_tokenizer(cross), ""
+    )
+    map_s = time.perf_counter() - t0
+    return {
+        "records": len(records),
+        "epochs": EPOCHS,
+        "alpha": ALPHA,
+        "eval_samples": data_.eval_records,
+        "teacher_heldout": round(data_.teacher.eval_loss or float("nan"), 4)
+        if data_.teacher
+        else None,
+        "heldout_bpb": bpb,
+        "heldout_nats": {
+            n: round(s.eval_loss or float("nan"), 4) for n, s in data_.students.items()
+        },
+        "gains": gains,
+        "goal": GOAL,
+        "met": all(g["ratio"] is not None and g["ratio"] >= GOAL for g in gains.values()),
+        "alignment": {"exact": a.exact, "chain": a.chain, "split": a.split, "none": a.none},
+        "bytes_per_position": {
+            "teacher_cache": round(teacher_bpp, 1),
+            "aligned_copy": round(a.bytes / max(1, a.positions), 1),
+        },
+        "replica_tokens_per_s": speed,
+        "map_shard_s_vs_teacher_shard_s": round(map_s / max(1e-9, stats.seconds), 3),
+        "held_out_tokens_bytes": counts,
+        "job_seconds": round(seconds),
+    }
