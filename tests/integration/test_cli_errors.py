@@ -32,10 +32,18 @@ def one_line_error(res, *needles):
         assert n in lines[0], lines[0]
 
 
-def test_tokenizer_mismatch_is_refused_before_any_compute(settings, make_spec, foreign_student):
+def test_a_tokenizer_mismatch_with_sampled_targets_is_refused_before_any_compute(
+    settings, make_spec, foreign_student
+):
+    """Across tokenizers the top-k is mapped onto the student's vocabulary (tests/e2e/
+    test_cross_tokenizer.py); sampled targets cannot be yet, and say so in one line."""
     spec = make_spec()
-    res = run_cli(settings, "enqueue", str(spec), "--set", f"students.0.model={foreign_student}")
-    one_line_error(res, "different tokenizer", "'s'")
+    res = run_cli(
+        settings, "enqueue", str(spec),
+        "--set", f"students.0.model={foreign_student}",
+        "--set", "teacher.target_method=sampled",
+    )  # fmt: skip
+    one_line_error(res, "different tokenizer", "'s'", "target_method: topk")
     assert not (settings.storage / "jobs").exists() or not any(
         (settings.storage / "jobs").iterdir()
     )
