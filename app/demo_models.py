@@ -88,6 +88,17 @@ def chunks(text: str, max_chars: int) -> Iterator[str]:
         yield "".join(piece)
 
 
+def demo_split_records(n: int, max_chars: int = 300) -> list[dict[str, str]]:
+    """Up to ``n`` text records from the demo split of the stdlib's sources (each once)."""
+    out: list[dict[str, str]] = []
+    for p in stdlib_files():
+        if in_demo_split(p):
+            out += [{"text": c} for c in chunks(read_text(p), max_chars) if len(c) > 40]
+        if len(out) >= n:
+            break
+    return out[:n]
+
+
 def write_demo_dataset(out: Path, max_records: int = 1600, max_chars: int = 480) -> Path:
     """Write the demo JSONL (``{"text"}`` records) from the demo split of the stdlib."""
     records = [

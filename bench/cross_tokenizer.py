@@ -22,14 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cluster import run_job
-from distillq.app.demo_models import (
-    TinyLlama,
-    chunks,
-    in_demo_split,
-    llama,
-    read_text,
-    stdlib_files,
-)
+from distillq.app.demo_models import TinyLlama, demo_split_records, llama
 from distillq.app.real_models import fetch, tokenizer
 from distillq.core.align.tokens import vocab_bytes
 from distillq.core.job.models import load_tokenizer, sample_tokenizer
@@ -43,18 +36,6 @@ ARMS = ("same-kd", "same-ce", "cross-kd", "cross-ce")
 GOAL = 0.7
 EPOCHS = 2
 ALPHA = 0.5
-
-
-def _records(n: int) -> list[dict[str, str]]:
-    """Text that ships with Python and that SmolLM2 was trained on the like of: the standard
-    library's sources (code, comments, docstrings) in 300-character records, each once."""
-    out: list[dict[str, str]] = []
-    for p in stdlib_files():
-        if in_demo_split(p):
-            out += [{"text": c} for c in chunks(read_text(p), 300) if len(c) > 40]
-        if len(out) >= n:
-            break
-    return out[:n]
 
 
 def _write_jsonl(path: Path, records: list[dict[str, str]]) -> Path:
@@ -87,7 +68,7 @@ def _bits_per_byte(job: Any, model: str, nats: float) -> tuple[float, int, int]:
 
 def measure(root: Path) -> dict[str, Any]:
     teacher = fetch("smollm2")
-    records = _records(RECORDS)
+    records = demo_split_records(RECORDS)
     data = _write_jsonl(root / "stdlib.jsonl", records)
     same = _student(root / "same-student", teacher.hf)
     cross = _student(root / "cross-student", tokenizer("phi3"))

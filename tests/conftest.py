@@ -19,11 +19,8 @@ from distillq.app import real_models
 from distillq.app.demo_models import (
     TEACHER_ASSET,
     TinyLlama,
-    chunks,
-    in_demo_split,
+    demo_split_records,
     llama,
-    read_text,
-    stdlib_files,
 )
 from distillq.app.real_models import Fetched
 from distillq.core.runtime.settings import Settings
@@ -72,13 +69,7 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 @pytest.fixture(scope="session")
 def text_records() -> list[dict]:
     """Real text: chunks of the stdlib's demo split."""
-    out = []
-    for p in stdlib_files():
-        if in_demo_split(p):
-            out += [{"text": c} for c in chunks(read_text(p), 300) if len(c) > 40]
-        if len(out) >= 400:
-            break
-    return out
+    return demo_split_records(400)
 
 
 @pytest.fixture
