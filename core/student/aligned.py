@@ -21,7 +21,13 @@ import numpy as np
 from distillq.core.align.mapping import Shares, student_targets, vocab_map
 from distillq.core.align.spans import align
 from distillq.core.align.tokens import vocab_bytes
-from distillq.core.job.data import TokenizeStats, read_records, tokenize_record, with_response
+from distillq.core.job.data import (
+    Sample,
+    TokenizeStats,
+    read_records,
+    tokenize_record,
+    with_response,
+)
 from distillq.core.job.jobs import Job
 from distillq.core.job.models import load_tokenizer, sample_tokenizer
 from distillq.storage import cache
@@ -67,6 +73,23 @@ def shard_for(job: Job, track: str, shard: int) -> Path:
     return out
 
 
+def records_of(job: Job, r: CacheReader, n: int | None = None) -> dict[int, Any]:
+    """The dataset records behind the first ``n`` samples of a cache file, by record id."""
+    rids = r.record_ids()[:n]
+    return dict(read_records(job.paths.dataset, job.index, np.unique(rids)))
+
+
+def retokenized(
+    job: Job, r: CacheReader, j: int, records: dict[int, Any], tok: Any, stats: TokenizeStats
+) -> Sample | None:
+    """Sample ``j`` of a cache file as ``tok`` tokenizes it: its record, with the response the
+    teacher wrote where it wrote one (None where no target survives truncation)."""
+    rid = r.record_id(j)
+    kind, text = r.generated(j)
+    record = with_response(records[rid], text) if kind else records[rid]
+    return tokenize_record(record, rid, tok, job.spec.sample_max_length, stats)
+
+
 _pairs: dict[tuple[int, int], tuple[list[bytes | None], list[bytes | None], np.ndarray]] = {}
 
 
@@ -98,16 +121,14 @@ def write(job: Job, src: Path, out: Path, teacher_tok: Any, student_tok: Any, sh
             source=str(a.get("target_source", "local")),
             method=str(a.get("target_method", "topk")),
         )
-        rids = r.record_ids()
-        records = dict(read_records(job.paths.dataset, job.index, np.unique(rids)))
+        records = records_of(job, r)
         with CacheWriter(out, meta) as w:
             for j in range(len(r)):
-                rid = int(rids[j])
-                kind, text = r.generated(j)
-                record = with_response(records[rid], text) if kind else records[rid]
-                s = tokenize_record(record, rid, student_tok, job.spec.sample_max_length, stats)
+                s = retokenized(job, r, j, records, student_tok, stats)
                 if s is None:
                     continue
+                rid = s.record_id
+                kind, text = r.generated(j)
                 s_ids = np.asarray(s.input_ids, np.int64)
                 s_pos = np.asarray(s.target_positions(), np.int64)
                 t_ids = r.sample_ids(j).astype(np.int64)

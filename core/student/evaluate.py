@@ -15,11 +15,11 @@ from distillq.core.job.data import (
     padded,
     read_records,
     tokenize_record,
-    with_response,
 )
 from distillq.core.job.jobs import Job
 from distillq.core.job.models import on_device, tokenizer_fingerprint
 from distillq.core.job.spec import LossSpec, StudentSpec
+from distillq.core.student import aligned
 from distillq.core.student import train as student
 from distillq.core.targets.shard import Shard
 from distillq.storage.cache import CacheReader
@@ -59,14 +59,10 @@ def _retokenized(job: Job, tok: Any, limit: int | None) -> list[Sample]:
         return []
     stats, out = TokenizeStats(), []
     with CacheReader(path) as r:
-        rids = r.record_ids()
         n = len(r) if limit is None else min(limit, len(r))
-        records = dict(read_records(job.paths.dataset, job.index, np.unique(rids[:n])))
+        records = aligned.records_of(job, r, n)
         for j in range(n):
-            rid = int(rids[j])
-            kind, text = r.generated(j)
-            record = with_response(records[rid], text) if kind else records[rid]
-            s = tokenize_record(record, rid, tok, job.spec.sample_max_length, stats)
+            s = aligned.retokenized(job, r, j, records, tok, stats)
             if s is not None:
                 out.append(s)
     return out
