@@ -25,6 +25,7 @@ from distillq.errors import DistillqError, JobNotFound, JobStopped, Superseded, 
 from distillq.storage import atomic, records
 from distillq.storage.records import FailureRecord, Killed, OnProgress, Progress, ProgressFields
 from distillq.storage.taskkeys import TaskKey
+from distillq.tasks import sending
 from distillq.tasks.celery_app import QUEUE_TASKS, settings_of
 
 log = logging.getLogger(__name__)
@@ -271,7 +272,10 @@ class JobTask(Task):
                 raise
             if n < s.max_attempts and not isinstance(e, SoftTimeLimitExceeded):
                 log.warning("job %s %s: attempt %d failed (%s); retrying", job.id, key, n, e)
-                raise self.retry(exc=e, countdown=min(60, 2**n)) from e
+                wait = min(60, 2**n)
+                # retry() publishes the next delivery, then raises Retry, which send() passes on
+                again = functools.partial(self.retry, exc=e, countdown=wait)
+                raise sending.send(self.app, again, f"a retry of {key}") from e
             raise
         finally:
             if ours:  # a superseded attempt leaves the live entry to the attempt that owns it

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from celery import Celery, chord
+from celery import Celery, Signature, chord
 
 from distillq.core.control import state as control
 from distillq.core.job.jobs import Job
@@ -24,6 +24,7 @@ from distillq.core.runtime import broker, live
 from distillq.storage import cache, checkpoints, keys, records, taskkeys
 from distillq.storage.atomic import create_exclusive
 from distillq.storage.records import RoundMarker
+from distillq.tasks import sending
 from distillq.tasks.celery_app import settings_of
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,9 @@ def submit(
     Returns the shards queued."""
     todo = missing_shards(job) if shards is None else shards
     for shard in todo:
-        app.signature("distillq.teacher_shard", args=(job.id, shard)).apply_async()
+        _send(app, app.signature("distillq.teacher_shard", args=(job.id, shard)))
     if job.spec.has_teacher and teacher_eval and not job.paths.teacher_eval.exists():
-        app.signature("distillq.teacher_eval", args=(job.id,)).apply_async()
+        _send(app, app.signature("distillq.teacher_eval", args=(job.id,)))
     if shards is None and len(todo) < job.n_shards:
         on_shard_ready(app, job)
     return todo
@@ -61,9 +62,7 @@ def launch_round(app: Celery, job: Job, track: str, shard: int) -> None:
         app.signature("distillq.train_replica", args=(job.id, track, shard, r), immutable=True)
         for r in range(spec.replicas)
     ]
-    chord(
-        replicas, app.signature("distillq.merge_round", args=(job.id, track, shard))
-    ).apply_async()
+    _send(app, chord(replicas, app.signature("distillq.merge_round", args=(job.id, track, shard))))
 
 
 def advance(app: Celery, job: Job, track: str) -> int | None:
@@ -87,7 +86,11 @@ def advance(app: Celery, job: Job, track: str) -> int | None:
             marker.unlink(missing_ok=True)
             return None
         records.write(marker, RoundMarker(shard=shard, queued_at=time.time()))
-        launch_round(app, job, track, shard)
+        try:
+            launch_round(app, job, track, shard)
+        except BaseException:
+            marker.unlink()  # not queued: the next advance (a retry of this task) queues it
+            raise
         log.info("job %s track %s: round on shard %d queued", job.id, track, shard)
         return shard
 
@@ -125,7 +128,7 @@ def merge_if_complete(app: Celery, job: Job, track: str, shard: int) -> bool:
     stats = [checkpoints.replica_stats(job.paths, track, shard, r) for r in replicas]
     if not all(s is not None and s.start_version == version for s in stats):
         return False
-    app.signature("distillq.merge_round", args=([], job.id, track, shard)).apply_async()
+    _send(app, app.signature("distillq.merge_round", args=([], job.id, track, shard)))
     log.info("job %s track %s shard %d: replicas complete, merge queued", job.id, track, shard)
     return True
 
@@ -144,7 +147,7 @@ def abandon_round(app: Celery, job: Job, track: str, shard: int) -> None:
 def regenerate_shard(app: Celery, job: Job, shard: int) -> None:
     """Queue the teacher task again for a quarantined shard, with fresh attempts."""
     _redis(app).delete(keys.attempts(job.id, str(taskkeys.teacher(shard))))
-    app.signature("distillq.teacher_shard", args=(job.id, shard)).apply_async()
+    _send(app, app.signature("distillq.teacher_shard", args=(job.id, shard)))
 
 
 def on_shard_ready(app: Celery, job: Job) -> None:
@@ -152,6 +155,10 @@ def on_shard_ready(app: Celery, job: Job) -> None:
         advance(app, job, spec.name)
     if not job.spec.students:
         maybe_finalize(app, job)  # a cache-only job ends when its last shard lands
+
+
+def _send(app: Celery, sig: Signature) -> None:
+    sending.send(app, sig.apply_async, sig.name or "a chord")
 
 
 def _redis(app: Celery) -> Any:
@@ -172,7 +179,7 @@ def ready_to_finalize(job: Job) -> bool:
 def maybe_finalize(app: Celery, job: Job) -> bool:
     """Queue finalize once, when the last round is merged and the teacher eval is in."""
     if ready_to_finalize(job) and create_exclusive(job.paths.finalize_claim):
-        app.signature("distillq.finalize", args=(job.id,)).apply_async()
+        _send(app, app.signature("distillq.finalize", args=(job.id,)))
         log.info("job %s: all rounds merged, finalize queued", job.id)
         return True
     return False

@@ -14,7 +14,7 @@ from distillq.core.create import create_job
 from distillq.core.job.load import load_spec
 from distillq.storage import checkpoints, records
 from distillq.storage.records import CheckpointMeta, RoundMarker, ShardStats
-from distillq.tasks import pipeline
+from distillq.tasks import pipeline, sending
 from distillq.tasks.celery_app import app, configure
 from tests.conftest import replica_stats
 
@@ -187,3 +187,31 @@ def test_status_names_work_that_waits_for_a_node_able_to_load_its_model(job, r):
         f"shard 0 waits for a node that can load teacher {teacher} (2 node(s) cannot)"
     ]
     assert f"waiting: shard 0 waits for a node that can load teacher {teacher}" in render(st)
+
+
+def test_a_send_through_a_producer_the_broker_outage_left_broken_reconnects(job, r):
+    """After a Redis restart a pooled producer may keep a channel that kombu closed under it;
+    publishing on it fails inside kombu (AttributeError on ``connection.client``), which
+    failed a teacher task's retry in CI. sending.send drops the pools and sends again."""
+    break_pooled_producer()
+    errors = []
+
+    def publish() -> None:
+        with app.producer_or_acquire() as producer:
+            try:
+                producer.publish({"n": 1}, routing_key="student", exchange="")
+            except Exception as e:
+                errors.append(type(e).__name__)
+                raise
+
+    sending.send(app, publish, "a test message")
+    assert errors == ["AttributeError"]  # the first try met the broken channel...
+    assert r.llen("student") == 1  # ...and the second, on fresh pools, was sent once
+
+
+def break_pooled_producer() -> None:
+    """The producer the pool hands out next (its queue is last in, first out) gets its
+    channel closed, as an outage leaves it: kombu disconnects the channel's Redis pool and the
+    transport forgets the channel, but the pooled connection keeps it as its default channel."""
+    with app.producer_pool.acquire(block=True) as producer:
+        producer.channel.close()
