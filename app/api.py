@@ -55,20 +55,16 @@ class Client:
         from distillq.core.runtime import broker
         from distillq.tasks.celery_app import configure
 
-        broker.ping(self.settings.broker_url)
+        broker.ping(self.settings.broker_url, self.settings.sentinel_master)
         configure(self.settings)
         return self.settings
 
-    def _redis(self) -> Any | None:
-        """A Redis client, or None where Redis does not answer (storage alone tells what is
-        done)."""
+    def _redis(self) -> tuple[Any | None, str]:
+        """A Redis client, or None and why Redis does not answer (storage alone tells what is
+        done; through sentinels the reason says when the broker is failing over)."""
         from distillq.core.runtime import broker
 
-        try:
-            broker.ping(self.settings.broker_url)
-        except DistillqError:
-            return None
-        return broker.client(self.settings.broker_url)
+        return broker.client_or_why(self.settings.broker_url, self.settings.sentinel_master)
 
     def enqueue(
         self,
@@ -110,7 +106,9 @@ class Client:
             *data_notes(created),
             f"queued {len(queued)} teacher shards{reused}, {len(job_spec.students)} student "
             f"track(s); storage {created.paths.root}",
-            *registry.unheard(broker.client(s.broker_url), ["teacher", "student"]),
+            *registry.unheard(
+                broker.client(s.broker_url, s.sentinel_master), ["teacher", "student"]
+            ),
         ]
         return Job(self, created.id, notes=notes)
 
@@ -132,8 +130,8 @@ class Client:
         from distillq.core.runtime import broker
         from distillq.core.runtime.registry import list_nodes
 
-        broker.ping(self.settings.broker_url)
-        return list_nodes(broker.client(self.settings.broker_url))
+        broker.ping(self.settings.broker_url, self.settings.sentinel_master)
+        return list_nodes(broker.client(self.settings.broker_url, self.settings.sentinel_master))
 
 
 @dataclass
@@ -163,7 +161,8 @@ class Job:
         """Per-shard and per-track state, as ``distillq status --json`` prints it."""
         from distillq.core.control.status import job_status
 
-        return job_status(self._load(), self.client._redis())
+        r, why = self.client._redis()
+        return job_status(self._load(), r, broker=why)
 
     def wait(
         self,
@@ -180,11 +179,12 @@ class Job:
         WaitTimeout after ``timeout`` seconds or ``stall`` seconds without movement."""
         from distillq.core.control.status import job_status, pulse
 
-        job, r = self._load(), self.client._redis()
+        job = self._load()
         started = time.time()
         last_pulse, moved_at = "", started
         while True:
-            st = job_status(job, r)
+            r, why = self.client._redis()
+            st = job_status(job, r, broker=why)
             if (now := pulse(st)) != last_pulse or st.state in ("done", "failed", "cancelled"):
                 last_pulse, moved_at = now, time.time()
                 if on_update is not None:

@@ -141,7 +141,7 @@ def run_demo(settings: Settings, quick: bool = False, teacher: str = "stdlib") -
             redis = stack.enter_context(EmbeddedRedis(storage / "redis", tie=True))
             settings = settings.with_(broker_url=redis.url)
             print(f"embedded Redis at {redis.url}")
-        broker.ping(settings.broker_url)
+        broker.ping(settings.broker_url, settings.sentinel_master)
         configure(settings)
         print(
             "preparing demo models and data (made from this Python's stdlib, nothing downloaded)..."
@@ -168,13 +168,13 @@ def run_demo(settings: Settings, quick: bool = False, teacher: str = "stdlib") -
             for name, queues in (("teacher", ["teacher", "student"]), ("student", ["student"]))
         ]
         stack.callback(stop_process_groups, procs, 10.0)
-        _wait_for_nodes(broker.client(settings.broker_url), 2, procs)
+        _wait_for_nodes(broker.client(settings.broker_url, settings.sentinel_master), 2, procs)
         job = create_job(storage, spec)
         pipeline.submit(app, job)
         print(
             f"job {job.id}: {job.n_shards} shards, {job.split.n_records} records, workers: teacher + student"
         )
-        r = broker.client(settings.broker_url)
+        r = broker.client(settings.broker_url, settings.sentinel_master)
         code = follow(lambda: job_status(job, r), interval=1.0, timeout=1800)
         if code != 0:
             print(f"demo job did not finish (exit {code}); worker logs: {logs}", file=sys.stderr)

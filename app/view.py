@@ -48,6 +48,8 @@ def render(status: JobStatus) -> str:
         lines[0] += f"  (first {status.data.records} of {status.data.of_records} records)"
     if status.state in STOPPED:
         lines[0] += f"  (`distillq resume {status.job_id}` continues it)"
+    if status.broker:
+        lines.append(f"  broker: {status.broker}")
     lines.append(
         f"  teacher  {_bar(done + partial, len(shards))}  {done}/{len(shards)} shards"
         + (f"  {rates[0]:.0f} tok/s" if rates else "")

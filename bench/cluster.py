@@ -39,7 +39,7 @@ class Cluster:
             hostname=f"{name}@bench",
         )
         self.procs[name] = p
-        r = broker.client(self.settings.broker_url)
+        r = broker.client(self.settings.broker_url, self.settings.sentinel_master)
         deadline = time.time() + 120
         while not r.exists(keys.node(f"{name}@bench")):
             if time.time() > deadline or p.poll() is not None:

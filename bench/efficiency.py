@@ -132,7 +132,7 @@ def measure_teacher(root: Path, cluster: Cluster, job: Any, repeats: int) -> dic
     cluster.worker("teacher", "teacher")
     _timed(app.signature("distillq.teacher_shard", args=(job.id, 0)))  # warm-up: model load
     teacher_runs, bare_t = [], []
-    r = broker.client(cluster.settings.broker_url)
+    r = broker.client(cluster.settings.broker_url, cluster.settings.sentinel_master)
     for _ in range(repeats):
         live.reset_attempts(r, job.id)  # deliberate repeats of one task, not redeliveries
         job.paths.shard(1).unlink(missing_ok=True)
@@ -152,7 +152,7 @@ def measure_teacher(root: Path, cluster: Cluster, job: Any, repeats: int) -> dic
 
 def measure_student(root: Path, cluster: Cluster, job: Any, repeats: int) -> dict[str, Any]:
     """Replica task on shard 1 (its cache written by :func:`measure_teacher`) vs bare CE."""
-    r = broker.client(cluster.settings.broker_url)
+    r = broker.client(cluster.settings.broker_url, cluster.settings.sentinel_master)
     cluster.worker("student", "student")
     _timed(app.signature("distillq.train_replica", args=(job.id, "s", 0, 0)))  # warm-up
     student_runs, inner, bare_s = [], [], []

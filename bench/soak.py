@@ -109,7 +109,7 @@ def soak(root: Path, jobs: int, records: int, seed: int = 0) -> dict[str, Any]:
     spec_file = root / "job.yaml"
     spec_file.write_text(yaml.safe_dump(small_spec(s.storage, records)))
     print(cluster.up(s, 2, free_port()).splitlines()[0], flush=True)
-    r = broker.client(s.broker_url)
+    r = broker.client(s.broker_url, s.sentinel_master)
     rows: list[dict[str, Any]] = []
     kills = whole = 0
     restarted_redis_at = None

@@ -96,7 +96,7 @@ def spec(root: Path, name: str, shards: int) -> dict[str, Any]:
 
 def _task(c: Cluster, job: Any) -> float:
     """tokens/s of shard 0's task, rewritten, from sending it to its result."""
-    live.reset_attempts(broker.client(c.settings.broker_url), job.id)
+    live.reset_attempts(broker.client(c.settings.broker_url, c.settings.sentinel_master), job.id)
     job.paths.shard(0).unlink(missing_ok=True)
     job.paths.shard_stats(0).unlink(missing_ok=True)
     t = time.perf_counter()

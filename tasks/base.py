@@ -91,7 +91,13 @@ class KillAwareRequest(Request):
             oom=oom,
         )
         s = settings_of(task.app)
-        live.record_kill(broker.client(s.broker_url), job_id, str(key), killed, s.result_expires)
+        live.record_kill(
+            broker.client(s.broker_url, s.sentinel_master),
+            job_id,
+            str(key),
+            killed,
+            s.result_expires,
+        )
 
 
 def note_memory_baseline() -> None:
@@ -180,7 +186,8 @@ class JobTask(Task):
         raise Reject(reason, requeue=True)
 
     def redis(self) -> Any:
-        return broker.client(settings_of(self.app).broker_url)
+        s = settings_of(self.app)
+        return broker.client(s.broker_url, s.sentinel_master)
 
     def place(self, job: Job, key: str, needs: list[placement.Need]) -> None:
         """Hand the task back (Reject, requeued: no attempt counted) if this node cannot load

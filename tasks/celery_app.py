@@ -28,13 +28,18 @@ def celery_config(s: Settings) -> dict[str, Any]:
     # One visibility timeout for broker and result backend, longer than every hard time limit:
     # Redis re-delivers an unacknowledged task after it, so a shorter one would run a slow
     # task twice at once (Settings.__post_init__ enforces the order, per queue).
-    transport = {"visibility_timeout": s.visibility_timeout}
+    transport: dict[str, Any] = {"visibility_timeout": s.visibility_timeout}
     soft, hard = s.time_limits()
     # A worker drains its queues in the order -Q names them: kombu's Redis transport polls
     # them round-robin by default, so a GPU node on `-Q teacher,student` took student work
     # while teacher shards (the bottleneck) waited. "priority" hands BRPOP the queues in the
     # worker's own order, and BRPOP pops from the first non-empty one.
     consume = {**transport, "queue_order_strategy": "priority"}
+    # Through Redis Sentinel (sentinel:// URLs) kombu and Celery's backend ask the sentinels
+    # for this master and follow a failover; neither reads the name from the URL.
+    if s.sentinel_master:
+        transport["master_name"] = s.sentinel_master
+        consume["master_name"] = s.sentinel_master
     return {
         # TLS (rediss://) options and credentials ride in the URLs themselves (Settings puts
         # DISTILLQ_REDIS_TLS_* there), so the broker, the result backend and broker.client()

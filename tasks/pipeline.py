@@ -162,7 +162,8 @@ def _send(app: Celery, sig: Signature) -> None:
 
 
 def _redis(app: Celery) -> Any:
-    return broker.client(settings_of(app).broker_url)
+    s = settings_of(app)
+    return broker.client(s.broker_url, s.sentinel_master)
 
 
 def ready_to_finalize(job: Job) -> bool:

@@ -172,7 +172,7 @@ class Workers:
         from distillq.core.runtime import broker
         from distillq.storage import keys
 
-        r = broker.client(self.settings.broker_url)
+        r = broker.client(self.settings.broker_url, self.settings.sentinel_master)
         deadline = time.time() + timeout
         while not r.exists(keys.node(f"{name}@test")):
             if time.time() > deadline or proc.poll() is not None:

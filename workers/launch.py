@@ -71,7 +71,7 @@ def run_worker(
 
     ``device``/``gpus``: each pool child's device (``workers.devices``)."""
     devices.check(device, gpus or [])
-    broker.ping(settings.broker_url)
+    broker.ping(settings.broker_url, settings.sentinel_master)
     configure(settings)
     filing.install()
     app.conf.distillq_worker = {
@@ -117,7 +117,7 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     w = app.conf.get("distillq_worker", {})
     hostname = getattr(sender, "hostname", None) or socket.gethostname()
     info = node_info(hostname, w.get("queues", []), w.get("concurrency", 1))
-    r = broker.quick_client(s.broker_url)
+    r = broker.quick_client(s.broker_url, s.sentinel_master)
     _reaper = Reaper(app, r, hostname)
     with contextlib.suppress(Exception):
         _reaper.recover_own()

@@ -66,8 +66,10 @@ class EmbeddedRedis:
         user: str = "",
         tls: TlsFiles | None = None,
         tie: bool = False,
+        extra: tuple[str, ...] = (),
     ) -> None:
-        """``tie``: the server gets SIGTERM when this process dies, however it dies."""
+        """``tie``: the server gets SIGTERM when this process dies, however it dies; ``extra``:
+        more redis-server arguments (``--replicaof host port``)."""
         if user and not password:
             raise ValueError("an ACL user needs a password")
         self.workdir = workdir
@@ -77,6 +79,7 @@ class EmbeddedRedis:
         self.user = user
         self.tls = tls
         self.tie = tie
+        self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -100,6 +103,7 @@ class EmbeddedRedis:
             "--maxmemory-policy",
             "noeviction",
             *self._auth_args(),
+            *self.extra,
             "--daemonize",
             "no",
         ]

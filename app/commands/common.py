@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from distillq.core.runtime.settings import Settings
-from distillq.errors import DistillqError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -42,23 +41,17 @@ def ready(s: Settings) -> Settings:
     from distillq.core.runtime import broker
     from distillq.tasks.celery_app import configure
 
-    broker.ping(s.broker_url)
+    broker.ping(s.broker_url, s.sentinel_master)
     configure(s)
     return s
 
 
-def job_and_redis(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The job of ``args.job``, and a Redis client (None where Redis does not answer)."""
+def job_and_settings(args: argparse.Namespace) -> tuple[Any, Settings]:
+    """The job of ``args.job`` and the settings it was found with."""
     from distillq.core.job.jobs import load_job
-    from distillq.core.runtime import broker
 
     s = settings_from(args)
-    job = load_job(s.storage, args.job)
-    try:
-        broker.ping(s.broker_url)
-        return job, broker.client(s.broker_url)
-    except DistillqError:
-        return job, None  # storage alone still tells what is done
+    return load_job(s.storage, args.job), s
 
 
 def job_arg(sp: argparse.ArgumentParser) -> None:

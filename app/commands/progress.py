@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from distillq.app.api import Client
-from distillq.app.commands.common import Add, job_and_redis, job_arg, json_flag
+from distillq.app.commands.common import Add, job_and_settings, job_arg, json_flag
 from distillq.app.view import EXIT_FAILED, EXIT_TIMEOUT
 from distillq.errors import JobCancelled, JobFailed, WaitTimeout
 
@@ -39,19 +39,29 @@ def register(add: Add) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     from distillq.app.view import dumps, render
     from distillq.core.control.status import job_status
+    from distillq.core.runtime import broker
 
-    job, r = job_and_redis(args)
-    st = job_status(job, r)
+    job, s = job_and_settings(args)
+    r, why = broker.client_or_why(s.broker_url, s.sentinel_master)
+    st = job_status(job, r, broker=why)
     print(dumps(st) if args.json else render(st))
     return EXIT_FAILED if st.state == "failed" else 0
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     from distillq.app.view import follow
-    from distillq.core.control.status import job_status
+    from distillq.core.control.status import JobStatus, job_status
+    from distillq.core.runtime import broker
 
-    job, r = job_and_redis(args)
-    return follow(lambda: job_status(job, r), args.interval, args.timeout)
+    job, s = job_and_settings(args)
+
+    def frame() -> JobStatus:
+        r, why = broker.client_or_why(
+            s.broker_url, s.sentinel_master
+        )  # each frame: the broker may fail over while it is watched
+        return job_status(job, r, broker=why)
+
+    return follow(frame, args.interval, args.timeout)
 
 
 def cmd_wait(args: argparse.Namespace) -> int:

@@ -64,6 +64,8 @@ class JobStatus:
     """Work that waits for a node able to load its model (``core.placement``)."""
     unheard: list[str] = field(default_factory=list)
     """Queues the job still needs that no live node consumes (``registry.unheard``)."""
+    broker: str = ""
+    """Why the broker does not answer (down, failing over); empty when it does."""
 
     def to_json(self) -> dict[str, Any]:
         return records.to_json(self)
@@ -78,7 +80,8 @@ def failures(job: Job) -> dict[str, FailureSummary]:
     return out
 
 
-def job_status(job: Job, redis_client: Any | None = None) -> JobStatus:
+def job_status(job: Job, redis_client: Any | None = None, broker: str = "") -> JobStatus:
+    """The job as storage and (when given) Redis see it; ``broker`` says why Redis is absent."""
     running = live.progress(redis_client, job.id) if redis_client is not None else {}
     failed = failures(job)
     shards = []
@@ -155,6 +158,7 @@ def job_status(job: Job, redis_client: Any | None = None) -> JobStatus:
         at=time.time(),
         waiting=waiting,
         unheard=unheard,
+        broker=broker,
     )
 
 

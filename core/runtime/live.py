@@ -5,14 +5,19 @@ Keys come from ``storage/keys.py``; the connection from ``core/broker.py``.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Any
+import logging
+from collections.abc import Iterator
 
 import redis
+from redis.exceptions import LockError, LockNotOwnedError
 
 from distillq.errors import Superseded
 from distillq.storage import keys, records
 from distillq.storage.records import Killed, Progress
+
+log = logging.getLogger(__name__)
 
 PROGRESS_TTL = 24 * 3600
 
@@ -40,11 +45,33 @@ def progress(r: redis.Redis, job_id: str) -> dict[str, Progress]:
 LOCK_SECONDS = 600  # a holder of a track lock longer than this is presumed dead
 
 
-def track_lock(r: redis.Redis, job_id: str, track: str) -> Any:
-    """The per-track lock: merges and round scheduling of one track never interleave."""
-    return r.lock(
+@contextlib.contextmanager
+def track_lock(r: redis.Redis, job_id: str, track: str) -> Iterator[None]:
+    """The per-track lock: merges and round scheduling of one track never interleave.
+
+    A Redis failover can lose the lock (replication is asynchronous): the holder then finds
+    it gone at release, and another task may have held it meanwhile. That costs no
+    correctness: a merge publishes its version with an exclusive rename on storage
+    (``storage.atomic.atomic_dir``), so of two merges that both read v7, one publishes v8 and
+    the other fails and, retried, finds its round merged. So a lost lock is a warning here.
+    """
+    lock = r.lock(
         keys.track_lock(job_id, track), timeout=LOCK_SECONDS, blocking_timeout=LOCK_SECONDS
     )
+    if not lock.acquire():
+        raise LockError(f"job {job_id} track {track}: its lock was not free in {LOCK_SECONDS} s")
+    try:
+        yield
+    finally:
+        try:
+            lock.release()
+        except LockNotOwnedError:
+            log.warning(
+                "job %s track %s: the track lock was gone at release (a Redis failover or "
+                "an expiry); storage's exclusive version publish kept the work single",
+                job_id,
+                track,
+            )
 
 
 def reset_attempts(r: redis.Redis, job_id: str) -> None:

@@ -24,6 +24,8 @@ class Settings:
     """Redis URL for queues (``redis[s]://[user:password@]host:port/db``); empty: none configured."""
     result_backend: str = ""
     """Redis URL for task results and chord counters; empty: same as ``broker_url``."""
+    sentinel_master: str = ""
+    """Master name the sentinels of a ``sentinel://h1:26379;sentinel://h2:26379`` URL monitor."""
     storage: Path = Path(DEFAULT_STORAGE)
     """Shared storage root; every node must see the same files here."""
     redis_tls_ca: str = ""
@@ -69,6 +71,17 @@ class Settings:
                     f"DISTILLQ_VISIBILITY_TIMEOUT ({self.visibility_timeout}) must exceed "
                     f"{prefix}_TIME_LIMIT ({hard}), or Redis re-delivers tasks that are still running; raise it"
                 )
+        sentinels = [n for n in ("broker_url", "result_backend") if self._sentinel(n)]
+        if sentinels and not self.sentinel_master:
+            raise DistillqError(
+                f"DISTILLQ_{sentinels[0].upper()} names sentinels but DISTILLQ_SENTINEL_MASTER "
+                "is not set; set it to the master name they monitor (`sentinel monitor NAME ...`)"
+            )
+        if self.sentinel_master and not self._sentinel("broker_url"):
+            raise DistillqError(
+                "DISTILLQ_SENTINEL_MASTER is set but DISTILLQ_BROKER_URL is not a sentinel:// "
+                "URL; use sentinel://host:26379;sentinel://host2:26379, or unset it"
+            )
         if self.redis_tls_key and not self.redis_tls_cert:
             raise DistillqError(
                 "DISTILLQ_REDIS_TLS_KEY is set without DISTILLQ_REDIS_TLS_CERT; set both"
@@ -78,6 +91,9 @@ class Settings:
         for name in ("broker_url", "result_backend"):
             url = getattr(self, name)
             object.__setattr__(self, name, self._with_tls(url, f"DISTILLQ_{name.upper()}"))
+
+    def _sentinel(self, name: str) -> bool:
+        return str(getattr(self, name)).startswith("sentinel://")
 
     def time_limits(self, queue: str | None = None) -> tuple[int, int]:
         """(soft, hard) time limit in seconds of a task on ``queue`` (None: the global default)."""

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from distillq.core import faults
 from distillq.core.job.data import Sample
 from distillq.core.job.jobs import Job
 from distillq.core.job.models import load_tokenizer
@@ -73,6 +74,7 @@ class MergeResult:
 
 def merge_round(job: Job, track: str, shard: int) -> MergeResult:
     """Merge ``shard``'s replicas into a new global version (call under the track lock)."""
+    faults.hit(f"merge:{track}")  # a drill's point: a merge that holds its track lock
     spec = job.spec.student(track)
     current = checkpoints.latest(job.paths, track)
     if current is not None and shard in current.meta.merged_shards:

@@ -70,7 +70,10 @@ def test_redis_outage_at_every_step_of_a_delivery_loses_no_task(own_redis, tmp_p
         assert fired >= set(POINTS), set(POINTS) - fired
         assert_landed_once(job)
         redone = {
-            task: n - 1 for task, n in live.attempts(broker.client(s.broker_url), job_id).items()
+            task: n - 1
+            for task, n in live.attempts(
+                broker.client(s.broker_url, s.sentinel_master), job_id
+            ).items()
         }
         assert sum(redone.values()) <= outages, redone
     finally:

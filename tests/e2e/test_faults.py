@@ -93,7 +93,7 @@ def test_killed_student_mid_replica_round_is_redelivered_and_merged_once(fast_be
     )
     job_id = enqueue(s, make_spec(n_records=120, shards=3))
     job = load_job(s.storage, job_id)
-    r = broker.client(s.broker_url)
+    r = broker.client(s.broker_url, s.sentinel_master)
     wait_for(lambda: r.exists(keys.attempts(job_id, "replica-s-00001-0")), 180, "the replica")
     os.killpg(doomed.pid, signal.SIGKILL)
     fw.start("student", "rescuer")
@@ -221,7 +221,7 @@ def test_poison_shard_stops_after_bounded_attempts_and_status_names_it(
         return merged == {0, 2} and job.paths.failure("teacher-00001").exists()
 
     wait_for(others_merged_and_failure_recorded, 240, "shards 0 and 2 merged, shard 1 failed")
-    r = broker.client(settings.broker_url)
+    r = broker.client(settings.broker_url, settings.sentinel_master)
     attempts = int(r.get(keys.attempts(job_id, "teacher-00001")))
     assert attempts == settings.max_attempts + 1  # the one refused delivery included
     status = run_cli(settings, "status", job_id)

@@ -55,7 +55,10 @@ def test_pause_starts_nothing_new_and_resume_continues_where_it_stopped(
     workers.start("teacher", "teacher")
     workers.start("student", "student")
     job_id = enqueue_medium(settings, make_spec, tiny_models)
-    job, r = load_job(settings.storage, job_id), broker.client(settings.broker_url)
+    job, r = (
+        load_job(settings.storage, job_id),
+        broker.client(settings.broker_url, settings.sentinel_master),
+    )
     wait_for(lambda: job.paths.shard_stats(0).exists(), 180, "the first shard")
     res = run_cli(settings, "pause", job_id)
     assert res.returncode == 0 and "paused" in res.stdout, res.stderr
@@ -81,7 +84,10 @@ def test_cancel_stops_running_work_and_says_so(settings, workers, make_spec, tin
     workers.start("teacher", "teacher")
     # One long shard: the cancel lands while it runs.
     job_id = enqueue_medium(settings, make_spec, tiny_models, n_records=400, shards=1)
-    job, r = load_job(settings.storage, job_id), broker.client(settings.broker_url)
+    job, r = (
+        load_job(settings.storage, job_id),
+        broker.client(settings.broker_url, settings.sentinel_master),
+    )
     wait_for(
         lambda: any(s.state == "running" for s in job_status(job, r).shards),
         180,

@@ -70,7 +70,7 @@ def test_cut_off_nodes_are_replaced_and_their_late_writes_fenced(
     try:
         w.start("teacher", "cut-teacher", extra_env=env, preexec_fn=t_node.enter("box-t"))
         w.start("student", "cut-student", extra_env=env, preexec_fn=s_node.enter("box-s"))
-        r = broker.client(s.broker_url)
+        r = broker.client(s.broker_url, s.sentinel_master)
         hosts = {n.info.hostname: n.info.host for n in list_nodes(r)}
         assert hosts[CUT_TEACHER] == "box-t" and hosts[CUT_STUDENT] == "box-s"
         job_id = enqueue(s, make_spec(n_records=120, shards=3))

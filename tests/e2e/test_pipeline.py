@@ -95,7 +95,10 @@ def test_students_start_before_the_last_teacher_shard_is_done(
     from distillq.core.runtime import broker, live
     from distillq.storage import taskkeys
 
-    job, r = load_job(settings.storage, job_id), broker.client(settings.broker_url)
+    job, r = (
+        load_job(settings.storage, job_id),
+        broker.client(settings.broker_url, settings.sentinel_master),
+    )
     seen_shard, seen_replica = None, None
     pulse = Pulse(180)
     # The live entries themselves, read every 20 ms: a tiny teacher's shard runs for under a

@@ -29,7 +29,7 @@ def _until(what: str, check, progress, stall: float = 120.0) -> None:
 
 @pytest.mark.parametrize("order", ["teacher,student", "student,teacher"])
 def test_a_worker_drains_its_queues_in_its_own_order(order, settings, make_spec, workers):
-    r = broker.client(settings.broker_url)
+    r = broker.client(settings.broker_url, settings.sentinel_master)
     track = {"peft": {"method": "lora", "r": 4}, "batch_size": 8, "replicas": 2}
     student_model = yaml.safe_load(make_spec().read_text())["students"][0]["model"]
     two_tracks = [{"name": n, "model": student_model, **track} for n in ("a", "b")]
@@ -142,7 +142,7 @@ def test_tasks_go_only_to_nodes_that_can_load_their_models(
     assert " succeeded in " not in blind_log  # it ran nothing
     assert "cannot load" in blind_log and "handing it back" in blind_log
     # hand-backs cost no attempt: each handed-back task ran once, on the able node
-    r = broker.client(settings.broker_url)
+    r = broker.client(settings.broker_url, settings.sentinel_master)
     handed = [k.decode().rsplit(":", 1)[1] for k in r.scan_iter(keys.handbacks(job_id, "*"))]
     assert handed  # the blind node was waiting first, so it was offered work first
     for task in handed:

@@ -17,7 +17,7 @@ from distillq.storage import atomic, cache, keys
 
 
 def test_a_superseded_attempt_publishes_nothing_and_leaves_no_temp_file(settings, tmp_path):
-    r = broker.client(settings.broker_url)
+    r = broker.client(settings.broker_url, settings.sentinel_master)
     job, task = "fencejob", "teacher-00000"
     r.delete(keys.attempts(job, task))
     mine = live.next_attempt(r, job, task, 60)

@@ -36,7 +36,7 @@ def test_a_queue_with_a_live_node_is_not_named(settings, make_spec):
     from distillq.core.runtime import broker
     from distillq.workers.node import Heartbeat, node_info
 
-    r = broker.client(settings.broker_url)
+    r = broker.client(settings.broker_url, settings.sentinel_master)
     beat = Heartbeat(r, node_info("t@test", ["teacher"], 1), interval=5)
     beat.beat()  # registered as a worker registers itself
     beat.start()  # and alive as long as enqueue takes, however busy the machine

@@ -1,0 +1,76 @@
+"""Redis Sentinel on real processes: a primary, a replica and three sentinels; two workers
+through ``sentinel://`` URLs. The primary is SIGKILLed twice in one job: while a teacher shard
+runs, and while a merge holds its track lock. The job ends with every shard verified and
+every round merged exactly once, and `status` said meanwhile that the broker was failing over.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from distillq.core.job.jobs import load_job
+from distillq.core.runtime.settings import Settings
+from distillq.workers.redis_ha import MASTER, RedisHA
+from tests.conftest import Workers, run_cli
+from tests.e2e.test_faults import all_logs, assert_landed_once
+from tests.e2e.test_pipeline import enqueue
+from tests.progress import wait_for
+
+
+@pytest.fixture
+def ha(tmp_path: Path) -> Iterator[RedisHA]:
+    h = RedisHA(tmp_path / "ha").start()
+    yield h
+    h.stop()
+
+
+def fail_over(ha: RedisHA, s: Settings, job_id: str, held: Path) -> tuple[float, list[str]]:
+    """Kill the primary while a task waits at ``held``; return the seconds until a replica
+    took writes, and what `status` said meanwhile. Then let the task go on."""
+    wait_for(held.exists, 180, f"a task to reach {held.name}")
+    killed_at = time.monotonic()
+    dead = ha.kill_primary()
+    said = []
+    while "failing over" not in "".join(said) and time.monotonic() - killed_at < 30:
+        said.append(run_cli(s, "status", job_id).stdout)
+    ha.wait_promoted(dead)
+    took = time.monotonic() - killed_at
+    held.unlink()  # the task goes on, talking to the new primary
+    ha.rejoin(dead)  # back as a replica: the next failover has somewhere to go
+    return took, said
+
+
+def test_a_job_completes_across_two_primary_failovers(ha, tmp_path, make_spec):
+    s = Settings(
+        broker_url=ha.url,
+        sentinel_master=MASTER,
+        storage=tmp_path / "storage",
+        heartbeat_seconds=1,
+    )
+    once = tmp_path / "failpoints"
+    once.mkdir()
+    env = {
+        "DISTILLQ_FAILPOINTS": "teacher_shard:1=pause,merge:s=pause",
+        "DISTILLQ_FAILPOINTS_ONCE": str(once),
+    }
+    w = Workers(s, tmp_path / "logs")
+    try:
+        w.start("teacher", "teacher", extra_env=env)
+        w.start("student", "student", extra_env=env)
+        job_id = enqueue(s, make_spec(n_records=90, shards=3))
+        took_teacher, said = fail_over(ha, s, job_id, once / "teacher_shard:1.paused")
+        assert any("broker: the broker is failing over" in out for out in said), said
+        took_merge, _ = fail_over(ha, s, job_id, once / "merge:s.paused")
+        res = run_cli(s, "wait", job_id, "--stall", "180")
+        assert res.returncode == 0, res.stderr + all_logs(w)[-4000:]
+        assert_landed_once(load_job(s.storage, job_id))
+        print(
+            f"failover: a replica took writes {took_teacher:.1f} s and {took_merge:.1f} s "
+            "after the primary's death"
+        )
+    finally:
+        w.stop_all()
