@@ -41,11 +41,9 @@ class Client:
 
     def __init__(self, broker_url: str | None = None, storage: str | Path | None = None) -> None:
         s = Settings.from_env(broker_url=broker_url, storage=storage)
-        if not s.broker_url:
-            from distillq.workers.cluster import cluster_broker
+        from distillq.workers.cluster import with_cluster_broker
 
-            s = s.with_(broker_url=cluster_broker(s.storage))
-        self.settings = s
+        self.settings = with_cluster_broker(s)
 
     def __repr__(self) -> str:
         return f"Client(broker_url={self.settings.broker_url!r}, storage={str(self.settings.storage)!r})"

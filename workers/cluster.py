@@ -13,12 +13,14 @@ import secrets
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from distillq.core.runtime.broker import redacted
 from distillq.core.runtime.settings import Settings
 from distillq.errors import DistillqError
 from distillq.storage.atomic import write_json
 from distillq.workers.launch import spawn_flower, spawn_worker
+from distillq.workers.redis_ha import MASTER, RedisHA
 from distillq.workers.redis_server import EmbeddedRedis
 
 
@@ -34,25 +36,51 @@ def alive(pid: int) -> bool:
         return False
 
 
-def cluster_broker(storage: Path) -> str:
-    """The broker of a running local cluster on this storage, or ''."""
+def _cluster(storage: Path) -> dict[str, Any]:
+    """The state of a running local cluster on this storage, or {}."""
     f = _state_file(storage)
     if not f.exists():
-        return ""
-    state = json.loads(f.read_text())
-    pid = state.get("redis_pid")
-    return str(state["broker_url"]) if pid is None or alive(pid) else ""
+        return {}
+    state: dict[str, Any] = json.loads(f.read_text())
+    pids = state.get("redis_pids") or []
+    return state if not pids or any(alive(p) for p in pids) else {}
 
 
-def up(settings: Settings, workers: int, flower_port: int = 5555) -> str:
+def cluster_broker(storage: Path) -> str:
+    """The broker of a running local cluster on this storage, or ''."""
+    return str(_cluster(storage).get("broker_url", ""))
+
+
+def with_cluster_broker(s: Settings) -> Settings:
+    """``s``, or where it names no broker, ``s`` on a running `distillq up` cluster's broker."""
+    if s.broker_url:
+        return s
+    state = _cluster(s.storage)
+    return s.with_(
+        broker_url=state.get("broker_url") or None, sentinel_master=state.get("sentinel_master")
+    )
+
+
+def up(settings: Settings, workers: int, flower_port: int = 5555, sentinel: bool = False) -> str:
+    """Start the cluster; with ``sentinel`` (and no broker configured) on a local Redis
+    Sentinel topology (a primary, a replica, three sentinels) instead of one Redis."""
     storage = settings.storage
     if cluster_broker(storage) and _state_file(storage).exists():
         raise DistillqError(f"a local cluster is already up on {storage}; `distillq down` stops it")
-    redis_pid = None
-    if not settings.broker_url:
+    if sentinel and settings.broker_url:
+        raise DistillqError(
+            "--sentinel starts a local Sentinel topology, but DISTILLQ_BROKER_URL is set; "
+            "unset it, or drop --sentinel to use that broker"
+        )
+    redis_pids: list[int] = []
+    if sentinel:
+        ha = RedisHA(storage / "redis-ha", detach=True).start()
+        settings = settings.with_(broker_url=ha.url, sentinel_master=MASTER)
+        redis_pids = ha.pids
+    elif not settings.broker_url:
         redis = EmbeddedRedis(storage / "redis").start(detach=True)
         settings = settings.with_(broker_url=redis.url)
-        redis_pid = redis.proc.pid if redis.proc else None
+        redis_pids = [redis.proc.pid] if redis.proc else []
     cores = os.cpu_count() or 1
     procs = [
         spawn_worker(
@@ -71,7 +99,8 @@ def up(settings: Settings, workers: int, flower_port: int = 5555) -> str:
         _state_file(storage),
         {
             "broker_url": settings.broker_url,
-            "redis_pid": redis_pid,
+            "sentinel_master": settings.sentinel_master,
+            "redis_pids": redis_pids,
             "worker_pids": [p.pid for p in procs],
             "flower_pid": flower.pid,
             "flower_url": f"http://127.0.0.1:{flower_port}",
@@ -81,8 +110,15 @@ def up(settings: Settings, workers: int, flower_port: int = 5555) -> str:
         },
     )
     os.chmod(_state_file(storage), 0o600)  # it holds the Flower password
+    ha_line = (
+        f"  Redis Sentinel: master {MASTER!r}, primary + replica + 3 sentinels under "
+        f"{storage / 'redis-ha'}\n"
+        if sentinel
+        else ""
+    )
     return (
         f"cluster up: {workers} worker(s), broker {redacted(settings.broker_url)}, storage {storage}\n"
+        f"{ha_line}"
         f"  Flower: http://127.0.0.1:{flower_port}  (user {user}, password {password})\n"
         f"  logs: {storage / 'logs'}\n  stop with: distillq down"
     )
@@ -105,8 +141,8 @@ def down(settings: Settings) -> str:
     if state.get("flower_pid"):
         with contextlib.suppress(OSError):
             os.killpg(state["flower_pid"], signal.SIGTERM)
-    if state.get("redis_pid"):
+    for pid in state.get("redis_pids") or []:
         with contextlib.suppress(OSError):
-            os.kill(state["redis_pid"], signal.SIGTERM)
+            os.kill(pid, signal.SIGTERM)
     f.unlink()
     return f"cluster down ({len(state['worker_pids'])} worker(s) stopped)"

@@ -40,6 +40,12 @@ def register(add: Add) -> None:
     )
     u.add_argument("--workers", type=int, default=2, help="worker processes to start")
     u.add_argument("--flower-port", type=int, default=5555, help="port of the Flower UI")
+    u.add_argument(
+        "--sentinel",
+        action="store_true",
+        help="run Redis as a primary, a replica and three sentinels (failover, as a team's "
+        "HA cluster would) instead of one server",
+    )
     add("down", cmd_down, "stop the local cluster started by `up`")
     w = add("worker", cmd_worker, "run a worker on this node")
     w.add_argument(
@@ -97,7 +103,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from distillq.workers.cluster import up
 
-    print(up(settings_from(args), args.workers, args.flower_port))
+    print(up(settings_from(args), args.workers, args.flower_port, sentinel=args.sentinel))
     return 0
 
 

@@ -29,11 +29,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
     s = Settings.from_env(
         broker_url=getattr(args, "broker", None), storage=getattr(args, "storage", None)
     )
-    if not s.broker_url:
-        from distillq.workers.cluster import cluster_broker
+    from distillq.workers.cluster import with_cluster_broker
 
-        s = s.with_(broker_url=cluster_broker(s.storage))
-    return s
+    return with_cluster_broker(s)
 
 
 def ready(s: Settings) -> Settings:

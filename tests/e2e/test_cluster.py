@@ -68,7 +68,7 @@ def test_up_enqueue_wait_down_with_no_broker_configured(tmp_path, make_spec):
             time.sleep(1)
         assert flower_get(state["flower_url"], "/api/workers", None)[0] == 401
         # No secret in any process `up` started, children included: `ps` shows them to all.
-        started = [*state["worker_pids"], state["redis_pid"], state["flower_pid"]]
+        started = [*state["worker_pids"], *state["redis_pids"], state["flower_pid"]]
         for pid, cmdline in cmdlines(started).items():
             assert state["flower_password"] not in cmdline, (pid, cmdline)
         job_id = enqueue(s, make_spec())  # finds the cluster's broker by itself
@@ -83,7 +83,7 @@ def test_up_enqueue_wait_down_with_no_broker_configured(tmp_path, make_spec):
         res = run_cli(s, "down")
     assert res.returncode == 0 and "2 worker(s) stopped" in res.stdout
     deadline = time.time() + 15
-    pids = [*state["worker_pids"], state["redis_pid"], state["flower_pid"]]
+    pids = [*state["worker_pids"], *state["redis_pids"], state["flower_pid"]]
     while any(alive(p) for p in pids) and time.time() < deadline:
         time.sleep(0.2)
     leftover = [p for p in pids if alive(p)]
@@ -104,3 +104,27 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     assert set(report["students"]) == {"kd", "ce"}
     assert report["students"]["kd"]["steps"] == report["students"]["ce"]["steps"]
     assert (job_dir / "report.png").exists()
+
+
+def test_up_with_sentinel_runs_a_job_through_sentinels_and_down_stops_them(tmp_path, make_spec):
+    from distillq.workers.redis_server import free_port
+
+    s = Settings(broker_url="", storage=tmp_path / "storage")
+    res = run_cli(s, "up", "--sentinel", "--workers", "1", "--flower-port", str(free_port()))
+    assert res.returncode == 0, res.stderr
+    state = json.loads((s.storage / "cluster.json").read_text())
+    try:
+        assert state["broker_url"].count("sentinel://") == 3 and state["sentinel_master"]
+        assert "Redis Sentinel: master" in res.stdout
+        assert len(state["redis_pids"]) == 5  # a primary, a replica, three sentinels
+        job_id = enqueue(s, make_spec(n_records=40, shards=2))  # finds the sentinels itself
+        res = run_cli(s, "wait", job_id, "--stall", "180")
+        assert res.returncode == 0, res.stderr
+    finally:
+        res = run_cli(s, "down")
+    assert res.returncode == 0, res.stderr
+    pids = [*state["worker_pids"], *state["redis_pids"], state["flower_pid"]]
+    deadline = time.time() + 15
+    while any(alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in pids if alive(p)]

@@ -74,3 +74,13 @@ def test_a_job_completes_across_two_primary_failovers(ha, tmp_path, make_spec):
         )
     finally:
         w.stop_all()
+
+
+def test_a_wrong_master_name_or_dead_sentinels_get_one_line_with_the_fix(ha, tmp_path):
+    s = Settings(broker_url=ha.url, sentinel_master="nope", storage=tmp_path / "storage")
+    res = run_cli(s, "nodes")
+    assert res.returncode != 0
+    assert "monitor no primary named 'nope'; fix DISTILLQ_SENTINEL_MASTER" in res.stderr
+    ha.stop()
+    res = run_cli(s.with_(sentinel_master=MASTER), "nodes")
+    assert res.returncode != 0 and "no sentinel of sentinels" in res.stderr, res.stderr

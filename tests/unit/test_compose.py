@@ -7,9 +7,10 @@ import pytest
 import yaml
 
 from distillq.app.cli import parser
+from distillq.core.runtime.settings import Settings
 
 COMPOSE = Path(__file__).parents[2] / "docker" / "compose.yaml"
-_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*)|:\?([^}]*))?\}")
+_VAR = re.compile(r"\$\{(\w+)(?::-([^}$]*)|:\?([^}$]*))?\}")
 
 
 def interpolate(text: str, env: dict[str, str]) -> str:
@@ -23,7 +24,9 @@ def interpolate(text: str, env: dict[str, str]) -> str:
             raise KeyError(f"{name}: {required}")
         return default or ""
 
-    return _VAR.sub(one, text).replace("$$", "$")
+    while (done := _VAR.sub(one, text)) != text:  # nested: ${A:-${B}} from the inside out
+        text = done
+    return text.replace("$$", "$")
 
 
 def load_compose(env: dict[str, str]) -> dict:
@@ -94,3 +97,22 @@ def test_commented_tls_example_names_real_settings():
     named = set(re.findall(r"^\s*# (DISTILLQ_\w+):", COMPOSE.read_text(), re.MULTILINE))
     known = {f"DISTILLQ_{f.name.upper()}" for f in fields(Settings)}
     assert {"DISTILLQ_BROKER_URL", "DISTILLQ_REDIS_TLS_CA"} <= named <= known
+
+
+def test_the_ha_profile_runs_a_replica_and_three_sentinels_the_services_can_use(compose):
+    ha = {n: s for n, s in compose["services"].items() if "ha" in s.get("profiles", [])}
+    assert set(ha) == {"redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"}
+    assert ha["redis-replica"]["command"][-3:] == ["--replicaof", "redis", "6379"]
+    for name in ("sentinel-1", "sentinel-2", "sentinel-3"):
+        script = ha[name]["command"][0]
+        assert "sentinel monitor distillq redis 6379 2" in script and "--sentinel" in script
+    assert "--masterauth" in compose["services"]["redis"]["command"]  # rejoins as a replica
+    # Default: the single Redis; with the HA variables, every distillq service the sentinels.
+    assert distillq_services(compose)["teacher"]["environment"]["DISTILLQ_BROKER_URL"] == (
+        "redis://:s3cret@redis:6379/0"
+    )
+    url = ";".join(f"sentinel://:s3cret@sentinel-{i}:26379" for i in (1, 2, 3))
+    env = {**ENV, "DISTILLQ_BROKER_URL": url, "DISTILLQ_SENTINEL_MASTER": "distillq"}
+    for name, svc in distillq_services(load_compose(env)).items():
+        settings = Settings.from_env(svc["environment"])
+        assert settings.broker_url == url and settings.sentinel_master == "distillq", name

@@ -112,3 +112,19 @@ def test_redacted_hides_the_password_and_keeps_the_rest():
         "rediss://dq:***@h:6380/0?ssl_ca_certs=/ca.pem"
     )
     assert redacted("redis://h:1/0") == "redis://h:1/0"
+
+
+def test_sentinel_urls_need_the_master_name_and_the_name_needs_sentinels():
+    with pytest.raises(DistillqError, match="DISTILLQ_SENTINEL_MASTER is not set; set it"):
+        Settings(broker_url="sentinel://h1:26379;sentinel://h2:26379")
+    with pytest.raises(DistillqError, match="not a sentinel:// URL"):
+        Settings(broker_url="redis://h:6379/0", sentinel_master="distillq")
+
+
+def test_the_master_name_reaches_kombu_and_celerys_sentinel_backend():
+    url = "sentinel://:pw@h1:26379;sentinel://:pw@h2:26379"
+    conf = celery_config(Settings(broker_url=url, sentinel_master="distillq"))
+    assert conf["broker_url"] == conf["result_backend"] == url
+    assert conf["broker_transport_options"]["master_name"] == "distillq"
+    assert conf["result_backend_transport_options"]["master_name"] == "distillq"
+    assert redacted(url) == "sentinel://:***@h1:26379;sentinel://:***@h2:26379"
