@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-real test test-fast lint bench bench-cli setup clean demo-teacher llama-cpp soak
+.PHONY: demo demo-real test test-fast lint bench bench-cli setup clean demo-teacher llama-cpp soak soak-ha
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -79,6 +79,10 @@ lint: $(STAMP)
 # bench/SOAK.{json,md} (figures in docs/RELIABILITY.md). SOAK_ARGS="--jobs 5" for a short one.
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
+
+# The soak on Redis Sentinel: three primaries SIGKILLed mid-job (bench/SOAK-sentinel.md).
+soak-ha: $(STAMP)
+	$(BIN)/python -m bench.soak --sentinel --jobs 8 $(SOAK_ARGS)
 
 # Benchmarks against bare loops and online KD; rewrites bench/RESULTS.{md,json} and bench/results.png.
 bench: $(STAMP) $(LLAMA_STAMP)

@@ -11,7 +11,10 @@ with SIGKILL while it holds a task:
 - every fifth kill takes a whole node (its process group) and starts it again under the same
   name, as a supervisor would; the node's own check hands back what it held.
 
-Halfway, Redis itself is stopped and started. After each job the soak checks that every shard
+Halfway, Redis itself is stopped and started. With ``--sentinel`` the broker is a primary, a
+replica and three sentinels instead (workers/redis_ha.py), and in three jobs (a quarter, half
+and three quarters of the way) the primary is SIGKILLed mid-job: a replica is promoted, and the
+dead one rejoins as a replica (`make soak-ha`). After each job the soak checks that every shard
 verifies and every round merged exactly once, counts the work redone (deliveries beyond the
 first), and records the RSS of worker 0's main process, which is never killed: it lives
 through all the jobs, so its memory must stay flat. Writes bench/SOAK.{json,md}; the figures
@@ -42,6 +45,7 @@ from distillq.core.runtime.settings import Settings
 from distillq.storage import cache, checkpoints
 from distillq.workers import cluster
 from distillq.workers.launch import spawn_worker, stop_process_group
+from distillq.workers.redis_ha import MASTER, RedisHA
 from distillq.workers.redis_server import EmbeddedRedis, free_port
 
 STALL = 300.0  # seconds without any progress before the soak calls a job stuck
@@ -102,10 +106,22 @@ def redone(r: Any, job_id: str) -> tuple[int, int]:
     return sum(again.values()) - merges, merges
 
 
-def soak(root: Path, jobs: int, records: int, seed: int = 0) -> dict[str, Any]:
+def soak(
+    root: Path, jobs: int, records: int, seed: int = 0, sentinel: bool = False
+) -> dict[str, Any]:
     random.seed(seed)
-    redis = EmbeddedRedis(root / "redis", appendonly=True).start()
-    s = Settings(broker_url=redis.url, storage=root / "storage", heartbeat_seconds=2)
+    redis = EmbeddedRedis(root / "redis", appendonly=True)
+    ha = RedisHA(root / "ha")
+    if sentinel:
+        ha.start()
+        s = Settings(
+            broker_url=ha.url, sentinel_master=MASTER, storage=root / "storage", heartbeat_seconds=2
+        )
+    else:
+        redis.start()
+        s = Settings(broker_url=redis.url, storage=root / "storage", heartbeat_seconds=2)
+    failover_jobs = sorted({max(1, jobs * k // 4) for k in (1, 2, 3)}) if sentinel else []
+    failovers: list[dict[str, Any]] = []
     spec_file = root / "job.yaml"
     spec_file.write_text(yaml.safe_dump(small_spec(s.storage, records)))
     print(cluster.up(s, 2, free_port()).splitlines()[0], flush=True)
@@ -130,7 +146,18 @@ def soak(root: Path, jobs: int, records: int, seed: int = 0) -> dict[str, Any]:
                     last, moved_at = now, time.time()
                 if time.time() - moved_at > STALL:
                     raise SystemExit(f"job {j} ({job_id}) made no progress for {STALL:.0f} s")
-                if j == jobs // 2 and restarted_redis_at is None and st.state == "running":
+                if (
+                    j in failover_jobs
+                    and st.state == "running"
+                    and j not in [f["job"] for f in failovers]
+                ):
+                    failovers.append({"job": j, **fail_over(ha)})
+                if (
+                    not sentinel
+                    and j == jobs // 2
+                    and restarted_redis_at is None
+                    and st.state == "running"
+                ):
                     redis.stop()
                     time.sleep(3)
                     redis.start()
@@ -180,6 +207,7 @@ def soak(root: Path, jobs: int, records: int, seed: int = 0) -> dict[str, Any]:
             stop_process_group(p)
         cli(s, "down")
         redis.stop()
+        ha.stop()
     rss2, rss_last = rows[min(1, len(rows) - 1)]["worker0_rss_mb"], rows[-1]["worker0_rss_mb"]
     return {
         "jobs": len(rows),
@@ -187,6 +215,8 @@ def soak(root: Path, jobs: int, records: int, seed: int = 0) -> dict[str, Any]:
         "kills": kills,
         "whole_node_kills": whole,
         "redis_restart_during_job": restarted_redis_at,
+        "sentinel": sentinel,
+        "failovers": failovers,
         "redone": sum(x["redone"] for x in rows),
         "merges_again": sum(x["merges_again"] for x in rows),
         "all_shards_verified": all(x["shards_verified"] for x in rows),
@@ -201,6 +231,16 @@ def soak(root: Path, jobs: int, records: int, seed: int = 0) -> dict[str, Any]:
     }
 
 
+def fail_over(ha: RedisHA) -> dict[str, float]:
+    """SIGKILL the primary; seconds until a replica takes writes; the dead one rejoins."""
+    t = time.monotonic()
+    dead = ha.kill_primary()
+    ha.wait_promoted(dead)
+    promoted = time.monotonic() - t
+    ha.rejoin(dead)
+    return {"promoted_s": round(promoted, 1)}
+
+
 def _replace_pid(storage: Path, index: int, pid: int) -> None:
     f = storage / "cluster.json"
     state = json.loads(f.read_text())
@@ -209,18 +249,26 @@ def _replace_pid(storage: Path, index: int, pid: int) -> None:
 
 
 def write(results: dict[str, Any], out: Path) -> None:
-    (out / "SOAK.json").write_text(json.dumps(results, indent=2) + "\n")
+    name = "SOAK-sentinel" if results["sentinel"] else "SOAK"
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [
         "# Soak: jobs back to back on a long-lived cluster, with kills and a Redis restart",
         "",
-        f"Command: `make soak` (`python -m bench.soak --jobs {results['jobs']}`), "
+        f"Command: `make soak{'-ha' if results['sentinel'] else ''}` (`python -m bench.soak "
+        f"--jobs {results['jobs']}{' --sentinel' if results['sentinel'] else ''}`), "
         f"{results['started']}, seed {results['seed']}, {results['records_per_job']} records a job.",
         "",
         f"- jobs finished: {results['finished']} of {results['jobs']}",
         f"- SIGKILLs while a task ran: {results['kills']} "
         f"({results['whole_node_kills']} of a whole node, restarted; the rest of the pool "
         "process running the task)",
-        f"- Redis stopped and started during job {results['redis_restart_during_job']}",
+        (
+            f"- Redis Sentinel: the primary SIGKILLed during jobs "
+            f"{', '.join(str(f['job']) for f in results['failovers'])}; a replica took writes "
+            f"{', '.join(str(f['promoted_s']) for f in results['failovers'])} s later"
+            if results["sentinel"]
+            else f"- Redis stopped and started during job {results['redis_restart_during_job']}"
+        ),
         f"- shards and replicas delivered again (all jobs): {results['redone']}; merges "
         f"delivered twice (the second a no-op): {results['merges_again']}",
         f"- every shard verified: {results['all_shards_verified']}; every round merged "
@@ -239,7 +287,7 @@ def write(results: dict[str, Any], out: Path) -> None:
             f"{x['merges_again']} | "
             f"{x['shards_verified']} | {x['merged_once']} | {x['worker0_rss_mb']} |"
         )
-    (out / "SOAK.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -247,11 +295,14 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=20)
     p.add_argument("--records", type=int, default=96)
     p.add_argument("--out", type=Path, default=Path("bench"))
+    p.add_argument("--sentinel", action="store_true", help="Redis Sentinel, three primary kills")
+    p.add_argument("--keep", type=Path, help="run in this directory and keep it (logs)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="distillq-soak-") as tmp:
-        results = soak(Path(tmp), args.jobs, args.records)
+        root = args.keep or Path(tmp)
+        results = soak(root, args.jobs, args.records, sentinel=args.sentinel)
     write(results, args.out)
-    print((args.out / "SOAK.md").read_text())
+    print((args.out / ("SOAK-sentinel.md" if args.sentinel else "SOAK.md")).read_text())
     ok = (
         results["finished"] == results["jobs"]
         and results["all_shards_verified"]

@@ -64,3 +64,43 @@ def unable(job_id: str) -> str:
 def handbacks(job_id: str, task: str) -> str:
     """How often a task was handed back by nodes that cannot load its model."""
     return f"{PREFIX}:job:{job_id}:handbacks:{task}"
+
+
+def job_pattern(job_id: str) -> str:
+    """Every key of ours that belongs to one job."""
+    return f"{PREFIX}:job:{job_id}:*"
+
+
+def task_id(job_id: str) -> str:
+    """A new Celery task id of ``job_id``'s: the job's id first, so its results can be found."""
+    import uuid
+
+    return f"{job_id}.{uuid.uuid4().hex}"
+
+
+def results_pattern(job_id: str) -> str:
+    """Celery's result keys of the job's tasks (the Redis backend's ``celery-task-meta-<id>``)."""
+    return f"celery-task-meta-{job_id}.*"
+
+
+# kombu's Redis transport: a queue is a list named after it; delivered, unacknowledged
+# messages wait in one hash (``Channel.unacked_key``), each as [message, exchange, routing key].
+KOMBU_UNACKED = "unacked"
+
+
+def all_progress_pattern() -> str:
+    """Progress entries of every job's running tasks."""
+    return f"{PREFIX}:job:*:progress:*"
+
+
+def parse_progress(key: str) -> tuple[str, str] | None:
+    """(job id, task key) of a progress entry's key, or None."""
+    head, _, task = key.partition(":progress:")
+    job_id = head.removeprefix(f"{PREFIX}:job:")
+    return (job_id, task) if task and job_id != head else None
+
+
+def reconcile_claim(run_id: str) -> str:
+    """Held by the one node that reconciles the jobs after the broker's primary became
+    ``run_id`` (a failover, or a restart)."""
+    return f"{PREFIX}:reconcile:{run_id}"

@@ -47,9 +47,9 @@ def submit(
     Returns the shards queued."""
     todo = missing_shards(job) if shards is None else shards
     for shard in todo:
-        _send(app, app.signature("distillq.teacher_shard", args=(job.id, shard)))
+        _send(app, _sig(app, "distillq.teacher_shard", job.id, shard))
     if job.spec.has_teacher and teacher_eval and not job.paths.teacher_eval.exists():
-        _send(app, app.signature("distillq.teacher_eval", args=(job.id,)))
+        _send(app, _sig(app, "distillq.teacher_eval", job.id))
     if shards is None and len(todo) < job.n_shards:
         on_shard_ready(app, job)
     return todo
@@ -59,10 +59,10 @@ def launch_round(app: Celery, job: Job, track: str, shard: int) -> None:
     """A chord: R replicas of ``track`` on ``shard``, then the merge."""
     spec = job.spec.student(track)
     replicas = [
-        app.signature("distillq.train_replica", args=(job.id, track, shard, r), immutable=True)
+        _sig(app, "distillq.train_replica", job.id, track, shard, r, immutable=True)
         for r in range(spec.replicas)
     ]
-    _send(app, chord(replicas, app.signature("distillq.merge_round", args=(job.id, track, shard))))
+    _send(app, chord(replicas, _sig(app, "distillq.merge_round", job.id, track, shard)))
 
 
 def advance(app: Celery, job: Job, track: str) -> int | None:
@@ -128,7 +128,7 @@ def merge_if_complete(app: Celery, job: Job, track: str, shard: int) -> bool:
     stats = [checkpoints.replica_stats(job.paths, track, shard, r) for r in replicas]
     if not all(s is not None and s.start_version == version for s in stats):
         return False
-    _send(app, app.signature("distillq.merge_round", args=([], job.id, track, shard)))
+    _send(app, _sig(app, "distillq.merge_round", [], job.id, track, shard, job_id=job.id))
     log.info("job %s track %s shard %d: replicas complete, merge queued", job.id, track, shard)
     return True
 
@@ -147,7 +147,7 @@ def abandon_round(app: Celery, job: Job, track: str, shard: int) -> None:
 def regenerate_shard(app: Celery, job: Job, shard: int) -> None:
     """Queue the teacher task again for a quarantined shard, with fresh attempts."""
     _redis(app).delete(keys.attempts(job.id, str(taskkeys.teacher(shard))))
-    _send(app, app.signature("distillq.teacher_shard", args=(job.id, shard)))
+    _send(app, _sig(app, "distillq.teacher_shard", job.id, shard))
 
 
 def on_shard_ready(app: Celery, job: Job) -> None:
@@ -155,6 +155,15 @@ def on_shard_ready(app: Celery, job: Job) -> None:
         advance(app, job, spec.name)
     if not job.spec.students:
         maybe_finalize(app, job)  # a cache-only job ends when its last shard lands
+
+
+def _sig(
+    app: Celery, name: str, *args: Any, job_id: str = "", immutable: bool = False
+) -> Signature:
+    """A task of a job (its id the first argument unless ``job_id`` is given), with a task id
+    that starts with the job's: when the job ends, ``live.release_job`` finds its results."""
+    owner = job_id or str(args[0])
+    return app.signature(name, args=args, immutable=immutable, task_id=keys.task_id(owner))
 
 
 def _send(app: Celery, sig: Signature) -> None:
@@ -180,7 +189,7 @@ def ready_to_finalize(job: Job) -> bool:
 def maybe_finalize(app: Celery, job: Job) -> bool:
     """Queue finalize once, when the last round is merged and the teacher eval is in."""
     if ready_to_finalize(job) and create_exclusive(job.paths.finalize_claim):
-        _send(app, app.signature("distillq.finalize", args=(job.id,)))
+        _send(app, _sig(app, "distillq.finalize", job.id))
         log.info("job %s: all rounds merged, finalize queued", job.id)
         return True
     return False

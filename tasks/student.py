@@ -13,7 +13,7 @@ from distillq.storage.records import ReplicaOutcome
 from distillq.storage.taskkeys import TaskKey
 from distillq.tasks import pipeline
 from distillq.tasks.base import JobTask
-from distillq.tasks.celery_app import app
+from distillq.tasks.celery_app import app, settings_of
 
 
 def _replica_key(job_id: str, track: str, shard: int, replica: int) -> TaskKey:
@@ -76,11 +76,20 @@ def merge_round(
     return records.to_json(result)
 
 
-@app.task(name="distillq.finalize", bind=True, base=JobTask, work_key=staticmethod(_finalize_key))
+@app.task(
+    name="distillq.finalize",
+    bind=True,
+    base=JobTask,
+    work_key=staticmethod(_finalize_key),
+    ignore_result=True,  # nothing reads it, and it would outlive release_job by result_expires
+)
 def finalize(self: JobTask, job_id: str) -> dict[str, Any]:
     job = self.job(job_id)
     with self.attempt(job, _finalize_key(job_id), needs=placement.student_needs(job)):
         data = stages.finalize(job)
+    # The job is done: what Redis holds of it (attempt counts, task results) goes within
+    # finished_expires instead of result_expires, so Redis does not grow with finished jobs.
+    live.release_job(self.redis(), job_id, settings_of(self.app).finished_expires)
     return {
         "report": str(job.paths.report),
         "students": {k: v.eval_loss for k, v in data.students.items()},

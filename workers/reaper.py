@@ -48,6 +48,8 @@ class Reaper:
         self._conn: Any = None
         self._suspects: set[str] = set()
         self._unrecorded: set[str] = set()
+        self._primary: str | None = None  # the run id of the broker's primary, as last seen
+        self._changed = 0  # sweeps since the primary changed; 0: no change to act on
 
     def record(self, tag: str) -> None:
         """Note that this node holds ``tag``. With Redis away (a message taken just before it
@@ -129,10 +131,31 @@ class Reaper:
             log.warning("%s: %d task(s) left by a previous run handed back", self.hostname, n)
         return n
 
+    def watch_primary(self) -> dict[str, list[str]]:
+        """After the broker's primary changed (a Sentinel failover, a restart), one node
+        queues again what the old primary took with it (``tasks.reconcile``). It waits one
+        more sweep, so every node has reconnected and handed back what it holds first."""
+        run_id = str(self.r.info("server")["run_id"])
+        if self._primary is None or (run_id == self._primary and not self._changed):
+            self._primary = run_id
+            return {}
+        if run_id != self._primary:
+            self._primary, self._changed = run_id, 1
+            return {}
+        self._changed = 0
+        if not self.r.set(keys.reconcile_claim(run_id), self.hostname, nx=True, ex=3600):
+            return {}
+        from distillq.tasks.celery_app import settings_of
+        from distillq.tasks.reconcile import reconcile_all
+
+        return reconcile_all(self.app, self.r, settings_of(self.app).storage)
+
     def sweep(self) -> int:
-        """One pass: hand back the deliveries of every node that is gone or forgotten."""
+        """One pass: hand back the deliveries of every node that is gone or forgotten, and
+        after the broker changed, reconcile the jobs with storage."""
         self.flush()
         self.check_own()
+        self.watch_primary()
         alive = {n.info.hostname for n in list_nodes(self.r) if n.state == "up"}
         prefix = keys.deliveries("")
         total = 0

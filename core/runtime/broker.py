@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from distillq.errors import BrokerError
 
@@ -32,6 +32,23 @@ def sentinel_hosts(url: str) -> list[tuple[str, int]]:
     """The (host, port) of every sentinel in a ``sentinel://a:26379;sentinel://b:26379`` URL."""
     parts = [urlsplit(u.strip()) for u in url.split(";") if u.strip()]
     return [(p.hostname or "localhost", p.port or 26379) for p in parts]
+
+
+class _FollowingConnection(SentinelManagedConnection):
+    """A connection to the primary that asks the sentinels where it is at every reconnect.
+
+    redis-py (8.2) asks only when the pool hands a connection out: a command retried after a
+    connection error reconnects to the address it had (``send_packed_command`` →
+    ``connect_check_health``; redis/redis-py#3874, #3560). A command sent while the primary is
+    dead thus retries against the dead address and, once that server is back as a replica,
+    fails every retry with "The previous master is now a slave" (seen in `make soak-ha`)."""
+
+    def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if getattr(self, "_sock", None) is None and self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health, retry_socket_connect)  # type: ignore[misc]
 
 
 def _from_url(url: str, master: str, **options: Any) -> redis.Redis:
@@ -50,7 +67,13 @@ def _from_url(url: str, master: str, **options: Any) -> redis.Redis:
     # The sentinels are asked with short timeouts: a dead one must not stall finding the primary.
     sentinels = Sentinel(sentinel_hosts(url), sentinel_kwargs=quick, **quick)
     return sentinels.master_for(
-        master, db=db, password=password, username=username, redis_class=redis.Redis, **options
+        master,
+        db=db,
+        password=password,
+        username=username,
+        redis_class=redis.Redis,
+        connection_class=_FollowingConnection,
+        **options,
     )
 
 

@@ -137,3 +137,17 @@ def count_handback(r: redis.Redis, job_id: str, task: str, ttl: int) -> int:
     n = int(r.incr(key))
     r.expire(key, ttl)
     return n
+
+
+def release_job(r: redis.Redis, job_id: str, ttl: int) -> int:
+    """Let a finished job's keys (attempt counts, hand-backs, task results) expire within
+    ``ttl`` seconds instead of ``result_expires``; returns how many. Redis then holds nothing
+    of the job an hour after it ends, however many jobs run (bench/scale.py)."""
+    n = 0
+    with r.pipeline(transaction=False) as pipe:
+        for pattern in (keys.job_pattern(job_id), keys.results_pattern(job_id)):
+            for key in r.scan_iter(match=pattern, count=1000):
+                pipe.expire(key, ttl, lt=True)  # only shortens: NX-less keys get one too
+                n += 1
+        pipe.execute()
+    return n

@@ -50,6 +50,8 @@ class Settings:
     """Soft limit on a ``student`` queue task; unset: ``task_soft_time_limit``."""
     result_expires: int = 7 * 24 * 3600
     """Seconds results (and chord state) stay in Redis; longer than a job."""
+    finished_expires: int = 3600
+    """Seconds a job's keys (attempt counts, task results) stay in Redis once it is done."""
     max_attempts: int = 3
     """Deliveries of one task before it is recorded as failed instead of retried."""
     heartbeat_seconds: int = 10

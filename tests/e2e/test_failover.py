@@ -84,3 +84,31 @@ def test_a_wrong_master_name_or_dead_sentinels_get_one_line_with_the_fix(ha, tmp
     ha.stop()
     res = run_cli(s.with_(sentinel_master=MASTER), "nodes")
     assert res.returncode != 0 and "no sentinel of sentinels" in res.stderr, res.stderr
+
+
+def test_a_command_sent_while_the_primary_is_dead_lands_on_the_promoted_replica(ha):
+    """The command's retries must follow the failover, also when the dead primary comes back
+    as a replica at its old address while they run (redis-py retried there until it gave up:
+    "The previous master is now a slave")."""
+    import threading
+
+    from distillq.core.runtime import broker
+
+    r = broker.client(ha.url, MASTER)
+    r.set("n", 1)
+    dead = ha.kill_primary()
+    outcome: list[object] = []
+    sent = threading.Thread(target=lambda: outcome.append(_try(lambda: r.incr("n"))))
+    sent.start()  # retries against the dead address until the sentinels promote the replica
+    ha.wait_promoted(dead)
+    ha.rejoin(dead)  # the old address answers again, as a read-only replica
+    sent.join(120)
+    assert outcome and not isinstance(outcome[0], Exception), outcome
+    assert int(r.get("n")) == outcome[0]
+
+
+def _try(call):
+    try:
+        return call()
+    except Exception as e:  # the outcome, for the assertion to show
+        return e

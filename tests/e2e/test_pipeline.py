@@ -8,7 +8,7 @@ import time
 import redis
 
 from distillq.core.job.jobs import load_job
-from distillq.storage import checkpoints, records
+from distillq.storage import checkpoints, keys, records
 from distillq.storage.atomic import read_json
 from distillq.storage.report_records import Report
 from tests.conftest import run_cli
@@ -57,6 +57,18 @@ def test_three_shard_job_completes_with_both_workers(settings, make_spec, worker
     status = json.loads(run_cli(settings, "status", job_id, "--json").stdout)
     assert status["state"] == "done"
     assert [s["state"] for s in status["shards"]] == ["done"] * 3
+
+    # What Redis holds of the finished job (its tasks' results, attempt counts) expires within
+    # finished_expires, not result_expires: Redis does not grow with finished jobs.
+    r = redis.Redis.from_url(settings.broker_url)
+    results = list(r.scan_iter(match=keys.results_pattern(job_id)))
+    assert len(results) >= 3 + 3  # the replicas' results, at least: their chords read them
+    held = [*results, *r.scan_iter(match=keys.job_pattern(job_id))]
+    wait_for(
+        lambda: all(0 < r.ttl(k) <= settings.finished_expires for k in held),
+        60,
+        f"the finished job's keys to be let go: {[(k, r.ttl(k)) for k in held]}",
+    )
 
 
 def test_students_wait_in_their_queue_until_a_student_worker_starts(settings, make_spec, workers):

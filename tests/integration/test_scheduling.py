@@ -5,6 +5,7 @@ from the Redis lists kombu writes, and the reaper moves real unacknowledged komb
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 
 import pytest
@@ -14,7 +15,7 @@ from distillq.core.create import create_job
 from distillq.core.job.load import load_spec
 from distillq.storage import checkpoints, records
 from distillq.storage.records import CheckpointMeta, RoundMarker, ShardStats
-from distillq.tasks import pipeline, sending
+from distillq.tasks import pipeline, reconcile, sending
 from distillq.tasks.celery_app import app, configure
 from tests.conftest import replica_stats
 
@@ -215,3 +216,30 @@ def break_pooled_producer() -> None:
     transport forgets the channel, but the pooled connection keeps it as its default channel."""
     with app.producer_pool.acquire(block=True) as producer:
         producer.channel.close()
+
+
+def landed(job, shard: int) -> None:
+    """A shard file and its sidecar that verify (the bytes are not a real cache: nothing reads them)."""
+    from distillq.storage.cache import file_sha256
+
+    path = job.paths.shard(shard)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"shard %d" % shard)
+    fields = dict(samples=1, tokens=1, target_positions=1, seconds=1.0, tokens_per_s=1.0)
+    stats = ShardStats(shard=shard, started_at=0.0, finished_at=1.0, **fields)
+    stats = dataclasses.replace(stats, sha256=file_sha256(path), bytes=path.stat().st_size)
+    records.write(job.paths.shard_stats(shard), stats)
+
+
+def test_after_a_failover_work_storage_owes_and_no_message_holds_is_queued_again(job, r):
+    """The primary died with its last writes: the chord of shard 0's round and shard 2's
+    message never reached the replica; shard 1's message did. Reconciling queues what is
+    owed and not held, once: a second pass finds everything held."""
+    pipeline.submit(app, job, [1], teacher_eval=False)  # shard 1's message survived
+    landed(job, 0)
+    records.write(job.paths.round_inflight("s"), RoundMarker(shard=0, queued_at=1.0))
+    queued_again = reconcile.reconcile(app, job, reconcile.held_work(app, r))
+    assert queued_again == ["teacher-00002", "teacher-eval", "round s/0"]
+    assert sorted(args for _, args in queued(r, "teacher")) == [[job.id], [job.id, 1], [job.id, 2]]
+    assert queued(r, "student") == [("distillq.train_replica", [job.id, "s", 0, 0])]
+    assert reconcile.reconcile(app, job, reconcile.held_work(app, r)) == []

@@ -1,0 +1,324 @@
+"""How distillq's own cost grows with the work: records, shards, tracks, jobs (issue 29).
+
+    python -m bench.scale [--records 1000,10000,100000] [--shards 10,100,1000,5000]
+                          [--tracks 1,4,16] [--jobs 3] [--out bench]
+
+Tiny models (the demo's), so what is measured is the framework, not the models:
+
+- **enqueue**: `distillq enqueue` (a process, as a user runs it) of N short records into
+  N/100 shards, against a Redis with no workers: wall time and peak RSS;
+- **status**: `distillq status`, `distillq jobs` and `watch`'s first frame (``job_status``
+  in-process, without the interpreter's start) on jobs of S shards (half of them done) and
+  T tracks;
+- **Redis**: keys and memory before, at the peak of, and after real small jobs run back to
+  back on two workers; what is left after each job must not grow without bound.
+
+Writes bench/SCALE.{json,md} and bench/scale.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+from distillq.core.control.status import job_status
+from distillq.core.job.jobs import load_job
+from distillq.core.runtime import broker
+from distillq.core.runtime.settings import Settings
+from distillq.storage import records
+from distillq.storage.records import ShardStats
+from distillq.workers.redis_server import EmbeddedRedis
+
+
+def run(s: Settings, *args: str) -> tuple[float, float, subprocess.CompletedProcess[str]]:
+    """(seconds, peak RSS MiB, result) of `distillq ARGS` as its own process."""
+    env = {**os.environ, **s.to_env()}
+    t = time.perf_counter()
+    p = psutil.Popen(
+        [sys.executable, "-m", "distillq", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            try:
+                peak = max(peak, p.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    out, err = p.communicate()
+    wall = time.perf_counter() - t
+    done.set()
+    res = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+    if p.returncode != 0:
+        raise SystemExit(f"distillq {' '.join(args)} failed: {err.strip()[-500:]}")
+    return wall, peak / 2**20, res
+
+
+def spec_for(root: Path, base: dict[str, Any], n: int, shards: int, tracks: int) -> Path:
+    data = root / f"data-{n}.jsonl"
+    if not data.exists():
+        with data.open("w") as f:
+            for i in range(n):
+                f.write(json.dumps({"text": f"def f{i}(x):\n    return x + {i % 97}\n"}) + "\n")
+    student = base["students"][0]
+    spec = {
+        **base,
+        "name": f"scale-{n}-{shards}-{tracks}",
+        "dataset": str(data),
+        "shards": shards,
+        "students": [{**student, "name": f"s{t}"} for t in range(tracks)],
+    }
+    path = root / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def half_done(s: Settings, job_id: str) -> None:
+    """Mark every other shard done, as a job half way through its teacher stage."""
+    job = load_job(s.storage, job_id)
+    now = time.time()
+    for i in range(0, job.n_shards, 2):
+        records.write(
+            job.paths.shard_stats(i),
+            ShardStats(i, 10, 200, 200, 1.0, 200.0, now - 1, now, sha256="0" * 64, bytes=1),
+        )
+
+
+def measure_enqueue(root: Path, s: Settings, base: dict[str, Any], sizes: list[int]) -> list[dict]:
+    rows = []
+    for n in sizes:
+        shards = max(10, n // 100)
+        wall, rss, res = run(s, "enqueue", str(spec_for(root, base, n, shards, 1)))
+        rows.append(
+            {
+                "records": n,
+                "shards": shards,
+                "enqueue_s": round(wall, 2),
+                "peak_rss_mib": round(rss),
+                "job": res.stdout.strip().splitlines()[-1],
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def measure_status(
+    root: Path, s: Settings, base: dict[str, Any], shard_counts: list[int], tracks: list[int]
+) -> list[dict]:
+    rows = []
+    for shards in shard_counts:
+        for t in tracks:
+            n = shards * 20
+            _, _, res = run(s, "enqueue", str(spec_for(root, base, n, shards, t)))
+            job_id = res.stdout.strip().splitlines()[-1]
+            half_done(s, job_id)
+            status_s, _, _ = run(s, "status", job_id)
+            jobs_s, _, _ = run(s, "jobs")
+            job = load_job(s.storage, job_id)
+            t0 = time.perf_counter()
+            job_status(job)  # watch's first frame without the interpreter's start
+            frame = time.perf_counter() - t0
+            rows.append(
+                {
+                    "shards": shards,
+                    "tracks": t,
+                    "status_s": round(status_s, 2),
+                    "jobs_s": round(jobs_s, 2),
+                    "frame_s": round(frame, 3),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def redis_numbers(r: Any) -> tuple[int, int]:
+    return int(r.dbsize()), int(r.info("memory")["used_memory"])
+
+
+def measure_redis(root: Path, jobs: int) -> list[dict]:
+    """Real small jobs back to back on two workers; Redis keys and memory around each."""
+    from bench.cluster import Cluster
+    from distillq.app.demo import prepare
+
+    c = Cluster(root / "redis-jobs")
+    rows: list[dict[str, Any]] = []
+    try:
+        c.worker("t", "teacher,student")
+        c.worker("s", "student,teacher")
+        r = broker.client(c.settings.broker_url, c.settings.sentinel_master)
+        base = prepare(c.settings.storage, 96)
+        base["shards"] = 6
+        base["students"] = [{**base["students"][0], "epochs": 1, "batch_size": 8}]
+        for j in range(jobs):
+            keys0, mem0 = redis_numbers(r)
+            job = c.job({**base, "name": f"redis-{j}"})
+            c.submit(job)
+            peak_keys, peak_mem = keys0, mem0
+            while not job.paths.report.exists():
+                k, m = redis_numbers(r)
+                peak_keys, peak_mem = max(peak_keys, k), max(peak_mem, m)
+                time.sleep(0.2)
+            time.sleep(3)  # the last acks and heartbeats settle
+            keys1, mem1 = redis_numbers(r)
+            rows.append(
+                {
+                    "job": j + 1,
+                    "keys_before": keys0,
+                    "keys_peak": peak_keys,
+                    "keys_after": keys1,
+                    "mem_before_kib": mem0 // 1024,
+                    "mem_peak_kib": peak_mem // 1024,
+                    "mem_after_kib": mem1 // 1024,
+                    "shards": 6,
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+        prefixes: dict[str, int] = {}
+        for key in r.scan_iter(count=1000):
+            head = key.decode().split(":")[0].split("-")[0]
+            prefixes[head] = prefixes.get(head, 0) + 1
+        rows.append({"left_by_prefix": prefixes})
+    finally:
+        for name in list(c.procs):
+            c.stop(name)
+        c.redis.stop()
+    return rows
+
+
+def plot(results: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    e = results["enqueue"]
+    axes[0].loglog([x["records"] for x in e], [x["enqueue_s"] for x in e], "o-", label="enqueue s")
+    axes[0].set_xlabel("records (shards = records / 100)")
+    axes[0].set_ylabel("seconds")
+    axes[0].set_title("enqueue")
+    st = results["status"]
+    for t in sorted({x["tracks"] for x in st}):
+        pts = [x for x in st if x["tracks"] == t]
+        axes[1].loglog(
+            [x["shards"] for x in pts],
+            [x["status_s"] for x in pts],
+            "o-",
+            label=f"status, {t} track(s)",
+        )
+        axes[1].loglog(
+            [x["shards"] for x in pts],
+            [max(x["frame_s"], 1e-3) for x in pts],
+            "x--",
+            label=f"first frame in-process, {t} track(s)",
+        )
+    axes[1].set_xlabel("shards (half done)")
+    axes[1].set_title("status")
+    axes[1].legend(fontsize=7)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "scale.png", dpi=110)
+
+
+def write(results: dict[str, Any], out: Path) -> None:
+    (out / "SCALE.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = [
+        "# Scale: distillq's own cost against records, shards, tracks and jobs",
+        "",
+        f"Command: `{results['command']}`, {results['started']}, on {results['machine']}.",
+        "Ratios within this run are what to read; the machine is shared.",
+        "",
+        "## enqueue (a process, no workers)",
+        "",
+        "| records | shards | enqueue s | peak RSS MiB |",
+        "|---|---|---|---|",
+        *[
+            f"| {x['records']} | {x['shards']} | {x['enqueue_s']} | {x['peak_rss_mib']} |"
+            for x in results["enqueue"]
+        ],
+        "",
+        "## status, jobs, watch's first frame (half the shards done)",
+        "",
+        "| shards | tracks | `status` s | `jobs` s | first frame in-process s |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {x['shards']} | {x['tracks']} | {x['status_s']} | {x['jobs_s']} | {x['frame_s']} |"
+            for x in results["status"]
+        ],
+        "",
+        "## Redis keys and memory around real small jobs (6 shards, two workers)",
+        "",
+        "| job | keys before | peak | after | memory before KiB | peak | after |",
+        "|---|---|---|---|---|---|---|",
+        *[
+            f"| {x['job']} | {x['keys_before']} | {x['keys_peak']} | {x['keys_after']} | "
+            f"{x['mem_before_kib']} | {x['mem_peak_kib']} | {x['mem_after_kib']} |"
+            for x in results["redis"]
+            if "job" in x
+        ],
+        "",
+        f"Keys left after the jobs, by prefix: {results['redis'][-1].get('left_by_prefix')}",
+        "",
+        "![scale](scale.png)",
+    ]
+    (out / "SCALE.md").write_text("\n".join(lines) + "\n")
+
+
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--records", type=ints, default=ints("1000,10000,100000"))
+    p.add_argument("--shards", type=ints, default=ints("10,100,1000,5000"))
+    p.add_argument("--tracks", type=ints, default=ints("1,4,16"))
+    p.add_argument("--jobs", type=int, default=3)
+    p.add_argument("--out", type=Path, default=Path("bench"))
+    args = p.parse_args()
+    from distillq.app.demo import prepare
+
+    with tempfile.TemporaryDirectory(prefix="distillq-scale-") as tmp:
+        root = Path(tmp)
+        redis = EmbeddedRedis(root / "redis").start()
+        try:
+            s = Settings(broker_url=redis.url, storage=root / "storage")
+            base = prepare(s.storage, 16)
+            results: dict[str, Any] = {
+                "command": "python -m bench.scale " + " ".join(sys.argv[1:]),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "machine": f"{os.cpu_count()} cores",
+                "enqueue": measure_enqueue(root, s, base, args.records),
+                "status": measure_status(root, s, base, args.shards, args.tracks),
+            }
+        finally:
+            redis.stop()
+        results["redis"] = measure_redis(root, args.jobs)
+    write(results, args.out)
+    plot(results, args.out)
+    print((args.out / "SCALE.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
