@@ -28,6 +28,11 @@ def track_lock(job_id: str, track: str) -> str:
     return f"{PREFIX}:job:{job_id}:lock:{track}"
 
 
+def all_locks_pattern() -> str:
+    """Every job's track locks."""
+    return f"{PREFIX}:job:*:lock:*"
+
+
 def attempts(job_id: str, task: str) -> str:
     """Delivery counter of one logical task, to cap redelivery of a poison task."""
     return f"{PREFIX}:job:{job_id}:attempts:{task}"

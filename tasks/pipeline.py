@@ -18,6 +18,7 @@ from typing import Any
 
 from celery import Celery, Signature, chord
 
+from distillq.core import faults
 from distillq.core.control import state as control
 from distillq.core.job.jobs import Job
 from distillq.core.runtime import broker, live
@@ -92,6 +93,7 @@ def advance(app: Celery, job: Job, track: str) -> int | None:
             marker.unlink()  # not queued: the next advance (a retry of this task) queues it
             raise
         log.info("job %s track %s: round on shard %d queued", job.id, track, shard)
+        faults.hit(f"advanced:{track}:{len(merged)}")  # a drill's point: a round just queued
         return shard
 
 

@@ -22,6 +22,7 @@ from celery import Celery
 
 from distillq.core.control import state as control
 from distillq.core.job.jobs import Job, list_jobs, load_job
+from distillq.core.runtime import live
 from distillq.core.runtime.settings import QUEUES
 from distillq.storage import checkpoints, keys, records, taskkeys
 from distillq.storage.records import RoundMarker
@@ -101,7 +102,10 @@ def reconcile(app: Celery, job: Job, held: set[tuple[str, str]]) -> list[str]:
 
 
 def reconcile_all(app: Celery, r: Any, storage: Any) -> dict[str, list[str]]:
-    """``reconcile`` every unfinished job on ``storage``; returns what was queued, per job."""
+    """``reconcile`` every unfinished job on ``storage``; returns what was queued, per job.
+    Track locks go first: one the old primary's death resurrected would stall merges."""
+    if n := live.drop_locks(r):
+        log.warning("%d track lock(s) dropped after the broker changed", n)
     held = held_work(app, r)
     out = {}
     for job_id in list_jobs(storage):

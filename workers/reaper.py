@@ -148,7 +148,14 @@ class Reaper:
         from distillq.tasks.celery_app import settings_of
         from distillq.tasks.reconcile import reconcile_all
 
-        return reconcile_all(self.app, self.r, settings_of(self.app).storage)
+        queued = reconcile_all(self.app, self.r, settings_of(self.app).storage)
+        log.warning(
+            "%s: the broker's primary changed (run id %s): jobs checked against storage, %s",
+            self.hostname,
+            run_id[:12],
+            f"work queued again in {len(queued)} job(s)" if queued else "nothing was lost",
+        )
+        return queued
 
     def sweep(self) -> int:
         """One pass: hand back the deliveries of every node that is gone or forgotten, and

@@ -77,8 +77,16 @@ class RedisHA:
                     start_new_session=self.detach,
                 )
             )
+        self._wait(lambda: self._synced(self.servers[1]), 20, "the replica to sync")
         self._wait(lambda: self._replicas_seen() >= 1, 20, "the sentinels to see the replica")
         return self
+
+    def _synced(self, server: EmbeddedRedis) -> bool:
+        try:
+            info = self._ask(server.port).info("replication")
+        except (redis.RedisError, OSError):
+            return False
+        return info.get("master_link_status") == "up"
 
     def _ask(self, port: int) -> redis.Redis:
         return redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
@@ -101,6 +109,16 @@ class RedisHA:
                     return server
         raise BrokerError(f"no sentinel of {self.url} names a primary for {MASTER!r}")
 
+    def cut_replication(self) -> None:
+        """From now until the next failover the replicas get no more of the primary's writes
+        (they reconnect with a wrong password and are refused), so killing the primary loses
+        them, as asynchronous replication may: for drills that need the loss to happen."""
+        primary = self.primary()
+        for server in self.servers:
+            if server is not primary:
+                self._ask(server.port).config_set("masterauth", "cut-by-a-drill")
+        self._ask(primary.port).client_kill_filter(_type="replica")
+
     def kill_primary(self) -> EmbeddedRedis:
         """SIGKILL the primary (no shutdown, nothing flushed); return it."""
         dead = self.primary()
@@ -120,7 +138,9 @@ class RedisHA:
                 return False
 
         self._wait(promoted, timeout, "a replica to be promoted")
-        return self.primary()
+        new = self.primary()
+        self._ask(new.port).config_set("masterauth", "")  # undo cut_replication, if it was
+        return new
 
     def rejoin(self, dead: EmbeddedRedis, timeout: float = 60) -> None:
         """Start ``dead`` again as a replica of the current primary; wait until it is in sync."""
@@ -128,14 +148,7 @@ class RedisHA:
         dead.extra = ("--replicaof", "127.0.0.1", str(primary.port))
         dead.start(detach=self.detach)
 
-        def synced() -> bool:
-            try:
-                info = self._ask(dead.port).info("replication")
-            except (redis.RedisError, OSError):
-                return False
-            return info.get("master_link_status") == "up"
-
-        self._wait(synced, timeout, f"redis on port {dead.port} to sync as a replica")
+        self._wait(lambda: self._synced(dead), timeout, f"redis on port {dead.port} to sync as a replica")
         self._wait(lambda: self._replicas_seen() >= 1, timeout, "the sentinels to see it")
 
     def _wait(self, ok: Callable[[], bool], timeout: float, what: str) -> None:

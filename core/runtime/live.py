@@ -74,6 +74,14 @@ def track_lock(r: redis.Redis, job_id: str, track: str) -> Iterator[None]:
             )
 
 
+def drop_locks(r: redis.Redis) -> int:
+    """Delete every track lock; returns how many there were. After a failover a lock may stand
+    for a release the old primary took with it (held by nobody, for LOCK_SECONDS), so none
+    is trusted: a lock only saves duplicate work, the storage fence keeps merges single."""
+    found = list(r.scan_iter(match=keys.all_locks_pattern(), count=1000))
+    return int(r.delete(*found)) if found else 0
+
+
 def reset_attempts(r: redis.Redis, job_id: str) -> None:
     for key in r.scan_iter(match=keys.attempts_pattern(job_id), count=500):
         r.delete(key)
