@@ -19,6 +19,7 @@ Writes bench/SCALE.{json,md} and bench/scale.png.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -206,6 +207,70 @@ def measure_redis(root: Path, jobs: int) -> list[dict]:
     return rows
 
 
+def measure_big_job(root: Path, shards: int) -> dict[str, Any]:
+    """One job of ``shards`` shards (8 short records each) on two workers, to its end: wall,
+    and per round the scheduler's overhead early and late in the job (flat is the goal)."""
+    import statistics
+
+    from bench.cluster import Cluster
+    from distillq.app.demo import prepare
+
+    c = Cluster(root / "big-job")
+    try:
+        c.worker("a", "teacher,student")
+        c.worker("b", "student,teacher")
+        base = prepare(c.settings.storage, 16)
+        data = root / "big.jsonl"
+        with data.open("w") as f:
+            for i in range(shards * 8):
+                f.write(json.dumps({"text": f"def g{i}(y):\n    return y * {i % 89}\n"}) + "\n")
+        student = {**base["students"][0], "epochs": 1, "batch_size": 8}
+        job = c.job(
+            {**base, "name": "big", "dataset": str(data), "shards": shards, "students": [student]}
+        )
+        t0 = time.time()
+        c.submit(job)
+        seen = -1
+        while not job.paths.report.exists():
+            done = sum(job.paths.shard_stats(i).exists() for i in range(0, shards, 50))
+            if done != seen:
+                seen = done
+                print(f"big job: {time.time() - t0:.0f} s, ~{done * 50} shards cached", flush=True)
+            if job.paths.failures_dir.exists() and any(job.paths.failures_dir.iterdir()):
+                raise SystemExit(f"big job failed: {list(job.paths.failures_dir.iterdir())}")
+            time.sleep(5)
+        wall = time.time() - t0
+        t = time.perf_counter()
+        job_status(load_job(c.settings.storage, job.id), broker.client(c.settings.broker_url))
+        status_s = time.perf_counter() - t
+    finally:
+        for name in list(c.procs):
+            c.stop(name)
+        c.redis.stop()
+    from distillq.storage import checkpoints
+
+    track = student["name"]
+    rounds = checkpoints.latest(load_job(c.settings.storage, job.id).paths, track).meta.rounds
+    # chord queued -> its replica starts; replica done -> merged; merged -> next round queued
+    to_start = [r.replicas[0].started_at - r.queued_at for r in rounds if r.queued_at]
+    to_merge = [r.merged_at - max(x.finished_at for x in r.replicas) for r in rounds]
+    to_next = [b.queued_at - a.merged_at for a, b in itertools.pairwise(rounds) if b.queued_at]
+    tenth = max(1, len(rounds) // 10)
+
+    def early_late(xs: list[float]) -> list[float]:
+        return [round(statistics.median(xs[:tenth]), 3), round(statistics.median(xs[-tenth:]), 3)]
+
+    return {
+        "shards": shards,
+        "rounds": len(rounds),
+        "wall_s": round(wall, 1),
+        "status_in_process_s": round(status_s, 3),
+        "queued_to_replica_start_s": early_late(to_start),
+        "replica_done_to_merged_s": early_late(to_merge),
+        "merged_to_next_queued_s": early_late([max(0.0, x) for x in to_next]),
+    }
+
+
 def plot(results: dict[str, Any], out: Path) -> None:
     import matplotlib
 
@@ -280,6 +345,29 @@ def write(results: dict[str, Any], out: Path) -> None:
         "",
         f"Keys left after the jobs, by prefix: {results['redis'][-1].get('left_by_prefix')}",
         "",
+        *(
+            [
+                "",
+                "## One job of many shards on two workers, to its end",
+                "",
+                f"{big['shards']} shards, {big['rounds']} rounds merged, {big['wall_s']} s; "
+                f"status of the finished job in-process {big['status_in_process_s']} s.",
+                "",
+                "| per round, median of the first / last tenth of rounds | first | last |",
+                "|---|---|---|",
+                *[
+                    f"| {name} | {big[key][0]} s | {big[key][1]} s |"
+                    for name, key in (
+                        ("chord queued → its replica starts", "queued_to_replica_start_s"),
+                        ("last replica done → merged", "replica_done_to_merged_s"),
+                        ("merged → next round queued", "merged_to_next_queued_s"),
+                    )
+                ],
+            ]
+            if (big := results.get("big_job"))
+            else []
+        ),
+        "",
         "![scale](scale.png)",
     ]
     (out / "SCALE.md").write_text("\n".join(lines) + "\n")
@@ -291,10 +379,11 @@ def ints(text: str) -> list[int]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--records", type=ints, default=ints("1000,10000,100000"))
+    p.add_argument("--records", type=ints, default=ints("1000,10000,100000,600000"))
     p.add_argument("--shards", type=ints, default=ints("10,100,1000,5000"))
     p.add_argument("--tracks", type=ints, default=ints("1,4,16"))
     p.add_argument("--jobs", type=int, default=3)
+    p.add_argument("--big-job", type=int, default=1000, help="shards of the job run to its end")
     p.add_argument("--out", type=Path, default=Path("bench"))
     args = p.parse_args()
     from distillq.app.demo import prepare
@@ -315,6 +404,8 @@ def main() -> None:
         finally:
             redis.stop()
         results["redis"] = measure_redis(root, args.jobs)
+        if args.big_job:
+            results["big_job"] = measure_big_job(root, args.big_job)
     write(results, args.out)
     plot(results, args.out)
     print((args.out / "SCALE.md").read_text())

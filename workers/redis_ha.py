@@ -148,7 +148,9 @@ class RedisHA:
         dead.extra = ("--replicaof", "127.0.0.1", str(primary.port))
         dead.start(detach=self.detach)
 
-        self._wait(lambda: self._synced(dead), timeout, f"redis on port {dead.port} to sync as a replica")
+        self._wait(
+            lambda: self._synced(dead), timeout, f"redis on port {dead.port} to sync as a replica"
+        )
         self._wait(lambda: self._replicas_seen() >= 1, timeout, "the sentinels to see it")
 
     def _wait(self, ok: Callable[[], bool], timeout: float, what: str) -> None:
