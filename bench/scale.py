@@ -157,100 +157,90 @@ def redis_numbers(r: Any) -> tuple[int, int]:
     return int(r.dbsize()), int(r.info("memory")["used_memory"])
 
 
-def measure_redis(root: Path, jobs: int) -> list[dict]:
-    """Real small jobs back to back on two workers; Redis keys and memory around each."""
-    from bench.cluster import Cluster
+def measure_redis(c: Any, jobs: int) -> list[dict]:
+    """Real small jobs back to back on the cluster's two workers: Redis keys and memory
+    before, at the peak of, at the end of each job, and once its keys' finished_expires ran
+    out (the cluster runs with 5 s instead of an hour)."""
     from distillq.app.demo import prepare
 
-    c = Cluster(root / "redis-jobs")
     rows: list[dict[str, Any]] = []
-    try:
-        c.worker("t", "teacher,student")
-        c.worker("s", "student,teacher")
-        r = broker.client(c.settings.broker_url, c.settings.sentinel_master)
-        base = prepare(c.settings.storage, 96)
-        base["shards"] = 6
-        base["students"] = [{**base["students"][0], "epochs": 1, "batch_size": 8}]
-        for j in range(jobs):
-            keys0, mem0 = redis_numbers(r)
-            job = c.job({**base, "name": f"redis-{j}"})
-            c.submit(job)
-            peak_keys, peak_mem = keys0, mem0
-            while not job.paths.report.exists():
-                k, m = redis_numbers(r)
-                peak_keys, peak_mem = max(peak_keys, k), max(peak_mem, m)
-                time.sleep(0.2)
-            time.sleep(3)  # the last acks and heartbeats settle
-            keys1, mem1 = redis_numbers(r)
-            rows.append(
-                {
-                    "job": j + 1,
-                    "keys_before": keys0,
-                    "keys_peak": peak_keys,
-                    "keys_after": keys1,
-                    "mem_before_kib": mem0 // 1024,
-                    "mem_peak_kib": peak_mem // 1024,
-                    "mem_after_kib": mem1 // 1024,
-                    "shards": 6,
-                }
-            )
-            print(json.dumps(rows[-1]), flush=True)
-        prefixes: dict[str, int] = {}
-        for key in r.scan_iter(count=1000):
-            head = key.decode().split(":")[0].split("-")[0]
-            prefixes[head] = prefixes.get(head, 0) + 1
-        rows.append({"left_by_prefix": prefixes})
-    finally:
-        for name in list(c.procs):
-            c.stop(name)
-        c.redis.stop()
+    r = broker.client(c.settings.broker_url, c.settings.sentinel_master)
+    base = prepare(c.settings.storage, 96)
+    base["shards"] = 6
+    base["students"] = [{**base["students"][0], "epochs": 1, "batch_size": 8}]
+    for j in range(jobs):
+        keys0, mem0 = redis_numbers(r)
+        job = c.job({**base, "name": f"redis-{j}"})
+        c.submit(job)
+        peak_keys, peak_mem = keys0, mem0
+        while not job.paths.report.exists():
+            k, m = redis_numbers(r)
+            peak_keys, peak_mem = max(peak_keys, k), max(peak_mem, m)
+            time.sleep(0.2)
+        time.sleep(2)  # the last acks and heartbeats settle
+        keys1, mem1 = redis_numbers(r)
+        time.sleep(c.settings.finished_expires + 2)
+        keys2, mem2 = redis_numbers(r)
+        rows.append(
+            {
+                "job": j + 1,
+                "keys_before": keys0,
+                "keys_peak": peak_keys,
+                "keys_after": keys1,
+                "keys_expired": keys2,
+                "mem_before_kib": mem0 // 1024,
+                "mem_peak_kib": peak_mem // 1024,
+                "mem_after_kib": mem1 // 1024,
+                "mem_expired_kib": mem2 // 1024,
+                "shards": 6,
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    prefixes: dict[str, int] = {}
+    for key in r.scan_iter(count=1000):
+        head = key.decode().split(":")[0].split("-")[0]
+        prefixes[head] = prefixes.get(head, 0) + 1
+    rows.append({"left_by_prefix": prefixes})
     return rows
 
 
-def measure_big_job(root: Path, shards: int) -> dict[str, Any]:
+def measure_big_job(c: Any, root: Path, shards: int) -> dict[str, Any]:
     """One job of ``shards`` shards (8 short records each) on two workers, to its end: wall,
     and per round the scheduler's overhead early and late in the job (flat is the goal)."""
     import statistics
 
-    from bench.cluster import Cluster
     from distillq.app.demo import prepare
 
-    c = Cluster(root / "big-job")
-    try:
-        c.worker("a", "teacher,student")
-        c.worker("b", "student,teacher")
-        base = prepare(c.settings.storage, 16)
-        data = root / "big.jsonl"
-        with data.open("w") as f:
-            for i in range(shards * 8):
-                f.write(json.dumps({"text": f"def g{i}(y):\n    return y * {i % 89}\n"}) + "\n")
-        student = {**base["students"][0], "epochs": 1, "batch_size": 8}
-        job = c.job(
-            {**base, "name": "big", "dataset": str(data), "shards": shards, "students": [student]}
-        )
-        t0 = time.time()
-        c.submit(job)
-        seen = -1
-        while not job.paths.report.exists():
-            done = sum(job.paths.shard_stats(i).exists() for i in range(0, shards, 50))
-            if done != seen:
-                seen = done
-                print(f"big job: {time.time() - t0:.0f} s, ~{done * 50} shards cached", flush=True)
-            if job.paths.failures_dir.exists() and any(job.paths.failures_dir.iterdir()):
-                raise SystemExit(f"big job failed: {list(job.paths.failures_dir.iterdir())}")
-            time.sleep(5)
-        wall = time.time() - t0
-        t = time.perf_counter()
-        job_status(load_job(c.settings.storage, job.id), broker.client(c.settings.broker_url))
-        status_s = time.perf_counter() - t
-    finally:
-        for name in list(c.procs):
-            c.stop(name)
-        c.redis.stop()
+    base = prepare(c.settings.storage, 16)
+    data = root / "big.jsonl"
+    with data.open("w") as f:
+        for i in range(shards * 8):
+            f.write(json.dumps({"text": f"def g{i}(y):\n    return y * {i % 89}\n"}) + "\n")
+    student = {**base["students"][0], "epochs": 1, "batch_size": 8}
+    job = c.job(
+        {**base, "name": "big", "dataset": str(data), "shards": shards, "students": [student]}
+    )
+    t0 = time.time()
+    c.submit(job)
+    seen = -1
+    while not job.paths.report.exists():
+        done = sum(job.paths.shard_stats(i).exists() for i in range(0, shards, 50))
+        if done != seen:
+            seen = done
+            print(f"big job: {time.time() - t0:.0f} s, ~{done * 50} shards cached", flush=True)
+        if job.paths.failures_dir.exists() and any(job.paths.failures_dir.iterdir()):
+            raise SystemExit(f"big job failed: {list(job.paths.failures_dir.iterdir())}")
+        time.sleep(5)
+    wall = time.time() - t0
+    t = time.perf_counter()
+    job_status(load_job(c.settings.storage, job.id), broker.client(c.settings.broker_url))
+    status_s = time.perf_counter() - t
     from distillq.storage import checkpoints
 
     track = student["name"]
-    rounds = checkpoints.latest(load_job(c.settings.storage, job.id).paths, track).meta.rounds
+    latest = checkpoints.latest(load_job(c.settings.storage, job.id).paths, track)
+    assert latest is not None, "the big job ended without a merged version"
+    rounds = latest.meta.rounds
     # chord queued -> its replica starts; replica done -> merged; merged -> next round queued
     to_start = [r.replicas[0].started_at - r.queued_at for r in rounds if r.queued_at]
     to_merge = [r.merged_at - max(x.finished_at for x in r.replicas) for r in rounds]
@@ -298,6 +288,15 @@ def plot(results: dict[str, Any], out: Path) -> None:
             "x--",
             label=f"first frame in-process, {t} track(s)",
         )
+    for t in sorted({x["tracks"] for x in results.get("status_before", [])}):
+        pts = [x for x in results["status_before"] if x["tracks"] == t]
+        axes[1].loglog(
+            [x["shards"] for x in pts],
+            [max(x["frame_s"], 1e-3) for x in pts],
+            ":",
+            color="grey",
+            label=f"first frame before libyaml, {t} track(s)",
+        )
     axes[1].set_xlabel("shards (half done)")
     axes[1].set_title("status")
     axes[1].legend(fontsize=7)
@@ -332,13 +331,31 @@ def write(results: dict[str, Any], out: Path) -> None:
             for x in results["status"]
         ],
         "",
+        *(
+            [
+                "Before libyaml read job.yaml (the pure-Python parser; same command, earlier):",
+                "",
+                "| shards | tracks | `status` s | `jobs` s | first frame in-process s |",
+                "|---|---|---|---|---|",
+                *[
+                    f"| {x['shards']} | {x['tracks']} | {x['status_s']} | {x['jobs_s']} | "
+                    f"{x['frame_s']} |"
+                    for x in results["status_before"]
+                ],
+                "",
+            ]
+            if results.get("status_before")
+            else []
+        ),
         "## Redis keys and memory around real small jobs (6 shards, two workers)",
         "",
-        "| job | keys before | peak | after | memory before KiB | peak | after |",
-        "|---|---|---|---|---|---|---|",
+        "| job | keys before | peak | at its end | finished_expires later | memory before KiB "
+        "| peak | at its end | finished_expires later |",
+        "|---|---|---|---|---|---|---|---|---|",
         *[
             f"| {x['job']} | {x['keys_before']} | {x['keys_peak']} | {x['keys_after']} | "
-            f"{x['mem_before_kib']} | {x['mem_peak_kib']} | {x['mem_after_kib']} |"
+            f"{x['keys_expired']} | {x['mem_before_kib']} | {x['mem_peak_kib']} | "
+            f"{x['mem_after_kib']} | {x['mem_expired_kib']} |"
             for x in results["redis"]
             if "job" in x
         ],
@@ -351,12 +368,21 @@ def write(results: dict[str, Any], out: Path) -> None:
                 "## One job of many shards on two workers, to its end",
                 "",
                 f"{big['shards']} shards, {big['rounds']} rounds merged, {big['wall_s']} s; "
-                f"status of the finished job in-process {big['status_in_process_s']} s.",
+                f"status of the finished job in-process {big['status_in_process_s']} s."
+                + (
+                    f" Before the fix (the scheduler read every shard's sidecar at every round, "
+                    f"and job.yaml went through the pure-Python parser): {before['wall_s']} s, "
+                    f"status {before['status_in_process_s']} s."
+                    if before
+                    else ""
+                ),
                 "",
-                "| per round, median of the first / last tenth of rounds | first | last |",
-                "|---|---|---|",
+                "| per round, median of the first / last tenth of rounds | first | last "
+                "| before the fix: first | last |",
+                "|---|---|---|---|---|",
                 *[
-                    f"| {name} | {big[key][0]} s | {big[key][1]} s |"
+                    f"| {name} | {big[key][0]} s | {big[key][1]} s | "
+                    f"{before.get(key, ['', ''])[0]} s | {before.get(key, ['', ''])[1]} s |"
                     for name, key in (
                         ("chord queued → its replica starts", "queued_to_replica_start_s"),
                         ("last replica done → merged", "replica_done_to_merged_s"),
@@ -365,6 +391,7 @@ def write(results: dict[str, Any], out: Path) -> None:
                 ],
             ]
             if (big := results.get("big_job"))
+            and (before := results.get("big_job_before", {})) is not None
             else []
         ),
         "",
@@ -385,27 +412,56 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=3)
     p.add_argument("--big-job", type=int, default=1000, help="shards of the job run to its end")
     p.add_argument("--out", type=Path, default=Path("bench"))
+    p.add_argument(
+        "--parts",
+        type=lambda t: t.split(","),
+        default=["enqueue", "status", "redis", "big"],
+        help="what to measure (the rest is kept from an earlier bench/SCALE.json)",
+    )
     args = p.parse_args()
     from distillq.app.demo import prepare
 
+    saved = args.out / "SCALE.json"
+    results: dict[str, Any] = json.loads(saved.read_text()) if saved.exists() else {}
+    results.update(
+        command="python -m bench.scale " + " ".join(sys.argv[1:]),
+        started=time.strftime("%Y-%m-%d %H:%M:%S"),
+        machine=f"{os.cpu_count()} cores",
+    )
+
+    def keep(part: str, value: Any) -> None:  # each part lands on its own: a later one may fail
+        results[part] = value
+        saved.write_text(json.dumps(results, indent=2) + "\n")
+
     with tempfile.TemporaryDirectory(prefix="distillq-scale-") as tmp:
         root = Path(tmp)
-        redis = EmbeddedRedis(root / "redis").start()
-        try:
-            s = Settings(broker_url=redis.url, storage=root / "storage")
-            base = prepare(s.storage, 16)
-            results: dict[str, Any] = {
-                "command": "python -m bench.scale " + " ".join(sys.argv[1:]),
-                "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "machine": f"{os.cpu_count()} cores",
-                "enqueue": measure_enqueue(root, s, base, args.records),
-                "status": measure_status(root, s, base, args.shards, args.tracks),
-            }
-        finally:
-            redis.stop()
-        results["redis"] = measure_redis(root, args.jobs)
-        if args.big_job:
-            results["big_job"] = measure_big_job(root, args.big_job)
+        if {"enqueue", "status"} & set(args.parts):
+            redis = EmbeddedRedis(root / "redis").start()
+            try:
+                s = Settings(broker_url=redis.url, storage=root / "storage")
+                base = prepare(s.storage, 16)
+                if "enqueue" in args.parts:
+                    keep("enqueue", measure_enqueue(root, s, base, args.records))
+                if "status" in args.parts:
+                    keep("status", measure_status(root, s, base, args.shards, args.tracks))
+            finally:
+                redis.stop()
+        if {"redis", "big"} & set(args.parts):
+            from bench.cluster import Cluster
+            from distillq.tasks.celery_app import configure
+
+            c = Cluster(root / "cluster")
+            c.settings = c.settings.with_(finished_expires=5)
+            configure(c.settings)
+            try:
+                c.worker("a", "teacher,student")
+                c.worker("b", "student,teacher")
+                if "redis" in args.parts:
+                    keep("redis", measure_redis(c, args.jobs))
+                if "big" in args.parts and args.big_job:
+                    keep("big_job", measure_big_job(c, root, args.big_job))
+            finally:
+                c.close()
     write(results, args.out)
     plot(results, args.out)
     print((args.out / "SCALE.md").read_text())

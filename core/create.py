@@ -315,5 +315,6 @@ def _write_job(
         },
         "info": records.to_json(info),
     }
-    write_bytes(paths.spec, yaml.safe_dump(frozen, sort_keys=False).encode())
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: the shard list is long
+    write_bytes(paths.spec, yaml.dump(frozen, Dumper=dumper, sort_keys=False).encode())
     return Job(paths, spec, split, info)

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from celery import Celery, Signature, chord
+from celery import Celery, Signature, chord, group
 
 from distillq.core import faults
 from distillq.core.control import state as control
@@ -59,10 +59,13 @@ def submit(
 def launch_round(app: Celery, job: Job, track: str, shard: int) -> None:
     """A chord: R replicas of ``track`` on ``shard``, then the merge."""
     spec = job.spec.student(track)
-    replicas = [
-        _sig(app, "distillq.train_replica", job.id, track, shard, r, immutable=True)
-        for r in range(spec.replicas)
-    ]
+    replicas = group(
+        [
+            _sig(app, "distillq.train_replica", job.id, track, shard, r, immutable=True)
+            for r in range(spec.replicas)
+        ],
+        task_id=keys.task_id(job.id),  # the chord's own keys (taskset-meta) are the job's too
+    )
     _send(app, chord(replicas, _sig(app, "distillq.merge_round", job.id, track, shard)))
 
 
@@ -102,11 +105,8 @@ def next_round(job: Job, track: str, merged: set[int]) -> int | None:
     unmerged shard that finished first; in later ones (once the previous epoch is merged),
     the shards again in that same order, read from the cache."""
     n = job.n_shards
-    finished = {
-        i: cache.read_stats(job.paths.shard_stats(i)).finished_at
-        for i in range(n)
-        if job.paths.shard_stats(i).exists()
-    }
+    when = {i: cache.finished_at(job.paths.shard_stats(i)) for i in range(n)}
+    finished = {i: t for i, t in when.items() if t is not None}
     order = sorted(finished, key=lambda i: (finished[i], i))
     for epoch in range(job.spec.student(track).dataset_epochs):
         todo = [epoch * n + i for i in order if epoch * n + i not in merged]
