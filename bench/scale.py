@@ -204,6 +204,74 @@ def measure_redis(c: Any, jobs: int) -> list[dict]:
     return rows
 
 
+def round_overheads(rounds: list[Any]) -> tuple[list[float], list[float], list[float]]:
+    """Per round: chord queued -> its first replica starts; last replica done -> merged;
+    merged -> the next round queued (the scheduler's own time, not the training's)."""
+    to_start = [min(x.started_at for x in r.replicas) - r.queued_at for r in rounds if r.queued_at]
+    to_merge = [r.merged_at - max(x.finished_at for x in r.replicas) for r in rounds]
+    to_next = [
+        max(0.0, b.queued_at - a.merged_at) for a, b in itertools.pairwise(rounds) if b.queued_at
+    ]
+    return to_start, to_merge, to_next
+
+
+def measure_rounds(c: Any, root: Path, shapes: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Jobs of 24 shards with T tracks of R replicas each: the scheduler's per-round overhead
+    (medians over every round of every track) against tracks and replicas."""
+    import statistics
+
+    from distillq.app.demo import prepare
+    from distillq.storage import checkpoints
+
+    base = prepare(c.settings.storage, 16)
+    data = root / "rounds.jsonl"
+    with data.open("w") as f:
+        for i in range(24 * 8):
+            f.write(json.dumps({"text": f"def h{i}(z):\n    return z - {i % 83}\n"}) + "\n")
+    rows = []
+    for tracks, replicas in shapes:
+        student = {**base["students"][0], "epochs": 1, "batch_size": 4, "replicas": replicas}
+        students = [{**student, "name": f"t{i}"} for i in range(tracks)]
+        job = c.job(
+            {
+                **base,
+                "name": f"rounds-{tracks}x{replicas}",
+                "dataset": str(data),
+                "shards": 24,
+                "students": students,
+            }
+        )
+        c.submit(job)
+        wall = c.wait_done(job, timeout=3600)
+        parts: tuple[list[float], ...] = ([], [], [])
+        for t in students:
+            latest = checkpoints.latest(job.paths, t["name"])
+            assert latest is not None
+            for acc, xs in zip(parts, round_overheads(latest.meta.rounds), strict=True):
+                acc.extend(xs)
+        rows.append(
+            {
+                "tracks": tracks,
+                "replicas": replicas,
+                "wall_s": round(wall, 1),
+                **{
+                    name: round(statistics.median(xs), 3)
+                    for name, xs in zip(
+                        (
+                            "queued_to_replica_start_s",
+                            "replica_done_to_merged_s",
+                            "merged_to_next_queued_s",
+                        ),
+                        parts,
+                        strict=True,
+                    )
+                },
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def measure_big_job(c: Any, root: Path, shards: int) -> dict[str, Any]:
     """One job of ``shards`` shards (8 short records each) on two workers, to its end: wall,
     and per round the scheduler's overhead early and late in the job (flat is the goal)."""
@@ -241,10 +309,7 @@ def measure_big_job(c: Any, root: Path, shards: int) -> dict[str, Any]:
     latest = checkpoints.latest(load_job(c.settings.storage, job.id).paths, track)
     assert latest is not None, "the big job ended without a merged version"
     rounds = latest.meta.rounds
-    # chord queued -> its replica starts; replica done -> merged; merged -> next round queued
-    to_start = [r.replicas[0].started_at - r.queued_at for r in rounds if r.queued_at]
-    to_merge = [r.merged_at - max(x.finished_at for x in r.replicas) for r in rounds]
-    to_next = [b.queued_at - a.merged_at for a, b in itertools.pairwise(rounds) if b.queued_at]
+    to_start, to_merge, to_next = round_overheads(rounds)
     tenth = max(1, len(rounds) // 10)
 
     def early_late(xs: list[float]) -> list[float]:
@@ -295,7 +360,7 @@ def plot(results: dict[str, Any], out: Path) -> None:
             [max(x["frame_s"], 1e-3) for x in pts],
             ":",
             color="grey",
-            label=f"first frame before libyaml, {t} track(s)",
+            label=f"first frame, earlier run, {t} track(s)",
         )
     axes[1].set_xlabel("shards (half done)")
     axes[1].set_title("status")
@@ -310,8 +375,13 @@ def write(results: dict[str, Any], out: Path) -> None:
     lines = [
         "# Scale: distillq's own cost against records, shards, tracks and jobs",
         "",
-        f"Command: `{results['command']}`, {results['started']}, on {results['machine']}.",
-        "Ratios within this run are what to read; the machine is shared.",
+        f"Last command: `{results['command']}`, {results['started']}, on {results['machine']}. "
+        "Each part below comes from the run listed here (`python -m bench.scale` runs them all; "
+        "`--parts` reruns some and keeps the rest):",
+        "",
+        *[f"- {part}: `{cmd}`" for part, cmd in results.get("commands", {}).items()],
+        "",
+        "Ratios within one part are what to read; the machine is shared.",
         "",
         "## enqueue (a process, no workers)",
         "",
@@ -360,8 +430,32 @@ def write(results: dict[str, Any], out: Path) -> None:
             if "job" in x
         ],
         "",
-        f"Keys left after the jobs, by prefix: {results['redis'][-1].get('left_by_prefix')}",
+        f"Keys left after the jobs, by prefix: {results['redis'][-1].get('left_by_prefix')}. "
+        "What a job leaves past `finished_expires` is its fired chords' markers "
+        "(`celery-taskset-meta-<group>.c`, one per round), which Celery expires 300 s after the "
+        "chord fires; nothing of a job outlives that.",
         "",
+        *(
+            [
+                "",
+                "## The scheduler's overhead per round against tracks and replicas",
+                "",
+                "Jobs of 24 shards on the same two workers; medians over every round of every "
+                "track.",
+                "",
+                "| tracks | replicas | job s | chord queued → first replica starts | last "
+                "replica done → merged | merged → next round queued |",
+                "|---|---|---|---|---|---|",
+                *[
+                    f"| {x['tracks']} | {x['replicas']} | {x['wall_s']} | "
+                    f"{x['queued_to_replica_start_s']} s | {x['replica_done_to_merged_s']} s | "
+                    f"{x['merged_to_next_queued_s']} s |"
+                    for x in results["rounds"]
+                ],
+            ]
+            if results.get("rounds")
+            else []
+        ),
         *(
             [
                 "",
@@ -415,7 +509,7 @@ def main() -> None:
     p.add_argument(
         "--parts",
         type=lambda t: t.split(","),
-        default=["enqueue", "status", "redis", "big"],
+        default=["enqueue", "status", "redis", "rounds", "big"],
         help="what to measure (the rest is kept from an earlier bench/SCALE.json)",
     )
     args = p.parse_args()
@@ -431,6 +525,8 @@ def main() -> None:
 
     def keep(part: str, value: Any) -> None:  # each part lands on its own: a later one may fail
         results[part] = value
+        when = time.strftime("%Y-%m-%d %H:%M")
+        results.setdefault("commands", {})[part] = f"{results['command']} ({when})"
         saved.write_text(json.dumps(results, indent=2) + "\n")
 
     with tempfile.TemporaryDirectory(prefix="distillq-scale-") as tmp:
@@ -446,7 +542,7 @@ def main() -> None:
                     keep("status", measure_status(root, s, base, args.shards, args.tracks))
             finally:
                 redis.stop()
-        if {"redis", "big"} & set(args.parts):
+        if {"redis", "rounds", "big"} & set(args.parts):
             from bench.cluster import Cluster
             from distillq.tasks.celery_app import configure
 
@@ -458,6 +554,8 @@ def main() -> None:
                 c.worker("b", "student,teacher")
                 if "redis" in args.parts:
                     keep("redis", measure_redis(c, args.jobs))
+                if "rounds" in args.parts:
+                    keep("rounds", measure_rounds(c, root, [(1, 1), (4, 1), (1, 4), (4, 4)]))
                 if "big" in args.parts and args.big_job:
                     keep("big_job", measure_big_job(c, root, args.big_job))
             finally:

@@ -83,10 +83,9 @@ def task_id(job_id: str) -> str:
     return f"{job_id}.{uuid.uuid4().hex}"
 
 
-def results_patterns(job_id: str) -> tuple[str, ...]:
-    """Celery's keys of the job's tasks and chords in the Redis backend (``celery-task-meta-<id>``
-    and a chord's ``celery-taskset-meta-<group id>.c``)."""
-    return (f"celery-task-meta-{job_id}.*", f"celery-taskset-meta-{job_id}.*")
+def results_pattern(job_id: str) -> str:
+    """Celery's result keys of the job's tasks (the Redis backend's ``celery-task-meta-<id>``)."""
+    return f"celery-task-meta-{job_id}.*"
 
 
 # kombu's Redis transport: a queue is a list named after it; delivered, unacknowledged

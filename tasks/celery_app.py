@@ -82,6 +82,10 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "result_accept_content": ["json"],
         # Chord counters and results must outlive a job, or late rounds never merge.
         "result_expires": s.result_expires,
+        # A chord's own keys (its counter, and the marker of a fired chord, whose group id no
+        # job owns, so live.release_job cannot find it) need to outlive one round only: a day,
+        # or twice a round's worst case (every attempt of a replica at its hard limit).
+        "result_chord_expires": max(24 * 3600, 2 * s.max_attempts * s.time_limits("student")[1]),
         # Hard limit kills a stuck task's process (then acks_late re-queues it, up to the
         # attempt cap); the soft limit comes first so the task can clean up its temp files.
         "task_time_limit": hard,

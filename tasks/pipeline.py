@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from celery import Celery, Signature, chord, group
+from celery import Celery, Signature, chord
 
 from distillq.core import faults
 from distillq.core.control import state as control
@@ -59,13 +59,10 @@ def submit(
 def launch_round(app: Celery, job: Job, track: str, shard: int) -> None:
     """A chord: R replicas of ``track`` on ``shard``, then the merge."""
     spec = job.spec.student(track)
-    replicas = group(
-        [
-            _sig(app, "distillq.train_replica", job.id, track, shard, r, immutable=True)
-            for r in range(spec.replicas)
-        ],
-        task_id=keys.task_id(job.id),  # the chord's own keys (taskset-meta) are the job's too
-    )
+    replicas = [
+        _sig(app, "distillq.train_replica", job.id, track, shard, r, immutable=True)
+        for r in range(spec.replicas)
+    ]
     _send(app, chord(replicas, _sig(app, "distillq.merge_round", job.id, track, shard)))
 
 

@@ -153,7 +153,7 @@ def release_job(r: redis.Redis, job_id: str, ttl: int) -> int:
     of the job an hour after it ends, however many jobs run (bench/scale.py)."""
     n = 0
     with r.pipeline(transaction=False) as pipe:
-        for pattern in (keys.job_pattern(job_id), *keys.results_patterns(job_id)):
+        for pattern in (keys.job_pattern(job_id), keys.results_pattern(job_id)):
             for key in r.scan_iter(match=pattern, count=1000):
                 pipe.expire(key, ttl, lt=True)  # only shortens: NX-less keys get one too
                 n += 1

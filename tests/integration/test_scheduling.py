@@ -243,3 +243,18 @@ def test_after_a_failover_work_storage_owes_and_no_message_holds_is_queued_again
     assert sorted(args for _, args in queued(r, "teacher")) == [[job.id], [job.id, 1], [job.id, 2]]
     assert queued(r, "student") == [("distillq.train_replica", [job.id, "s", 0, 0])]
     assert reconcile.reconcile(app, job, reconcile.held_work(app, r)) == []
+
+
+def test_two_merges_that_both_read_v1_publish_one_v2(job):
+    """A failover can lose the track lock, so two merges may both read v1 and both try to
+    publish v2. The exclusive rename lets exactly one: the other fails (its task retries and
+    finds its round merged, or merges on top of v2), and v2 is the winner's, whole."""
+    merge(job, [0])
+    winner = CheckpointMeta(track="s", step=2, merged_shards=[0, 1], rounds=[])
+    loser = CheckpointMeta(track="s", step=2, merged_shards=[0, 2], rounds=[])
+    checkpoints.write_version(job.paths, "s", 2, {}, None, winner)
+    with pytest.raises(FileExistsError):
+        checkpoints.write_version(job.paths, "s", 2, {}, None, loser)
+    latest = checkpoints.latest(job.paths, "s")
+    assert latest.version == 2 and latest.meta.merged_shards == [0, 1]
+    assert not list(job.paths.global_dir("s").glob(".*.tmp"))  # the loser left nothing
