@@ -144,6 +144,13 @@ def settings(redis_server: str, tmp_path: Path) -> Iterator[Settings]:
     client.flushall()
 
 
+def failpoints(drill: Path, *points: str) -> dict[str, str]:
+    """A worker environment arming ``points`` (``name=action``), each firing once: their
+    markers (and a ``pause``'s ``.paused`` file) go into ``drill``."""
+    drill.mkdir(parents=True, exist_ok=True)
+    return {"DISTILLQ_FAILPOINTS": ",".join(points), "DISTILLQ_FAILPOINTS_ONCE": str(drill)}
+
+
 class Workers:
     """Start `distillq worker` subprocesses; every one is stopped at teardown."""
 
@@ -165,6 +172,11 @@ class Workers:
         self.procs.append(p)
         self.wait_ready(name, p)
         return p
+
+    def start_both(self, **spawn: Any) -> None:
+        """A ``teacher`` worker on the teacher queue and a ``student`` one on the student queue."""
+        self.start("teacher", "teacher", **spawn)
+        self.start("student", "student", **spawn)
 
     def wait_ready(self, name: str, proc: subprocess.Popen, timeout: float = 90) -> None:
         import time

@@ -17,7 +17,7 @@ from distillq.core.control.status import job_status
 from distillq.core.job.jobs import load_job
 from distillq.core.runtime import broker, live
 from distillq.core.runtime.settings import Settings
-from tests.conftest import Workers
+from tests.conftest import Workers, failpoints
 from tests.e2e.test_faults import all_logs, assert_landed_once, own_redis  # noqa: F401
 from tests.e2e.test_pipeline import enqueue
 
@@ -33,16 +33,11 @@ def storage_files(root: Path) -> int:
 
 def test_redis_outage_at_every_step_of_a_delivery_loses_no_task(own_redis, tmp_path, make_spec):  # noqa: F811
     drill = tmp_path / "drill"
-    drill.mkdir()
     s = Settings(broker_url=own_redis.url, storage=tmp_path / "storage", heartbeat_seconds=1)
-    env = {
-        "DISTILLQ_FAILPOINTS": ",".join(f"{p}=pause" for p in POINTS),
-        "DISTILLQ_FAILPOINTS_ONCE": str(drill),
-    }
+    env = failpoints(drill, *(f"{p}=pause" for p in POINTS))
     w = Workers(s, tmp_path / "logs")
     try:
-        w.start("teacher", "teacher", extra_env=env)
-        w.start("student", "student", extra_env=env)
+        w.start_both(extra_env=env)
         job_id = enqueue(s, make_spec(n_records=120, shards=3))
         job = load_job(s.storage, job_id)
         outages, last_seen, moved_at = 0, (-1, -1), time.monotonic()

@@ -15,7 +15,7 @@ import pytest
 from distillq.core.job.jobs import load_job
 from distillq.core.runtime.settings import Settings
 from distillq.workers.redis_ha import MASTER, RedisHA
-from tests.conftest import Workers, run_cli
+from tests.conftest import Workers, failpoints, run_cli
 from tests.e2e.test_faults import all_logs, assert_landed_once
 from tests.e2e.test_pipeline import enqueue
 from tests.progress import wait_for
@@ -61,15 +61,10 @@ def test_a_job_completes_across_two_primary_failovers(ha, tmp_path, make_spec):
         heartbeat_seconds=1,
     )
     once = tmp_path / "failpoints"
-    once.mkdir()
-    env = {
-        "DISTILLQ_FAILPOINTS": "teacher_shard:1=pause,merge:s=pause,advanced:s:1=pause",
-        "DISTILLQ_FAILPOINTS_ONCE": str(once),
-    }
+    env = failpoints(once, "teacher_shard:1=pause", "merge:s=pause", "advanced:s:1=pause")
     w = Workers(s, tmp_path / "logs")
     try:
-        w.start("teacher", "teacher", extra_env=env)
-        w.start("student", "student", extra_env=env)
+        w.start_both(extra_env=env)
         job_id = enqueue(s, make_spec(n_records=90, shards=3))
         job = load_job(s.storage, job_id)
         took_teacher, said = fail_over(ha, s, job_id, once / "teacher_shard:1.paused")

@@ -23,7 +23,7 @@ from distillq.core.runtime.settings import Settings
 from distillq.storage import cache, checkpoints
 from distillq.workers.redis_server import EmbeddedRedis
 from tests import netns
-from tests.conftest import Workers, run_cli
+from tests.conftest import Workers, failpoints, run_cli
 from tests.e2e.test_faults import assert_landed_once, wait_for
 from tests.e2e.test_pipeline import enqueue
 
@@ -61,11 +61,7 @@ def test_cut_off_nodes_are_replaced_and_their_late_writes_fenced(
     t_node, s_node = nodes
     s = Settings(broker_url=guarded_redis.url, storage=tmp_path / "storage", heartbeat_seconds=1)
     drill = tmp_path / "drill"
-    drill.mkdir()
-    env = {
-        "DISTILLQ_FAILPOINTS": "teacher_shard:1=pause,replica:s:1:0=pause",
-        "DISTILLQ_FAILPOINTS_ONCE": str(drill),
-    }
+    env = failpoints(drill, "teacher_shard:1=pause", "replica:s:1:0=pause")
     w = Workers(s, tmp_path / "logs")
     try:
         w.start("teacher", "cut-teacher", extra_env=env, preexec_fn=t_node.enter("box-t"))

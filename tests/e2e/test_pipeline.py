@@ -11,7 +11,7 @@ from distillq.core.job.jobs import load_job
 from distillq.storage import checkpoints, keys, records
 from distillq.storage.atomic import read_json
 from distillq.storage.report_records import Report
-from tests.conftest import run_cli
+from tests.conftest import failpoints, run_cli
 from tests.progress import Pulse, wait_for
 
 
@@ -100,8 +100,7 @@ def test_students_start_before_the_last_teacher_shard_is_done(
     # a whole teacher pass can otherwise end before a student's start-up, and what is tested is
     # that rounds start from finished shards, not which process wins a race.
     drill = tmp_path / "drill"
-    drill.mkdir()
-    env = {"DISTILLQ_FAILPOINTS": "teacher_shard:5=pause", "DISTILLQ_FAILPOINTS_ONCE": str(drill)}
+    env = failpoints(drill, "teacher_shard:5=pause")
     workers.start("teacher", "teacher", extra_env=env)
     # Live progress while it runs: a shard's samples/tokens, a replica's step/loss/throughput.
     from distillq.core.runtime import broker, live
