@@ -302,7 +302,8 @@ def teacher_eval(job: Job) -> EvalResult:
         model, tok = _teacher(t)
         samples = evaluate.eval_samples(job, tok)
         result = dataclasses.replace(
-            evaluate.eval_loss(model, samples), generations=evaluate.generate(model, tok, samples)
+            evaluate.with_bytes(evaluate.eval_loss(model, samples), tok, samples),
+            generations=evaluate.generate(model, tok, samples),
         )
         records.write(job.paths.teacher_eval, result)
         return result
@@ -325,7 +326,7 @@ def teacher_eval(job: Job) -> EvalResult:
             assert isinstance(teacher, LocalTeacher)
             result = evaluate.eval_loss(teacher.model, samples)
             gens = evaluate.generate(teacher.model, tok, samples)
-    result = dataclasses.replace(result, generations=gens)
+    result = dataclasses.replace(evaluate.with_bytes(result, tok, samples), generations=gens)
     records.write(job.paths.teacher_eval, result)
     return result
 
@@ -383,7 +384,11 @@ def finalize(job: Job) -> Report:
         model = student.build(spec)  # as built, it is the seeded start every replica began from
         baseline = evaluate.eval_loss(model, samples).loss if samples else None
         student.load_params(model, ckpt.params())
-        measured = evaluate.eval_loss(model, samples) if samples else EvalResult(float("nan"), 0)
+        measured = (
+            evaluate.with_bytes(evaluate.eval_loss(model, samples), tok, samples)
+            if samples
+            else EvalResult(float("nan"), 0)
+        )
         generations = evaluate.generate(model, tok, samples)
         # Exported last: merge_and_unload folds the adapter into the model in place.
         outputs = export_track(model, spec, job.paths.final_dir(spec.name))

@@ -11,6 +11,7 @@ holding a value of the wrong type, raises ``RecordError`` naming the file.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,8 +170,17 @@ class EvalResult:
     """The untrained student's loss on the same samples (students only)."""
     samples: int = 0
     """Held-out samples the loss is measured on."""
+    bytes: int = 0
+    """UTF-8 bytes of the target tokens the loss is over (0: unknown, or the loss left some
+    targets out): nats per token × tokens ÷ bytes is comparable across tokenizers."""
     generations: list[Generation] = field(default_factory=list)
     """Greedy continuations of the first held-out prompts (``core.evaluate.generate``)."""
+
+    @property
+    def bits_per_byte(self) -> float | None:
+        if not self.bytes or self.loss != self.loss:
+            return None
+        return self.loss * self.tokens / self.bytes / math.log(2)
 
 
 # --- student stage ------------------------------------------------------------------------

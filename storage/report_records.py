@@ -20,6 +20,8 @@ class TeacherSummary:
     """(share of the batches' cells that were padding, the share had batches been consecutive)."""
     quantization: str = ""
     """A GGUF teacher's weight type (q8_0, q4_1...); "" for a transformers or served one."""
+    eval_bpb: float | None = None
+    """Held-out bits per byte (``EvalResult.bits_per_byte``)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class StudentSummary:
     """(share of the batches' cells that were padding, the share had batches been consecutive)."""
     alignment: AlignmentSummary | None = None
     """Where the track's tokenizer is not the teacher cache's: how its positions aligned."""
+    eval_bpb: float | None = None
+    """Held-out bits per byte: what compares tracks of different tokenizers."""
 
 
 @dataclass(frozen=True)

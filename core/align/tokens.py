@@ -69,3 +69,13 @@ def vocab_bytes(tok: Any) -> list[bytes | None]:
             else:
                 out.append(p.replace(SPM_SPACE, " ").encode())
     return out
+
+
+def fallback_ids(tok: Any) -> frozenset[int]:
+    """SentencePiece's byte-fallback pieces (``<0x2E>``): the tokenizer writes one only where
+    no piece spells the bytes, so where a piece does (``.``), the piece is the token the student
+    really writes, and the one a target must name."""
+    if is_byte_level(tok):
+        return frozenset()
+    pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
+    return frozenset(i for i, p in enumerate(pieces) if p is not None and _BYTE_PIECE.match(p))

@@ -19,29 +19,49 @@ def _fence(text: str) -> str:
 def _learned(data: Report) -> list[str]:
     teacher = data.teacher.eval_loss if data.teacher else None
     lines = [
-        "| track | method | α | untrained | final | change | share of the gap to the teacher closed |",
-        "|---|---|---|---|---|---|---|",
+        "| track | method | α | untrained | final | change | share of the gap to the teacher "
+        "closed | bits/byte |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, st in data.students.items():
         change, closed = "", ""
         if st.baseline_loss is not None and st.eval_loss is not None:
             change = f"{st.eval_loss - st.baseline_loss:+.4f}"
-            if teacher is not None and st.baseline_loss > teacher:
-                closed = f"{(st.baseline_loss - st.eval_loss) / (st.baseline_loss - teacher):.0%}"
+            base, final, target = st.baseline_loss, st.eval_loss, teacher
+            t_bpb = data.teacher.eval_bpb if data.teacher else None
+            if st.eval_bpb is not None and t_bpb is not None and st.eval_loss > 0:
+                # The same samples before and after: bytes per token is the final's ratio.
+                per = st.eval_bpb / st.eval_loss
+                base, final, target = base * per, st.eval_bpb, t_bpb
+            if target is not None and base > target:
+                closed = f"{(base - final) / (base - target):.0%}"
         lines.append(
             f"| {name} | {st.method} | {st.loss.alpha} | {_loss(st.baseline_loss)} | "
-            f"{_loss(st.eval_loss)} | {change} | {closed} |"
+            f"{_loss(st.eval_loss)} | {change} | {closed} | {_loss(st.eval_bpb)} |"
         )
     if teacher is not None:
-        lines.append(f"| teacher | | | | {teacher:.4f} | | |")
-    if data.ce_track and teacher is not None:
-        ce = data.students[data.ce_track].eval_loss
+        t_bpb = data.teacher.eval_bpb if data.teacher else None
+        lines.append(f"| teacher | | | | {teacher:.4f} | | | {_loss(t_bpb)} |")
+    if data.ce_track and data.teacher is not None:
+        ce_st, t = data.students[data.ce_track], data.teacher
+        in_bytes = t.eval_bpb is not None and all(
+            st.eval_bpb is not None for st in data.students.values()
+        )
+        ce, tv = (ce_st.eval_bpb, t.eval_bpb) if in_bytes else (ce_st.eval_loss, t.eval_loss)
         said = ", ".join(f"**{n}** {v:.0%}" for n, v in data.ce_gap_closed.items())
+        unit = "bits per byte" if in_bytes else "nats per token"
         lines += [
             "",
             f"Share of the held-out gap between the CE-only track {data.ce_track} "
-            f"({_loss(ce)}) and the teacher ({teacher:.4f}) that distillation closed, "
-            f"(CE − track) / (CE − teacher): {said}.",
+            f"({_loss(ce)}) and the teacher ({_loss(tv)}) that distillation closed, "
+            f"(CE − track) / (CE − teacher), in {unit}: {said}.",
+        ]
+    cross = [n for n, st in data.students.items() if st.alignment]
+    if cross:
+        lines += [
+            "",
+            f"{', '.join(cross)} use{'s' if len(cross) == 1 else ''} another tokenizer than "
+            "the teacher's: nats per token do not compare across tokenizers, bits per byte do.",
         ]
     return lines
 

@@ -87,6 +87,7 @@ def _teacher_summary(job: Job, shards: list[ShardStats]) -> TeacherSummary | Non
         generations=ev.generations if ev else [],
         padding=_padding([(s.tokens, s.padding, s.padding_ungrouped) for s in shards]),
         quantization=job.info.teacher_quantization,
+        eval_bpb=_bpb(ev),
     )
 
 
@@ -126,6 +127,7 @@ def _track(job: Job, spec: StudentSpec) -> _Track:
         generations=sev.generations if sev else [],
         padding=_padding([(r.tokens, r.padding, r.padding_ungrouped) for r in reps]),
         alignment=_alignment(job, spec.name),
+        eval_bpb=_bpb(sev),
     )
     curve = [p for rd in rounds for p in rd.curve]
     return _Track(
@@ -184,23 +186,38 @@ def collect(job: Job) -> tuple[Report, Curves]:
     return report, {name: tr.curve for name, tr in tracks.items()}
 
 
+def _bpb(ev: EvalResult | None) -> float | None:
+    v = ev.bits_per_byte if ev else None
+    return round(v, 4) if v is not None else None
+
+
 def ce_gap(
     students: dict[str, StudentSummary], teacher: TeacherSummary | None
 ) -> tuple[str | None, dict[str, float]]:
     """What distillation bought, where a CE-only track (α = 1) trained alongside: each other
-    track's share of the held-out gap between that track and the teacher."""
-    ce = [n for n, st in students.items() if st.loss.alpha >= 1.0 and st.eval_loss is not None]
-    t = teacher.eval_loss if teacher else None
+    track's share of the held-out gap between that track and the teacher.
+
+    In bits per byte where every model has it (tracks of other tokenizers than the teacher's
+    compare only so; with one tokenizer the shares are the same as in nats per token)."""
+
+    def value(x: StudentSummary | TeacherSummary) -> float | None:
+        return x.eval_bpb if in_bytes else x.eval_loss
+
+    in_bytes = all(st.eval_bpb is not None for st in students.values()) and (
+        teacher is None or teacher.eval_bpb is not None
+    )
+    ce = [n for n, st in students.items() if st.loss.alpha >= 1.0 and value(st) is not None]
+    t = value(teacher) if teacher else None
     if len(ce) != 1 or t is None:
         return None, {}
-    base = students[ce[0]].eval_loss
+    base = value(students[ce[0]])
     assert base is not None
     if not base > t:
         return None, {}
     closed = {
-        n: round((base - st.eval_loss) / (base - t), 4)
+        n: round((base - v) / (base - t), 4)
         for n, st in students.items()
-        if n != ce[0] and st.eval_loss is not None
+        if n != ce[0] and (v := value(st)) is not None
     }
     return ce[0], closed
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from distillq.core.align.mapping import Shares, student_targets, vocab_map
 from distillq.core.align.spans import align
-from distillq.core.align.tokens import vocab_bytes
+from distillq.core.align.tokens import fallback_ids, vocab_bytes
 from distillq.core.job.data import (
     Sample,
     TokenizeStats,
@@ -36,6 +36,10 @@ from distillq.storage.cache import CacheReader, CacheWriter, ShardMeta
 log = logging.getLogger(__name__)
 
 SOURCE_ATTR = "aligned_from_sha256"
+MAPPING_ATTR = "aligned_mapping"
+MAPPING = 2
+"""Bumped when the mapping changes, so copies made by an older one are made again (2: targets
+name the piece a SentencePiece student writes, not its byte-fallback twin)."""
 KINDS = ("exact", "chain", "split", "none")
 
 
@@ -66,7 +70,7 @@ def shard_for(job: Job, track: str, shard: int) -> Path:
     stats = cache.read_stats(job.paths.shard_stats(job.cache_shard(shard)))
     if out.exists():
         with CacheReader(out) as r:
-            if r.attrs.get(SOURCE_ATTR) == stats.sha256:
+            if (r.attrs.get(SOURCE_ATTR), r.attrs.get(MAPPING_ATTR)) == (stats.sha256, MAPPING):
                 return out
     spec = job.spec.student(track)
     write(job, src, out, sample_tokenizer(job.spec), load_tokenizer(spec.model), stats.sha256)
@@ -99,7 +103,7 @@ def _vocabs(
     key = (id(teacher), id(student))  # tokenizers are cached per process (load_tokenizer)
     if key not in _pairs:
         tb, sb = vocab_bytes(teacher), vocab_bytes(student)
-        _pairs[key] = (tb, sb, vocab_map(tb, sb))
+        _pairs[key] = (tb, sb, vocab_map(tb, sb, fallback_ids(student)))
     return _pairs[key]
 
 
@@ -146,7 +150,9 @@ def write(job: Job, src: Path, out: Path, teacher_tok: Any, student_tok: Any, sh
                 else:
                     w.add(rid, s_ids, s_pos, None, None, text=text, kind=kind)
             # Attributes are written as the file is committed, so the counts can go in last.
-            meta.method_attrs.update({SOURCE_ATTR: sha, **_share_attrs(shares)})
+            meta.method_attrs.update(
+                {SOURCE_ATTR: sha, MAPPING_ATTR: MAPPING, **_share_attrs(shares)}
+            )
     log.info(
         "job %s: %s mapped onto the student's tokens: %d exact, %d chain, %d split, %d CE-only",
         job.id, src.name, shares.exact, shares.chain, shares.split, shares.none,

@@ -3,12 +3,14 @@ greedy generations on held-out prompts, so a report shows what a model learned."
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from distillq.core.align.tokens import vocab_bytes
 from distillq.core.job.data import (
     Sample,
     TokenizeStats,
@@ -103,6 +105,21 @@ def cached_teacher_loss(path: Path) -> EvalResult:
             tokens=int(found.sum()),
             samples=len(r),
         )
+
+
+def with_bytes(result: EvalResult, tok: Any, samples: list[Sample]) -> EvalResult:
+    """``result`` with the bytes of ``samples``' target tokens, where its loss covers every one
+    of them (a served teacher's may not: then bits per byte stay unknown)."""
+    vb = vocab_bytes(tok)
+    targets = [
+        s.input_ids[t] for s in samples for t in range(1, len(s.input_ids)) if s.target_mask[t]
+    ]
+    if len(targets) != result.tokens:
+        return result
+    size = len(vb)
+    return dataclasses.replace(
+        result, bytes=sum(len(vb[t] or b"") if t < size else 0 for t in targets)
+    )
 
 
 @torch.no_grad()

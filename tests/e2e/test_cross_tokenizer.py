@@ -21,7 +21,8 @@ def test_a_student_of_another_tokenizer_learns_from_the_mapped_cache(
     spec_path = make_spec(n_records=80, shards=2)
     spec = yaml.safe_load(spec_path.read_text())
     spec["teacher"] = {**spec["teacher"], "model": str(smollm2.hf), "top_k": 16}
-    base = {**spec["students"][0], "model": phi3_student, "peft": {"method": "full"}, "lr": 3e-3}
+    base = {**spec["students"][0], "model": phi3_student, "peft": {"method": "full"}}
+    base |= {"lr": 1e-2, "epochs": 4}
     spec["students"] = [{**base, "name": "kd"}, {**base, "name": "ce", "loss": {"alpha": 1.0}}]
     spec_path.write_text(yaml.safe_dump(spec))
 
@@ -58,6 +59,13 @@ def test_a_student_of_another_tokenizer_learns_from_the_mapped_cache(
         assert st["eval_loss"] < st["baseline_loss"]  # measured in the student's own tokens
         a = st["alignment"]
         assert a["exact"] > a["none"] and a["bytes"] > 0
+    # Logit-level KD across tokenizers beats CE alone on held-out bits per byte (nats per
+    # token do not compare across tokenizers). 2.41 vs 2.46 here; before the mapping named the
+    # pieces a SentencePiece student writes (not their <0xNN> twins), KD lost: 2.48 vs 2.46.
+    kd, ce = report["students"]["kd"], report["students"]["ce"]
+    assert kd["eval_bpb"] < ce["eval_bpb"] - 0.01, (kd["eval_bpb"], ce["eval_bpb"])
+    assert report["teacher"]["eval_bpb"] < kd["eval_bpb"]
+    assert report["ce_track"] == "ce" and report["ce_gap_closed"]["kd"] > 0
     md = job.paths.report_md.read_text()
     assert "## Across tokenizers" in md and "| kd |" in md.split("## Across tokenizers")[1]
 

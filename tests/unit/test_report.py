@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import types
 
 from distillq.core.report import markdown as report_md
@@ -89,6 +90,51 @@ def test_the_report_says_how_much_of_the_ce_to_teacher_gap_each_track_closed():
     assert report.ce_gap({"kd": students["kd"]}, data.teacher) == (None, {})
     at_teacher = dataclasses.replace(ce, eval_loss=2.9)
     assert report.ce_gap({"kd": students["kd"], "ce": at_teacher}, data.teacher) == (None, {})
+
+
+def test_tracks_of_another_tokenizer_compare_in_bits_per_byte():
+    """Nats per token do not compare across tokenizers (a finer one has more, easier tokens):
+    the gap is measured in bits per byte when every model has it."""
+    import dataclasses
+
+    from distillq.storage.report_records import AlignmentSummary
+
+    cross = AlignmentSummary(exact=70, chain=1, split=19, none=10, bytes=4200)
+    kd = dataclasses.replace(_student(9.0, 6.0), eval_bpb=2.40, alignment=cross)
+    ce = dataclasses.replace(
+        _student(9.0, 5.9), loss=LossSummary("forward_kl", 1.0), eval_bpb=2.45, alignment=cross
+    )
+    data = _report(80, {"kd": kd, "ce": ce})
+    teacher = dataclasses.replace(data.teacher, eval_bpb=1.2)
+    # In nats the KD track looks worse than CE (6.0 > 5.9); in bits per byte it is better.
+    track, closed = report.ce_gap({"kd": kd, "ce": ce}, teacher)
+    assert track == "ce" and closed == {"kd": 0.04}  # (2.45 − 2.40) / (2.45 − 1.2)
+    md = report_md.render(
+        dataclasses.replace(data, teacher=teacher, ce_track=track, ce_gap_closed=closed)
+    )
+    assert "| kd | lora | 0.5 | 9.0000 | 6.0000 | -3.0000 | 50% | 2.4000 |" in md
+    assert "| teacher | | | | 3.0000 | | | 1.2000 |" in md
+    assert "(2.4500) and the teacher (1.2000)" in md and "in bits per byte: **kd** 4%" in md
+    assert "bits per byte do" in md
+    # One model without bytes (a served teacher's loss leaves positions out): nats again.
+    assert report.ce_gap({"kd": kd, "ce": ce}, data.teacher) == ("ce", {"kd": -0.0345})
+
+
+def test_bits_per_byte_count_the_bytes_of_every_target_token(real_tokenizers):
+    from distillq.core.job.data import Sample
+    from distillq.core.student.evaluate import with_bytes
+    from distillq.storage.records import EvalResult
+
+    tok = real_tokenizers("phi3")
+    text = "def café(x):\n    return 3.14 * x"
+    ids = tok.encode(text, add_special_tokens=False)
+    sample = Sample(0, ids, [True] * len(ids))  # the first token predicts nothing
+    first = tok.decode(ids[:1]).lstrip().encode()
+    ev = with_bytes(EvalResult(loss=1.5, tokens=len(ids) - 1), tok, [sample])
+    assert ev.bytes == len(text.encode()) - len(first)
+    assert ev.bits_per_byte == 1.5 * (len(ids) - 1) / ev.bytes / math.log(2)
+    # A loss over fewer tokens than the targets (a served teacher's) gets no bytes.
+    assert with_bytes(EvalResult(loss=1.5, tokens=len(ids) - 2), tok, [sample]).bytes == 0
 
 
 def test_legends_sit_outside_every_plot(tmp_path):
