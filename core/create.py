@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from distillq.core.job import reuse, sources
+from distillq.core.job import gguf_models, reuse, sources
 from distillq.core.job.data import (
     DatasetIndex,
     Split,
@@ -28,7 +28,7 @@ from distillq.core.job.data import (
     plan_split,
     scan_lengths,
 )
-from distillq.core.job.gguf_models import check_tokenizer, load_gguf_tokenizer, read_info
+from distillq.core.job.gguf_models import check_tokenizer, read_info
 from distillq.core.job.jobs import Job, load_job
 from distillq.core.job.models import (
     check_weights,
@@ -71,20 +71,8 @@ def _check_models(spec: JobSpec, peft_memo: Path) -> tuple[Fingerprints, Any, li
     elif spec.teacher and spec.teacher.is_gguf:
         g = spec.teacher
         info = read_info(g.model)
-        if g.tokenizer:
-            tok = load_tokenizer(g.tokenizer, "teacher tokenizer", light=True)
-        elif spec.students:
-            s0 = spec.students[0]
-            tok = load_tokenizer(s0.model, f"student {s0.name!r} model", light=True)
-        else:
-            tok = load_gguf_tokenizer(g.model)
-        check_tokenizer(
-            info,
-            tok,
-            f"the tokenizer of {g.tokenizer or spec.students[0].model}"
-            if g.tokenizer or spec.students
-            else "the GGUF's own tokenizer",
-        )
+        tok, what = gguf_models.sample_tokenizer(spec, light=True)
+        check_tokenizer(info, tok, what)
         sample_tok = tok
         teacher_tok_fp = tokenizer_fingerprint(tok)
         targets.check_vocabulary(g, len(info.tokens))

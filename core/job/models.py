@@ -174,17 +174,18 @@ def teacher_dtype(choice: str) -> str:
 
 def sample_tokenizer(spec: Any) -> Any:
     """The tokenizer a job's samples are tokenized with (``spec``: a JobSpec): a transformers
-    teacher's own; otherwise ``teacher.tokenizer``, else the first student's, else a GGUF's own."""
+    teacher's own; a GGUF teacher's (``gguf_models.sample_tokenizer``); a served one's
+    ``teacher.tokenizer``, else the first student's."""
     t = spec.teacher
     if t is not None and not t.is_endpoint and not t.is_gguf:
         return load_tokenizer(t.model, "teacher model")
+    if t is not None and t.is_gguf:
+        from distillq.core.job import gguf_models
+
+        return gguf_models.sample_tokenizer(spec)[0]
     if t is not None and t.tokenizer:
         return load_tokenizer(t.tokenizer, "teacher tokenizer")
-    if spec.students:
-        return load_tokenizer(spec.students[0].model)
-    from distillq.core.job.gguf_models import load_gguf_tokenizer
-
-    return load_gguf_tokenizer(t.model)
+    return load_tokenizer(spec.students[0].model)
 
 
 def load_causal_lm(ref: str, what: str = "model", dtype: Any = None) -> Any:

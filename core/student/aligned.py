@@ -29,7 +29,7 @@ from distillq.core.job.data import (
     with_response,
 )
 from distillq.core.job.jobs import Job
-from distillq.core.job.models import load_tokenizer, sample_tokenizer
+from distillq.core.job.models import load_tokenizer, sample_tokenizer, tokenizer_fingerprint
 from distillq.storage import cache
 from distillq.storage.cache import CacheReader, CacheWriter, ShardMeta
 
@@ -94,13 +94,15 @@ def retokenized(
     return tokenize_record(record, rid, tok, job.spec.sample_max_length, stats)
 
 
-_pairs: dict[tuple[int, int], tuple[list[bytes | None], list[bytes | None], np.ndarray]] = {}
+_pairs: dict[tuple[str, str], tuple[list[bytes | None], list[bytes | None], np.ndarray]] = {}
 
 
 def _vocabs(
     teacher: Any, student: Any
 ) -> tuple[list[bytes | None], list[bytes | None], np.ndarray]:
-    key = (id(teacher), id(student))  # tokenizers are cached per process (load_tokenizer)
+    # By what the tokenizers are, not by id(): tokenizers are loaded per call and dropped, and
+    # a later one can get a dropped one's id (and its map).
+    key = (tokenizer_fingerprint(teacher), tokenizer_fingerprint(student))
     if key not in _pairs:
         tb, sb = vocab_bytes(teacher), vocab_bytes(student)
         _pairs[key] = (tb, sb, vocab_map(tb, sb, fallback_ids(student)))

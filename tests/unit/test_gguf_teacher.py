@@ -150,6 +150,33 @@ def test_a_student_of_another_tokenizer_is_refused_against_the_gguf(smollm2_gguf
         check_tokenizer(info, load_tokenizer(tiny_models["student"]), "student 's'")
 
 
+def test_a_gguf_teacher_teaches_a_student_of_another_family_with_its_own_tokenizer(
+    smollm2_gguf, phi3_student, text_records, tmp_path
+):
+    """No ``teacher.tokenizer``, a Phi-3-tokenizer student: the samples are tokenized with the
+    GGUF's own tokenizer (not the student's, whose ids would mean other text to the GGUF), and
+    the student reads the shard mapped onto its own tokens."""
+    from distillq.core.job.gguf_models import load_gguf_tokenizer
+    from distillq.core.job.models import tokenizer_fingerprint
+    from distillq.core.student import aligned
+
+    data = write_jsonl(tmp_path / "d.jsonl", text_records[:12])
+    spec = {
+        "name": "x", "dataset": str(data), "shards": 1, "eval_fraction": 0.0,
+        "teacher": {"model": str(smollm2_gguf), "top_k": 8, "max_length": 64},
+        "students": [{"name": "s", "model": phi3_student, "peft": {"method": "full"}}],
+    }  # fmt: skip
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+    job = create_job(tmp_path / "storage", load_spec(tmp_path / "job.yaml"))  # not refused
+    fp = job.info.fingerprints
+    assert fp.tokenizer == tokenizer_fingerprint(load_gguf_tokenizer(str(smollm2_gguf)))
+    assert fp.students["s"].tokenizer != fp.tokenizer
+    stages.teacher_shard(job, 0)
+    shares = aligned.read_shares(aligned.shard_for(job, "s", 0))
+    total = shares.exact + shares.chain + shares.split + shares.none
+    assert total and shares.exact / total > 0.6, shares
+
+
 def test_the_real_q4_1_smollm2_scores_and_answers(smollm2_gguf, smollm2_student):
     """The real model: no BOS, 49,152 tokens, Q4_1. It knows what a capital is, and its targets
     at a sentence's positions are a proper distribution over its real tokens."""
