@@ -18,6 +18,7 @@ from distillq.core.runtime.settings import Settings
 from distillq.storage import keys
 from distillq.tasks import pipeline
 from distillq.tasks.celery_app import app, configure
+from distillq.tasks.sending import fresh_pools
 from distillq.workers.launch import spawn_worker, stop_process_group
 from distillq.workers.redis_server import EmbeddedRedis
 
@@ -28,6 +29,7 @@ class Cluster:
         self.redis = EmbeddedRedis(root / "redis").start()
         self.settings = Settings(broker_url=self.redis.url, storage=root / "storage")
         configure(self.settings)
+        fresh_pools(app)  # a second cluster in one process: no connection to the first's Redis
         self.procs: dict[str, Any] = {}
 
     def worker(self, name: str, queues: str, threads: int = 1) -> None:
@@ -90,9 +92,23 @@ def cluster(root: Path) -> Iterator[Cluster]:
 def run_job(root: Path, spec: dict[str, Any], timeout: float = 5400) -> tuple[Job, float]:
     """``spec`` through a cluster of two workers (a: teacher then student, b: student) to its
     end; the job and its wall seconds."""
+    return run_jobs(root, [spec], timeout)[0]
+
+
+def run_jobs(
+    root: Path, specs: list[dict[str, Any]], timeout: float = 5400
+) -> list[tuple[Job, float]]:
+    """``specs`` submitted together to one cluster of two workers, each to its end: the jobs
+    and the wall seconds from the submission to each one's end."""
     with cluster(root) as c:
         c.worker("a", "teacher,student")
         c.worker("b", "student")
-        job = c.job(spec)
-        c.submit(job)
-        return job, c.wait_done(job, timeout=timeout)
+        jobs = [c.job(spec) for spec in specs]
+        t0 = time.time()
+        for job in jobs:
+            c.submit(job)
+        out = []
+        for job in jobs:
+            c.wait_done(job, timeout=timeout)
+            out.append((job, time.time() - t0))
+        return out

@@ -20,6 +20,7 @@ import torch
 
 from bench import (
     cache_size,
+    cross_mapping,
     cross_tokenizer,
     efficiency,
     generation_vocab,
@@ -51,6 +52,7 @@ def run_only(out: Path, name: str) -> dict[str, Any]:
         "generation_vocab": lambda root: generation_vocab.measure(root),
         "real_model": lambda root: real_model.measure(root),
         "cross_tokenizer": lambda root: cross_tokenizer.measure(root),
+        "cross_mapping": lambda root: cross_mapping.measure(),
         "efficiency": lambda root: _efficiency(root),
     }
     if name not in steps:
@@ -108,6 +110,7 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
         step("generation_vocab", lambda: generation_vocab.measure(root))
         step("real_model", lambda: real_model.measure(root))
         step("cross_tokenizer", lambda: cross_tokenizer.measure(root))
+        step("cross_mapping", cross_mapping.measure)
         results["seconds"] = round(time.time() - t0)
     out.mkdir(parents=True, exist_ok=True)
     (out / "RESULTS.json").write_text(json.dumps(results, indent=2) + "\n")
