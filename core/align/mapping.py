@@ -1,11 +1,10 @@
 """Teacher targets (top-k in the teacher's vocabulary, at the teacher's positions) become the
 student's targets (in its vocabulary, at its positions), span by span (``spans.align``):
 
-- ``exact`` (one teacher token, one student token): each of the teacher's top-k ids maps to
-  the student token its text starts with (``vocab_map``: itself where the student has it,
-  GOLD's exact-match part), masses of ids that meet adding up; the mass past the top-k stays
-  in the tail bucket the loss already has, so the target is a distribution over the student's
-  listed ids + "anything else";
+- ``exact`` (one teacher token, one student token): each of the teacher's top-k ids that the
+  student has whole maps to it (``vocab_map``, GOLD's exact-match part); the mass of the
+  others and past the top-k stays in the tail bucket the loss already has, so the target is
+  a distribution over the student's listed ids + "anything else";
 - ``chain`` (several teacher tokens, one student token): the student's token is those teacher
   tokens in a row, so its log-prob is the sum of theirs (each read from its position's top-k);
   one listed id, the rest is tail: a two-outcome distribution, still a proper one;
@@ -35,34 +34,27 @@ def vocab_map(
     student: list[bytes | None],
     fallback: frozenset[int] = frozenset(),
 ) -> np.ndarray:
-    """Teacher id → the student token its text starts with: the longest student token whose
-    bytes begin the teacher token's (the token itself where the student has it), or −1
-    (special tokens map to nothing). Where the student has two ids of one text, the one its
-    tokenizer writes: not a byte-fallback piece (``fallback``, ``tokens.fallback_ids``: a
-    SentencePiece vocabulary spells ``.`` both as ``.`` and as ``<0x2E>`` and only ever writes
-    the first; targets on the second taught the student a token it never sees, and cost it
-    0.02-0.05 bits per byte against CE alone, bench/RESULTS.md), else the lower id.
+    """Teacher id → the student id of the same bytes, or −1 (no such student token, or a
+    special token): GOLD's exact-match part. A teacher token the student would spell in pieces
+    (" Return" as " Ret" + "urn") maps to nothing; its mass stays in the tail bucket.
 
-    Each teacher token goes to exactly one student token, so the mapped probabilities still sum
-    to at most 1: a teacher token the student spells in pieces (" Return" as " Ret" + "urn")
-    gives its mass to the student's first piece, as the student would start writing it.
-    Mapping only exact matches (that mass to the tail bucket) measured the same within the
-    seeds' spread (bench/RESULTS.md, "Across tokenizers"); this one is kept because it is what
-    the student's own distribution would show."""
+    Where the student has two ids of one text, the one its tokenizer writes: not a
+    byte-fallback piece (``fallback``, ``tokens.fallback_ids``: a SentencePiece vocabulary
+    spells ``.`` both as ``.`` and as ``<0x2E>`` and only ever writes the first; targets on the
+    second taught the student a token it never sees and made cross-tokenizer KD lose to CE),
+    else the lower id.
+
+    Measured against giving such a token's mass to the student token its text starts with
+    (its first piece) and against ULD on the unmapped mass (bench/cross_mapping.py): exact
+    match closed more of the same-tokenizer gain than the first-piece mapping at every seed;
+    ULD added a little more (within a seed's spread) but is not a divergence between
+    distributions over the same outcomes, and needs the student's top-k over its whole
+    vocabulary at every position."""
     index: dict[bytes, int] = {}
     for i, b in enumerate(student):
         if b and (b not in index or (index[b] in fallback and i not in fallback)):
             index[b] = i
-    longest = max((len(b) for b in index), default=0)
-    out = np.full(len(teacher), -1, np.int64)
-    for i, b in enumerate(teacher):
-        if not b:
-            continue
-        for n in range(min(len(b), longest), 0, -1):
-            if (hit := index.get(b[:n])) is not None:
-                out[i] = hit
-                break
-    return out
+    return np.asarray([index.get(b, -1) if b else -1 for b in teacher], np.int64)
 
 
 @dataclass

@@ -37,9 +37,10 @@ log = logging.getLogger(__name__)
 
 SOURCE_ATTR = "aligned_from_sha256"
 MAPPING_ATTR = "aligned_mapping"
-MAPPING = 2
+MAPPING = 3
 """Bumped when the mapping changes, so copies made by an older one are made again (2: targets
-name the piece a SentencePiece student writes, not its byte-fallback twin)."""
+name the piece a SentencePiece student writes, not its byte-fallback twin; 3: exact matches
+only, the rest of the mass in the tail)."""
 KINDS = ("exact", "chain", "split", "none")
 
 
