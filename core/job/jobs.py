@@ -128,8 +128,10 @@ def alignment_notes(job: Job) -> list[str]:
             wrote = ", on the responses the teacher writes" if t.generate else ""
             how = (
                 "logit-level cross-tokenizer KD: the teacher's top-k is mapped onto its tokens "
-                "by byte-aligned spans (exact matches, chain rule over merged tokens, prefix "
-                f"mass over split ones), positions that do not align fall back to CE{wrote}"
+                "by byte-aligned spans (the tokens it has whole take the teacher's mass, the "
+                "rest stays in the tail; chain rule over merged tokens, prefix mass over split "
+                f"ones), positions that do not align fall back to CE{wrote}; the report "
+                "compares tracks in bits per byte"
             )
         out.append(f"track {s.name}: its tokenizer is not the teacher cache's, so {how}")
     return out
