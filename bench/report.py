@@ -628,7 +628,15 @@ def _cross_tokenizer_section(v: dict[str, Any] | None) -> list[str]:
     a = v["alignment"]
     n = max(1, sum(a.values()))
     bpp, speed = v["bytes_per_position"], v["replica_tokens_per_s"]
-    verdict = "met" if v["met"] else "not met"
+    met = sum(1 for s in seeds if (v["gains"][s]["ratio"] or 0) >= v["goal"])
+    pooled = sum(v["gains"][s]["cross"] for s in seeds) / max(
+        1e-9, sum(v["gains"][s]["same"] for s in seeds)
+    )
+    verdict = (
+        f"met at {met} of {len(seeds)} seeds, {pooled:.2f} pooled over the seeds (Σ cross gain "
+        "÷ Σ same gain); the same-tokenizer gain itself moves 0.03–0.05 between seeds, so one "
+        "seed's ratio is noisy"
+    )
     head = ["seed", "same kd", "same ce", "cross kd", "cross ce"]
     head += ["cross seq"] if seq else []
     head += ["same gain", "cross gain"] + (["seq gain"] if seq else []) + ["ratio"]
@@ -667,7 +675,36 @@ def _cross_tokenizer_section(v: dict[str, Any] | None) -> list[str]:
         + f". Mapping a shard once takes {v['map_shard_s_vs_teacher_shard_s']}× the teacher's "
         "time on it.",
         "",
+        *(
+            [
+                "Sequence-level KD lost to CE here at every seed: its students see only what "
+                "the teacher wrote after each record's first half (sampled at temperature 0.7 "
+                "by a 135M model), never the real second halves the held-out text is like; "
+                "logit-level KD trains on the real text and the teacher's distribution over it.",
+                "",
+            ]
+            if seq
+            else []
+        ),
         *_before_fix_line(v.get("before_fallback_fix")),
+        *_prefix_run_line(v.get("prefix_mapping_run")),
+    ]
+
+
+def _prefix_run_line(x: dict[str, Any] | None) -> list[str]:
+    """The same bench with the fix but the first-piece mapping (before exact match was chosen)."""
+    if not x:
+        return []
+    return [
+        f"With the fix and the first-piece mapping ({x['started']}; exact match was chosen "
+        "after it, below): cross-KD's gain over cross-CE "
+        + ", ".join(f"{g:+.4f}" for g in x["cross_gains"])
+        + ", same-KD's "
+        + ", ".join(f"{g:+.4f}" for g in x["same_gains"])
+        + ", ratios "
+        + ", ".join(f"{r}" for r in x["ratios"])
+        + ".",
+        "",
     ]
 
 
@@ -710,9 +747,9 @@ def _cross_mapping_section(v: dict[str, Any] | None) -> list[str]:
         "`python -m bench.cross_mapping` (or `python -m bench.run --only cross_mapping`): the "
         "same teacher, data and student shapes in one process (no queues), so the arms differ "
         "only in how the teacher's top-16 reaches Phi-3's vocabulary: `prefix` (each teacher "
-        "token's mass to the student token its text starts with: the product's mapping), "
-        "`exact` (only tokens the student has whole; the rest stays in the tail bucket: GOLD's "
-        "exact-match part), `exact+uld` (plus ULD, the L1 distance between the sorted "
+        "token's mass to the student token its text starts with: the product's mapping until "
+        "this bench), `exact` (only tokens the student has whole; the rest stays in the tail "
+        "bucket: GOLD's exact-match part, the product's mapping now), `exact+uld` (plus ULD, the L1 distance between the sorted "
         "top-k probabilities, weight 1, at exactly aligned positions). Held-out bits per byte; "
         "the last three columns are each mapping's gain over cross-CE ÷ same-KD's gain over "
         "same-CE.",
