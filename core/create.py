@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from distillq.core.job import gguf_models, reuse, sources
+from distillq.core.job import reuse, sources
 from distillq.core.job.data import (
     DatasetIndex,
     Split,
@@ -33,6 +33,7 @@ from distillq.core.job.jobs import Job, load_job
 from distillq.core.job.models import (
     check_weights,
     config_vocab_size,
+    gguf_sample_tokenizer,
     load_tokenizer,
     model_fingerprint,
     tokenizer_fingerprint,
@@ -71,7 +72,7 @@ def _check_models(spec: JobSpec, peft_memo: Path) -> tuple[Fingerprints, Any, li
     elif spec.teacher and spec.teacher.is_gguf:
         g = spec.teacher
         info = read_info(g.model)
-        tok, what = gguf_models.sample_tokenizer(spec, light=True)
+        tok, what = gguf_sample_tokenizer(spec, light=True)
         check_tokenizer(info, tok, what)
         sample_tok = tok
         teacher_tok_fp = tokenizer_fingerprint(tok)

@@ -118,31 +118,6 @@ def check_tokenizer(info: GgufInfo, tok: Any, what: str) -> None:
             )
 
 
-def sample_tokenizer(spec: Any, light: bool = False) -> tuple[Any, str]:
-    """The tokenizer a GGUF teacher's samples are tokenized with (``spec``: a JobSpec), and
-    what it is, for messages: ``teacher.tokenizer`` (checked against the GGUF's tokens); else
-    the first student's where it spells every id as the GGUF does (a directory loads in a
-    moment); else the GGUF's own, rebuilt from its metadata: a student of another family then
-    learns through alignment, with no ``teacher.tokenizer`` to find and set."""
-    from distillq.core.job.models import load_tokenizer
-
-    g = spec.teacher
-    info = read_info(g.model)
-    if g.tokenizer:
-        tok = load_tokenizer(g.tokenizer, "teacher tokenizer", light=light)
-        check_tokenizer(info, tok, f"the tokenizer of {g.tokenizer}")
-        return tok, f"the tokenizer of {g.tokenizer}"
-    if spec.students:
-        s0 = spec.students[0]
-        tok = load_tokenizer(s0.model, f"student {s0.name!r} model", light=light)
-        try:
-            check_tokenizer(info, tok, "")
-            return tok, f"the tokenizer of {s0.model}"
-        except ModelError:
-            pass  # another family: the GGUF's own tokenizer, and alignment for the student
-    return load_gguf_tokenizer(g.model), "the GGUF's own tokenizer"
-
-
 @lru_cache(maxsize=2)
 def load_gguf_tokenizer(ref: str) -> Any:
     """The GGUF's own tokenizer, as transformers rebuilds it from the metadata (seconds to a

@@ -174,18 +174,41 @@ def teacher_dtype(choice: str) -> str:
 
 def sample_tokenizer(spec: Any) -> Any:
     """The tokenizer a job's samples are tokenized with (``spec``: a JobSpec): a transformers
-    teacher's own; a GGUF teacher's (``gguf_models.sample_tokenizer``); a served one's
+    teacher's own; a GGUF teacher's (``gguf_sample_tokenizer``); a served one's
     ``teacher.tokenizer``, else the first student's."""
     t = spec.teacher
     if t is not None and not t.is_endpoint and not t.is_gguf:
         return load_tokenizer(t.model, "teacher model")
     if t is not None and t.is_gguf:
-        from distillq.core.job import gguf_models
-
-        return gguf_models.sample_tokenizer(spec)[0]
+        return gguf_sample_tokenizer(spec)[0]
     if t is not None and t.tokenizer:
         return load_tokenizer(t.tokenizer, "teacher tokenizer")
     return load_tokenizer(spec.students[0].model)
+
+
+def gguf_sample_tokenizer(spec: Any, light: bool = False) -> tuple[Any, str]:
+    """The tokenizer a GGUF teacher's samples are tokenized with (``spec``: a JobSpec), and
+    what it is, for messages: ``teacher.tokenizer`` (checked against the GGUF's tokens); else
+    the first student's where it spells every id as the GGUF does (a directory loads in a
+    moment); else the GGUF's own, rebuilt from its metadata: a student of another family then
+    learns through alignment, with no ``teacher.tokenizer`` to find and set."""
+    from distillq.core.job.gguf_models import check_tokenizer, load_gguf_tokenizer, read_info
+
+    g = spec.teacher
+    info = read_info(g.model)
+    if g.tokenizer:
+        tok = load_tokenizer(g.tokenizer, "teacher tokenizer", light=light)
+        check_tokenizer(info, tok, f"the tokenizer of {g.tokenizer}")
+        return tok, f"the tokenizer of {g.tokenizer}"
+    if spec.students:
+        s0 = spec.students[0]
+        tok = load_tokenizer(s0.model, f"student {s0.name!r} model", light=light)
+        try:
+            check_tokenizer(info, tok, "")
+            return tok, f"the tokenizer of {s0.model}"
+        except ModelError:
+            pass  # another family: the GGUF's own tokenizer, and alignment for the student
+    return load_gguf_tokenizer(g.model), "the GGUF's own tokenizer"
 
 
 def load_causal_lm(ref: str, what: str = "model", dtype: Any = None) -> Any:
