@@ -27,7 +27,7 @@ import torch
 
 from distillq.app.demo_models import TinyLlama, demo_split_records, llama
 from distillq.app.real_models import fetch, tokenizer
-from distillq.core.align.mapping import Shares, student_targets, vocab_map
+from distillq.core.align.mapping import Shares, student_targets, vocab_map, written_ids
 from distillq.core.align.spans import align
 from distillq.core.align.tokens import fallback_ids, vocab_bytes
 from distillq.core.maths.losses import kd_loss
@@ -94,10 +94,7 @@ def _first_piece(
     tb: list[bytes | None], sb: list[bytes | None], exact: np.ndarray, fb: frozenset[int]
 ) -> np.ndarray:
     """Teacher id → the longest student token its bytes start with (itself where exact)."""
-    index: dict[bytes, int] = {}
-    for i, b in enumerate(sb):
-        if b and (b not in index or (index[b] in fb and i not in fb)):
-            index[b] = i
+    index = written_ids(sb, fb)
     longest = max(len(b) for b in index)
     out = exact.copy()
     for i, b in enumerate(tb):

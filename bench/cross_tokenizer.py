@@ -67,19 +67,32 @@ def _sequence_level_spec(
     is the prompt), Phi-3 students learn it with CE."""
     prompts = [{"prompt": r["text"][: len(r["text"]) // 2]} for r in records]
     data = _write_jsonl(root / "prompts.jsonl", prompts)
-    base = {"peft": {"method": "full"}, "lr": 2e-3, "epochs": EPOCHS, "batch_size": 8}
-    spec = {
-        "name": "bench-cross-sequence-level",
+    students = [
+        {**BASE, "name": f"cross-seq-s{seed}", "model": cross, "seed": seed, "loss": {"alpha": 1.0}}
+        for seed in SEEDS
+    ]
+    generate = {"max_new_tokens": 96, "temperature": 0.7, "seed": 0}
+    return _job("bench-cross-sequence-level", data, teacher, students, generate=generate)
+
+
+BASE = {"peft": {"method": "full"}, "lr": 2e-3, "epochs": EPOCHS, "batch_size": 8}
+"""Every arm's student settings (the seed, the model and α apart)."""
+
+
+def _job(
+    name: str, data: Path, teacher: Any, students: list[dict[str, Any]], **teacher_extra: Any
+) -> dict[str, Any]:
+    """A bench job's spec: one teacher pass over ``data`` (4 shards, 10% held out)."""
+    return {
+        "name": name,
         "dataset": str(data),
         "shards": 4,
         "eval_fraction": 0.1,
         "teacher": {"model": str(teacher.hf), "dtype": "float32", "top_k": 16, "batch_size": 8,
-                    "max_length": 128,
-                    "generate": {"max_new_tokens": 96, "temperature": 0.7, "seed": 0}},
-        "students": [{**base, "name": f"cross-seq-s{seed}", "model": cross, "seed": seed,
-                      "loss": {"alpha": 1.0}} for seed in SEEDS],
+                    "max_length": 128, **teacher_extra},
+        "students": students,
+        "loss": {"kind": "forward_kl", "alpha": ALPHA},
     }  # fmt: skip
-    return spec
 
 
 def _sequence_level(seq_job: Any, cross: str, job: Any) -> dict[str, float]:
@@ -106,25 +119,15 @@ def measure(root: Path) -> dict[str, Any]:
     data = _write_jsonl(root / "stdlib.jsonl", records)
     same = _student(root / "same-student", teacher.hf)
     cross = _student(root / "cross-student", tokenizer("phi3"))
-    base = {"peft": {"method": "full"}, "lr": 2e-3, "epochs": EPOCHS, "batch_size": 8}
     students = []
     for seed in SEEDS:
         for arm in ARMS:
             model = same if arm.startswith("same") else cross
             extra = {"loss": {"alpha": 1.0}} if arm.endswith("ce") else {}
             students.append(
-                {**base, "name": f"{arm}-s{seed}", "model": model, "seed": seed, **extra}
+                {**BASE, "name": f"{arm}-s{seed}", "model": model, "seed": seed, **extra}
             )
-    spec = {
-        "name": "bench-cross-tokenizer",
-        "dataset": str(data),
-        "shards": 4,
-        "eval_fraction": 0.1,
-        "teacher": {"model": str(teacher.hf), "dtype": "float32", "top_k": 16, "batch_size": 8,
-                    "max_length": 128},
-        "students": students,
-        "loss": {"kind": "forward_kl", "alpha": ALPHA},
-    }  # fmt: skip
+    spec = _job("bench-cross-tokenizer", data, teacher, students)
     seq_spec = _sequence_level_spec(root, records, cross, teacher)
     (job, seconds), (seq_job, seq_seconds) = run_jobs(root / "cluster", [spec, seq_spec])
     data_, _ = report.collect(job)

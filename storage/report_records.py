@@ -93,6 +93,14 @@ class StudentSummary:
     """Held-out bits per byte: what compares tracks of different tokenizers."""
 
 
+def in_bits_per_byte(students: dict[str, StudentSummary], teacher: TeacherSummary | None) -> bool:
+    """Whether the CE gap is measured in bits per byte: where every model has them (tracks of
+    another tokenizer compare only so), else in nats per token."""
+    return all(st.eval_bpb is not None for st in students.values()) and (
+        teacher is None or teacher.eval_bpb is not None
+    )
+
+
 @dataclass(frozen=True)
 class Report:
     """``report.json``, written last by finalize: it marks the job done.

@@ -50,11 +50,20 @@ def vocab_map(
     ULD added a little more (within a seed's spread) but is not a divergence between
     distributions over the same outcomes, and needs the student's top-k over its whole
     vocabulary at every position."""
+    index = written_ids(student, fallback)
+    return np.asarray([index.get(b, -1) if b else -1 for b in teacher], np.int64)
+
+
+def written_ids(
+    vocab: list[bytes | None], fallback: frozenset[int] = frozenset()
+) -> dict[bytes, int]:
+    """Bytes → the id a tokenizer writes for them: not a byte-fallback piece where a piece
+    spells the same bytes, else the lower id."""
     index: dict[bytes, int] = {}
-    for i, b in enumerate(student):
+    for i, b in enumerate(vocab):
         if b and (b not in index or (index[b] in fallback and i not in fallback)):
             index[b] = i
-    return np.asarray([index.get(b, -1) if b else -1 for b in teacher], np.int64)
+    return index
 
 
 @dataclass

@@ -4,7 +4,7 @@ curve, and what the teacher and each student write on the same held-out prompts.
 from __future__ import annotations
 
 from distillq.core.targets import registry as targets
-from distillq.storage.report_records import CacheSummary, Report
+from distillq.storage.report_records import CacheSummary, Report, in_bits_per_byte
 
 
 def _loss(v: float | None) -> str:
@@ -44,9 +44,7 @@ def _learned(data: Report) -> list[str]:
         lines.append(f"| teacher | | | | {teacher:.4f} | | | {_loss(t_bpb)} |")
     if data.ce_track and data.teacher is not None:
         ce_st, t = data.students[data.ce_track], data.teacher
-        in_bytes = t.eval_bpb is not None and all(
-            st.eval_bpb is not None for st in data.students.values()
-        )
+        in_bytes = in_bits_per_byte(data.students, t)
         ce, tv = (ce_st.eval_bpb, t.eval_bpb) if in_bytes else (ce_st.eval_loss, t.eval_loss)
         said = ", ".join(f"**{n}** {v:.0%}" for n, v in data.ce_gap_closed.items())
         unit = "bits per byte" if in_bytes else "nats per token"

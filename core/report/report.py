@@ -23,6 +23,7 @@ from distillq.storage.report_records import (
     Report,
     StudentSummary,
     TeacherSummary,
+    in_bits_per_byte,
 )
 
 
@@ -203,9 +204,7 @@ def ce_gap(
     def value(x: StudentSummary | TeacherSummary) -> float | None:
         return x.eval_bpb if in_bytes else x.eval_loss
 
-    in_bytes = all(st.eval_bpb is not None for st in students.values()) and (
-        teacher is None or teacher.eval_bpb is not None
-    )
+    in_bytes = in_bits_per_byte(students, teacher)
     ce = [n for n, st in students.items() if st.loss.alpha >= 1.0 and value(st) is not None]
     t = value(teacher) if teacher else None
     if len(ce) != 1 or t is None:

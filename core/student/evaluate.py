@@ -111,9 +111,7 @@ def with_bytes(result: EvalResult, tok: Any, samples: list[Sample]) -> EvalResul
     """``result`` with the bytes of ``samples``' target tokens, where its loss covers every one
     of them (a served teacher's may not: then bits per byte stay unknown)."""
     vb = vocab_bytes(tok)
-    targets = [
-        s.input_ids[t] for s in samples for t in range(1, len(s.input_ids)) if s.target_mask[t]
-    ]
+    targets = [s.input_ids[p + 1] for s in samples for p in s.target_positions()]
     if len(targets) != result.tokens:
         return result
     size = len(vb)
