@@ -116,6 +116,12 @@ def _check_crossing(spec: JobSpec, name: str, model: str) -> None:
     """A student of another tokenizer learns through alignment (core/align), which maps top-k
     targets; refuse what it cannot map yet, in one line."""
     t = spec.teacher
+    if spec.student(name).on_policy is not None:
+        raise ModelError(
+            f"student {name!r} ({model}) has a different tokenizer than the teacher, and "
+            "on-policy distillation needs the teacher to score the student's own tokens: "
+            "remove on_policy from this track, or pick a student of the teacher's tokenizer"
+        )
     if t is not None and t.target_method != "topk":
         raise ModelError(
             f"student {name!r} ({model}) has a different tokenizer than the teacher, and "

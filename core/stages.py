@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -16,17 +15,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from distillq.core import faults
+from distillq.core import faults, onpolicy
 from distillq.core.export.gguf import Quant
 from distillq.core.export.outputs import export_gguf_outputs, export_track
 from distillq.core.job.data import TokenizeStats
-from distillq.core.job.gguf_models import read_info
 from distillq.core.job.jobs import Job
 from distillq.core.job.models import (
-    load_causal_lm,
     load_tokenizer,
-    sample_tokenizer,
-    teacher_dtype,
 )
 from distillq.core.job.spec import LocalTeacherSpec, ServedTeacherSpec
 from distillq.core.report import report
@@ -34,10 +29,10 @@ from distillq.core.student import evaluate
 from distillq.core.student import train as student
 from distillq.core.targets import registry as targets
 from distillq.core.targets.method import shard_fields
-from distillq.core.teacher import served
 from distillq.core.teacher.endpoint import PoolStats
 from distillq.core.teacher.gguf import GgufTeacher
 from distillq.core.teacher.local import LocalTeacher, Teacher, TeacherStats, write_shard
+from distillq.core.teacher.make import local_model, make_teacher
 from distillq.core.teacher.served import EndpointTeacher
 from distillq.core.track import events as tracking
 from distillq.errors import DistillqError
@@ -55,85 +50,6 @@ from distillq.storage.records import (
 from distillq.storage.report_records import Report
 
 log = logging.getLogger(__name__)
-
-
-@functools.lru_cache(maxsize=1)
-def _load_teacher(ref: str, dtype: str) -> tuple[Any, Any]:
-    import torch
-
-    model = load_causal_lm(ref, "teacher model", getattr(torch, dtype))
-    return model, load_tokenizer(ref, "teacher model")
-
-
-def _teacher(t: LocalTeacherSpec) -> tuple[Any, Any]:
-    """The teacher model and tokenizer, loaded once per worker process, at ``teacher.dtype``."""
-    return _load_teacher(t.model, teacher_dtype(t.dtype))
-
-
-_gguf: dict[tuple[Any, ...], GgufTeacher] = {}
-
-
-def _gguf_teacher(job: Job, t: LocalTeacherSpec, tok: Any) -> GgufTeacher:
-    """One llama.cpp teacher per worker process (its context and KV cache are reused)."""
-    import torch
-
-    key = (
-        t.model,
-        t.batch_size,
-        job.spec.sample_max_length,
-        t.temperature,
-        str(targets.build(t)),
-        t.generate,
-    )
-    if key not in _gguf:
-        _gguf.clear()
-        _gguf[key] = GgufTeacher(
-            read_info(t.model),
-            tok,
-            temperature=t.temperature,
-            batch_size=t.batch_size,
-            max_length=job.spec.sample_max_length,
-            generate=t.generate,
-            method=targets.build(t),
-            threads=torch.get_num_threads(),
-        )
-    return _gguf[key]
-
-
-def _make_teacher(
-    job: Job,
-    stack: contextlib.ExitStack,
-    on_error: Callable[[str], None] | None = None,
-    on_wait: Callable[[], None] | None = None,
-) -> tuple[Teacher | None, Any]:
-    """The job's teacher (local model, or a pool on its endpoints) and the tokenizer samples
-    are tokenized with. None without a teacher (data_parallel)."""
-    t = job.spec.teacher
-    if t is None:
-        return None, load_tokenizer(job.spec.students[0].model)
-    if isinstance(t, ServedTeacherSpec):
-        tok = sample_tokenizer(job.spec)
-        http = stack.enter_context(served.pool(t, on_error))
-        dialect = job.info.teacher_dialect or t.dialect
-        served_teacher = EndpointTeacher(
-            t, tok, http, dialect, max_length=job.spec.sample_max_length, on_wait=on_wait
-        )
-        return served_teacher, tok
-    if t.is_gguf:
-        tok = sample_tokenizer(job.spec)
-        return _gguf_teacher(job, t, tok), tok
-    model, tok = _teacher(t)
-    local = LocalTeacher(
-        model,
-        tok,
-        temperature=t.temperature,
-        batch_size=t.batch_size,
-        max_length=job.spec.sample_max_length,
-        generate=t.generate,
-        group_by_length=t.group_by_length,
-        method=targets.build(t),
-    )
-    return local, tok
 
 
 def teacher_shard(
@@ -181,7 +97,7 @@ def teacher_shard(
         log.warning("job %s shard %d: teacher endpoint: %s (retrying)", job.id, shard, what)
 
     with contextlib.ExitStack() as stack:
-        teacher, tok = _make_teacher(job, stack, on_error, lambda: progress(*counts_now))
+        teacher, tok = make_teacher(job, stack, on_error, lambda: progress(*counts_now))
         meta, (counts, tstats, made) = _write_cache(job, teacher, tok, ids, out, shard, progress)
         http = teacher.http.stats if isinstance(teacher, EndpointTeacher) else None
     stats = _shard_record(shard, started, meta, counts, tstats, made, http)
@@ -299,7 +215,7 @@ def teacher_eval(job: Job) -> EvalResult:
     t = job.spec.teacher
     assert t is not None
     if isinstance(t, LocalTeacherSpec) and not (t.is_gguf or t.generate is not None):
-        model, tok = _teacher(t)
+        model, tok = local_model(t)
         samples = evaluate.eval_samples(job, tok)
         result = dataclasses.replace(
             evaluate.with_bytes(evaluate.eval_loss(model, samples), tok, samples),
@@ -309,7 +225,7 @@ def teacher_eval(job: Job) -> EvalResult:
         return result
     out, ids = job.paths.teacher_eval_cache, job.split.eval_ids()
     with contextlib.ExitStack() as stack:
-        teacher, tok = _make_teacher(job, stack)  # one teacher for the slice and the report
+        teacher, tok = make_teacher(job, stack)  # one teacher for the slice and the report
         assert teacher is not None
         if not out.exists() and len(ids):
             _write_cache(job, teacher, tok, ids, out, -1)
@@ -390,6 +306,11 @@ def finalize(job: Job) -> Report:
             else EvalResult(float("nan"), 0)
         )
         generations = evaluate.generate(model, tok, samples)
+        on_policy = (
+            onpolicy.heldout(job, spec.name, student.build(spec), model)
+            if spec.on_policy is not None
+            else None
+        )
         # Exported last: merge_and_unload folds the adapter into the model in place.
         outputs = export_track(model, spec, job.paths.final_dir(spec.name))
         outputs = outputs.with_(
@@ -403,6 +324,7 @@ def finalize(job: Job) -> Report:
                 outputs=outputs,
                 baseline=baseline,
                 generations=generations,
+                on_policy=on_policy,
             ),
         )
     data = report.write(job)

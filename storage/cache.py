@@ -430,6 +430,7 @@ class CacheReader:
             return decode_logprobs(self._f["target_logprobs_delta"][p0:p1])
         return np.asarray(self._f["target_logprobs"][p0:p1])  # distillq.teacher/1
 
-    def lengths(self, samples: range) -> np.ndarray:
+    def lengths(self, samples: range | np.ndarray) -> np.ndarray:
         """Token counts of ``samples``."""
-        return np.diff(self.offsets[samples.start : samples.stop + 1])
+        idx = np.asarray(samples, dtype=np.int64)
+        return self.offsets[idx + 1] - self.offsets[idx]

@@ -127,6 +127,23 @@ class JobPaths:
         """In-round checkpoints of a replica (``step-NNNNNN/``); gone once the replica is saved."""
         return self.replica_dir(track, shard, replica) / "progress"
 
+    def onpolicy_dir(self, track: str, round_: int) -> Path:
+        """A round's on-policy files: kept after the merge (they are small, the report quotes
+        them, and a finished round is never sampled again)."""
+        return self.track_dir(track) / "onpolicy" / f"round-{round_:05d}"
+
+    def onpolicy_samples(self, track: str, round_: int, part: int) -> Path:
+        """What the student wrote in part ``part`` of a round (a cache file without targets)."""
+        return self.onpolicy_dir(track, round_) / f"samples-{part}.h5"
+
+    def onpolicy_scored(self, track: str, round_: int, part: int) -> Path:
+        """The same samples with the teacher's targets (a cache file, like a teacher shard)."""
+        return self.onpolicy_dir(track, round_) / f"scored-{part}.h5"
+
+    def onpolicy_train_queued(self, track: str, round_: int) -> Path:
+        """Marks the round's training chord queued (so two score tasks queue it once)."""
+        return self.onpolicy_dir(track, round_) / "train-queued"
+
     def final_dir(self, track: str) -> Path:
         return self.track_dir(track) / "final"
 
@@ -176,6 +193,11 @@ class JobPaths:
     def tracking_dir(self) -> Path:
         """Experiment trackers' files (``report_to``): ``tensorboard/<track>/`` event files."""
         return self.root / "tracking"
+
+
+def sidecar(cache_file: Path) -> Path:
+    """The stats file that marks a cache file (an on-policy round's) done and verifies it."""
+    return cache_file.with_suffix(".json")
 
 
 def jobs_root(storage: Path) -> Path:

@@ -156,6 +156,49 @@ class Generation:
 
 
 @dataclass(frozen=True)
+class OnPolicyExample:
+    """A held-out prompt continued greedily by the student before and after, and the teacher."""
+
+    prompt: str
+    before: str
+    after: str
+    teacher: str = ""
+
+
+@dataclass(frozen=True)
+class OnPolicyRound:
+    """What the student wrote in one on-policy round, and how the teacher scored it."""
+
+    round: int
+    version: int
+    samples: int
+    teacher_logprob: float | None
+    """The teacher's mean log-prob per token of the round's samples (where it listed them)."""
+    student_text: str = ""
+    """The first sample's continuation."""
+
+
+@dataclass(frozen=True)
+class OnPolicyEval:
+    """An on-policy track on held-out prompts: its greedy continuations, scored by the teacher,
+    before training and after (``core/onpolicy.py::heldout``; in the student's eval.json)."""
+
+    teacher_logprob_before: float | None
+    teacher_logprob_after: float | None
+    """The teacher's mean log-prob per token of the student's continuations: what on-policy
+    distillation raises."""
+    reverse_kl_before: float | None
+    reverse_kl_after: float | None
+    """KL(student ‖ teacher) per token on those continuations (teacher's top-k + tail)."""
+    positions: int = 0
+    unlisted: int = 0
+    """Positions whose token the teacher did not list (a server's top-k): left out of the mean."""
+    examples: list[OnPolicyExample] = field(default_factory=list)
+    rounds: list[OnPolicyRound] = field(default_factory=list)
+    """Filled by the report from the rounds' files."""
+
+
+@dataclass(frozen=True)
 class EvalResult:
     """Held-out loss of a model: ``teacher/eval.json`` and ``students/<t>/final/eval.json``.
 
@@ -175,6 +218,8 @@ class EvalResult:
     targets out): nats per token × tokens ÷ bytes is comparable across tokenizers."""
     generations: list[Generation] = field(default_factory=list)
     """Greedy continuations of the first held-out prompts (``core.evaluate.generate``)."""
+    on_policy: OnPolicyEval | None = None
+    """An on-policy track's held-out measure (students only)."""
 
     @property
     def bits_per_byte(self) -> float | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from distillq.storage.records import Generation, Outputs
+from distillq.storage.records import Generation, OnPolicyEval, Outputs
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,8 @@ class StudentSummary:
     """Where the track's tokenizer is not the teacher cache's: how its positions aligned."""
     eval_bpb: float | None = None
     """Held-out bits per byte: what compares tracks of different tokenizers."""
+    on_policy: OnPolicyEval | None = None
+    """An on-policy track: the teacher's log-prob of its own text before and after, per round."""
 
 
 def in_bits_per_byte(students: dict[str, StudentSummary], teacher: TeacherSummary | None) -> bool:

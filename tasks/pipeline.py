@@ -24,6 +24,7 @@ from distillq.core.job.jobs import Job
 from distillq.core.runtime import broker, live
 from distillq.storage import cache, checkpoints, keys, records, taskkeys
 from distillq.storage.atomic import create_exclusive
+from distillq.storage.layout import sidecar
 from distillq.storage.records import RoundMarker
 from distillq.tasks import sending
 from distillq.tasks.celery_app import settings_of
@@ -57,6 +58,54 @@ def submit(
 
 
 def launch_round(app: Celery, job: Job, track: str, shard: int) -> None:
+    """A chord: R replicas of ``track`` on ``shard``, then the merge. An on-policy track first
+    samples and scores each part (``send_sample``; the last score queues the chord)."""
+    spec = job.spec.student(track)
+    if spec.on_policy is not None:
+        # Relaunched (reconcile, resume): the chord may be what was lost, so the last score
+        # (redone at once: its file is there) may queue it again.
+        job.paths.onpolicy_train_queued(track, shard).unlink(missing_ok=True)
+        for r in range(spec.replicas):
+            send_sample(app, job, track, shard, r)
+        return
+    launch_train(app, job, track, shard)
+
+
+def send_sample(app: Celery, job: Job, track: str, round_: int, part: int) -> None:
+    _send(app, _sig(app, "distillq.sample_part", job.id, track, round_, part))
+
+
+def send_score(app: Celery, job: Job, track: str, round_: int, part: int) -> None:
+    _send(app, _sig(app, "distillq.score_part", job.id, track, round_, part))
+
+
+def after_score(app: Celery, job: Job, track: str, round_: int) -> bool:
+    """Queue the round's training once every part is scored, once (under the track lock).
+    The chord goes before the marker: a task killed between them queues it twice, which is
+    safe (a replica finds its stats, a merge finds the round merged); the other order could
+    lose it."""
+    with live.track_lock(_redis(app), job.id, track):
+        marker = job.paths.onpolicy_train_queued(track, round_)
+        if marker.exists() or not scored(job, track, round_):
+            return False
+        launch_train(app, job, track, round_)
+        create_exclusive(marker)
+    log.info("job %s track %s round %d: scored, training queued", job.id, track, round_)
+    return True
+
+
+def scored(job: Job, track: str, round_: int) -> bool:
+    """Whether every part of an on-policy round is scored (its training can be queued)."""
+    return all(
+        cache.verified(p, sidecar(p)) is not None
+        for p in (
+            job.paths.onpolicy_scored(track, round_, r)
+            for r in range(job.spec.student(track).replicas)
+        )
+    )
+
+
+def launch_train(app: Celery, job: Job, track: str, shard: int) -> None:
     """A chord: R replicas of ``track`` on ``shard``, then the merge."""
     spec = job.spec.student(track)
     replicas = [

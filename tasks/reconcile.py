@@ -88,6 +88,12 @@ def reconcile(app: Celery, job: Job, held: set[tuple[str, str]]) -> list[str]:
             continue
         round_keys = {str(taskkeys.replica(track, marker.shard, i)) for i in range(spec.replicas)}
         round_keys.add(str(taskkeys.merge(track, marker.shard)))
+        if spec.on_policy is not None:
+            for i in range(spec.replicas):
+                round_keys |= {
+                    str(taskkeys.sample(track, marker.shard, i)),
+                    str(taskkeys.score(track, marker.shard, i)),
+                }
         if round_keys & (mine | failed):
             continue  # held somewhere, or failed for a person to see
         if not pipeline.merge_if_complete(app, job, track, marker.shard):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from distillq.core import stages
+from distillq.core import onpolicy, stages
 from distillq.core.control import placement
 from distillq.core.runtime import live
 from distillq.core.student import merge
@@ -22,6 +22,10 @@ def _replica_key(job_id: str, track: str, shard: int, replica: int) -> TaskKey:
 
 def _merge_key(replicas: list[dict[str, Any]], job_id: str, track: str, shard: int) -> TaskKey:
     return taskkeys.merge(track, shard)
+
+
+def _sample_key(job_id: str, track: str, round_: int, part: int) -> TaskKey:
+    return taskkeys.sample(track, round_, part)
 
 
 def _finalize_key(job_id: str) -> TaskKey:
@@ -45,6 +49,18 @@ def train_replica(
         # the chord, so its merge may never come. Storage knows whether the round is complete.
         pipeline.merge_if_complete(self.app, job, track, shard)
     return outcome.to_json()
+
+
+@app.task(name="distillq.sample_part", bind=True, base=JobTask, work_key=staticmethod(_sample_key))
+def sample_part(self: JobTask, job_id: str, track: str, round_: int, part: int) -> dict[str, Any]:
+    """On-policy: the track's current version continues one part of the round's prompts;
+    the teacher scores them next."""
+    job = self.job(job_id)
+    key = _sample_key(job_id, track, round_, part)
+    with self.attempt(job, key, needs=placement.student_needs(job, track)):
+        stats = onpolicy.sample_part(job, track, round_, part, self.progress(job, key))
+    pipeline.send_score(self.app, job, track, round_, part)
+    return records.to_json(stats)
 
 
 @app.task(name="distillq.merge_round", bind=True, base=JobTask, work_key=staticmethod(_merge_key))
@@ -85,7 +101,7 @@ def merge_round(
 )
 def finalize(self: JobTask, job_id: str) -> dict[str, Any]:
     job = self.job(job_id)
-    with self.attempt(job, _finalize_key(job_id), needs=placement.student_needs(job)):
+    with self.attempt(job, _finalize_key(job_id), needs=placement.finalize_needs(job)):
         data = stages.finalize(job)
     # The job is done: what Redis holds of it (attempt counts, task results) goes within
     # finished_expires instead of result_expires, so Redis does not grow with finished jobs.

@@ -45,6 +45,13 @@ def student_needs(job: Job, track: str | None = None) -> list[Need]:
     return [(f"student {s.name!r}", s.model) for s in specs]
 
 
+def finalize_needs(job: Job) -> list[Need]:
+    """Every track's model, and the teacher where an on-policy track's held-out text is scored
+    at the end (``core/onpolicy.py::heldout``)."""
+    scored = any(s.on_policy is not None for s in job.spec.students)
+    return student_needs(job) + (teacher_needs(job) if scored else [])
+
+
 def cannot_load(what: str, ref: str) -> str | None:
     """Why this node cannot load ``ref``, or None; checked lazily, remembered a while."""
     now = time.time()

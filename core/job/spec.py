@@ -23,7 +23,7 @@ The YAML shape is the user-facing contract (issue 2); fields can be added, never
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Tag
@@ -258,6 +258,38 @@ class LossSpec:
 
 
 @dataclass(frozen=True)
+class OnPolicySpec:
+    """On-policy distillation (GKD): the student samples continuations of the round's prompts,
+    the teacher scores them, and the student learns on its own tokens (docs/DESIGN.md §6c)."""
+
+    __pydantic_config__ = _STRICT
+
+    fraction: float = 1.0
+    """GKD's λ: the share of each round's batches built from the student's own samples; the
+    rest come from the teacher cache."""
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    """The student's sampling temperature (0: greedy)."""
+    top_p: float = 1.0
+    samples_per_prompt: int = 1
+    seed: int = 0
+    """Seeds every draw, per (round, record): a redelivered task writes the same samples."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction <= 1.0:
+            raise SpecError(
+                f"on_policy.fraction={self.fraction} must lie in (0, 1]: the share of a round's "
+                "batches the student samples itself (remove on_policy for none)"
+            )
+        _positive("on_policy.max_new_tokens", self.max_new_tokens)
+        _positive("on_policy.samples_per_prompt", self.samples_per_prompt)
+        if self.temperature < 0:
+            raise SpecError(f"on_policy.temperature={self.temperature} must be 0 (greedy) or more")
+        if not 0.0 < self.top_p <= 1.0:
+            raise SpecError(f"on_policy.top_p={self.top_p} must lie in (0, 1]")
+
+
+@dataclass(frozen=True)
 class StudentSpec:
     __pydantic_config__ = _STRICT
 
@@ -301,6 +333,8 @@ class StudentSpec:
     """Clip the gradient's global norm to this (0: no clipping)."""
     group_by_length: bool = True
     """Batch samples of similar length together (less padding); the batch order stays seeded."""
+    on_policy: OnPolicySpec | None = None
+    """Learn on the student's own samples, scored by the teacher (GKD); None: off-policy."""
 
     def __post_init__(self) -> None:
         _safe("track name", self.name)
@@ -392,6 +426,8 @@ class JobSpec:
                 "or use mode teacher_student"
             )
         for s in self.students:
+            if s.on_policy is not None:
+                _check_on_policy(self, s)
             t = self.loss_for(s).temperature
             if self.teacher and t is not None and t != self.teacher.temperature:
                 raise SpecError(
@@ -414,8 +450,12 @@ class JobSpec:
         return "teacher.max_length" if self.teacher else "max_length"
 
     def loss_for(self, student: StudentSpec) -> LossSpec:
+        """The track's loss; an on-policy track without its own takes the job's with reverse
+        KL, the divergence on-policy distillation minimises (set the track's loss for another)."""
         if self.mode == "data_parallel":
             return LossSpec(alpha=1.0)
+        if student.loss is None and student.on_policy is not None:
+            return replace(self.loss, kind="reverse_kl")
         return student.loss or self.loss
 
     def student(self, name: str) -> StudentSpec:
@@ -430,6 +470,20 @@ class JobSpec:
         """The spec as YAML-ready data (``job.yaml``): what :func:`spec_from_dict` reads."""
         d: dict[str, Any] = typed.dump(self)
         return d
+
+
+def _check_on_policy(spec: JobSpec, s: StudentSpec) -> None:
+    t = spec.teacher
+    if t is None:
+        raise SpecError(
+            f"students[{s.name}].on_policy needs a teacher to score the student's samples: "
+            "use mode teacher_student or hybrid with a teacher"
+        )
+    if t.target_method != "topk":
+        raise SpecError(
+            f"students[{s.name}].on_policy: the teacher scores the student's samples with its "
+            f"top-k; set teacher.target_method: topk (not {t.target_method})"
+        )
 
 
 def _safe(kind: str, value: str) -> None:

@@ -159,6 +159,68 @@ def _alignment(data: Report) -> list[str]:
     return [*lines, ""]
 
 
+def _nats(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _one_line(text: str, width: int = 90) -> str:
+    flat = " ".join(text.split())
+    return (flat[: width - 1] + "…" if len(flat) > width else flat).replace("|", "\\|")
+
+
+def _on_policy(data: Report) -> list[str]:
+    """On-policy tracks: what the teacher thinks of the student's own text, before and after."""
+    rows = [(n, st.on_policy) for n, st in data.students.items() if st.on_policy]
+    if not rows:
+        return []
+    lines = [
+        "## On-policy",
+        "",
+        "The student's greedy continuations of held-out prompts, scored by the teacher: its mean "
+        "log-prob per token (higher: the teacher would have written it) and KL(student ‖ "
+        "teacher) per token over the teacher's top-k and the tail, before training and after.",
+        "",
+        "| track | teacher log-prob before | after | reverse KL before | after | unlisted |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, op in rows:
+        lines.append(
+            f"| {name} | {_nats(op.teacher_logprob_before)} | {_nats(op.teacher_logprob_after)} "
+            f"| {_nats(op.reverse_kl_before)} | {_nats(op.reverse_kl_after)} | "
+            f"{op.unlisted}/{op.positions} |"
+        )
+    lines.append("")
+    for name, op in rows:
+        if op.rounds:
+            lines += [
+                f"**{name}**, per round: the teacher's log-prob per token of what the student "
+                "wrote (its sampled continuations of the round's prompts).",
+                "",
+                "| round | from version | samples | teacher log-prob | the student wrote |",
+                "|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {r.round} | v{r.version} | {r.samples} | {_nats(r.teacher_logprob)} | "
+                f"{_one_line(r.student_text) if r.student_text else ''} |"
+                for r in op.rounds
+            ]
+            lines.append("")
+        for ex in op.examples:
+            lines += [
+                f"**{name}**, held-out prompt:",
+                "",
+                _fence(ex.prompt),
+                "",
+                "| who | continuation |",
+                "|---|---|",
+                f"| teacher | {_one_line(ex.teacher)} |",
+                f"| student before | {_one_line(ex.before)} |",
+                f"| student after | {_one_line(ex.after)} |",
+                "",
+            ]
+    return lines
+
+
 def render(data: Report) -> str:
     wall = f", {data.wall_seconds:.0f} s" if data.wall_seconds is not None else ""
     lines = [f"# distillq report: {data.job_id}", ""]
@@ -204,6 +266,7 @@ def render(data: Report) -> str:
     ]
     lines += [*_learned(data), ""]
     lines += _alignment(data)
+    lines += _on_policy(data)
     lines += ["## Held-out curve", ""]
     lines += ["Loss on the first held-out samples after each merged round (step 0: untrained).", ""]
     lines += [*_curve(data), "", "## Generations", ""]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from distillq.core.job.jobs import Job
 from distillq.core.job.spec import StudentSpec
@@ -13,9 +16,11 @@ from distillq.core.report import card
 from distillq.core.report import markdown as report_md
 from distillq.core.student import aligned
 from distillq.core.targets import registry as targets
+from distillq.core.targets.shard import Shard
+from distillq.core.targets.topk import token_logprobs
 from distillq.storage import cache, checkpoints, records
 from distillq.storage.atomic import atomic_path, write_bytes
-from distillq.storage.records import CheckpointMeta, EvalResult, ShardStats
+from distillq.storage.records import CheckpointMeta, EvalResult, OnPolicyRound, ShardStats
 from distillq.storage.report_records import (
     AlignmentSummary,
     CacheSummary,
@@ -129,11 +134,47 @@ def _track(job: Job, spec: StudentSpec) -> _Track:
         padding=_padding([(r.tokens, r.padding, r.padding_ungrouped) for r in reps]),
         alignment=_alignment(job, spec.name),
         eval_bpb=_bpb(sev),
+        on_policy=dataclasses.replace(sev.on_policy, rounds=onpolicy_rounds(job, spec.name))
+        if sev and sev.on_policy
+        else None,
     )
     curve = [p for rd in rounds for p in rd.curve]
     return _Track(
         summary, curve, [r.started_at for r in reps], [rd.merged_at for rd in rounds], sev
     )
+
+
+def onpolicy_rounds(job: Job, track: str, show: int = 3) -> list[OnPolicyRound]:
+    """Per finished round: the teacher's mean log-prob per token of what the student wrote,
+    and (at ``show`` rounds: first, middle, last) the first sample's text."""
+    spec = job.spec.student(track)
+    n = job.rounds(track)
+    shown = {0, n // 2, n - 1} if show else set()
+    out = []
+    for r in range(n):
+        lp_sum, lp_n, samples, text, version = 0.0, 0, 0, "", 0
+        for part in range(spec.replicas):
+            f = job.paths.onpolicy_scored(track, r, part)
+            if not f.exists():
+                continue
+            src = job.paths.onpolicy_samples(track, r, part)
+            with cache.CacheReader(src) as s:
+                version = int(s.attrs.get("target_source", "v0").rsplit("v", 1)[-1] or 0)
+                if r in shown and not text and len(s):
+                    text = s.generated(0)[1]
+            with Shard(f) as reader:
+                samples += len(reader)
+                if len(reader):
+                    b = reader.batch_of(np.arange(len(reader)))
+                    assert b.target_ids is not None and b.target_logprobs is not None
+                    lps, found = token_logprobs(b.target_ids, b.target_logprobs, b.padded.labels)
+                    lp_sum += float(lps[found].sum())
+                    lp_n += int(found.sum())
+        if samples:
+            out.append(
+                OnPolicyRound(r, version, samples, round(lp_sum / lp_n, 5) if lp_n else None, text)
+            )
+    return out
 
 
 def _alignment(job: Job, track: str) -> AlignmentSummary | None:

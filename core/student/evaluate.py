@@ -21,7 +21,7 @@ from distillq.core.job.data import (
 from distillq.core.job.jobs import Job
 from distillq.core.job.models import on_device, tokenizer_fingerprint
 from distillq.core.job.spec import LossSpec, StudentSpec
-from distillq.core.student import aligned
+from distillq.core.student import aligned, sample
 from distillq.core.student import train as student
 from distillq.core.targets.shard import Shard
 from distillq.storage.cache import CacheReader
@@ -30,8 +30,6 @@ from distillq.storage.records import EvalResult, Generation
 GENERATION_PROMPTS = 3
 """Held-out prompts every model of a job continues for the report."""
 NEW_TOKENS = 40
-PROMPT_TOKENS = 48
-"""A text record (no prompt of its own) is cut here into a prompt and its reference."""
 
 
 def eval_samples(job: Job, tok: Any, limit: int | None = None) -> list[Sample]:
@@ -155,12 +153,11 @@ def prompts(
     """(prompt ids, reference ids) for the first ``n`` held-out samples.
 
     A sample with a prompt (prompt/response, chat) is cut where its first target starts; a
-    text record, where everything is a target, after ``PROMPT_TOKENS`` tokens (or half of it).
+    text record, where everything is a target, after ``sample.PROMPT_TOKENS`` tokens (or half of it).
     """
     out = []
     for s in samples[:n]:
-        first = next((t for t in range(1, len(s.input_ids)) if s.target_mask[t]), 1)
-        cut = first if first > 1 else min(PROMPT_TOKENS, len(s.input_ids) // 2)
+        cut = len(sample.prompt_of(s.input_ids, s.target_positions()))
         out.append((s.input_ids[:cut], s.input_ids[cut : cut + NEW_TOKENS]))
     return out
 

@@ -15,7 +15,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ from distillq.core.job.spec import LossSpec, StudentSpec
 from distillq.core.maths import head_loss
 from distillq.core.maths.batching import PaddingCount, batch_groups
 from distillq.core.maths.losses import Estimator, bucketed, kd_loss
-from distillq.core.student import aligned, peft_methods
+from distillq.core.student import aligned, peft_methods, sample
 from distillq.core.targets.shard import Batch, Shard
 from distillq.errors import SpecError
 from distillq.storage import checkpoints
@@ -205,19 +205,21 @@ def training_loss(job: Job, spec: StudentSpec) -> LossSpec:
 
 
 def train_step(
-    t: Trainer, batches: list[Batch], loss: LossSpec, lr: float
+    t: Trainer, batches: list[Batch], loss: LossSpec | Sequence[LossSpec], lr: float
 ) -> tuple[float, dict[str, float]]:
     """One optimizer step on the micro-batches ``batches`` (gradients accumulated); returns the
     mixed loss and its CE / KD parts.
 
     Each micro-batch's loss is a mean over its target positions; weighted by its share of the
     step's positions, the accumulated gradient is the one a single batch of all of them gives.
-    ``loss`` comes from ``training_loss``, so its temperature is set."""
-    assert loss.temperature is not None
+    ``loss`` comes from ``training_loss``, so its temperature is set; one per micro-batch
+    where they differ (an on-policy batch's and a cache batch's)."""
+    losses = [loss] * len(batches) if isinstance(loss, LossSpec) else list(loss)
     dev = device()
     total = sum(len(b.padded.labels) for b in batches)
     value, parts = 0.0, {"ce": 0.0, "kd": 0.0}
-    for b in batches:
+    for b, loss in zip(batches, losses, strict=True):
+        assert loss.temperature is not None
         ids, mask, rows, cols, labels = on_device(b.padded, dev)
         if len(labels) == 0:
             continue
@@ -263,11 +265,19 @@ Checkpoint = Callable[[LoopStats, int, int], None]
 """Save an in-round checkpoint: (stats so far, epoch, batches of that epoch done)."""
 
 
+@dataclass(frozen=True)
+class Part:
+    """Samples of one file a replica trains on, with the loss they take: its cache slice, and
+    in on-policy rounds the scored samples of its own (their batches never mix)."""
+
+    reader: Shard
+    samples: np.ndarray
+    loss: LossSpec
+
+
 def train_loop(
     t: Trainer,
-    reader: Shard,
-    samples: range,
-    loss: LossSpec,
+    parts: list[Part],
     total_steps: int,
     rng: np.random.Generator,
     on_progress: OnProgress | None = None,
@@ -281,9 +291,13 @@ def train_loop(
     interrupted delivery would have made). ``checkpoint`` is called every
     ``checkpoint_every`` seconds (or ``checkpoint_every_steps`` steps)."""
     spec = t.spec
-    lengths = reader.lengths(samples)
-    local = batch_groups(lengths, spec.batch_size, spec.group_by_length)
-    groups = [g + samples.start for g in local]
+    groups: list[tuple[Part, np.ndarray]] = []
+    padding = PaddingCount()
+    for part in parts:
+        lengths = part.reader.lengths(part.samples)
+        local = batch_groups(lengths, spec.batch_size, spec.group_by_length)
+        groups += [(part, part.samples[g]) for g in local]
+        padding.add(lengths, local, spec.batch_size)
     n_batches = len(groups)
     steps_per_epoch = math.ceil(n_batches / spec.grad_accum)
     out = LoopStats()
@@ -295,7 +309,7 @@ def train_loop(
             curve=[(int(c[0]), c[1], c[2], c[3]) for c in resume.curve],
             resumed_from=resume.steps,
         )
-    out.padding.add(lengths, local, spec.batch_size)
+    out.padding = padding
     t0 = last_save = time.time()
     for epoch in range(spec.epochs):
         order = rng.permutation(n_batches)  # drawn every epoch, resumed or not: same stream
@@ -304,21 +318,22 @@ def train_loop(
         done = resume.batch if resume is not None and epoch == resume.epoch else 0
         for i in range(done, n_batches, spec.grad_accum):
             faults.hit(f"replica_step:{spec.name}:{out.steps}")
-            micro = [reader.batch_of(groups[b]) for b in order[i : i + spec.grad_accum]]
+            chosen = [groups[b] for b in order[i : i + spec.grad_accum]]
+            micro = [part.reader.batch_of(g) for part, g in chosen]
             lr = lr_at(t.step0 + out.steps, spec, total_steps)
-            value, parts = train_step(t, micro, loss, lr)
+            value, terms = train_step(t, micro, [part.loss for part, _ in chosen], lr)
             out.steps += 1
             out.tokens += sum(int(b.padded.attention_mask.sum()) for b in micro)
             out.positions += sum(len(b.padded.labels) for b in micro)
-            out.curve.append((t.step0 + out.steps, value, parts["ce"], parts["kd"]))
+            out.curve.append((t.step0 + out.steps, value, terms["ce"], terms["kd"]))
             if on_progress and (out.steps % 5 == 0 or out.steps == 1):
                 on_progress(
                     {
                         "step": out.steps,
                         "steps": steps_per_epoch * spec.epochs,
                         "loss": round(value, 4),
-                        "ce": round(parts["ce"], 4),
-                        "kd": round(parts["kd"], 4),
+                        "ce": round(terms["ce"], 4),
+                        "kd": round(terms["kd"], 4),
                         "tokens_per_s": round(
                             (out.tokens - (resume.tokens if resume else 0))
                             / max(1e-9, time.time() - t0),
@@ -423,12 +438,23 @@ def train_replica(
     t = restore(job, track)
     started = time.time()
     resume = _resume_point(job, t, shard, replica)
-    with Shard(aligned.shard_for(job, track, shard)) as reader:
+    loss = training_loss(job, t.spec)
+    with contextlib.ExitStack() as stack:
+        reader = stack.enter_context(Shard(aligned.shard_for(job, track, shard)))
+        mine = np.asarray(replica_samples(len(reader), t.spec.replicas, replica), dtype=np.int64)
+        parts = [Part(reader, mine, loss)]
+        if t.spec.on_policy is not None:
+            rids = reader.record_ids()
+            own = stack.enter_context(Shard(job.paths.onpolicy_scored(track, shard, replica)))
+            parts = [
+                Part(reader, mine[~sample.chosen(t.spec.on_policy, shard, rids[mine])], loss),
+                # CE on the student's own tokens would teach it what it already says: its
+                # own samples take the divergence alone.
+                Part(own, np.arange(len(own)), dataclasses.replace(loss, alpha=0.0)),
+            ]
         loop = train_loop(
             t,
-            reader,
-            replica_samples(len(reader), t.spec.replicas, replica),
-            training_loss(job, t.spec),
+            parts,
             job.info.total_steps[track],
             np.random.default_rng([t.spec.seed, shard, replica]),
             on_progress,

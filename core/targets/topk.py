@@ -54,3 +54,28 @@ class TopK:
     @staticmethod
     def describe_width(width: int) -> str:
         return f"top-{width}"
+
+
+def with_token_column(t: SparseTargets, logp: torch.Tensor, tokens: torch.Tensor) -> SparseTargets:
+    """``t`` [P, k] and one column more: each position's own next token and its log-prob, so
+    the teacher's log-prob of the token a student wrote is known wherever it fell (on-policy
+    scoring). Where the top-k already lists it, the extra slot holds −inf (not listed: each id
+    is counted once by the bucketed loss)."""
+    own = logp.gather(-1, tokens[:, None].to(logp.device))[:, 0]
+    ids = torch.from_numpy(t.ids)
+    listed = (ids == tokens[:, None].cpu()).any(-1)
+    lp = torch.where(listed, float("-inf"), own.cpu().float()).to(torch.float16)
+    return SparseTargets(
+        np.concatenate([t.ids, tokens[:, None].cpu().numpy().astype(t.ids.dtype)], axis=1),
+        np.concatenate([t.logprobs, lp[:, None].numpy()], axis=1),
+    )
+
+
+def token_logprobs(
+    ids: np.ndarray, logprobs: np.ndarray, tokens: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """([P] the log-prob listed for each position's own token, [P] whether it was listed) from
+    targets [P, k]: what the teacher thinks of the token a student wrote."""
+    listed = ids == np.asarray(tokens)[:, None]
+    lps = np.where(listed, logprobs.astype(np.float64), -np.inf).max(-1, initial=-np.inf)
+    return lps, listed.any(-1)

@@ -27,6 +27,7 @@ from distillq.core.job.spec import GenerateSpec
 from distillq.core.maths.batching import PaddingCount
 from distillq.core.targets.method import TargetMethod, concat
 from distillq.core.targets.records import SparseTargets, draw_seed
+from distillq.core.targets.topk import with_token_column
 from distillq.core.teacher.local import CACHE_ROWS, Item, chunk_positions, split_targets
 from distillq.core.teacher.records import Target, generated_sample
 from distillq.errors import ModelError
@@ -148,6 +149,8 @@ class GgufTeacher:
         self.source = f"gguf {info.quantization}"
         self.temperature, self.batch_size, self.max_length = temperature, batch_size, max_length
         self.gen, self.method = generate, method
+        self.token_column = False
+        """Scoring a student's own samples: each position's token gets a column too."""
         self.limit = len(tok)
         chunk = min(
             CACHE_ROWS, chunk_positions(max(len(info.tokens), 1), copies=method.head_copies)
@@ -219,15 +222,26 @@ class GgufTeacher:
         u = self.method.uniforms(
             [(s.record_id, len(p), 0) for s, p in zip(samples, positions, strict=True)]
         )
+        tokens = torch.tensor(
+            [int(s.input_ids[p + 1]) for s, ps in zip(samples, positions, strict=True) for p in ps],
+            dtype=torch.long,
+        )
         parts: list[SparseTargets] = []
         done = 0
         for logits in self._logits(samples):
             n = len(logits)
             logp = torch.log_softmax(_masked(logits, self.limit, self.temperature), dim=-1)
-            parts.append(self.method.select(logp, None if u is None else u[done : done + n]))
+            part = self.method.select(logp, None if u is None else u[done : done + n])
+            if self.token_column:
+                part = with_token_column(part, logp, tokens[done : done + n])
+            parts.append(part)
             done += n
         if not parts:  # no target position in the pack: keep the shapes
-            parts.append(self.method.select(torch.zeros(0, self.runner.vocab), u))
+            empty = torch.zeros(0, self.runner.vocab)
+            part = self.method.select(empty, u)
+            if self.token_column:
+                part = with_token_column(part, empty, tokens)
+            parts.append(part)
         # Outputs come sample by sample, position by position: the order of target_positions.
         for s, t in zip(samples, split_targets(concat(parts), positions), strict=True):
             yield [Target(s, t)]

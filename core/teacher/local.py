@@ -32,6 +32,7 @@ from distillq.core.maths.batching import PaddingCount, batch_groups
 from distillq.core.maths.head_loss import LOGITS_BUDGET_BYTES, chunk_rows
 from distillq.core.targets.method import TargetMethod, concat
 from distillq.core.targets.records import SparseTargets
+from distillq.core.targets.topk import with_token_column
 from distillq.core.teacher.generation import generate_batch
 from distillq.core.teacher.records import KINDS, Target
 from distillq.storage.cache import CacheWriter, ShardMeta
@@ -74,6 +75,7 @@ def score_batch(
     temperature: float,
     budget: int = LOGITS_BUDGET_BYTES,
     limit: int | None = None,
+    token_column: bool = False,
 ) -> list[SparseTargets]:
     """One padded forward over ``samples``; the targets ``method`` keeps (``core/targets/``)
     at each sample's target positions.
@@ -84,6 +86,7 @@ def score_batch(
     ``budget``: memory O(chunk × V), whatever the batch, with the same output as one pass.
     ``limit``: the tokenizer's size; the head's rows past it (a vocabulary padded to a multiple
     of 64 or 128) get no mass, so no target names an id a smaller student head lacks.
+    ``token_column``: one column more, each position's own next token (``with_token_column``).
     """
     dev = next(model.parameters()).device
     ids, mask, rows, cols, _ = on_device(padded(samples), dev)
@@ -98,13 +101,14 @@ def score_batch(
     step = chunk_positions(head.weight.shape[0], budget, copies=method.head_copies)
     # One fused log_softmax over a cache-sized chunk, then the selection from the log-probs:
     # 2.5x cheaper than a separate logsumexp at V = 4,096, for one more [chunk, V] copy.
-    parts = [
-        method.select(
-            torch.log_softmax(_scaled(head(at[a : a + step]), temperature, limit), dim=-1),
-            None if u is None else u[a : a + step],
-        )
-        for a in range(0, max(len(at), 1), step)  # one empty chunk keeps the shapes
-    ]
+    tokens = ids[rows, cols + 1] if token_column else None
+    parts = []
+    for a in range(0, max(len(at), 1), step):  # one empty chunk keeps the shapes
+        logp = torch.log_softmax(_scaled(head(at[a : a + step]), temperature, limit), dim=-1)
+        part = method.select(logp, None if u is None else u[a : a + step])
+        if tokens is not None:
+            part = with_token_column(part, logp, tokens[a : a + step])
+        parts.append(part)
     return split_targets(concat(parts), positions)
 
 
@@ -153,6 +157,7 @@ class LocalTeacher:
         generate: GenerateSpec | None,
         group_by_length: bool = True,
         method: TargetMethod,
+        token_column: bool = False,
     ) -> None:
         self.model, self.tok = model, tok
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
@@ -162,6 +167,8 @@ class LocalTeacher:
         self.gen = generate
         self.group_by_length = group_by_length
         self.method = method
+        self.token_column = token_column
+        """Scoring a student's own samples: each position's token gets a column too."""
 
     def run(
         self, items: Iterable[Item], padding: PaddingCount | None = None
@@ -190,7 +197,12 @@ class LocalTeacher:
             for g in groups:
                 group = [samples[i] for i in g]
                 scored = score_batch(
-                    self.model, group, self.method, self.temperature, limit=len(self.tok)
+                    self.model,
+                    group,
+                    self.method,
+                    self.temperature,
+                    limit=len(self.tok),
+                    token_column=self.token_column,
                 )
                 for i, sparse in zip(g, scored, strict=True):
                     made[i] = sparse
@@ -271,8 +283,36 @@ def write_shard(
     None: data_parallel), and stream them to ``out`` in record order; ``method``: what
     ``meta`` says made them (it names the extra columns to store)."""
     stats = TokenizeStats()
-    tstats = TeacherStats()
     items = shard_items(dataset, index, record_ids, tok, max_length, stats, generating)
+    counts, tstats = write_items(
+        teacher=teacher,
+        items=items,
+        out=out,
+        meta=meta,
+        method=method,
+        stats=stats,
+        on_progress=on_progress,
+        progress_every=progress_every,
+    )
+    return counts, stats, tstats
+
+
+def write_items(
+    *,
+    teacher: Teacher | None,
+    items: Iterable[Item],
+    out: Path,
+    meta: ShardMeta,
+    method: TargetMethod | None = None,
+    stats: TokenizeStats | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    progress_every: int = 4,
+) -> tuple[dict[str, int], TeacherStats]:
+    """Have ``teacher`` make the targets of ``items`` (none when it is None) and stream them
+    to ``out`` in order: a dataset's records (``write_shard``) or a student's own samples
+    (on-policy scoring). ``stats`` counts what the teacher wrote as responses."""
+    stats = stats or TokenizeStats()
+    tstats = TeacherStats()
     with CacheWriter(out, meta) as writer:
         made = (
             teacher.run(items, tstats.padding)
@@ -300,4 +340,4 @@ def write_shard(
         if on_progress:
             on_progress(writer.counts["samples"], writer.counts["tokens"])
         counts = writer.counts
-    return counts, stats, tstats
+    return counts, tstats

@@ -20,8 +20,9 @@ RANK = {"bench": 5, "app": 5, "workers": 4, "tasks": 3, "core": 2, "storage": 1,
 # The package's root is the API's door (`from distillq import Client`): it ranks with app/.
 RANK |= {"distillq": 5, "typed": 0, "__main__": 5}
 CORE_RANK = {
-    "stages": 5,
-    "create": 5,
+    "stages": 6,
+    "create": 6,
+    "onpolicy": 5,
     "export": 4,
     "report": 4,
     "control": 4,

@@ -1,0 +1,118 @@
+"""On-policy rounds in one process: the student samples the round's prompts, the teacher
+scores the student's tokens, the replicas learn on them; each phase's file is a verified cache
+file, written again the same way, and a round mixes cache and own batches by ``fraction``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from distillq.core import onpolicy
+from distillq.core.job.spec import OnPolicySpec
+from distillq.core.student import merge, sample
+from distillq.core.student import train as student
+from distillq.core.targets.shard import Shard
+from distillq.core.teacher.make import local_model
+from distillq.storage import cache, checkpoints
+from distillq.storage.layout import sidecar
+from tests.conftest import job_with_cache
+
+K = 8
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory, tiny_models, text_records):
+    spec = {
+        "name": "onpolicy",
+        "shards": 2,
+        "eval_fraction": 0.0,
+        "students": [
+            {
+                "name": "s",
+                "model": tiny_models["student"],
+                "peft": {"method": "lora", "r": 4},
+                "batch_size": 4,
+                "lr": 5e-3,
+                "replicas": 2,
+                "on_policy": {"fraction": 0.5, "max_new_tokens": 12, "seed": 3},
+            }
+        ],
+        "mode": "hybrid",
+        "teacher": {"model": tiny_models["teacher"], "top_k": K, "max_length": 64},
+    }
+    return job_with_cache(tmp_path_factory.mktemp("onpolicy"), text_records[:40], spec)
+
+
+def test_an_on_policy_track_defaults_to_reverse_kl(job):
+    assert job.spec.loss_for(job.spec.student("s")).kind == "reverse_kl"
+
+
+def test_the_fraction_picks_records_per_round_and_record():
+    spec = OnPolicySpec(fraction=0.5, seed=1)
+    rids = np.arange(400)
+    pick = sample.chosen(spec, 0, rids)
+    assert 150 < pick.sum() < 250
+    assert (sample.chosen(spec, 0, rids[::-1]) == pick[::-1]).all()  # per record, not order
+    assert (sample.chosen(spec, 1, rids) != pick).any()  # another round, other records
+    assert sample.chosen(OnPolicySpec(fraction=1.0), 0, rids).all()
+
+
+def test_prompts_end_before_the_first_target():
+    assert sample.prompt_of([5, 6, 7, 8, 9], [2, 3]) == [5, 6, 7]
+    assert sample.prompt_of([5, 6, 7, 8, 9, 10], [0, 1, 2, 3, 4]) == [5, 6, 7]  # plain text
+
+
+def test_sample_score_train_merge_a_round(job):
+    track, round_ = "s", 0
+    for part in range(2):
+        made = onpolicy.sample_part(job, track, round_, part)
+        path = job.paths.onpolicy_samples(track, round_, part)
+        assert cache.verified(path, sidecar(path)) == made
+        want = len(onpolicy.prompts(job, track, round_, part))
+        assert made.samples == want > 0
+        # A redelivered task finds its file; a lost file is written again, the same.
+        first = path.read_bytes()
+        assert onpolicy.sample_part(job, track, round_, part) == made
+        sidecar(path).unlink()
+        path.unlink()
+        onpolicy.sample_part(job, track, round_, part)
+        with cache.CacheReader(path) as a:
+            ids = [a.sample_ids(j).tolist() for j in range(len(a))]
+            texts = [a.generated(j)[1] for j in range(len(a))]
+        assert len(first) > 0 and all(len(t) > 0 for t in texts)
+        assert ids == [s.input_ids for s in onpolicy.read_samples(path)]
+
+        scored = onpolicy.score_part(job, track, round_, part)
+        assert scored is not None and scored.k == K + 1
+        out = job.paths.onpolicy_scored(track, round_, part)
+        # The teacher's log-prob of each token the student wrote is listed at its position,
+        # and is the teacher's own (a dense forward over the sample).
+        model, _ = local_model(job.spec.teacher)
+        with Shard(out) as r:
+            assert len(r) == made.samples
+            j = 0
+            b = r.batch_of(np.asarray([j]))
+            ids_j = r.sample_ids(j)
+            pos = r.positions_of(j)
+            tokens = ids_j[pos + 1]
+            assert b.target_ids is not None and b.target_logprobs is not None
+            listed = b.target_ids == tokens[:, None]
+            assert listed.any(-1).all()
+            got = np.where(listed, b.target_logprobs, -np.inf).max(-1)
+            with torch.no_grad():
+                logits = model(torch.as_tensor(ids_j[None], dtype=torch.long)).logits[0]
+            dense = torch.log_softmax(logits.float(), -1)[pos, tokens].numpy()
+            np.testing.assert_allclose(got, dense, atol=2e-2)  # float16 in the cache
+
+    # Each replica trains on its cache records the fraction did not pick, and on its samples.
+    stats = [student.train_replica(job, track, round_, r) for r in range(2)]
+    with Shard(job.paths.shard(0)) as r:
+        n_cache = len(r)
+    own = sum(onpolicy.score_part(job, track, round_, r).samples for r in range(2))
+    picked = sum(len(onpolicy.prompts(job, track, round_, p)) for p in range(2))
+    assert own == picked and 0 < picked < n_cache
+    assert sum(s.steps for s in stats) > 0
+    result = merge.merge_round(job, track, round_)
+    assert result.version == 1
+    assert checkpoints.latest(job.paths, track).version == 1
