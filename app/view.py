@@ -79,6 +79,8 @@ def render(status: JobStatus) -> str:
             cur = f"  {what}  {rate:.0f} tok/s{on}"
         if t.merging and not cur:
             cur = "  merging"
+        if t.phase:
+            cur += f"  [{t.phase}]"
         lines.append(
             f"  {name:<8} {_bar(t.rounds_merged + frac, t.rounds)}  {t.rounds_merged}/{t.rounds} rounds{cur}"
             + _eta(status, t.rounds_merged + frac, t.rounds)

@@ -27,6 +27,7 @@ from bench import (
     init_student,
     memory,
     online,
+    onpolicy,
     pipeline,
     quality,
     real_model,
@@ -53,6 +54,7 @@ def run_only(out: Path, name: str) -> dict[str, Any]:
         "real_model": lambda root: real_model.measure(root),
         "cross_tokenizer": lambda root: cross_tokenizer.measure(root),
         "cross_mapping": lambda root: cross_mapping.measure(),
+        "onpolicy": lambda root: onpolicy.measure(root),
         "efficiency": lambda root: _efficiency(root),
     }
     if name not in steps:
@@ -111,6 +113,7 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
         step("real_model", lambda: real_model.measure(root))
         step("cross_tokenizer", lambda: cross_tokenizer.measure(root))
         step("cross_mapping", cross_mapping.measure)
+        step("onpolicy", lambda: onpolicy.measure(root))
         results["seconds"] = round(time.time() - t0)
     out.mkdir(parents=True, exist_ok=True)
     (out / "RESULTS.json").write_text(json.dumps(results, indent=2) + "\n")

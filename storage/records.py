@@ -366,6 +366,8 @@ class ProgressFields(TypedDict, total=False):
     """An endpoint teacher's URL(s)."""
     last_error: str
     """The last failure the endpoint pool retried (``<url>: HTTP 503``)."""
+    phase: str
+    """An on-policy round's phase: sample or score."""
 
 
 # A stage's progress callback (tasks/base.py publishes it).

@@ -39,6 +39,9 @@ def fresh_pools(app: Celery) -> None:
         conn.release()
     app._pool = None
     app.amqp._producer_pool = None
+    # The result backend is cached per thread too, subscribed to the old Redis: sending a
+    # task makes it listen for the result, and it gives up ("must be restarted") there.
+    app._local.__dict__.pop("backend", None)
     for pool in dead:
         if pool is not None:
             try:

@@ -13,8 +13,9 @@ from distillq.core.control import state as control
 from distillq.core.job.jobs import Job
 from distillq.core.runtime import live, registry
 from distillq.storage import cache, records, taskkeys
-from distillq.storage.checkpoints import merged_shards
-from distillq.storage.records import DataNotes, FailureRecord, Progress
+from distillq.storage.checkpoints import merged_shards, replica_stats
+from distillq.storage.layout import sidecar
+from distillq.storage.records import DataNotes, FailureRecord, Progress, RoundMarker
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class TrackState:
     replicas: int
     merging: bool = False
     """A merge of this track is running (it publishes progress while it folds deltas in)."""
+    phase: str = ""
+    """An on-policy track's round in flight, by phase: "round 3: sampled 1/2, scored 0/2,
+    trained 0/2" (from the files on storage), with the parts running now."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,7 @@ def job_status(job: Job, redis_client: Any | None = None, broker: str = "") -> J
             for k in running
         )
         tracks[spec.name] = TrackState(
+            phase=_phase(job, spec.name, merged, running) if spec.on_policy else "",
             rounds_merged=len(merged),
             rounds=job.rounds(spec.name),
             merged_shards=merged,
@@ -162,12 +167,37 @@ def job_status(job: Job, redis_client: Any | None = None, broker: str = "") -> J
     )
 
 
+def _phase(job: Job, track: str, merged: list[int], running: dict[str, Progress]) -> str:
+    """Where an on-policy track's round in flight stands: parts sampled, scored, trained."""
+    marker = records.read_if_exists(RoundMarker, job.paths.round_inflight(track))
+    if marker is None or marker.shard in merged:
+        return ""
+    r, n = marker.shard, job.spec.student(track).replicas
+    done = {
+        "sampled": sum(sidecar(job.paths.onpolicy_samples(track, r, i)).exists() for i in range(n)),
+        "scored": sum(sidecar(job.paths.onpolicy_scored(track, r, i)).exists() for i in range(n)),
+        "trained": sum(replica_stats(job.paths, track, r, i) is not None for i in range(n)),
+    }
+    now = [
+        f"{tk.kind} part {tk.replica} {p.get('samples', 0)}/{p.get('of', '?')}"
+        for k, p in running.items()
+        if (tk := taskkeys.parse(k)) is not None
+        and tk.kind in ("sample", "score")
+        and tk.track == track
+        and tk.shard == r
+    ]
+    said = ", ".join(f"{k} {v}/{n}" for k, v in done.items())
+    return f"round {r}: {said}" + (f" ({'; '.join(sorted(now))})" if now else "")
+
+
 def pulse(st: JobStatus) -> str:
     """Changes whenever the job moves: a shard or round finishes, or a running task reports
     progress (each report carries its time). `wait --stall` gives up when it stops changing."""
     moving = {
         "shards": [(sh.state, sh.progress) for sh in st.shards],
-        "tracks": {k: (t.rounds_merged, t.running, t.merging) for k, t in st.tracks.items()},
+        "tracks": {
+            k: (t.rounds_merged, t.running, t.merging, t.phase) for k, t in st.tracks.items()
+        },
         "failures": sorted(st.failures),
         "state": st.state,
     }

@@ -24,7 +24,7 @@ PROMPT_TOKENS = 48
 """A text record (no prompt of its own) is cut here into a prompt and the rest."""
 
 
-def prompt_of(ids: Sequence[int], positions: Sequence[int]) -> list[int]:
+def prompt_of(ids: Sequence[int] | np.ndarray, positions: Sequence[int] | np.ndarray) -> list[int]:
     """The prompt of a sample: its tokens before the first target; a text record, where every
     token is a target, its first ``PROMPT_TOKENS`` (at most half of it)."""
     first = int(positions[0]) + 1 if len(positions) else len(ids)

@@ -8,14 +8,17 @@ import numpy as np
 import pytest
 import torch
 
+from distillq.app import view
 from distillq.core import onpolicy
+from distillq.core.control.status import job_status
 from distillq.core.job.spec import OnPolicySpec
 from distillq.core.student import merge, sample
 from distillq.core.student import train as student
 from distillq.core.targets.shard import Shard
 from distillq.core.teacher.make import local_model
-from distillq.storage import cache, checkpoints
+from distillq.storage import cache, checkpoints, records
 from distillq.storage.layout import sidecar
+from distillq.storage.records import RoundMarker
 from tests.conftest import job_with_cache
 
 K = 8
@@ -105,6 +108,12 @@ def test_sample_score_train_merge_a_round(job):
             dense = torch.log_softmax(logits.float(), -1)[pos, tokens].numpy()
             np.testing.assert_allclose(got, dense, atol=2e-2)  # float16 in the cache
 
+    # `watch` shows where the round in flight stands, phase by phase, from storage.
+    records.write(job.paths.round_inflight(track), RoundMarker(shard=round_, queued_at=0.0))
+    st = job_status(job)
+    assert st.tracks[track].phase == "round 0: sampled 2/2, scored 2/2, trained 0/2"
+    assert "[round 0: sampled 2/2, scored 2/2, trained 0/2]" in view.render(st)
+
     # Each replica trains on its cache records the fraction did not pick, and on its samples.
     stats = [student.train_replica(job, track, round_, r) for r in range(2)]
     with Shard(job.paths.shard(0)) as r:
@@ -116,3 +125,61 @@ def test_sample_score_train_merge_a_round(job):
     result = merge.merge_round(job, track, round_)
     assert result.version == 1
     assert checkpoints.latest(job.paths, track).version == 1
+    assert job_status(job).tracks[track].phase == ""  # merged: no round in flight
+
+
+def _raw(tiny_models, **student_over) -> dict:
+    return {
+        "name": "p",
+        "dataset": "d.jsonl",
+        "teacher": {"model": tiny_models["teacher"]},
+        "students": [
+            {"name": "s", "model": tiny_models["student"], "on_policy": {}, **student_over}
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"students.0.on_policy": {"fraction": 0.0}}, "on_policy.fraction=0.0 must lie in (0, 1]"),
+        ({"students.0.on_policy": {"top_p": 0.0}}, "on_policy.top_p=0.0"),
+        ({"students.0.on_policy": {"typo": 1}}, "typo"),
+        ({"teacher": None, "mode": "data_parallel"}, "on_policy needs a teacher"),
+        (
+            {"teacher": {"model": "t", "target_method": "sampled"}},
+            "set teacher.target_method: topk",
+        ),
+    ],
+)
+def test_bad_on_policy_specs_are_one_line_naming_the_key(tiny_models, change, says):
+    from distillq.core.job.load import spec_from_dict
+    from distillq.errors import DistillqError
+
+    raw = _raw(tiny_models)
+    for key, value in change.items():
+        if key.startswith("students.0."):
+            raw["students"][0][key.rsplit(".", 1)[1]] = value
+        elif value is None:
+            raw.pop(key)
+        else:
+            raw[key] = value
+    with pytest.raises(DistillqError) as e:
+        spec_from_dict(raw)
+    assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_on_policy_student_of_another_tokenizer_is_refused_at_enqueue(
+    tiny_models, phi3_student, text_records, tmp_path
+):
+    from distillq.core.create import create_job
+    from distillq.core.job.load import spec_from_dict
+    from distillq.errors import DistillqError
+    from tests.conftest import write_jsonl
+
+    raw = _raw(tiny_models)
+    raw["dataset"] = str(write_jsonl(tmp_path / "d.jsonl", text_records[:20]))
+    raw["students"][0]["model"] = phi3_student
+    with pytest.raises(DistillqError, match="on-policy distillation needs the teacher to score"):
+        create_job(tmp_path / "storage", spec_from_dict(raw))
+    assert not list((tmp_path / "storage").glob("jobs/*/job.yaml"))  # nothing left behind

@@ -188,13 +188,14 @@ def test_the_teacher_grouped_by_length_writes_the_same_cache(job, tmp_path):
     import contextlib
 
     from distillq.core import stages
+    from distillq.core.teacher.make import make_teacher
     from distillq.storage.cache import read_stats
 
     teacher = dataclasses.replace(job.spec.teacher, group_by_length=False)
     plain = dataclasses.replace(job, spec=dataclasses.replace(job.spec, teacher=teacher))
     out = tmp_path / "plain.h5"
     with contextlib.ExitStack() as stack:
-        made, tok = stages._make_teacher(plain, stack)
+        made, tok = make_teacher(plain, stack)
         stages._write_cache(plain, made, tok, plain.split.shard_ids(0), out, 0)
     with Shard(job.paths.shard(0)) as a, Shard(out) as b:
         assert np.array_equal(a.input_ids, b.input_ids)
