@@ -51,7 +51,9 @@ from distillq.core.targets.shard import Shard
 from distillq.storage import cache, checkpoints
 from distillq.storage.layout import sidecar
 
-RECORDS = 480
+WARM_RECORDS, RECORDS = 1600, 480
+"""The warm-up job's records, then the arms' (disjoint: the arms' held-out records were never
+the warm student's training data)."""
 SEEDS = (0, 1, 2)
 ARMS: dict[str, float | None] = {"off": None, "on": 1.0, "mixed": 0.5}
 NEW_TOKENS = 48
@@ -79,9 +81,10 @@ def _spec(name: str, data: Path, teacher: Path, students: list[dict[str, Any]]) 
 
 
 def _warm(root: Path, data: Path, teacher: Path) -> str:
-    """The off-policy-distilled student every arm starts from (its merged model)."""
+    """The off-policy-distilled student every arm starts from (its merged model): the demo's
+    recipe (full fine-tuning from random init, lr 3e-3, 3 epochs) on records of its own."""
     cold = demo_models.build_student(root / "cold-student", tokenizer_dir=teacher)
-    track = {**BASE, "name": "warm", "model": str(cold), "lr": 3e-3}
+    track = {**BASE, "name": "warm", "model": str(cold), "lr": 3e-3, "epochs": 3}
     job, _ = run_job(root / "warm", _spec("bench-onpolicy-warm", data, teacher, [track]))
     data_, _ = report.collect(job)
     out = data_.students["warm"].outputs
@@ -143,15 +146,18 @@ def _bare(job: Job, track: str, teacher: Any, warm: str) -> dict[str, float]:
     model = load_causal_lm(warm, "bench student", torch.float32).eval()
     todo = onpolicy.prompts(job, track, 0, 0)
     t0 = time.perf_counter()
-    for p in todo:
+    for p in todo:  # what the sample phase asks of generate, with nothing around it
         ids = torch.as_tensor([p.input_ids])
         model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
             max_new_tokens=spec.on_policy.max_new_tokens,
             do_sample=True,
+            temperature=spec.on_policy.temperature,
+            top_p=spec.on_policy.top_p,
             top_k=None,
             pad_token_id=tok.eos_token_id,
+            eos_token_id=tok.eos_token_id,
         )
     gen_s = time.perf_counter() - t0
     scored = job.paths.onpolicy_scored(track, 0, 0)
@@ -189,11 +195,25 @@ def _bare(job: Job, track: str, teacher: Any, warm: str) -> dict[str, float]:
     }
 
 
+def _teacher_tokens(job: Job, name: str) -> int:
+    """Tokens the teacher ran over for an arm: the cache's (one pass, shared by every arm), or
+    the scored samples' where the arm's rounds are on-policy."""
+    spec = job.spec.student(name)
+    if spec.on_policy is None:
+        return sum(cache.read_stats(job.paths.shard_stats(i)).tokens for i in range(job.n_shards))
+    return sum(
+        cache.read_stats(sidecar(job.paths.onpolicy_scored(name, r, p))).tokens
+        for r in range(job.rounds(name))
+        for p in range(spec.replicas)
+    )
+
+
 def measure(root: Path) -> dict[str, Any]:
     teacher_dir = demo_models.TEACHER_ASSET
-    records = demo_models.demo_split_records(RECORDS)
-    data = _write_jsonl(root / "stdlib.jsonl", records)
-    warm = _warm(root, data, teacher_dir)
+    records = demo_models.demo_split_records(WARM_RECORDS + RECORDS)
+    warm_data = _write_jsonl(root / "stdlib-warm.jsonl", records[:WARM_RECORDS])
+    data = _write_jsonl(root / "stdlib.jsonl", records[WARM_RECORDS:])
+    warm = _warm(root, warm_data, teacher_dir)
     students = []
     for seed in SEEDS:
         for arm, fraction in ARMS.items():
@@ -223,23 +243,11 @@ def measure(root: Path) -> dict[str, Any]:
             "teacher_logprob": round(teacher_logprob(warm_model, teacher, tok, prompts), 4),
         }
     }
-    positions: dict[str, int] = {}
     for name, st in data_.students.items():
         arms[name] = {
             "heldout_ce": round(st.eval_loss or float("nan"), 4),
             "teacher_logprob": round(teacher_logprob(_merged(job, name), teacher, tok, prompts), 4),
         }
-        spec = job.spec.student(name)
-        own = sum(
-            cache.read_stats(sidecar(job.paths.onpolicy_scored(name, r, p))).target_positions
-            for r in range(job.rounds(name))
-            for p in range(spec.replicas)
-            if spec.on_policy is not None
-        )
-        ckpt = checkpoints.latest(job.paths, name)
-        assert ckpt is not None
-        trained = sum(rep.target_positions for rd in ckpt.meta.rounds for rep in rd.replicas)
-        positions[name] = own or trained // spec.epochs
     verdict = {}
     for seed in SEEDS:
         off = arms[f"off-s{seed}"]
@@ -252,24 +260,33 @@ def measure(root: Path) -> dict[str, Any]:
             "met": b["teacher_logprob"] > off["teacher_logprob"]
             and b["heldout_ce"] <= off["heldout_ce"] * (1 + GOAL_CE),
         }
-    phases = {arm: _phases(job, f"{arm}-s0") for arm in ("on", "mixed")}
-    bare = _bare(job, "on-s0", teacher, warm)
-    on = phases["on"]
+    # The phases, timed on a job of one on-policy track alone (in the arms' job, nine tracks
+    # share two workers, and a round's wall is mostly its turn in the queue).
+    alone = {
+        **BASE,
+        "name": "alone",
+        "model": warm,
+        "on_policy": {"fraction": 1.0, "max_new_tokens": NEW_TOKENS},
+    }
+    solo, _ = run_job(root / "solo", _spec("bench-onpolicy-phases", data, teacher_dir, [alone]))
+    phases = _phases(solo, "alone")
+    bare = _bare(solo, "alone", teacher, warm)
     return {
-        "records": len(records),
+        "warm_records": WARM_RECORDS,
+        "records": RECORDS,
         "eval_samples": len(held),
         "new_tokens": NEW_TOKENS,
         "teacher_heldout": data_.teacher.eval_loss if data_.teacher else None,
         "arms": arms,
-        "teacher_positions": positions,
+        "teacher_tokens": {name: _teacher_tokens(job, name) for name in data_.students},
         "verdict": verdict,
         "met": all(v["met"] for v in verdict.values()),
         "phases": phases,
         "bare": {k: round(v, 2) for k, v in bare.items()},
         "phase_vs_bare": {
-            "sample": round(on["sample_s"] / bare["generate_s"], 2),
-            "score": round(on["score_s"] / bare["teacher_forward_s"], 2),
-            "train": round(on["train_s"] / bare["train_steps_s"], 2),
+            "sample": round(phases["sample_s"] / bare["generate_s"], 2),
+            "score": round(phases["score_s"] / bare["teacher_forward_s"], 2),
+            "train": round(phases["train_s"] / bare["train_steps_s"], 2),
         },
         "job_seconds": round(seconds),
     }

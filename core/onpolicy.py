@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +31,15 @@ from distillq.core.job.data import Prompt, Sample, TokenizeStats
 from distillq.core.job.jobs import Job
 from distillq.core.job.models import load_tokenizer
 from distillq.core.job.spec import ServedTeacherSpec
+from distillq.core.maths.batching import PaddingCount
 from distillq.core.maths.losses import kd_loss
 from distillq.core.student import evaluate, sample, train
 from distillq.core.targets import registry as targets
 from distillq.core.targets.method import shard_fields
 from distillq.core.targets.topk import token_logprobs
-from distillq.core.teacher.local import write_items
+from distillq.core.teacher.local import Item, Teacher, write_items
 from distillq.core.teacher.make import has_token_column, make_teacher
-from distillq.core.teacher.records import KINDS
+from distillq.core.teacher.records import KINDS, Target
 from distillq.storage import cache, checkpoints, records
 from distillq.storage.atomic import clear_stale
 from distillq.storage.cache import CacheWriter, ShardMeta
@@ -185,17 +187,33 @@ def canonical(s: Sample, tok: Any) -> Sample:
     return Sample(s.record_id, again, [False] * keep + [True] * (len(again) - keep))
 
 
-def read_samples(path: Path) -> list[Sample]:
-    """The samples of a samples file, as the teacher takes them."""
+def read_samples(path: Path) -> tuple[list[Sample], list[str]]:
+    """The samples of a samples file, as the teacher takes them, and their text."""
     with cache.CacheReader(path) as reader:
-        out = []
+        out, texts = [], []
         for j in range(len(reader)):
             ids = [int(t) for t in reader.sample_ids(j)]
             mask = [False] * len(ids)
             for p in reader.positions_of(j):
                 mask[int(p) + 1] = True
             out.append(Sample(reader.record_id(j), ids, mask))
-        return out
+            texts.append(reader.generated(j)[1])
+        return out, texts
+
+
+class _Written:
+    """A teacher whose targets are told as the student's writing: the scored file keeps the
+    student's text and says its samples were generated (``distillq show``, the report)."""
+
+    def __init__(self, inner: Teacher, texts: list[str]) -> None:
+        self.inner, self.texts = inner, texts
+        self.source = inner.source
+
+    def run(
+        self, items: Iterable[Item], padding: PaddingCount | None = None
+    ) -> Iterator[list[Target]]:
+        for made, text in zip(self.inner.run(items, padding), self.texts, strict=True):
+            yield [dataclasses.replace(t, kind="generated", text=text) for t in made]
 
 
 def score_part(
@@ -216,7 +234,7 @@ def score_part(
     clear_stale(out)
     t, fp = job.spec.teacher, job.info.fingerprints
     assert t is not None
-    items = read_samples(src)
+    items, texts = read_samples(src)
     started = time.time()
     method = targets.build(t)
     token_column = has_token_column(job)
@@ -246,7 +264,7 @@ def score_part(
             meta, vocab_size=meta.vocab_size or len(tok), source=teacher.source
         )
         counts, made = write_items(
-            teacher=teacher,
+            teacher=_Written(teacher, texts),
             items=items,
             out=out,
             meta=meta,

@@ -34,7 +34,13 @@ def register(add: Add) -> None:
         "print one record of a teacher cache shard: prompt, response, the teacher's targets",
     )
     job_arg(sh)
-    sh.add_argument("--shard", type=int, required=True, help="shard number (-1: held-out slice)")
+    sh.add_argument("--shard", type=int, help="shard number (-1: held-out slice)")
+    sh.add_argument(
+        "--round",
+        type=int,
+        help="with --track T of an on-policy track: what the student wrote in that round, "
+        "with the teacher's scores (instead of --shard)",
+    )
     sh.add_argument("--record", type=int, required=True, help="dataset record id (0-based)")
     sh.add_argument(
         "--track",
@@ -103,10 +109,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from distillq.core.job.jobs import load_job
     from distillq.core.job.models import sample_tokenizer
-    from distillq.core.report.show import show
+    from distillq.core.report.show import on_policy_files, show
 
     job = load_job(settings_from(args).storage, args.job)
-    for s in show(job, args.shard, args.record, sample_tokenizer(job.spec)):
+    if (args.shard is None) == (args.round is None):
+        raise DistillqError("show takes --shard N, or --round N with --track T (on-policy)")
+    files = None
+    if args.round is not None:
+        if not args.track or job.spec.student(args.track).on_policy is None:
+            raise DistillqError(
+                "--round N shows an on-policy round: add --track T naming an on-policy track"
+            )
+        files = on_policy_files(job, args.track, args.round)
+    for s in show(job, args.shard or 0, args.record, sample_tokenizer(job.spec), files=files):
         print(f"record {s.record_id} ({s.kind})")
         print("--- prompt\n" + s.prompt)
         print("--- response\n" + s.response)
@@ -114,7 +129,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         for token, entries in s.targets:
             tops = ", ".join(f"{t!r} {p:.2f}" for t, p in entries)
             print(f"  {token!r:<16} [{tops}]")
-    if args.track:
+    if args.track and files is None:
         from distillq.core.report.show import side_by_side
 
         print(f"--- the teacher's tokens | student {args.track}'s tokens  (how they aligned)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,52 +25,86 @@ class ShownSample:
     """The first target tokens, each with the teacher's top entries (token text, prob)."""
 
 
+def on_policy_files(job: Job, track: str, round_: int) -> list[Path]:
+    """An on-policy round's files, a part each: scored where the teacher has scored it, else
+    the student's samples alone. Raises one line when the round has none yet."""
+    parts = range(job.spec.student(track).replicas)
+    found = [
+        scored if scored.exists() else job.paths.onpolicy_samples(track, round_, p)
+        for p in parts
+        if (scored := job.paths.onpolicy_scored(track, round_, p)).exists()
+        or job.paths.onpolicy_samples(track, round_, p).exists()
+    ]
+    if not found:
+        raise DistillqError(
+            f"track {track} of job {job.id} has sampled nothing in round {round_} yet; "
+            f"`distillq status {job.id}` shows the round in flight"
+        )
+    return found
+
+
 def show(
-    job: Job, shard: int, record: int, tok: Any, top: int = 3, tokens: int = 8
+    job: Job,
+    shard: int,
+    record: int,
+    tok: Any,
+    top: int = 3,
+    tokens: int = 8,
+    files: list[Path] | None = None,
 ) -> list[ShownSample]:
     """The samples of dataset record ``record`` in ``shard``'s cache (several when the teacher
-    wrote n responses). Raises one line when the shard or record is not there."""
+    wrote n responses), or in ``files`` (an on-policy round's). Raises one line when the shard
+    or record is not there."""
     path = job.paths.shard(shard) if shard >= 0 else job.paths.teacher_eval_cache
-    if not path.exists():
+    if files is None and not path.exists():
         raise DistillqError(
             f"job {job.id} has no cache for shard {shard} yet ({path}); `distillq status "
             f"{job.id}` shows which shards are done"
         )
     out = []
-    with Shard(path) as r:
-        rids = r.record_ids()
-        rows = np.flatnonzero(rids == record)
-        if not len(rows):
-            lo, hi = (int(rids.min()), int(rids.max())) if len(rids) else (0, -1)
-            raise DistillqError(
-                f"record {record} is not in shard {shard} of job {job.id} (it holds records "
-                f"{lo}..{hi}); pick one of those"
+    held: list[int] = []
+    for f in files or [path]:
+        with Shard(f) as r:
+            rids = r.record_ids()
+            held += rids.tolist()
+            out += _shown(r, np.flatnonzero(rids == record), record, tok, top, tokens)
+    if not out:
+        lo, hi = (min(held), max(held)) if held else (0, -1)
+        where = f"shard {shard}" if files is None else "that round"
+        raise DistillqError(
+            f"record {record} is not in {where} of job {job.id} (it holds records "
+            f"{lo}..{hi}); pick one of those"
+        )
+    return out
+
+
+def _shown(
+    r: Shard, rows: np.ndarray, record: int, tok: Any, top: int, tokens: int
+) -> list[ShownSample]:
+    out = []
+    for j in rows:
+        kind, text = r.generated(int(j))
+        b = r.batch(int(j), int(j) + 1)
+        ids = r.sample_ids(int(j)).tolist()
+        cols = b.padded.cols
+        first = int(cols[0]) + 1 if len(cols) else len(ids)
+        shown = []
+        for c in range(min(tokens, len(cols))):
+            entries = []
+            if b.target_ids is not None and b.target_logprobs is not None:
+                for t, lp in zip(b.target_ids[c][:top], b.target_logprobs[c][:top], strict=True):
+                    if np.isfinite(lp):
+                        entries.append((str(tok.decode([int(t)])), float(np.exp(lp))))
+            shown.append((str(tok.decode([int(b.padded.labels[c])])), entries))
+        out.append(
+            ShownSample(
+                record_id=record,
+                kind=KINDS[kind],
+                prompt=str(tok.decode(ids[:first])),
+                response=text or str(tok.decode(ids[first:])),
+                targets=shown,
             )
-        for j in rows:
-            kind, text = r.generated(int(j))
-            b = r.batch(int(j), int(j) + 1)
-            ids = r.sample_ids(int(j)).tolist()
-            cols = b.padded.cols
-            first = int(cols[0]) + 1 if len(cols) else len(ids)
-            shown = []
-            for c in range(min(tokens, len(cols))):
-                entries = []
-                if b.target_ids is not None and b.target_logprobs is not None:
-                    for t, lp in zip(
-                        b.target_ids[c][:top], b.target_logprobs[c][:top], strict=True
-                    ):
-                        if np.isfinite(lp):
-                            entries.append((str(tok.decode([int(t)])), float(np.exp(lp))))
-                shown.append((str(tok.decode([int(b.padded.labels[c])])), entries))
-            out.append(
-                ShownSample(
-                    record_id=record,
-                    kind=KINDS[kind],
-                    prompt=str(tok.decode(ids[:first])),
-                    response=text or str(tok.decode(ids[first:])),
-                    targets=shown,
-                )
-            )
+        )
     return out
 
 

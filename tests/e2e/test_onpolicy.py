@@ -71,6 +71,18 @@ def test_an_on_policy_job_survives_a_kill_in_each_phase_with_the_same_weights(
     assert got.rounds and got.rounds[0].student_text
     md = plain.paths.report_md.read_text()
     assert "On-policy" in md and "teacher log-prob" in md
+    # `distillq show` reads a round's files like a teacher shard: the student's text, and the
+    # teacher's scores of its tokens.
+    with cache.CacheReader(plain.paths.onpolicy_scored("s", 1, 0)) as r:
+        rid, text = r.record_id(0), r.generated(0)[1]
+    shown = run_cli(
+        settings, "show", plain.id, "--track", "s", "--round", "1", "--record", str(rid)
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert f"record {rid} (generated)" in shown.stdout and text[:20] in shown.stdout
+    assert "first targets" in shown.stdout
+    bad = run_cli(settings, "show", plain.id, "--round", "1", "--record", str(rid))
+    assert bad.returncode != 0 and "add --track T" in bad.stderr
     workers.stop_all()
 
     once = tmp_path / "fired"

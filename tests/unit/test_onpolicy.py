@@ -84,7 +84,7 @@ def test_sample_score_train_merge_a_round(job):
             ids = [a.sample_ids(j).tolist() for j in range(len(a))]
             texts = [a.generated(j)[1] for j in range(len(a))]
         assert len(first) > 0 and all(len(t) > 0 for t in texts)
-        assert ids == [s.input_ids for s in onpolicy.read_samples(path)]
+        assert ids == [s.input_ids for s in onpolicy.read_samples(path)[0]]
 
         scored = onpolicy.score_part(job, track, round_, part)
         assert scored is not None and scored.k == K + 1
