@@ -183,3 +183,43 @@ def test_an_on_policy_student_of_another_tokenizer_is_refused_at_enqueue(
     with pytest.raises(DistillqError, match="on-policy distillation needs the teacher to score"):
         create_job(tmp_path / "storage", spec_from_dict(raw))
     assert not list((tmp_path / "storage").glob("jobs/*/job.yaml"))  # nothing left behind
+
+
+def test_the_on_policy_loss_on_tiny_models_is_a_bound_that_meets_the_dense_reverse_kl(job):
+    """On a student's own samples, with the real tiny teacher and student: the reverse KL over
+    the teacher's top-k, the sampled token and the tail never exceeds the dense one, and equals
+    it when the teacher lists the whole vocabulary."""
+    from distillq.core.maths.losses import kd_loss
+    from distillq.core.targets.topk import TopK
+    from distillq.core.teacher.local import score_batch
+
+    path = job.paths.onpolicy_samples("s", 0, 0)
+    if not path.exists():
+        onpolicy.sample_part(job, "s", 0, 0)
+    teacher, tok = local_model(job.spec.teacher)
+    model = student.build(job.spec.student("s")).eval()
+    samples = onpolicy.read_samples(path)[0][:3]
+    for k in (4, len(tok)):
+        scored = score_batch(teacher, samples, TopK(k), 1.0, limit=len(tok), token_column=True)
+        for s, t in zip(samples, scored, strict=True):
+            pos = torch.as_tensor(s.target_positions())
+            ids = torch.as_tensor([s.input_ids])
+            with torch.no_grad():
+                logits = model(input_ids=ids).logits[0, pos].float()
+                dense_t = torch.log_softmax(teacher(input_ids=ids).logits[0, pos].float(), -1)
+                _, terms = kd_loss(
+                    logits,
+                    ids[0, pos + 1],
+                    torch.as_tensor(t.ids),
+                    torch.as_tensor(t.logprobs.astype(np.float32)),
+                    alpha=0.0,
+                    temperature=1.0,
+                    kind="reverse_kl",
+                )
+            logs = torch.log_softmax(logits, -1)
+            dense = float((logs.exp() * (logs - dense_t)).sum(-1).mean())
+            if k == len(tok):
+                assert terms["kd"] == pytest.approx(dense, abs=2e-3)  # float16 targets
+            else:
+                assert terms["kd"] <= dense + 1e-4
+                assert terms["kd"] > 0
