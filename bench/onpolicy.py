@@ -92,12 +92,24 @@ def _warm(root: Path, data: Path, teacher: Path) -> str:
     return out.merged
 
 
+SAMPLED = 4
+"""Sampled continuations (T = 1) per held-out prompt for the second view of the measure: greedy
+text of a small model falls into loops the teacher may like, and one loop moves the mean."""
+
+
 @torch.no_grad()
-def teacher_logprob(model: Any, teacher: Any, tok: Any, prompts: list[Prompt]) -> float:
-    """The teacher's mean log-prob per token of ``model``'s greedy continuations."""
-    greedy = OnPolicySpec(temperature=0.0, max_new_tokens=NEW_TOKENS)
+def teacher_logprob(
+    model: Any, teacher: Any, tok: Any, prompts: list[Prompt], sampled: bool = False
+) -> float:
+    """The teacher's mean log-prob per token of ``model``'s greedy continuations (``sampled``:
+    ``SAMPLED`` continuations at T = 1 per prompt, seeded per prompt, the same for every arm)."""
+    how = (
+        OnPolicySpec(temperature=1.0, samples_per_prompt=SAMPLED, max_new_tokens=NEW_TOKENS)
+        if sampled
+        else OnPolicySpec(temperature=0.0, max_new_tokens=NEW_TOKENS)
+    )
     total, count = 0.0, 0
-    for s, _ in sample.continuations(model, tok, prompts, greedy, 0, 10_000):
+    for s, _ in sample.continuations(model, tok, prompts, how, 0, 10_000):
         pos = torch.as_tensor(s.target_positions())
         ids = torch.as_tensor([s.input_ids])
         logp = torch.log_softmax(teacher(ids).logits[0].float(), -1)
@@ -237,17 +249,19 @@ def measure(root: Path) -> dict[str, Any]:
         for s, (ids, _) in zip(held, evaluate.prompts(held, len(held)), strict=True)
     ]
     warm_model = load_causal_lm(warm, "bench student", torch.float32).eval()
-    arms: dict[str, dict[str, float]] = {
-        "warm": {
-            "heldout_ce": round(evaluate.eval_loss(warm_model, held).loss, 4),
-            "teacher_logprob": round(teacher_logprob(warm_model, teacher, tok, prompts), 4),
+
+    def measures(model: Any, ce: float) -> dict[str, float]:
+        return {
+            "heldout_ce": round(ce, 4),
+            "teacher_logprob": round(teacher_logprob(model, teacher, tok, prompts), 4),
+            "teacher_logprob_sampled": round(
+                teacher_logprob(model, teacher, tok, prompts, sampled=True), 4
+            ),
         }
-    }
+
+    arms = {"warm": measures(warm_model, evaluate.eval_loss(warm_model, held).loss)}
     for name, st in data_.students.items():
-        arms[name] = {
-            "heldout_ce": round(st.eval_loss or float("nan"), 4),
-            "teacher_logprob": round(teacher_logprob(_merged(job, name), teacher, tok, prompts), 4),
-        }
+        arms[name] = measures(_merged(job, name), st.eval_loss or float("nan"))
     verdict = {}
     for seed in SEEDS:
         off = arms[f"off-s{seed}"]

@@ -289,6 +289,7 @@ def write_markdown(r: dict[str, Any], path: Path, command: str) -> None:
         f"| full fp16 | {c['full_fp16_bytes_per_position']} (raw {c['full_fp16_raw_bytes_per_position']}) | 1 | 0 |",
         "",
         *quality_section(r.get("quality")),
+        *_onpolicy_section(r.get("onpolicy")),
         "## Memory (peak RSS of the stage functions, fresh process each)",
         "",
         "| data | records | teacher MB | student MB |",
@@ -607,6 +608,117 @@ def _real_model_section(v: dict[str, Any] | None) -> list[str]:
         "| seed | kd held-out | ce held-out | share of the ce→teacher gap kd closes |",
         "|---|---|---|---|",
         *quality,
+        "",
+    ]
+
+
+def _onpolicy_found(v: dict[str, Any], seeds: list[str]) -> str:
+    """What the arms say, in words computed from them."""
+    arms = v["arms"]
+
+    def gains(arm: str, key: str) -> list[float]:
+        return [arms[f"{arm}-s{s}"][key] - arms[f"off-s{s}"][key] for s in seeds]
+
+    def ce(arm: str) -> list[float]:
+        return [
+            arms[f"{arm}-s{s}"]["heldout_ce"] / arms[f"off-s{s}"]["heldout_ce"] - 1 for s in seeds
+        ]
+
+    def said(xs: list[float], pct: bool = False) -> str:
+        return " / ".join(f"{x:+.1%}" if pct else f"{x:+.2f}" for x in xs)
+
+    out = (
+        f"`on` raises the teacher's log-prob of the student's own text over `off` at every seed "
+        f"(greedy {said(gains('on', 'teacher_logprob'))}, sampled "
+        f"{said(gains('on', 'teacher_logprob_sampled'))} nats/token) and costs held-out CE "
+        f"({said(ce('on'), True)}): reverse KL on its own samples only, it never sees the data's "
+        f"continuations. `mixed` keeps CE within {max(ce('mixed')):.1%} of `off` and gains "
+        f"{said(gains('mixed', 'teacher_logprob_sampled'))} on sampled text at every seed, but "
+        f"its greedy text moves by {said(gains('mixed', 'teacher_logprob'))}: greedy decoding of "
+        "a model this small falls into loops, and the greedy measure moves with them."
+    )
+    before = v.get("before_cache_loss_split")
+    if before:
+        mixed = [before["arms"][f"mixed-s{s}"]["heldout_ce"] for s in seeds]
+        off = [arms[f"off-s{s}"]["heldout_ce"] for s in seeds]
+        out += (
+            " A first run trained `mixed`'s cache batches with reverse KL too (the track's loss "
+            "was reverse KL throughout): its CE was "
+            f"{said([m / o - 1 for m, o in zip(mixed, off, strict=True)], True)} over `off`; "
+            "since then only the student's own samples take reverse KL."
+        )
+    return out
+
+
+def _onpolicy_section(v: dict[str, Any] | None) -> list[str]:
+    """bench/onpolicy.py: off-policy, on-policy and mixed arms from one warm student."""
+    if not v:
+        return []
+    seeds = sorted(v["verdict"], key=int)
+    arms, toks = v["arms"], v["teacher_tokens"]
+
+    def row(s: str) -> str:
+        cells = []
+        for arm in ("off", "on", "mixed"):
+            a = arms[f"{arm}-s{s}"]
+            cells += [a["heldout_ce"], a["teacher_logprob"], a.get("teacher_logprob_sampled", "")]
+        d = v["verdict"][s]
+        met = "yes" if d["met"] else "**no**"
+        return (
+            f"| {s} | "
+            + " | ".join(str(c) for c in cells)
+            + f" | {d['best']} {d['teacher_logprob_gain']:+.4f} | {d['ce_change']:+.1%} | {met} |"
+        )
+
+    p, bare, ratio = v["phases"], v["bare"], v["phase_vs_bare"]
+    warm = arms["warm"]
+    met = sum(1 for s in seeds if v["verdict"][s]["met"])
+    tokens = ", ".join(f"{a} {toks[f'{a}-s0']:,}" for a in ("off", "on", "mixed"))
+    return [
+        "## Quality: on-policy against off-policy (bench/onpolicy.py)",
+        "",
+        "`python -m bench.run --only onpolicy`. The demo teacher and student: the student is first "
+        f"distilled off-policy from random init on {v['warm_records']} records (the warm start, "
+        f"forward KL), then three arms continue it on {v['records']} other records "
+        f"({v['eval_samples']} held out), one job, the same rounds, epochs and batches, three "
+        "seeds: `off` (the cache, forward KL, α = 0.1), `on` (`on_policy.fraction: 1.0`, "
+        "reverse KL on its own samples) and `mixed` (0.5). Two measures: held-out CE on the "
+        "data (nats/token), and the teacher's mean log-prob per token of the student's own "
+        f"greedy continuations ({v['new_tokens']} tokens) of every held-out prompt (teacher run "
+        "densely; higher is better). Goal: `on` or `mixed` beats `off` on the second at every "
+        "seed, no more than 5% worse on the first.",
+        "",
+        "`greedy`: the teacher's log-prob per token of the greedy continuations (the goal's "
+        "measure); `sampled`: the same of 4 continuations per prompt at T = 1, seeded per prompt "
+        "(a second view: greedy text of a small model falls into loops, and one loop moves the "
+        "mean).",
+        "",
+        f"Warm start: held-out CE {warm['heldout_ce']}, teacher log-prob {warm['teacher_logprob']}"
+        f" greedy, {warm.get('teacher_logprob_sampled', 'n/a')} sampled (the teacher's own "
+        f"held-out CE {v['teacher_heldout']:.4f}).",
+        "",
+        "| seed | off CE | off greedy | off sampled | on CE | on greedy | on sampled | mixed CE "
+        "| mixed greedy | mixed sampled | best of on/mixed vs off (greedy) | its CE change | "
+        "goal met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *[row(s) for s in seeds],
+        "",
+        f"Goal met at {met} of {len(seeds)} seeds. " + _onpolicy_found(v, seeds),
+        "",
+        "Teacher compute, as tokens the teacher ran "
+        f"over for a seed's arm: {tokens} (the cache is one pass shared by every arm; an "
+        "on-policy arm's own samples are scored once per round).",
+        "",
+        "Phases of one on-policy round (a job of that one track alone, part 0 of round 0): "
+        f"sample {p['sample_s']} s ({p['samples']} samples, {p['sampled_tokens']} tokens), "
+        f"score {p['score_s']} s, train {p['train_s']} s ({p['train_steps']} steps). Against "
+        f"bare loops in this process (a bare `generate` per prompt {bare['generate_s']} s, a bare "
+        f"teacher forward + top-k over the same samples {bare['teacher_forward_s']} s, bare "
+        f"training steps over the same batches {bare['train_steps_s']} s): sample "
+        f"**{ratio['sample']}×**, score **{ratio['score']}×**, train **{ratio['train']}×** the "
+        f"bare time. The round's wall (first sample to merge) is "
+        f"**{p['round_wall_vs_phase_sum']}×** the sum of its phases: the rest is the hand-offs "
+        "between queues (each phase a task: dispatch, model load, files).",
         "",
     ]
 

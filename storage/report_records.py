@@ -48,6 +48,8 @@ class CacheSummary:
 class LossSummary:
     kind: str
     alpha: float
+    on_policy_kind: str = ""
+    """An on-policy track: the divergence on its own samples (α = 0 there)."""
 
 
 @dataclass(frozen=True)

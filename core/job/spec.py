@@ -450,13 +450,18 @@ class JobSpec:
         return "teacher.max_length" if self.teacher else "max_length"
 
     def loss_for(self, student: StudentSpec) -> LossSpec:
-        """The track's loss; an on-policy track without its own takes the job's with reverse
-        KL, the divergence on-policy distillation minimises (set the track's loss for another)."""
+        """The track's loss (on the cache's batches)."""
         if self.mode == "data_parallel":
             return LossSpec(alpha=1.0)
-        if student.loss is None and student.on_policy is not None:
-            return replace(self.loss, kind="reverse_kl")
         return student.loss or self.loss
+
+    def on_policy_loss(self, student: StudentSpec) -> LossSpec:
+        """The loss of an on-policy track's batches of its own samples: the divergence alone
+        (α = 0: CE on its own tokens would teach it what it already says), reverse KL (what
+        on-policy distillation minimises) unless the track sets a ``loss.kind`` of its own."""
+        base = self.loss_for(student)
+        kind = student.loss.kind if student.loss is not None else "reverse_kl"
+        return replace(base, kind=kind, alpha=0.0)
 
     def student(self, name: str) -> StudentSpec:
         for s in self.students:

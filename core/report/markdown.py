@@ -180,12 +180,15 @@ def _on_policy(data: Report) -> list[str]:
         "log-prob per token (higher: the teacher would have written it) and KL(student ‖ "
         "teacher) per token over the teacher's top-k and the tail, before training and after.",
         "",
-        "| track | teacher log-prob before | after | reverse KL before | after | unlisted |",
-        "|---|---|---|---|---|---|",
+        "| track | loss: own samples / cache | teacher log-prob before | after | "
+        "reverse KL before | after | unlisted |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, op in rows:
+        loss = data.students[name].loss
         lines.append(
-            f"| {name} | {_nats(op.teacher_logprob_before)} | {_nats(op.teacher_logprob_after)} "
+            f"| {name} | {loss.on_policy_kind} / {loss.kind} (α {loss.alpha:g}) "
+            f"| {_nats(op.teacher_logprob_before)} | {_nats(op.teacher_logprob_after)} "
             f"| {_nats(op.reverse_kl_before)} | {_nats(op.reverse_kl_after)} | "
             f"{op.unlisted}/{op.positions} |"
         )

@@ -120,7 +120,11 @@ def _track(job: Job, spec: StudentSpec) -> _Track:
         model=spec.model,
         method=spec.method,
         replicas=spec.replicas,
-        loss=LossSummary(kind=loss.kind, alpha=loss.alpha),
+        loss=LossSummary(
+            kind=loss.kind,
+            alpha=loss.alpha,
+            on_policy_kind=job.spec.on_policy_loss(spec).kind if spec.on_policy else "",
+        ),
         eval_loss=sev.loss if sev else None,
         version=ckpt.version if ckpt else 0,
         steps=ckpt.meta.step if ckpt else 0,

@@ -204,6 +204,12 @@ def training_loss(job: Job, spec: StudentSpec) -> LossSpec:
     return dataclasses.replace(loss, temperature=temperature)
 
 
+def on_policy_loss(job: Job, spec: StudentSpec) -> LossSpec:
+    """``JobSpec.on_policy_loss`` with τ resolved as ``training_loss`` resolves it."""
+    tau = training_loss(job, spec).temperature
+    return dataclasses.replace(job.spec.on_policy_loss(spec), temperature=tau)
+
+
 def train_step(
     t: Trainer, batches: list[Batch], loss: LossSpec | Sequence[LossSpec], lr: float
 ) -> tuple[float, dict[str, float]]:
@@ -448,9 +454,7 @@ def train_replica(
             own = stack.enter_context(Shard(job.paths.onpolicy_scored(track, shard, replica)))
             parts = [
                 Part(reader, mine[~sample.chosen(t.spec.on_policy, shard, rids[mine])], loss),
-                # CE on the student's own tokens would teach it what it already says: its
-                # own samples take the divergence alone.
-                Part(own, np.arange(len(own)), dataclasses.replace(loss, alpha=0.0)),
+                Part(own, np.arange(len(own)), on_policy_loss(job, t.spec)),
             ]
         loop = train_loop(
             t,

@@ -13,7 +13,8 @@ import torch
 import yaml
 
 from distillq.core.job.jobs import Job, load_job
-from distillq.storage import cache, checkpoints, records
+from distillq.core.runtime import broker
+from distillq.storage import cache, checkpoints, keys, records
 from distillq.storage.layout import sidecar
 from distillq.storage.report_records import Report
 from tests.conftest import run_cli, write_jsonl
@@ -95,8 +96,11 @@ def test_an_on_policy_job_survives_a_kill_in_each_phase_with_the_same_weights(
     )
     killed = load_job(settings.storage, enqueue(settings, spec))
     wait(settings, killed.id, workers, "killed")
-    for p in points:
+    r = broker.client(settings.broker_url, settings.sentinel_master)
+    tasks = ("sample-s-00001-0", "score-s-00001-1", "replica-s-00001-0")
+    for p, key in zip(points, tasks, strict=True):
         assert (once / p.split("=")[0]).exists(), p  # each kill happened
+        assert int(r.get(keys.attempts(killed.id, key)) or 0) == 2, key  # redone once
     assert_rounds_on_storage(killed)
     want = checkpoints.latest(plain.paths, "s").params()
     have = checkpoints.latest(killed.paths, "s").params()

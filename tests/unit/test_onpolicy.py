@@ -4,6 +4,8 @@ file, written again the same way, and a round mixes cache and own batches by ``f
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ import torch
 from distillq.app import view
 from distillq.core import onpolicy
 from distillq.core.control.status import job_status
-from distillq.core.job.spec import OnPolicySpec
+from distillq.core.job.spec import LossSpec, OnPolicySpec
 from distillq.core.student import merge, sample
 from distillq.core.student import train as student
 from distillq.core.targets.shard import Shard
@@ -47,8 +49,13 @@ def job(tmp_path_factory, tiny_models, text_records):
     return job_with_cache(tmp_path_factory.mktemp("onpolicy"), text_records[:40], spec)
 
 
-def test_an_on_policy_track_defaults_to_reverse_kl(job):
-    assert job.spec.loss_for(job.spec.student("s")).kind == "reverse_kl"
+def test_an_on_policy_track_learns_its_own_samples_with_reverse_kl_and_the_cache_as_set(job):
+    spec = job.spec.student("s")
+    assert job.spec.loss_for(spec).kind == "forward_kl"  # the job's, on cache batches
+    own = job.spec.on_policy_loss(spec)
+    assert (own.kind, own.alpha) == ("reverse_kl", 0.0)
+    jsd = dataclasses.replace(spec, loss=LossSpec(kind="jsd", alpha=0.3))
+    assert (job.spec.on_policy_loss(jsd).kind, job.spec.loss_for(jsd).kind) == ("jsd", "jsd")
 
 
 def test_the_fraction_picks_records_per_round_and_record():
