@@ -36,6 +36,7 @@ from distillq.core.maths.losses import kd_loss
 from distillq.core.student import evaluate, sample, train
 from distillq.core.targets import registry as targets
 from distillq.core.targets.method import shard_fields
+from distillq.core.targets.records import SparseTargets
 from distillq.core.targets.topk import token_logprobs
 from distillq.core.teacher.local import Item, Teacher, write_items
 from distillq.core.teacher.make import has_token_column, make_teacher
@@ -203,17 +204,39 @@ def read_samples(path: Path) -> tuple[list[Sample], list[str]]:
 
 class _Written:
     """A teacher whose targets are told as the student's writing: the scored file keeps the
-    student's text and says its samples were generated (``distillq show``, the report)."""
+    student's text and says its samples were generated (``distillq show``, the report).
+    ``add_token``: the teacher lists no column for each position's own token (a server):
+    append it, its log-prob unknown (−inf), so every scored file ends with that column."""
 
-    def __init__(self, inner: Teacher, texts: list[str]) -> None:
-        self.inner, self.texts = inner, texts
+    def __init__(self, inner: Teacher, texts: list[str], add_token: bool) -> None:
+        self.inner, self.texts, self.add_token = inner, texts, add_token
         self.source = inner.source
 
     def run(
         self, items: Iterable[Item], padding: PaddingCount | None = None
     ) -> Iterator[list[Target]]:
         for made, text in zip(self.inner.run(items, padding), self.texts, strict=True):
-            yield [dataclasses.replace(t, kind="generated", text=text) for t in made]
+            yield [
+                dataclasses.replace(
+                    t,
+                    kind="generated",
+                    text=text,
+                    targets=self._token(t) if self.add_token else t.targets,
+                )
+                for t in made
+            ]
+
+    @staticmethod
+    def _token(t: Target) -> SparseTargets | None:
+        if t.targets is None:
+            return None
+        ids = np.asarray(t.sample.input_ids)
+        tokens = ids[np.asarray(t.sample.target_positions(), dtype=np.int64) + 1]
+        unknown = np.full((len(tokens), 1), -np.inf, dtype=t.targets.logprobs.dtype)
+        return SparseTargets(
+            np.concatenate([t.targets.ids, tokens[:, None].astype(t.targets.ids.dtype)], axis=1),
+            np.concatenate([t.targets.logprobs, unknown], axis=1),
+        )
 
 
 def score_part(
@@ -239,7 +262,7 @@ def score_part(
     method = targets.build(t)
     token_column = has_token_column(job)
     fields = shard_fields(method)
-    fields["width"] += int(token_column)
+    fields["width"] += 1  # each position's own token, last (``sampled_token`` reads it there)
     meta = ShardMeta(
         shard=round_,
         vocab_size=fp.vocab_size or 0,
@@ -264,7 +287,7 @@ def score_part(
             meta, vocab_size=meta.vocab_size or len(tok), source=teacher.source
         )
         counts, made = write_items(
-            teacher=_Written(teacher, texts),
+            teacher=_Written(teacher, texts, add_token=not token_column),
             items=items,
             out=out,
             meta=meta,

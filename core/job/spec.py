@@ -43,8 +43,9 @@ Overlong = Literal["truncate", "refuse"]
 Dialect = Literal["auto", "vllm", "llama_cpp", "openai", "text"]
 StudentDtype = Literal["float32", "bfloat16"]
 TargetMethod = Literal["topk", "sampled"]
-TeacherDtype = Literal["auto", "float32", "bfloat16"]
 """The names in ``core/targets/registry.py``."""
+TeacherDtype = Literal["auto", "float32", "bfloat16"]
+OnPolicyEstimator = Literal["listed", "token"]
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,11 @@ class OnPolicySpec:
     samples_per_prompt: int = 1
     seed: int = 0
     """Seeds every draw, per (round, record): a redelivered task writes the same samples."""
+    estimator: OnPolicyEstimator = "listed"
+    """How the loss on the student's own samples is taken: ``listed``, the divergence over the
+    teacher's top-k, the sampled token and the tail (exact for those buckets); ``token``, the
+    reverse KL estimated at the sampled token alone (log s(y) − log p(y), the recipe of the
+    on-policy distillation reports; reverse KL only)."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction <= 1.0:
@@ -488,6 +494,13 @@ def _check_on_policy(spec: JobSpec, s: StudentSpec) -> None:
         raise SpecError(
             f"students[{s.name}].on_policy: the teacher scores the student's samples with its "
             f"top-k; set teacher.target_method: topk (not {t.target_method})"
+        )
+    assert s.on_policy is not None
+    kind = spec.on_policy_loss(s).kind
+    if s.on_policy.estimator == "token" and kind != "reverse_kl":
+        raise SpecError(
+            f"students[{s.name}].on_policy.estimator: token estimates reverse KL, and this "
+            f"track's loss.kind is {kind}: set loss.kind: reverse_kl, or estimator: listed"
         )
 
 

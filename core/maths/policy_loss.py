@@ -9,6 +9,8 @@ Two estimators of the reverse KL, KL(s ‖ p) per position, s the student and p 
   reverse KL; as a loss, the surrogate sg(log s(y) − log p(y)) · log s(y) has the reverse KL's
   gradient in expectation over the student's draws (score function: E_s[∇ log s] = 0), with
   the student's token as the action and each position's future held fixed (discount 0);
+  :func:`sampled_token` is that estimate as an ``Estimator`` (``losses.py``) over on-policy
+  targets, which list each position's sampled token in their last column;
 - **over listed tokens** (:func:`union_ids`), where the teacher can give log-probs at any ids (a
   local teacher, a GGUF one): the ids listed at a position are the teacher's top-k and the
   student's own top-k together, and the bucketed divergence in ``losses`` (listed ids + one
@@ -48,3 +50,35 @@ def listed_logprobs(logprobs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     listed: the loss leaves them in the tail)."""
     got = logprobs.gather(-1, ids.clamp(min=0))
     return torch.where(ids >= 0, got, float("-inf"))
+
+
+def sampled_token(
+    kind: str,
+    z: torch.Tensor,
+    log_z: torch.Tensor | None,
+    temperature: float,
+    target_ids: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    weights: torch.Tensor | None,
+    beta: float,
+) -> torch.Tensor:
+    """Reverse KL per position estimated at the student's own token (``on_policy.estimator:
+    token``): its value is log s(y) − log p(y), its gradient the surrogate's
+    (:func:`sampled_token_reverse_kl`). ``y`` is the last column of ``target_ids`` (on-policy
+    scoring lists each position's sampled token there); ``log p(y)`` is the finite log-prob
+    listed for ``y``. A position whose token the teacher gave no log-prob (a server's top-k
+    without it) contributes 0."""
+    if kind != "reverse_kl":
+        raise ValueError(f"the sampled-token estimator estimates reverse KL, not {kind}")
+    zt = z / temperature if temperature != 1.0 else z
+    if log_z is None:
+        log_z = torch.logsumexp(zt, dim=-1, keepdim=True)
+    y = target_ids[:, -1]
+    log_s = zt.gather(-1, y[:, None])[:, 0] - log_z[:, 0]
+    tp = teacher_logprobs.to(log_s.dtype)
+    listed = (target_ids == y[:, None]) & torch.isfinite(tp)
+    log_p = torch.where(listed, tp, float("-inf")).amax(-1)
+    known = torch.isfinite(log_p)
+    surrogate, estimate = sampled_token_reverse_kl(log_s, torch.where(known, log_p, log_s.detach()))
+    value = estimate + (surrogate - surrogate.detach())
+    return torch.where(known, value, torch.zeros_like(value))

@@ -29,6 +29,7 @@ from distillq.core.job.spec import LossSpec, StudentSpec
 from distillq.core.maths import head_loss
 from distillq.core.maths.batching import PaddingCount, batch_groups
 from distillq.core.maths.losses import Estimator, bucketed, kd_loss
+from distillq.core.maths.policy_loss import sampled_token
 from distillq.core.student import aligned, peft_methods, sample
 from distillq.core.targets.shard import Batch, Shard
 from distillq.errors import SpecError
@@ -279,6 +280,13 @@ class Part:
     reader: Shard
     samples: np.ndarray
     loss: LossSpec
+    estimator: Estimator | None = None
+    """Instead of the reader's method's (``on_policy.estimator: token``)."""
+
+
+def _batch(part: Part, group: np.ndarray) -> Batch:
+    b = part.reader.batch_of(group)
+    return b if part.estimator is None else dataclasses.replace(b, estimator=part.estimator)
 
 
 def train_loop(
@@ -325,7 +333,7 @@ def train_loop(
         for i in range(done, n_batches, spec.grad_accum):
             faults.hit(f"replica_step:{spec.name}:{out.steps}")
             chosen = [groups[b] for b in order[i : i + spec.grad_accum]]
-            micro = [part.reader.batch_of(g) for part, g in chosen]
+            micro = [_batch(part, g) for part, g in chosen]
             lr = lr_at(t.step0 + out.steps, spec, total_steps)
             value, terms = train_step(t, micro, [part.loss for part, _ in chosen], lr)
             out.steps += 1
@@ -454,7 +462,12 @@ def train_replica(
             own = stack.enter_context(Shard(job.paths.onpolicy_scored(track, shard, replica)))
             parts = [
                 Part(reader, mine[~sample.chosen(t.spec.on_policy, shard, rids[mine])], loss),
-                Part(own, np.arange(len(own)), on_policy_loss(job, t.spec)),
+                Part(
+                    own,
+                    np.arange(len(own)),
+                    on_policy_loss(job, t.spec),
+                    sampled_token if t.spec.on_policy.estimator == "token" else None,
+                ),
             ]
         loop = train_loop(
             t,

@@ -8,12 +8,15 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from distillq.core.job.jobs import Job, load_job
 from distillq.core.runtime import broker
+from distillq.core.targets.shard import Shard
+from distillq.core.targets.topk import token_logprobs
 from distillq.storage import cache, checkpoints, keys, records
 from distillq.storage.layout import sidecar
 from distillq.storage.report_records import Report
@@ -137,6 +140,14 @@ def test_an_on_policy_job_with_a_served_teacher(
     wait(settings, job.id, workers, "teacher")
     assert_rounds_on_storage(job, parts=1)
     stats = cache.read_stats(sidecar(job.paths.onpolicy_scored("s", 0, 0)))
-    assert stats.k == 8 and stats.source.startswith("endpoint")  # the server's top-k only
+    # The server's top-k, then each position's own token (its log-prob where the server listed
+    # it among the top-k: llama-cpp-python lists the prompt's own token with echo).
+    assert stats.k == 8 + 1 and stats.source.startswith("endpoint")
+    with Shard(job.paths.onpolicy_scored("s", 0, 0)) as r:
+        b = r.batch_of(np.arange(len(r)))
+        assert b.target_ids is not None and b.target_logprobs is not None
+        assert (b.target_ids[:, -1] == b.padded.labels).all()
+        _, found = token_logprobs(b.target_ids, b.target_logprobs, b.padded.labels)
+        assert found.mean() > 0.99
     got = records.read(Report, job.paths.report).students["s"].on_policy
     assert got is not None and got.teacher_logprob_after is not None

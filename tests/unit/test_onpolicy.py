@@ -5,6 +5,7 @@ file, written again the same way, and a round mixes cache and own batches by ``f
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pytest
@@ -154,6 +155,10 @@ def _raw(tiny_models, **student_over) -> dict:
         ({"students.0.on_policy": {"typo": 1}}, "typo"),
         ({"teacher": None, "mode": "data_parallel"}, "on_policy needs a teacher"),
         (
+            {"students.0.on_policy": {"estimator": "token"}, "students.0.loss": {"kind": "jsd"}},
+            "estimator: token estimates reverse KL, and this track's loss.kind is jsd",
+        ),
+        (
             {"teacher": {"model": "t", "target_method": "sampled"}},
             "set teacher.target_method: topk",
         ),
@@ -230,3 +235,30 @@ def test_the_on_policy_loss_on_tiny_models_is_a_bound_that_meets_the_dense_rever
             else:
                 assert terms["kd"] <= dense + 1e-4
                 assert terms["kd"] > 0
+
+
+def test_a_replica_learns_its_own_samples_with_the_sampled_token_estimator(job):
+    """``on_policy.estimator: token``: the replica's own batches take the reverse KL estimated
+    at each sampled token, read from the scored file's last column."""
+    spec = job.spec.student("s")
+    assert spec.on_policy is not None
+    token = dataclasses.replace(
+        spec, on_policy=dataclasses.replace(spec.on_policy, estimator="token")
+    )
+    tjob = dataclasses.replace(job, spec=dataclasses.replace(job.spec, students=(token,)))
+    round_ = 1
+    for part in range(2):
+        onpolicy.sample_part(tjob, "s", round_, part)
+        assert onpolicy.score_part(tjob, "s", round_, part) is not None
+    before = checkpoints.latest(job.paths, "s")
+    stats = student.train_replica(tjob, "s", round_, 0)
+    assert stats.steps > 0 and all(np.isfinite(c[1]) for c in stats.curve)
+    delta, _ = checkpoints.load_replica(job.paths, "s", round_, 0)  # it moved its parameters
+    assert any(float(v.abs().max()) > 0 for v in delta.values())
+    # The same replica with the listed-ids divergence moves them otherwise: the estimator is
+    # what its own batches were trained with.
+    shutil.rmtree(job.paths.replica_dir("s", round_, 0))
+    student.train_replica(job, "s", round_, 0)
+    listed, _ = checkpoints.load_replica(job.paths, "s", round_, 0)
+    assert any(not torch.allclose(delta[k], listed[k]) for k in delta)
+    assert before is None or before.version == checkpoints.latest(job.paths, "s").version

@@ -5,6 +5,7 @@ otherwise, and never looser than the teacher's top-k alone."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from distillq.core.maths.losses import bucketed, divergence
@@ -71,3 +72,45 @@ def test_reverse_kl_and_jsd_over_both_top_ks_are_exact_bounds_and_tighter():
         every = torch.arange(V).expand(len(z), V)
         full = bucketed(kind, z, None, 1.0, every, listed_logprobs(logp, every), None, 0.5)
         torch.testing.assert_close(full.double(), dense, rtol=1e-4, atol=1e-5)
+
+
+def test_the_sampled_token_estimator_reads_the_token_column_and_has_the_reverse_kl_gradient():
+    """``sampled_token`` over on-policy targets (the teacher's top-3, then the drawn token in
+    the last column, −inf where the top-3 lists it): averaged over every draw y ~ s, its value
+    is the reverse KL and its gradient the dense one; a token with no teacher log-prob adds 0."""
+    from distillq.core.maths.policy_loss import sampled_token
+
+    z, logp = _pair(3)
+    rows = len(z)
+    top = logp.topk(3, -1)
+    zd = z.clone().requires_grad_(True)
+    logs = torch.log_softmax(zd, -1)
+    (logs.exp() * (logs - logp)).sum().backward()
+    zs = z.clone().requires_grad_(True)
+    s = torch.log_softmax(zs, -1)
+    total = torch.zeros((), dtype=torch.float64)
+    value = torch.zeros(rows, dtype=torch.float64)
+    for y in range(V):
+        ys = torch.full((rows,), y)
+        listed = (top.indices == y).any(-1)
+        own = torch.where(listed, float("-inf"), logp[:, y])
+        ids = torch.cat([top.indices, ys[:, None]], -1)
+        lps = torch.cat([top.values, own[:, None]], -1)
+        d = sampled_token("reverse_kl", zs, None, 1.0, ids, lps, None, 0.5)
+        w = s.detach().gather(-1, ys[:, None])[:, 0].exp()
+        total = total + (w * d).sum()
+        value = value + w * d.detach()
+    total.backward()
+    assert zd.grad is not None and zs.grad is not None
+    torch.testing.assert_close(zs.grad, zd.grad, rtol=1e-10, atol=1e-12)
+    dense = divergence("reverse_kl", logp, torch.log_softmax(z, -1))
+    torch.testing.assert_close(value, dense, rtol=1e-10, atol=1e-12)
+    # A server's top-k without the token: its log-prob is unknown, the position adds nothing.
+    y = 0
+    unknown = torch.cat([top.indices, torch.full((rows, 1), y)], -1)
+    lps = torch.cat([top.values, torch.full((rows, 1), float("-inf"))], -1)
+    d = sampled_token("reverse_kl", z, None, 1.0, unknown, lps, None, 0.5)
+    listed = (top.indices == y).any(-1)
+    assert (d[~listed] == 0).all() and (d[listed] != 0).all()
+    with pytest.raises(ValueError, match="reverse KL"):
+        sampled_token("forward_kl", z, None, 1.0, unknown, lps, None, 0.5)
