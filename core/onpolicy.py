@@ -30,9 +30,8 @@ from distillq.core import faults
 from distillq.core.job.data import Prompt, Sample, TokenizeStats
 from distillq.core.job.jobs import Job
 from distillq.core.job.models import load_tokenizer
-from distillq.core.job.spec import ServedTeacherSpec
+from distillq.core.job.spec import LossSpec, ServedTeacherSpec
 from distillq.core.maths.batching import PaddingCount
-from distillq.core.maths.losses import kd_loss
 from distillq.core.student import evaluate, sample, train
 from distillq.core.targets import registry as targets
 from distillq.core.targets.method import shard_fields
@@ -350,6 +349,7 @@ def heldout(job: Job, track: str, before: Any, after: Any) -> OnPolicyEval:
         assert teacher is not None
         for name, rows in made.items():
             model = before if name == "before" else after
+            model.eval()  # finalize hands over a model in train mode: no dropout in a measure
             lp_sum = kl_sum = 0.0
             lp_n = kl_n = 0
             for targets in teacher.run([s for s, _ in rows]):
@@ -366,23 +366,18 @@ def heldout(job: Job, track: str, before: Any, after: Any) -> OnPolicyEval:
                     unlisted += int((~found).sum())
                     with torch.no_grad():
                         x = torch.as_tensor(ids[None], dtype=torch.long)
-                        logits = train.target_logits(
+                        _, terms = train.position_loss(
                             model,
                             x,
                             torch.ones_like(x),
                             torch.zeros(len(pos), dtype=torch.long),
                             torch.as_tensor(pos, dtype=torch.long),
-                        )
-                        _, terms = kd_loss(
-                            logits.float(),
                             torch.as_tensor(tokens, dtype=torch.long),
                             torch.as_tensor(t.targets.ids, dtype=torch.long),
                             torch.as_tensor(t.targets.logprobs.astype(np.float32)),
-                            alpha=0.0,
-                            temperature=tau,
-                            kind="reverse_kl",
+                            LossSpec(kind="reverse_kl", alpha=0.0, temperature=tau),
                         )
-                    kl_sum += terms["kd"] * len(pos) / tau**2
+                    kl_sum += terms["kd"] * len(pos)  # the divergence itself (τ² is the loss's)
                     kl_n += len(pos)
             got[name] = (lp_sum / lp_n if lp_n else None, kl_sum / kl_n if kl_n else None)
     teacher_texts = {}

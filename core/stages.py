@@ -90,6 +90,8 @@ def teacher_shard(
                 if last_error:
                     fields["last_error"] = last_error
             on_progress(fields)
+        if samples:
+            faults.hit(f"teacher_progress:{shard}")  # a drill's point: a shard half written
 
     def on_error(what: str) -> None:
         nonlocal last_error

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 
+from distillq.core.control.state import CancelWatch
 from distillq.core.control.status import job_status
 from distillq.core.job.jobs import load_job
 from distillq.core.runtime import broker
 from distillq.storage import checkpoints
-from tests.conftest import run_cli
+from tests.conftest import failpoints, run_cli
 from tests.e2e.test_faults import all_logs, assert_landed_once, wait_for
 from tests.e2e.test_pipeline import enqueue_medium
 from tests.progress import Pulse
@@ -80,21 +81,23 @@ def test_pause_starts_nothing_new_and_resume_continues_where_it_stopped(
     assert_landed_once(job)
 
 
-def test_cancel_stops_running_work_and_says_so(settings, workers, make_spec, tiny_models):
-    workers.start("teacher", "teacher")
-    # One long shard: the cancel lands while it runs.
+def test_cancel_stops_running_work_and_says_so(settings, workers, make_spec, tiny_models, tmp_path):
+    # One shard, held half written (its first progress report) until the cancel is in: on a
+    # fast machine the whole shard took less than the cancel's 2 s look at storage.
+    drill = tmp_path / "drill"
+    workers.start("teacher", "teacher", extra_env=failpoints(drill, "teacher_progress:0=pause"))
     job_id = enqueue_medium(settings, make_spec, tiny_models, n_records=400, shards=1)
     job, r = (
         load_job(settings.storage, job_id),
         broker.client(settings.broker_url, settings.sentinel_master),
     )
-    wait_for(
-        lambda: any(s.state == "running" for s in job_status(job, r).shards),
-        180,
-        "a shard in progress",
-    )
+    held = drill / "teacher_progress:0.paused"
+    wait_for(held.exists, 180, "a shard in progress")
+    assert any(s.state == "running" for s in job_status(job, r).shards)
     res = run_cli(settings, "cancel", job_id)
     assert res.returncode == 0 and "cancelled" in res.stdout, res.stderr
+    time.sleep(CancelWatch(job).every + 0.5)  # the running task looks at storage this often
+    held.unlink()
     res = run_cli(settings, "wait", job_id, "--stall", "180")
     assert res.returncode != 0 and "cancelled" in res.stderr
     done = settled(job, r)["shards"]
