@@ -258,3 +258,58 @@ def test_two_merges_that_both_read_v1_publish_one_v2(job):
     latest = checkpoints.latest(job.paths, "s")
     assert latest.version == 2 and latest.meta.merged_shards == [0, 1]
     assert not list(job.paths.global_dir("s").glob(".*.tmp"))  # the loser left nothing
+
+
+def scored_part(job, round_: int, part: int) -> None:
+    """Part ``part`` of an on-policy round scored: a file and its verified sidecar."""
+    from distillq.storage import cache
+    from distillq.storage.layout import sidecar
+
+    f = job.paths.onpolicy_scored("s", round_, part)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_bytes(b"scored")
+    fields = dict(samples=1, tokens=1, target_positions=1, seconds=1.0, tokens_per_s=1.0)
+    stats = ShardStats(shard=round_, started_at=0.0, finished_at=1.0, **fields)
+    cache.write_stats(sidecar(f), f, stats)
+
+
+@pytest.fixture
+def onpolicy_job(settings, make_spec, tiny_models):
+    configure(settings)
+    track = {
+        "name": "s",
+        "model": tiny_models["student"],
+        "replicas": 2,
+        "on_policy": {"fraction": 1.0},
+    }
+    spec = make_spec(n_records=40, shards=2, mode="hybrid", students=[track])
+    return create_job(settings.storage, load_spec(spec))
+
+
+def test_an_on_policy_round_samples_then_scores_then_trains_once(onpolicy_job, r):
+    """advance queues the round's sampling (a task per part); the last part scored queues the
+    training chord, once, however many score tasks end; after a failover that lost the chord,
+    reconciling relaunches the round, and the round's finished parts queue it again."""
+    job = onpolicy_job
+    finish_shard(job, 0, finished_at=1.0)
+    assert pipeline.advance(app, job, "s") == 0
+    assert queued(r, "student") == [
+        ("distillq.sample_part", [job.id, "s", 0, 0]),
+        ("distillq.sample_part", [job.id, "s", 0, 1]),
+    ]
+    r.delete("student")
+    scored_part(job, 0, 0)
+    assert not pipeline.after_score(app, job, "s", 0)  # part 1 is not scored yet
+    scored_part(job, 0, 1)
+    assert pipeline.after_score(app, job, "s", 0)
+    assert not pipeline.after_score(app, job, "s", 0)  # the other score task: queued once
+    replicas = [("distillq.train_replica", [job.id, "s", 0, i]) for i in range(2)]
+    assert queued(r, "student") == replicas
+    # The primary died with the chord: nothing holds the round, storage owes it.
+    r.delete("student")
+    assert "round s/0" in reconcile.reconcile(app, job, reconcile.held_work(app, r))
+    assert not job.paths.onpolicy_train_queued("s", 0).exists()
+    assert [name for name, _ in queued(r, "student")] == ["distillq.sample_part"] * 2
+    # The redelivered parts find their files and end with after_score: the chord again.
+    assert pipeline.after_score(app, job, "s", 0)
+    assert queued(r, "student")[-2:] == replicas
