@@ -58,6 +58,7 @@ SEEDS = (0, 1, 2)
 ARMS: dict[str, float | None] = {"off": None, "on": 1.0, "mixed": 0.5}
 NEW_TOKENS = 48
 GOAL_CE = 0.05
+CHUNKS = 4
 BASE = {"peft": {"method": "full"}, "lr": 1e-3, "epochs": 2, "batch_size": 16, "warmup_steps": 5}
 
 
@@ -126,25 +127,33 @@ def _merged(job: Job, name: str) -> Any:
 
 
 def _phases(job: Job, track: str) -> dict[str, Any]:
-    """Seconds of round 0's phases (part 0), and the round's wall against their sum."""
+    """Seconds of round 0's phases, summed over its parts, and the round's wall (first sample
+    started to merge) against their sum: below 1 where parts overlapped."""
     ckpt = checkpoints.latest(job.paths, track)
     assert ckpt is not None
+    spec = job.spec.student(track)
     rnd = next(r for r in ckpt.meta.rounds if r.shard == 0)
-    samples = cache.read_stats(sidecar(job.paths.onpolicy_samples(track, 0, 0)))
-    scored = cache.read_stats(sidecar(job.paths.onpolicy_scored(track, 0, 0)))
-    rep = rnd.replicas[0]
-    wall = rnd.merged_at - samples.started_at
+    samples = [
+        cache.read_stats(sidecar(job.paths.onpolicy_samples(track, 0, p)))
+        for p in range(spec.parts)
+    ]
+    scored = [
+        cache.read_stats(sidecar(job.paths.onpolicy_scored(track, 0, p))) for p in range(spec.parts)
+    ]
+    sample_s = sum(x.seconds for x in samples)
+    score_s = sum(x.seconds for x in scored)
+    train_s = sum(rep.seconds for rep in rnd.replicas)
+    wall = rnd.merged_at - min(x.started_at for x in samples)
     return {
-        "sample_s": samples.seconds,
-        "score_s": scored.seconds,
-        "train_s": rep.seconds,
+        "parts": spec.parts,
+        "sample_s": round(sample_s, 3),
+        "score_s": round(score_s, 3),
+        "train_s": round(train_s, 3),
         "round_wall_s": round(wall, 2),
-        "round_wall_vs_phase_sum": round(
-            wall / (samples.seconds + scored.seconds + rep.seconds), 3
-        ),
-        "samples": samples.samples,
-        "sampled_tokens": samples.tokens,
-        "train_steps": rep.steps,
+        "round_wall_vs_phase_sum": round(wall / (sample_s + score_s + train_s), 3),
+        "samples": sum(x.samples for x in samples),
+        "sampled_tokens": sum(x.tokens for x in samples),
+        "train_steps": sum(rep.steps for rep in rnd.replicas),
     }
 
 
@@ -276,15 +285,18 @@ def measure(root: Path) -> dict[str, Any]:
         }
     # The phases, timed on a job of one on-policy track alone (in the arms' job, nine tracks
     # share two workers, and a round's wall is mostly its turn in the queue).
-    alone = {
-        **BASE,
-        "name": "alone",
-        "model": warm,
-        "on_policy": {"fraction": 1.0, "max_new_tokens": NEW_TOKENS},
-    }
+    op = {"fraction": 1.0, "max_new_tokens": NEW_TOKENS}
+    alone = {**BASE, "name": "alone", "model": warm, "on_policy": op}
     solo, _ = run_job(root / "solo", _spec("bench-onpolicy-phases", data, teacher_dir, [alone]))
     phases = _phases(solo, "alone")
     bare = _bare(solo, "alone", teacher, warm)
+    # The same round in CHUNKS pieces: the teacher worker scores one while the other worker
+    # samples the next, so the round's wall falls below the sum of its phases.
+    chunked = {**alone, "on_policy": {**op, "chunks": CHUNKS}}
+    piped, _ = run_job(
+        root / "chunks", _spec("bench-onpolicy-chunks", data, teacher_dir, [chunked])
+    )
+    phases_chunked = _phases(piped, "alone")
     return {
         "warm_records": WARM_RECORDS,
         "records": RECORDS,
@@ -296,6 +308,7 @@ def measure(root: Path) -> dict[str, Any]:
         "verdict": verdict,
         "met": all(v["met"] for v in verdict.values()),
         "phases": phases,
+        "phases_chunked": phases_chunked,
         "bare": {k: round(v, 2) for k, v in bare.items()},
         "phase_vs_bare": {
             "sample": round(phases["sample_s"] / bare["generate_s"], 2),

@@ -56,14 +56,18 @@ log = logging.getLogger(__name__)
 
 
 def prompts(job: Job, track: str, round_: int, part: int) -> list[Prompt]:
-    """The prompts part ``part`` of round ``round_`` samples: replica ``part``'s slice of the
-    round's cache shard, the records ``sample.chosen`` picks."""
+    """The prompts part ``part`` of round ``round_`` samples: of the records
+    ``sample.chosen`` picks in its replica's slice of the round's cache shard, its chunk
+    (``on_policy.chunks`` equal pieces, in order)."""
     spec = job.spec.student(track)
     assert spec.on_policy is not None
+    chunks = spec.on_policy.chunks
     with cache.CacheReader(job.paths.shard(job.cache_shard(round_))) as reader:
-        idx = np.asarray(train.replica_samples(len(reader), spec.replicas, part))
+        idx = np.asarray(train.replica_samples(len(reader), spec.replicas, part // chunks))
         rids = reader.record_ids()[idx] if len(idx) else np.zeros(0, dtype=np.int64)
-        pick = idx[sample.chosen(spec.on_policy, round_, rids)]
+        pick = np.array_split(idx[sample.chosen(spec.on_policy, round_, rids)], chunks)[
+            part % chunks
+        ]
         return [
             Prompt(
                 reader.record_id(int(j)),

@@ -65,8 +65,8 @@ def launch_round(app: Celery, job: Job, track: str, shard: int) -> None:
         # Relaunched (reconcile, resume): the chord may be what was lost, so the last score
         # (redone at once: its file is there) may queue it again.
         job.paths.onpolicy_train_queued(track, shard).unlink(missing_ok=True)
-        for r in range(spec.replicas):
-            send_sample(app, job, track, shard, r)
+        for part in range(spec.parts):
+            send_sample(app, job, track, shard, part)
         return
     launch_train(app, job, track, shard)
 
@@ -100,7 +100,7 @@ def scored(job: Job, track: str, round_: int) -> bool:
         cache.verified(p, sidecar(p)) is not None
         for p in (
             job.paths.onpolicy_scored(track, round_, r)
-            for r in range(job.spec.student(track).replicas)
+            for r in range(job.spec.student(track).parts)
         )
     )
 

@@ -89,7 +89,7 @@ def reconcile(app: Celery, job: Job, held: set[tuple[str, str]]) -> list[str]:
         round_keys = {str(taskkeys.replica(track, marker.shard, i)) for i in range(spec.replicas)}
         round_keys.add(str(taskkeys.merge(track, marker.shard)))
         if spec.on_policy is not None:
-            for i in range(spec.replicas):
+            for i in range(spec.parts):
                 round_keys |= {
                     str(taskkeys.sample(track, marker.shard, i)),
                     str(taskkeys.score(track, marker.shard, i)),

@@ -172,11 +172,19 @@ def _phase(job: Job, track: str, merged: list[int], running: dict[str, Progress]
     marker = records.read_if_exists(RoundMarker, job.paths.round_inflight(track))
     if marker is None or marker.shard in merged:
         return ""
-    r, n = marker.shard, job.spec.student(track).replicas
+    spec = job.spec.student(track)
+    r, n, parts = marker.shard, spec.replicas, spec.parts
+    paths = job.paths
     done = {
-        "sampled": sum(sidecar(job.paths.onpolicy_samples(track, r, i)).exists() for i in range(n)),
-        "scored": sum(sidecar(job.paths.onpolicy_scored(track, r, i)).exists() for i in range(n)),
-        "trained": sum(replica_stats(job.paths, track, r, i) is not None for i in range(n)),
+        "sampled": (
+            sum(sidecar(paths.onpolicy_samples(track, r, i)).exists() for i in range(parts)),
+            parts,
+        ),
+        "scored": (
+            sum(sidecar(paths.onpolicy_scored(track, r, i)).exists() for i in range(parts)),
+            parts,
+        ),
+        "trained": (sum(replica_stats(paths, track, r, i) is not None for i in range(n)), n),
     }
     now = [
         f"{tk.kind} part {tk.replica} {p.get('samples', 0)}/{p.get('of', '?')}"
@@ -186,7 +194,7 @@ def _phase(job: Job, track: str, merged: list[int], running: dict[str, Progress]
         and tk.track == track
         and tk.shard == r
     ]
-    said = ", ".join(f"{k} {v}/{n}" for k, v in done.items())
+    said = ", ".join(f"{k} {v}/{of}" for k, (v, of) in done.items())
     return f"round {r}: {said}" + (f" ({'; '.join(sorted(now))})" if now else "")
 
 

@@ -275,6 +275,9 @@ class OnPolicySpec:
     samples_per_prompt: int = 1
     seed: int = 0
     """Seeds every draw, per (round, record): a redelivered task writes the same samples."""
+    chunks: int = 1
+    """Pieces each replica's prompts are sampled and scored in: with more than one, the
+    teacher scores a piece while the student samples the next (a task per piece and phase)."""
     estimator: OnPolicyEstimator = "listed"
     """How the loss on the student's own samples is taken: ``listed``, the divergence over the
     teacher's top-k, the sampled token and the tail (exact for those buckets); ``token``, the
@@ -289,6 +292,7 @@ class OnPolicySpec:
             )
         _positive("on_policy.max_new_tokens", self.max_new_tokens)
         _positive("on_policy.samples_per_prompt", self.samples_per_prompt)
+        _positive("on_policy.chunks", self.chunks)
         if self.temperature < 0:
             raise SpecError(f"on_policy.temperature={self.temperature} must be 0 (greedy) or more")
         if not 0.0 < self.top_p <= 1.0:
@@ -366,6 +370,17 @@ class StudentSpec:
     @property
     def method(self) -> str:
         return self.peft.method.lower()
+
+    @property
+    def parts(self) -> int:
+        """Parts of an on-policy round (a sample and a score task each): ``chunks`` per
+        replica; part p belongs to replica p // chunks. 0 for an off-policy track."""
+        return self.replicas * self.on_policy.chunks if self.on_policy is not None else 0
+
+    def parts_of(self, replica: int) -> range:
+        """The parts whose samples replica ``replica`` trains on."""
+        n = self.on_policy.chunks if self.on_policy is not None else 0
+        return range(replica * n, (replica + 1) * n)
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,7 @@ def onpolicy_rounds(job: Job, track: str, show: int = 3) -> list[OnPolicyRound]:
     out = []
     for r in range(n):
         lp_sum, lp_n, samples, text, version = 0.0, 0, 0, "", 0
-        for part in range(spec.replicas):
+        for part in range(spec.parts):
             f = job.paths.onpolicy_scored(track, r, part)
             if not f.exists():
                 continue

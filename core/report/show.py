@@ -28,7 +28,7 @@ class ShownSample:
 def on_policy_files(job: Job, track: str, round_: int) -> list[Path]:
     """An on-policy round's files, a part each: scored where the teacher has scored it, else
     the student's samples alone. Raises one line when the round has none yet."""
-    parts = range(job.spec.student(track).replicas)
+    parts = range(job.spec.student(track).parts)
     found = [
         scored if scored.exists() else job.paths.onpolicy_samples(track, round_, p)
         for p in parts

@@ -459,16 +459,13 @@ def train_replica(
         parts = [Part(reader, mine, loss)]
         if t.spec.on_policy is not None:
             rids = reader.record_ids()
-            own = stack.enter_context(Shard(job.paths.onpolicy_scored(track, shard, replica)))
-            parts = [
-                Part(reader, mine[~sample.chosen(t.spec.on_policy, shard, rids[mine])], loss),
-                Part(
-                    own,
-                    np.arange(len(own)),
-                    on_policy_loss(job, t.spec),
-                    sampled_token if t.spec.on_policy.estimator == "token" else None,
-                ),
-            ]
+            op = t.spec.on_policy
+            own_loss = on_policy_loss(job, t.spec)
+            estimator = sampled_token if op.estimator == "token" else None
+            parts = [Part(reader, mine[~sample.chosen(op, shard, rids[mine])], loss)]
+            for p in t.spec.parts_of(replica):
+                own = stack.enter_context(Shard(job.paths.onpolicy_scored(track, shard, p)))
+                parts.append(Part(own, np.arange(len(own)), own_loss, estimator))
         loop = train_loop(
             t,
             parts,

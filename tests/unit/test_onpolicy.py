@@ -262,3 +262,35 @@ def test_a_replica_learns_its_own_samples_with_the_sampled_token_estimator(job):
     listed, _ = checkpoints.load_replica(job.paths, "s", round_, 0)
     assert any(not torch.allclose(delta[k], listed[k]) for k in delta)
     assert before is None or before.version == checkpoints.latest(job.paths, "s").version
+
+
+def test_chunks_split_each_replicas_prompts_into_parts_it_trains_on_together(job):
+    """``on_policy.chunks: 2`` with 2 replicas: 4 parts; parts 0 and 1 are replica 0's
+    prompts in order, 2 and 3 replica 1's, and each replica trains on both of its parts."""
+    spec = job.spec.student("s")
+    assert spec.on_policy is not None
+    two = dataclasses.replace(spec, on_policy=dataclasses.replace(spec.on_policy, chunks=2))
+    cjob = dataclasses.replace(job, spec=dataclasses.replace(job.spec, students=(two,)))
+    assert two.parts == 4 and list(two.parts_of(1)) == [2, 3]
+
+    def ids(j, part):
+        return [p.record_id for p in onpolicy.prompts(j, "s", 0, part)]
+
+    for replica in range(2):
+        whole = ids(job, replica)
+        pieces = [ids(cjob, p) for p in two.parts_of(replica)]
+        assert [i for piece in pieces for i in piece] == whole and all(pieces)
+    round_ = 2  # a round no other test samples
+    for part in range(4):
+        onpolicy.sample_part(cjob, "s", round_, part)
+        onpolicy.score_part(cjob, "s", round_, part)
+    stats = student.train_replica(cjob, "s", round_, 1)
+    own = sum(
+        cache.read_stats(sidecar(job.paths.onpolicy_scored("s", round_, p))).target_positions
+        for p in (2, 3)
+    )
+    with Shard(job.paths.shard(job.cache_shard(round_))) as r:
+        mine = student.replica_samples(len(r), 2, 1)
+        pick = sample.chosen(two.on_policy, round_, r.record_ids()[np.asarray(mine)])
+        cached = sum(len(r.positions_of(int(j))) for j, p in zip(mine, pick, strict=True) if not p)
+    assert stats.target_positions == two.epochs * (own + cached)
