@@ -709,7 +709,7 @@ def _onpolicy_section(v: dict[str, Any] | None) -> list[str]:
         f"over for a seed's arm: {tokens} (the cache is one pass shared by every arm; an "
         "on-policy arm's own samples are scored once per round).",
         "",
-        "Phases of one on-policy round (a job of that one track alone, part 0 of round 0): "
+        "Phases of one on-policy round (a job of that one track alone, one replica, round 0): "
         f"sample {p['sample_s']} s ({p['samples']} samples, {p['sampled_tokens']} tokens), "
         f"score {p['score_s']} s, train {p['train_s']} s ({p['train_steps']} steps). Against "
         f"bare loops in this process (a bare `generate` per prompt {bare['generate_s']} s, a bare "
@@ -719,6 +719,21 @@ def _onpolicy_section(v: dict[str, Any] | None) -> list[str]:
         f"bare time. The round's wall (first sample to merge) is "
         f"**{p['round_wall_vs_phase_sum']}×** the sum of its phases: the rest is the hand-offs "
         "between queues (each phase a task: dispatch, model load, files).",
+        "",
+        *_chunked_line(v.get("phases_chunked")),
+    ]
+
+
+def _chunked_line(c: dict[str, Any] | None) -> list[str]:
+    if not c:
+        return []
+    return [
+        f"The same round in `chunks: {c['parts']}` (pieces are tasks of their own: the bench "
+        "cluster's two workers both take student work, so pieces are sampled two at a time, "
+        "and the teacher worker scores a piece while the other samples the next): phases "
+        f"summed over the pieces sample {c['sample_s']} s, score {c['score_s']} s, train "
+        f"{c['train_s']} s ({c['train_steps']} steps: batches do not cross pieces); the "
+        f"round's wall {c['round_wall_s']} s, **{c['round_wall_vs_phase_sum']}×** their sum.",
         "",
     ]
 
