@@ -36,7 +36,7 @@ from distillq.core.student import evaluate, sample, train
 from distillq.core.targets import registry as targets
 from distillq.core.targets.method import shard_fields
 from distillq.core.targets.records import SparseTargets
-from distillq.core.targets.topk import token_logprobs
+from distillq.core.targets.topk import token_column, token_logprobs
 from distillq.core.teacher.local import Item, Teacher, write_items
 from distillq.core.teacher.make import has_token_column, make_teacher
 from distillq.core.teacher.records import KINDS, Target
@@ -75,6 +75,11 @@ def prompts(job: Job, track: str, round_: int, part: int) -> list[Prompt]:
             )
             for j in pick
         ]
+
+
+def _record_range(record_ids: list[int]) -> tuple[int, int]:
+    """A part's ``ShardMeta.record_range`` (its records need not be contiguous)."""
+    return (min(record_ids, default=0), 1 + max(record_ids, default=-1))
 
 
 def _stats(shard: int, started: float, counts: dict[str, int], **extra: Any) -> ShardStats:
@@ -122,10 +127,7 @@ def sample_part(
         temperature=spec.on_policy.temperature,
         teacher_fingerprint="",
         tokenizer_fingerprint=job.info.fingerprints.students[track].tokenizer,
-        record_range=(
-            min((p.record_id for p in todo), default=0),
-            1 + max((p.record_id for p in todo), default=-1),
-        ),
+        record_range=_record_range([p.record_id for p in todo]),
         source=f"student {track} v{version}",
     )
     made = sample.continuations(
@@ -235,11 +237,7 @@ class _Written:
             return None
         ids = np.asarray(t.sample.input_ids)
         tokens = ids[np.asarray(t.sample.target_positions(), dtype=np.int64) + 1]
-        unknown = np.full((len(tokens), 1), -np.inf, dtype=t.targets.logprobs.dtype)
-        return SparseTargets(
-            np.concatenate([t.targets.ids, tokens[:, None].astype(t.targets.ids.dtype)], axis=1),
-            np.concatenate([t.targets.logprobs, unknown], axis=1),
-        )
+        return token_column(t.targets, tokens, np.full(len(tokens), -np.inf))
 
 
 def score_part(
@@ -272,10 +270,7 @@ def score_part(
         temperature=t.temperature,
         teacher_fingerprint=fp.teacher,
         tokenizer_fingerprint=fp.tokenizer,
-        record_range=(
-            min((s.record_id for s in items), default=0),
-            1 + max((s.record_id for s in items), default=-1),
-        ),
+        record_range=_record_range([s.record_id for s in items]),
         **fields,
     )
 

@@ -61,13 +61,19 @@ def with_token_column(t: SparseTargets, logp: torch.Tensor, tokens: torch.Tensor
     the teacher's log-prob of the token a student wrote is known wherever it fell (on-policy
     scoring). Where the top-k already lists it, the extra slot holds −inf (not listed: each id
     is counted once by the bucketed loss)."""
-    own = logp.gather(-1, tokens[:, None].to(logp.device))[:, 0]
-    ids = torch.from_numpy(t.ids)
-    listed = (ids == tokens[:, None].cpu()).any(-1)
-    lp = torch.where(listed, float("-inf"), own.cpu().float()).to(torch.float16)
+    own = logp.gather(-1, tokens[:, None].to(logp.device))[:, 0].cpu().float().numpy()
+    return token_column(t, tokens.cpu().numpy(), own)
+
+
+def token_column(t: SparseTargets, tokens: np.ndarray, logprobs: np.ndarray) -> SparseTargets:
+    """``t`` with the last column on-policy targets end with: ``tokens`` [P] and their
+    ``logprobs`` [P] (−inf: unknown, as from a server), −inf where the top-k lists the token.
+    ``core/maths/policy_loss.sampled_token`` reads the token there."""
+    listed = (t.ids == tokens[:, None]).any(-1)
+    lp = np.where(listed, -np.inf, logprobs).astype(t.logprobs.dtype)
     return SparseTargets(
-        np.concatenate([t.ids, tokens[:, None].cpu().numpy().astype(t.ids.dtype)], axis=1),
-        np.concatenate([t.logprobs, lp[:, None].numpy()], axis=1),
+        np.concatenate([t.ids, tokens[:, None].astype(t.ids.dtype)], axis=1),
+        np.concatenate([t.logprobs, lp[:, None]], axis=1),
     )
 
 
